@@ -280,7 +280,7 @@ class EmotionAgent(L.LightningModule):
 
     # ------------------------------------------------------------------ optimizers (spec 3.2)
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """Four Adam optimizers, each over one head group (``head_lr``) plus the shared transformer (``transformer_lr``)."""
+        """Four Adams (spec 3.2), each one head group (``head_lr``) plus the shared transformer (``transformer_lr``)."""
         transformer = self.model.transformer_parameters()
         heads = self.model.head_parameters()
         return [

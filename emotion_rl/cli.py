@@ -1,14 +1,20 @@
 """Command line: ``python -m emotion_rl {fit,validate,test} --config configs/cartpole.yaml`` (LightningCLI).
 
-Configs are read with OmegaConf (``parser_mode: omegaconf``), so a YAML file can interpolate its own values
-(``${model.num_simulations}``). The environment's sizes (observation size, number of actions, longest episode)
-are read from the datamodule and linked into the agent, so a config never repeats them.
+Configs are read with OmegaConf in jsonargparse's ``omegaconf+`` mode: interpolations are resolved after the
+config files and the command line are merged, so ``data.seed: ${..seed_everything}`` follows
+``--seed_everything 7``. Interpolations are relative (``${..key}``) because the merged tree is rooted at the
+subcommand (``fit.data.seed``); the same file then serves ``fit``, ``validate`` and ``test``.
+
+The environment's sizes (observation size, number of actions, longest episode) are read from the datamodule
+and linked into the agent, so a config never repeats them.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 from emotion_rl.agent import EmotionAgent
@@ -24,12 +30,18 @@ class EmotionCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> EmotionCLI:
-    """Entry point of ``python -m emotion_rl``. A setting the user got wrong exits with its message, no traceback."""
+    """Entry point of ``python -m emotion_rl``. A setting the user got wrong exits with its message, no traceback.
+
+    torch runs on one CPU thread unless ``OMP_NUM_THREADS`` says otherwise: the planner's many small operations
+    run several times faster on one thread, and two threads on two busy cores can be 10x slower (measured, README).
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
     try:
         return EmotionCLI(
             EmotionAgent,
             EmotionDataModule,
-            parser_kwargs={"parser_mode": "omegaconf"},
+            parser_kwargs={"parser_mode": "omegaconf+"},
             save_config_kwargs={"overwrite": True},
             args=args,
             run=run,

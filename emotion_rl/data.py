@@ -1,10 +1,11 @@
 """Environments, episode assembly, episode replay and the Lightning datamodule (spec 2.2.2, 3.3, 5).
 
-Data flow: a :class:`torchrl.collectors.Collector` steps a batched env with the :class:`~emotion_rl.policy.EmotionPolicy`
-(MCTS at every step, spec 5 steps 1-4); :class:`EpisodeAssembler` cuts the collected ``[n_envs, steps]`` batches into
-whole episodes (observation, action, emotion, reward, MCTS visit distribution: spec 3.3) and computes their
-discounted returns (spec 2.2.2); :class:`EpisodeReplay` keeps the most recent whole episodes; the training stream
-samples ``[B, L]`` batches of them for the four-phase update (spec 2.3, 5 step 8).
+Data flow: a :class:`torchrl.collectors.Collector` steps a batched env with the
+:class:`~emotion_rl.policy.EmotionPolicy` (MCTS at every step, spec 5 steps 1-4); :class:`EpisodeAssembler` cuts the
+collected ``[n_envs, steps]`` batches into whole episodes (observation, action, emotion, reward, MCTS visit
+distribution: spec 3.3) and computes their discounted returns (spec 2.2.2); :class:`EpisodeReplay` keeps the most
+recent whole episodes; the training stream samples ``[B, L]`` batches of them for the four-phase update (spec 2.3,
+5 step 8).
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ def probe_env(env_id: str, max_episode_steps: int | None = None) -> EnvInfo:
                 f"env {env_id!r} has no max_episode_steps in its gymnasium registration; pass max_episode_steps "
                 "(episodes must be bounded so that a whole episode fits the model's context)"
             )
-    return EnvInfo(env_id=env_id, obs_dim=int(obs_space.shape[0]), n_actions=int(act_space.n), max_episode_steps=int(steps))
+    return EnvInfo(
+        env_id=env_id, obs_dim=int(obs_space.shape[0]), n_actions=int(act_space.n), max_episode_steps=int(steps)
+    )
 
 
 def make_env(
@@ -252,7 +255,7 @@ class EpisodeAssembler:
                 "is_init": flat("is_init").bool(),
             },
             batch_size=batch.batch_size,
-        )
+        ).clone()  # own memory: unfinished episodes outlive the collector's batch
 
     def ingest(self, batch: TensorDictBase) -> TensorDict | None:
         if batch.batch_dims == 1:
@@ -352,7 +355,10 @@ class EpisodeReplay:
 def evaluate_policy(env: EnvBase, policy, max_steps: int) -> TensorDict:
     """Play the first episode of every env of ``env`` (batch ``[n]``) with ``policy``; TensorDict [] with
     ``episode_return`` float [n] (undiscounted) and ``episode_length`` long [n]. Stops after ``max_steps`` steps
-    at the latest (an env's time limit normally ends its episode first)."""
+    at the latest (an env's time limit normally ends its episode first). Sets ``policy.action_spec`` to the env's
+    when the policy has one (so it writes actions in the env's encoding)."""
+    if hasattr(policy, "action_spec"):
+        policy.action_spec = env.action_spec
     td = env.reset()
     n_envs = td.batch_size.numel()
     finished = torch.zeros(n_envs, dtype=torch.bool)
@@ -406,7 +412,9 @@ class EmotionDataModule(LightningDataModule):
         seed: env seed; rank r of a multi-process run uses ``seed + r`` (and a fresh offset whenever the training
             stream restarts, e.g. after resuming); evaluation envs use ``seed + 10_000``.
         val_episodes: greedy episodes per validation / test (one env each, their first episode).
-        max_episode_steps: overrides the env's registered time limit (also the stored episode length).
+        time_limit: overrides the env's registered time limit (``max_episode_steps``; also the stored episode
+            length). Named apart from the ``max_episode_steps`` property, which the CLI links into the model, so
+            that Lightning's merged hparams never hold two values under one name.
 
     The policy comes from the LightningModule: ``trainer.lightning_module.make_policy(greedy)``, called once per
     training stream and once per evaluation; the evaluation policy must be a different object from the training
@@ -434,9 +442,10 @@ class EmotionDataModule(LightningDataModule):
         gamma: float = 0.99,
         seed: int = 0,
         val_episodes: int = 10,
-        max_episode_steps: int | None = None,
+        time_limit: int | None = None,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()
         self.env_id = env_id
         self.num_envs = _check_int("num_envs", num_envs, 1)
         self.frames_per_batch = _check_int("frames_per_batch", frames_per_batch, 1)
@@ -449,8 +458,8 @@ class EmotionDataModule(LightningDataModule):
         self.gamma = float(gamma)
         self.seed = _check_int("seed", seed, 0)
         self.val_episodes = _check_int("val_episodes", val_episodes, 1)
-        self.env_info = probe_env(env_id, max_episode_steps)
-        self.max_episode_steps_override = max_episode_steps
+        self.env_info = probe_env(env_id, time_limit)
+        self.time_limit = time_limit
         self.replay = EpisodeReplay(self.replay_capacity)
         self.env_steps = 0
         self.episodes = 0
@@ -484,7 +493,7 @@ class EmotionDataModule(LightningDataModule):
         return self.trainer.lightning_module.make_policy(greedy=greedy)
 
     def make_env(self, num_envs: int, seed: int) -> EnvBase:
-        return make_env(self.env_id, num_envs, seed=seed, max_episode_steps=self.max_episode_steps_override)
+        return make_env(self.env_id, num_envs, seed=seed, max_episode_steps=self.time_limit)
 
     # -------------------------------------------------------------- training stream
     def _training_batches(self) -> Iterator[TensorDict]:
@@ -534,9 +543,12 @@ class EmotionDataModule(LightningDataModule):
                     )
                     yield TensorDict({"episodes": self.replay.sample(self.batch_size), "stats": stats}, batch_size=[])
         finally:
-            collector.shutdown()
-            if not env.is_closed:
-                env.close()
+            try:
+                collector.shutdown()
+                if not env.is_closed:
+                    env.close()
+            except ImportError:  # the stream was dropped at interpreter exit: nothing left to release
+                pass
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Stream(self._training_batches), batch_size=None, collate_fn=_identity)
@@ -545,7 +557,6 @@ class EmotionDataModule(LightningDataModule):
     def _evaluation(self) -> Iterator[TensorDict]:
         env = self.make_env(self.val_episodes, self.seed + 10_000)
         policy = self.make_policy(greedy=True)
-        policy.action_spec = env.action_spec
         try:
             result = evaluate_policy(env, policy, self.max_episode_steps)
         finally:

@@ -82,7 +82,8 @@ def select_emotion(
         raise ValueError(f"select_emotion: temperature must be a finite number >= 0, got {temperature!r}")
     if visit_distribution.ndim < 1 or visit_distribution.shape[-1] == 0:
         raise ValueError(
-            f"select_emotion: visit_distribution must have shape [*B, E] with E >= 1, got {tuple(visit_distribution.shape)}"
+            "select_emotion: visit_distribution must have shape [*B, E] with E >= 1, "
+            f"got {tuple(visit_distribution.shape)}"
         )
     dist = visit_distribution.detach().to(torch.float64)
     batch_shape = dist.shape[:-1]
@@ -111,9 +112,11 @@ class EmotionPolicy(TensorDictModuleBase):
             ``visit_distribution`` [*B, E], ``visit_counts`` [*B, E] and ``action_logits`` [*B, E, A].
         temperature: a constant float (>= 0) or a :class:`TemperatureSchedule` driven by :attr:`frames`.
         greedy: temperature 0 and argmax action (evaluation).
-        action_spec: the env's action spec (``env.action_spec``). A ``OneHot`` spec makes the policy write one-hot
-            actions, anything else (or ``None``) categorical long actions. Never stored as ``spec`` (a collector
-            reads a policy's ``spec`` attribute as its output spec).
+        action_spec: the env's action spec (``env.action_spec``; also settable later as ``policy.action_spec``). A
+            ``OneHot`` spec makes the policy write one-hot actions, any other spec categorical actions in its dtype,
+            and ``None`` categorical long actions, which only suits envs built with categorical action encoding
+            (torchrl's GymEnv default for ``Discrete`` is one-hot). Never stored as ``spec`` (a collector reads a
+            policy's ``spec`` attribute as its output spec).
         context_length: maximum history length; defaults to ``model.context_length``.
         generator: optional ``torch.Generator`` for the emotion and action draws (default: the global RNG).
 
@@ -122,10 +125,14 @@ class EmotionPolicy(TensorDictModuleBase):
     ``visit_distribution`` (float [*B, E]), ``visit_counts`` (long [*B, E]).
 
     The input batch is ``[]`` (one env) or ``[n_envs]``. History tensors are plain attributes (not buffers, so
-    they stay out of checkpoints), allocated on first use with the input's batch size, on the model's device
-    (the observation's device when the model has no parameters). The registered buffer ``frames`` counts the
-    env steps this policy has acted on (one per env per call) and drives the temperature schedule; it is saved
-    with the module that owns the policy.
+    they stay out of checkpoints), allocated on first use with the input's batch size, on the model's device and in
+    its floating dtype (the observation's when the model has no parameters); outputs go back to the observation's
+    device. The model is put in eval mode for the search and restored afterwards.
+
+    The registered buffer ``frames`` counts the env steps this policy has acted on (one per env per call) and
+    drives the temperature schedule; it is saved with the module that owns the policy. (A collector calls its
+    policy once at construction to discover its outputs; :class:`~emotion_rl.data.EmotionDataModule` resets
+    ``frames`` afterwards to the env steps it has collected, a counter it checkpoints.)
     """
 
     in_keys = ["observation", "is_init", "prev_reward"]
@@ -222,19 +229,19 @@ class EmotionPolicy(TensorDictModuleBase):
             device=self._length.device,
         )
 
-    def _model_device(self, fallback: torch.device) -> torch.device:
+    def _model_device_dtype(self, fallback: torch.Tensor) -> tuple[torch.device, torch.dtype]:
+        """Device and floating dtype of the model's parameters (the observation's when it has none)."""
         for tensor in self.model.parameters():
-            return tensor.device
-        for tensor in self.model.buffers():
-            return tensor.device
-        return fallback
+            if tensor.is_floating_point():
+                return tensor.device, tensor.dtype
+        return fallback.device, fallback.dtype if fallback.is_floating_point() else torch.get_default_dtype()
 
     def _allocate(self, n_envs: int, obs_shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> None:
         length = self.context_length
         self._obs = torch.zeros((n_envs, length, *obs_shape), dtype=dtype, device=device)
         self._action = torch.full((n_envs, length), -1, dtype=torch.long, device=device)
         self._emotion = torch.full((n_envs, length), -1, dtype=torch.long, device=device)
-        self._reward = torch.zeros((n_envs, length), dtype=torch.float32, device=device)
+        self._reward = torch.zeros((n_envs, length), dtype=dtype, device=device)
         self._length = torch.zeros((n_envs,), dtype=torch.long, device=device)
 
     def _append_observation(self, obs: torch.Tensor, is_init: torch.Tensor, prev_reward: torch.Tensor) -> None:
@@ -287,8 +294,8 @@ class EmotionPolicy(TensorDictModuleBase):
         if "is_init" not in td.keys():
             raise KeyError("EmotionPolicy needs 'is_init' in its input: add torchrl's InitTracker() to the env")
         out_device = td.get("observation").device
-        device = self._model_device(out_device)
-        obs = td.get("observation").to(device)
+        device, dtype = self._model_device_dtype(td.get("observation"))
+        obs = td.get("observation").to(device, dtype)
         if obs.ndim != 2:
             raise ValueError(f"EmotionPolicy expects observations of shape [n_envs, obs_dim], got {tuple(obs.shape)}")
         is_init = td.get("is_init").to(device).reshape(n_envs).bool()

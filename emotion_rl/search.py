@@ -195,10 +195,7 @@ class EmotionMCTS:
         self.max_depth = max_depth
 
     def __repr__(self) -> str:
-        return (
-            f"EmotionMCTS(num_simulations={self.num_simulations}, c_puct={self.c_puct}, "
-            f"max_depth={self.max_depth})"
-        )
+        return f"EmotionMCTS(num_simulations={self.num_simulations}, c_puct={self.c_puct}, max_depth={self.max_depth})"
 
     @torch.no_grad()
     def search(self, model: EmotionModel, history: TensorDict) -> TensorDict:

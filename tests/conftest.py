@@ -8,6 +8,8 @@ from tensordict import TensorDict
 
 from emotion_rl.model import EmotionModel
 
+torch.set_num_threads(1)  # tiny models: one thread is faster and timing-independent of other processes
+
 OBS_DIM, N_ACTIONS, N_EMOTIONS = 4, 3, 8
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import N_ACTIONS, N_EMOTIONS, OBS_DIM, random_episodes
+
 from emotion_rl import EmotionAgent
 from emotion_rl.agent import PHASES, masked_mean
 

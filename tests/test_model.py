@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import N_ACTIONS, N_EMOTIONS, OBS_DIM, random_history
 from tensordict import TensorDict
 
-from conftest import N_ACTIONS, N_EMOTIONS, OBS_DIM, random_history
 from emotion_rl import EmotionModel
 
 
