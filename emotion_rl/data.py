@@ -47,7 +47,7 @@ __all__ = [
     "probe_env",
 ]
 
-#: Keys of one stored episode (DESIGN_CONTRACTS.md, "Training batch"); all right-padded to a common length.
+#: Keys of one stored episode (README, "Data flow"); all right-padded to a common length.
 EPISODE_KEYS = (
     "observation",
     "next_observation",
@@ -422,7 +422,7 @@ class EmotionDataModule(LightningDataModule):
     and sets the training policy's ``frames`` (which drive its temperature schedule) to the env steps this
     datamodule has collected, a counter saved in its ``state_dict``, so the schedule resumes from checkpoints.
 
-    Training batch (DESIGN_CONTRACTS.md): TensorDict [] with ``episodes`` [B, L] (see :class:`EpisodeAssembler`,
+    Training batch (README, "Data flow"): TensorDict [] with ``episodes`` [B, L] (see :class:`EpisodeAssembler`,
     ``L`` = longest episode in the batch) and ``stats`` []: ``env_steps`` and ``episodes`` (totals of this
     process), ``episode_return`` (mean undiscounted return of the episodes finished since the previous batch, NaN
     if none), ``emotion_usage`` [E] (fraction of each emotion among the steps collected since the previous batch,

@@ -5,7 +5,7 @@ The policy keeps, for every environment of a batched env, the *real* sequence of
 (spec 1.3). Imagined states produced by the search never touch these tensors (spec 1.6): the planner receives a
 copy of the history and only its outputs (visit counts, root action logits) come back.
 
-History layout (DESIGN_CONTRACTS.md, SPEC_NOTES "Sequence layout"): entry i holds ``(s_i, a_i, e_i, r_i)``,
+History layout (README "Python API", SPEC_NOTES "Sequence layout"): entry i holds ``(s_i, a_i, e_i, r_i)``,
 where ``r_i`` is the reward returned by the step that took ``a_i``. At step t the last entry is ``s_t`` with
 ``a_t = e_t = -1`` ("none") and ``r_t = 0``; a_t and e_t are written once the policy has chosen them, r_t when the
 next call brings it in as ``prev_reward`` (see :class:`emotion_rl.data.PreviousReward`).

@@ -5,12 +5,10 @@ from __future__ import annotations
 import io
 import math
 
-import gymnasium
-import numpy as np
 import pytest
 import torch
+from fakes import FakeModel, register_counter
 from tensordict import TensorDict
-from torch import nn
 from torchrl.collectors import Collector
 from torchrl.envs import Compose, GymEnv, InitTracker, TransformedEnv
 
@@ -33,46 +31,9 @@ UNBOUNDED_ID = "EmotionRLTest/Unbounded-v0"
 IMAGE_ID = "EmotionRLTest/Image-v0"
 
 
-class CounterEnv(gymnasium.Env):
-    """Observation ``[t, planned length]``, reward ``t + 1 + 100 * action``; episodes of 2-7 steps, and the
-    registration's time limit of 6 truncates the 7-step ones."""
-
-    observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (2,), np.float32)
-    action_space = gymnasium.spaces.Discrete(A)
-
-    def __init__(self, render_mode=None) -> None:
-        self.render_mode = render_mode
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t, self.length = 0, int(self.np_random.integers(2, 8))
-        return np.array([0, self.length], np.float32), {}
-
-    def step(self, action):
-        reward = float(self.t + 1 + 100 * int(action))
-        self.t += 1
-        return np.array([self.t, self.length], np.float32), reward, self.t >= self.length, False, {}
-
-
-class ImageEnv(CounterEnv):
-    observation_space = gymnasium.spaces.Box(0, 1, (2, 2), np.float32)
-
-
-for env_id, entry_point, limit in (
-    (COUNTER_ID, CounterEnv, 6),
-    (UNBOUNDED_ID, CounterEnv, None),
-    (IMAGE_ID, ImageEnv, 6),
-):
-    if env_id not in gymnasium.registry:
-        gymnasium.register(env_id, entry_point=entry_point, max_episode_steps=limit)
-
-
-class FakeModel(nn.Module):
-    context_length = 16
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(1))
+register_counter(COUNTER_ID, 6, n_actions=A, max_length=8)  # 7-step episodes get truncated at 6
+register_counter(UNBOUNDED_ID, None, n_actions=A)
+register_counter(IMAGE_ID, 6, n_actions=A, image=True)
 
 
 class FixedPlanner:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import math
 
-import gymnasium
-import numpy as np
 import pytest
 import torch
+from fakes import FakeModel, register_counter
 from tensordict import TensorDict
-from torch import nn
 from torchrl.collectors import Collector
 from torchrl.data import Categorical, OneHot
 
@@ -22,35 +20,7 @@ E, A = 8, 3
 COUNTER_ID = "EmotionRLTest/PolicyCounter-v0"
 
 
-class CounterEnv(gymnasium.Env):
-    """Observation ``[t, episode length]``, reward ``t + 1 + 100 * action``: every transition is recognisable."""
-
-    observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (2,), np.float32)
-    action_space = gymnasium.spaces.Discrete(A)
-
-    def __init__(self, render_mode=None) -> None:
-        self.render_mode = render_mode
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t, self.length = 0, int(self.np_random.integers(2, 6))
-        return np.array([0, self.length], np.float32), {}
-
-    def step(self, action):
-        reward = float(self.t + 1 + 100 * int(action))
-        self.t += 1
-        return np.array([self.t, self.length], np.float32), reward, self.t >= self.length, False, {}
-
-
-if COUNTER_ID not in gymnasium.registry:
-    gymnasium.register(COUNTER_ID, entry_point=CounterEnv, max_episode_steps=10)
-
-
-class FakeModel(nn.Module):
-    def __init__(self, context_length: int = 16) -> None:
-        super().__init__()
-        self.context_length = context_length
-        self.weight = nn.Parameter(torch.zeros(1))
+register_counter(COUNTER_ID, 10, n_actions=A, max_length=6)
 
 
 class RecordingPlanner:

@@ -1,0 +1,49 @@
+"""Test doubles shared by the policy and data tests: a recognisable environment and a parameter-only model."""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+import torch
+from torch import nn
+
+
+class CounterEnv(gymnasium.Env):
+    """Observation ``[t, planned length]``, reward ``t + 1 + 100 * action``: every transition is recognisable.
+
+    Each episode plans a length drawn from ``2 .. max_length - 1`` at reset; a registration time limit below that
+    truncates the longer ones. ``image=True`` declares a 2-D observation space (for the refusal tests only).
+    """
+
+    def __init__(self, n_actions: int = 2, max_length: int = 8, image: bool = False, render_mode=None) -> None:
+        shape = (2, 2) if image else (2,)
+        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, shape, np.float32)
+        self.action_space = gymnasium.spaces.Discrete(n_actions)
+        self.max_length = max_length
+        self.render_mode = render_mode
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.length = 0, int(self.np_random.integers(2, self.max_length))
+        return np.array([0, self.length], np.float32), {}
+
+    def step(self, action):
+        reward = float(self.t + 1 + 100 * int(action))
+        self.t += 1
+        return np.array([self.t, self.length], np.float32), reward, self.t >= self.length, False, {}
+
+
+def register_counter(env_id: str, time_limit: int | None, **kwargs) -> str:
+    """Register a :class:`CounterEnv` variant once per process and return its id."""
+    if env_id not in gymnasium.registry:
+        gymnasium.register(env_id, entry_point=CounterEnv, max_episode_steps=time_limit, kwargs=kwargs)
+    return env_id
+
+
+class FakeModel(nn.Module):
+    """Stands in for the model where a fake planner never calls it: a context length and one parameter."""
+
+    def __init__(self, context_length: int = 16) -> None:
+        super().__init__()
+        self.context_length = context_length
+        self.weight = nn.Parameter(torch.zeros(1))
