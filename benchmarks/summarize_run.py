@@ -31,7 +31,7 @@ def main() -> None:
     evals = [(number(r, "step"), number(r, "val/return_mean")) for r in rows]
     evals = [(s, v) for s, v in evals if not math.isnan(v)]
     if evals:
-        print(f"\n{'optimizer step':>14} {'val/return_mean':>16}")
+        print(f"\n{'training batch':>14} {'val/return_mean':>16}")
         for step, value in evals:
             print(f"{int(step):>14} {value:>16.1f}")
 

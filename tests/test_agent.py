@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import N_ACTIONS, N_EMOTIONS, OBS_DIM, random_episodes
 
 from emotion_rl import EmotionAgent
 from emotion_rl.agent import PHASES, masked_mean
+
+from conftest import N_ACTIONS, N_EMOTIONS, OBS_DIM, random_episodes
 
 GROUPS = ("transformer", "dynamics", "action", "value", "policy")
 
@@ -297,3 +298,17 @@ def test_padding_does_not_count(episodes):
     torch.testing.assert_close(
         masked_mean(agent.phase3_value(garbage), garbage["mask"]), masked_mean(per_step, episodes["mask"])
     )
+
+
+def test_literal_phase1_never_reads_the_taken_action_and_the_taken_option_does(episodes):
+    """Why ``dynamics_action`` matters (README, "Decisions"): with the literal input stopgrad(A_e(h)), phase 1 gives
+    the same loss whatever action was actually taken, so the dynamics head cannot learn an action's effect and
+    the section 4.3 gradient through it carries no information about actions; with ``taken`` it can."""
+    t = 5
+    flipped = episodes.clone()
+    flipped["action"][:, t] = (flipped["action"][:, t] + 1) % N_ACTIONS  # a_t enters h only from t + 1 on
+    literal, taken = make_agent(), make_agent(dynamics_action="taken")
+    torch.testing.assert_close(
+        literal.phase1_dynamics(episodes)[:, t], literal.phase1_dynamics(flipped)[:, t], rtol=0, atol=0
+    )
+    assert not torch.allclose(taken.phase1_dynamics(episodes)[:, t], taken.phase1_dynamics(flipped)[:, t])

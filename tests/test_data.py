@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from fakes import FakeModel, register_counter
 from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.envs import Compose, GymEnv, InitTracker, TransformedEnv
@@ -24,6 +23,8 @@ from emotion_rl.data import (
     probe_env,
 )
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
+
+from fakes import FakeModel, register_counter
 
 E, A = 8, 2
 COUNTER_ID = "EmotionRLTest/Counter-v0"

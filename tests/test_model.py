@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import N_ACTIONS, N_EMOTIONS, OBS_DIM, random_history
 from tensordict import TensorDict
 
 from emotion_rl import EmotionModel
+
+from conftest import N_ACTIONS, N_EMOTIONS, OBS_DIM, random_history
 
 
 def test_output_shapes_and_policy_is_a_distribution(tiny_model):

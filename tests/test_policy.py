@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from fakes import FakeModel, register_counter
 from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.data import Categorical, OneHot
@@ -15,6 +14,8 @@ from emotion_rl.data import make_env
 from emotion_rl.model import EmotionModel
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule, select_emotion
 from emotion_rl.search import EmotionMCTS
+
+from fakes import FakeModel, register_counter
 
 E, A = 8, 3
 COUNTER_ID = "EmotionRLTest/PolicyCounter-v0"
