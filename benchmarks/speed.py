@@ -1,0 +1,839 @@
+"""Speed and memory of the emotion MCTS planner, the two training schedules and an end-to-end fit, on CPU.
+
+    python benchmarks/speed.py              # full run (a few minutes on 2 cores); writes benchmarks/RESULTS_speed.md
+    python benchmarks/speed.py --quick      # smoke run with tiny sizes (< 1 minute); prints only
+    python benchmarks/speed.py --threads 2  # torch CPU threads (default 1, the project's CLI default)
+
+Sections (each measured in this one run, side by side):
+
+1. Planner simulations per second: ``EmotionMCTS(50).search(model, history)`` on a batch of ``B`` environments
+   against the literal reference (``emotion_rl.reference.literal_search``, one environment at a time, a full
+   ``model.evaluate`` per expansion), with the ratio and a check that the root visit counts are identical, both
+   on the float32 model that is timed and on a float64 copy of it.
+2. Planner overhead: total search time over the time spent inside the model's own calls (``encode``, ``heads``,
+   ``evaluate_imagined``; nested calls counted once). 1.0 is the physical limit.
+3. Training timesteps per second: the ``timestep`` schedule (spec 2.3's loop) against the ``episode`` schedule,
+   both through ``EmotionAgent.training_step`` with the four Adam optimizers of ``configure_optimizers``.
+4. End-to-end ``fit`` on CartPole (``configs/cartpole.yaml``): environment steps per second and peak RSS, in a
+   subprocess; and the planner's peak tensor memory (torch profiler) over envs x simulations x history, plus the
+   peak-RSS growth of planner-only subprocesses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime
+import gc
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+from emotion_rl.agent import EmotionAgent  # noqa: E402
+from emotion_rl.model import EmotionModel  # noqa: E402
+from emotion_rl.reference import literal_search  # noqa: E402
+from emotion_rl.search import EmotionMCTS  # noqa: E402
+
+OBS_DIM, N_ACTIONS, N_EMOTIONS = 4, 2, 8  # CartPole-v1
+CARTPOLE_MAX_STEPS = 500  # CartPole-v1's time limit: the agent's context is 500 + 1
+CONFIG = ROOT / "configs" / "cartpole.yaml"
+RESULTS = ROOT / "benchmarks" / "RESULTS_speed.md"
+JSON_MARK = "SPEED_JSON "
+
+
+@dataclass
+class Sizes:
+    planner_envs: tuple[int, ...]
+    histories: tuple[int, ...]
+    simulations: int
+    literal_envs: int  # literal_search is timed on at most this many environments, then scaled per environment
+    f64_rows: int  # rows checked against the literal reference on a float64 copy
+    min_time: float  # seconds of repeated batched searches per configuration (at least min_reps)
+    min_reps: int
+    overhead_envs: tuple[int, ...]
+    overhead_histories: tuple[int, ...]
+    train_episodes: int
+    train_length: int
+    timestep_steps: int  # timesteps of the per-timestep schedule that are timed (the first k of one episode)
+    episode_reps: int
+    fit_envs: int
+    fit_simulations: int
+    fit_max_steps: int
+    memory_envs: tuple[int, ...]
+    memory_sims: tuple[int, ...]
+    memory_histories: tuple[int, ...]
+    rss_points: tuple[tuple[int, int, int], ...] = field(default_factory=tuple)  # (envs, sims, history)
+
+
+FULL = Sizes(
+    planner_envs=(1, 16, 64),
+    histories=(16, 64, 128),
+    simulations=50,
+    literal_envs=16,
+    f64_rows=4,
+    min_time=1.0,
+    min_reps=3,
+    overhead_envs=(16, 64),
+    overhead_histories=(64, 128),
+    train_episodes=4,
+    train_length=200,
+    timestep_steps=200,
+    episode_reps=5,
+    fit_envs=16,
+    fit_simulations=50,
+    fit_max_steps=400,
+    memory_envs=(16, 64),
+    memory_sims=(25, 50, 100),
+    memory_histories=(64, 128),
+    rss_points=((16, 25, 128), (16, 50, 128), (64, 25, 128), (64, 50, 128)),
+)
+QUICK = Sizes(
+    planner_envs=(1, 16),
+    histories=(64,),
+    simulations=50,
+    literal_envs=2,
+    f64_rows=2,
+    min_time=0.2,
+    min_reps=1,
+    overhead_envs=(16, 64),
+    overhead_histories=(64,),
+    train_episodes=2,
+    train_length=200,
+    timestep_steps=10,
+    episode_reps=1,
+    fit_envs=16,
+    fit_simulations=50,
+    fit_max_steps=8,
+    memory_envs=(4, 16),
+    memory_sims=(10, 20),
+    memory_histories=(16,),
+)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def make_model(context_length: int = CARTPOLE_MAX_STEPS + 1) -> EmotionModel:
+    """``EmotionModel(obs_dim=4, n_actions=2)`` with the CartPole config's defaults (d_model 64, 2 layers, 4 heads)."""
+    torch.manual_seed(0)
+    return EmotionModel(OBS_DIM, N_ACTIONS, context_length=context_length).eval()
+
+
+def make_history(envs: int, length: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> TensorDict:
+    """A random real history ``[envs, length]`` in the public layout (as tests/conftest.py random_history)."""
+    g = torch.Generator().manual_seed(seed)
+    return TensorDict(
+        observation=torch.randn(envs, length, OBS_DIM, generator=g, dtype=dtype),
+        action=torch.randint(0, N_ACTIONS, (envs, length), generator=g),
+        emotion=torch.randint(0, N_EMOTIONS, (envs, length), generator=g),
+        reward=torch.randn(envs, length, generator=g, dtype=dtype),
+        batch_size=[envs, length],
+    )
+
+
+def make_episodes(batch: int, length: int, seed: int = 0) -> TensorDict:
+    """Whole episodes ``[batch, length]`` as the datamodule yields them (as tests/conftest.py random_episodes)."""
+    g = torch.Generator().manual_seed(seed)
+    visits = torch.rand(batch, length, N_EMOTIONS, generator=g)
+    episodes = TensorDict(
+        observation=torch.randn(batch, length, OBS_DIM, generator=g),
+        next_observation=torch.randn(batch, length, OBS_DIM, generator=g),
+        action=torch.randint(0, N_ACTIONS, (batch, length), generator=g),
+        emotion=torch.randint(0, N_EMOTIONS, (batch, length), generator=g),
+        reward=torch.ones(batch, length),
+        done=torch.zeros(batch, length, dtype=torch.bool),
+        visit_distribution=visits / visits.sum(-1, keepdim=True),
+        mask=torch.ones(batch, length, dtype=torch.bool),
+        batch_size=[batch, length],
+    )
+    episodes["return"] = torch.randn(batch, length, generator=g) * 3
+    return episodes
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - start, out
+
+
+def repeat_median(fn, min_time: float, min_reps: int) -> tuple[float, int, object]:
+    """Median wall time of ``fn()`` over at least ``min_reps`` calls and ``min_time`` seconds (one warm-up first)."""
+    fn()
+    gc.collect()
+    times, out = [], None
+    while len(times) < min_reps or sum(times) < min_time:
+        seconds, out = timed(fn)
+        times.append(seconds)
+    return statistics.median(times), len(times), out
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence file descriptor 2 (the torch profiler's C++ start/stop lines)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    if x != x:  # nan
+        return "n/a"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+class Table:
+    def __init__(self, title: str, headers: list[str], notes: list[str] | None = None) -> None:
+        self.title, self.headers, self.rows, self.notes = title, headers, [], list(notes or [])
+
+    def add(self, *row) -> None:
+        self.rows.append([str(c) for c in row])
+
+    def text(self) -> str:
+        widths = [
+            max(len(h), *(len(r[i]) for r in self.rows)) if self.rows else len(h) for i, h in enumerate(self.headers)
+        ]
+        line = "  ".join(h.rjust(w) for h, w in zip(self.headers, widths, strict=True))
+        out = [f"== {self.title}", line, "-" * len(line)]
+        out += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in self.rows]
+        out += [f"   {n}" for n in self.notes]
+        return "\n".join(out)
+
+    def markdown(self) -> str:
+        out = [f"### {self.title}", "", "| " + " | ".join(self.headers) + " |"]
+        out.append("|" + "|".join(" --- " for _ in self.headers) + "|")
+        out += ["| " + " | ".join(r) + " |" for r in self.rows]
+        if self.notes:
+            out.append("")
+            out += [f"- {n}" for n in self.notes]
+        return "\n".join(out)
+
+
+def emit(table: Table, tables: list[Table]) -> None:
+    print(table.text(), end="\n\n", flush=True)
+    tables.append(table)
+
+
+# ---------------------------------------------------------------------------------------------------- 1. planner
+def bench_planner(sizes: Sizes, results: dict) -> Table:
+    sims = sizes.simulations
+    table = Table(
+        f"1. Planner simulations per second ({sims} simulations per search, float32, sims = envs x {sims})",
+        [
+            "envs",
+            "history",
+            "planner s/search",
+            "planner sims/s",
+            "literal s/env",
+            "literal sims/s",
+            "literal timed",
+            "speed-up",
+            "identical f32",
+            "identical f64",
+        ],
+        notes=[
+            "planner: EmotionMCTS(50).search(model, history) on the whole [envs, T] batch; median of repeated "
+            "searches.",
+            "literal: emotion_rl.reference.literal_search once per environment; 'literal timed' = environments "
+            "actually timed (k/N: timed on the first k of N rows and scaled per environment to N).",
+            "identical f32: root visit counts of the timed float32 runs, planner row vs literal row, for every "
+            "literal-timed row. identical f64: the same on a float64 copy of the model and history (first rows).",
+        ],
+    )
+    model = make_model()
+    model64 = copy.deepcopy(model).double()
+    planner = EmotionMCTS(sims)
+    for length in sizes.histories:
+        for envs in sizes.planner_envs:
+            history = make_history(envs, length, seed=length)
+            t_planner, reps, result = repeat_median(
+                lambda h=history: planner.search(model, h), sizes.min_time, sizes.min_reps
+            )
+            counts = result["visit_counts"]
+            k = min(envs, sizes.literal_envs)
+            literal_search(model, history[0], sims)  # warm-up
+            gc.collect()
+            t_literal, same32 = 0.0, 0
+            for row in range(k):
+                seconds, lit = timed(literal_search, model, history[row], sims)
+                t_literal += seconds
+                same32 += int(torch.equal(lit, counts[row]))
+            per_env = t_literal / k
+            # float64 copy: both implementations on the same double model, first rows
+            k64 = min(envs, sizes.f64_rows)
+            history64 = make_history(envs, length, seed=length, dtype=torch.float64)
+            counts64 = planner.search(model64, history64)["visit_counts"]
+            same64 = sum(int(torch.equal(literal_search(model64, history64[r], sims), counts64[r])) for r in range(k64))
+            planner_rate = envs * sims / t_planner
+            literal_rate = sims / per_env
+            speedup = planner_rate / literal_rate
+            results["planner"][(envs, length)] = dict(
+                speedup=speedup, same32=(same32, k), same64=(same64, k64), planner_rate=planner_rate
+            )
+            timed_note = f"{k}/{envs}" + (" scaled" if k < envs else "")
+            table.add(
+                envs,
+                length,
+                fmt(t_planner),
+                fmt(planner_rate),
+                fmt(per_env),
+                fmt(literal_rate),
+                timed_note,
+                f"{speedup:.1f}x",
+                f"{'yes' if same32 == k else 'NO'} ({same32}/{k})",
+                f"{'yes' if same64 == k64 else 'NO'} ({same64}/{k64})",
+            )
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------- 2. overhead
+class ModelCallTimer:
+    """Wrap a model instance's ``encode``, ``heads`` and ``evaluate_imagined`` with wall-clock timers.
+
+    The wrappers are instance attributes, so the model's own internal calls (``evaluate_imagined`` calls
+    ``self.heads``) go through them too; only the outermost call is timed, nested ones are only counted.
+    """
+
+    NAMES = ("encode", "heads", "evaluate_imagined")
+
+    def __init__(self, model: EmotionModel) -> None:
+        self.seconds: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+        self._depth = 0
+        for name in self.NAMES:
+            setattr(model, name, self._wrap(name, getattr(model, name)))
+
+    def _wrap(self, name, method):
+        def wrapper(*args, **kwargs):
+            self.calls[name] += 1
+            if self._depth:
+                return method(*args, **kwargs)
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - start
+                self._depth -= 1
+
+        return wrapper
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+def bench_overhead(sizes: Sizes, results: dict) -> Table:
+    sims = sizes.simulations
+    table = Table(
+        f"2. Planner overhead: search time / time inside its model calls ({sims} simulations, float32)",
+        [
+            "envs",
+            "history",
+            "search s",
+            "model s",
+            "encode s",
+            "root heads s",
+            "imagined s",
+            "imagined calls",
+            "overhead",
+        ],
+        notes=[
+            "model s = wall time inside model.encode + model.heads + model.evaluate_imagined (outermost calls; "
+            "the heads inside evaluate_imagined are counted in 'imagined'); overhead = search s / model s "
+            "(1.0 = the physical limit); sums over the timed searches, per search.",
+        ],
+    )
+    model = make_model()
+    timer = ModelCallTimer(model)
+    planner = EmotionMCTS(sims)
+    for length in sizes.overhead_histories:
+        for envs in sizes.overhead_envs:
+            history = make_history(envs, length, seed=length)
+            planner.search(model, history)  # warm-up
+            gc.collect()
+            timer.reset()
+            total, reps = 0.0, 0
+            while reps < sizes.min_reps or total < sizes.min_time:
+                seconds, _ = timed(planner.search, model, history)
+                total += seconds
+                reps += 1
+            ratio = total / timer.total
+            results["overhead"][(envs, length)] = ratio
+            table.add(
+                envs,
+                length,
+                fmt(total / reps),
+                fmt(timer.total / reps),
+                fmt(timer.seconds["encode"] / reps),
+                fmt(timer.seconds["heads"] / reps),
+                fmt(timer.seconds["evaluate_imagined"] / reps),
+                f"{timer.calls['evaluate_imagined'] / reps:.0f}",
+                f"{ratio:.2f}x",
+            )
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------- 3. training
+def make_manual_agent(schedule: str) -> EmotionAgent:
+    """An agent with the CartPole config's model and losses, driven outside a Trainer (as tests/test_agent.py)."""
+    torch.manual_seed(0)
+    agent = EmotionAgent(
+        obs_dim=OBS_DIM,
+        n_actions=N_ACTIONS,
+        max_episode_steps=CARTPOLE_MAX_STEPS,
+        schedule=schedule,
+        return_scale=0.01,
+    )
+    optimizers = agent.configure_optimizers()  # the four Adams of spec 3.2
+    agent.optimizers = lambda: optimizers
+    agent.manual_backward = lambda loss: loss.backward()
+    agent.log = lambda *args, **kwargs: None
+    agent.log_dict = lambda *args, **kwargs: None
+    return agent.train()
+
+
+def training_batch(episodes: TensorDict) -> TensorDict:
+    stats = TensorDict(
+        env_steps=torch.tensor(0),
+        episodes=torch.tensor(episodes.shape[0]),
+        episode_return=torch.tensor(float("nan")),
+        emotion_usage=torch.full((N_EMOTIONS,), 1 / N_EMOTIONS),
+        temperature=torch.tensor(1.0),
+    )
+    return TensorDict(episodes=episodes, stats=stats)
+
+
+def bench_training(sizes: Sizes, results: dict) -> Table:
+    n, length = sizes.train_episodes, sizes.train_length
+    episodes = make_episodes(n, length)
+    k = min(sizes.timestep_steps, length)
+    table = Table(
+        f"3. Training timesteps per second on {length}-step episodes (agent.training_step, 4 Adam optimizers)",
+        ["schedule", "batch", "timesteps timed", "optimizer steps", "seconds", "timesteps/s", "ratio"],
+        notes=[
+            "episode: each phase once on the whole batch (median of repeated training_steps, after one warm-up).",
+            f"timestep: spec 2.3's loop, four optimizer steps per timestep on the prefix [:t+1]; timed on the first "
+            f"{k} timesteps of one {length}-step episode (training_step on that episode cut to t < {k}; its prefixes "
+            f"are exactly those of the full episode's loop)"
+            + ("" if k == length else ", so the per-timestep cost of the later, longer prefixes is not included")
+            + ".",
+        ],
+    )
+    agent = make_manual_agent("episode")
+    batch = training_batch(episodes)
+    t_episode, reps, _ = repeat_median(lambda: agent.training_step(batch, 0), 0.0, sizes.episode_reps)
+    steps_episode = int(episodes["mask"].sum())
+    rate_episode = steps_episode / t_episode
+
+    agent = make_manual_agent("timestep")
+    agent.training_step(training_batch(episodes[:1, :2]), 0)  # warm-up (Adam state)
+    gc.collect()
+    t_timestep, _ = timed(agent.training_step, training_batch(episodes[:1, :k]), 0)
+    rate_timestep = k / t_timestep
+    ratio = rate_episode / rate_timestep
+    results["training"] = dict(ratio=ratio, k=k, length=length)
+    table.add("timestep", f"1 x {length} (first {k})", k, 4 * k, fmt(t_timestep), fmt(rate_timestep), "1.0x")
+    table.add("episode", f"{n} x {length}", steps_episode, 4, fmt(t_episode), fmt(rate_episode), f"{ratio:.0f}x")
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------- 4. fit, memory
+def run_worker(args: list[str], threads: int, timeout: float = 900) -> dict:
+    """Run this script as a worker subprocess; returns its JSON line (stderr and stdout are kept on failure)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--threads", str(threads), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(JSON_MARK):
+            return json.loads(line[len(JSON_MARK) :])
+    raise RuntimeError(f"worker {args} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def worker_fit(envs: int, sims: int, max_steps: int, threads: int) -> dict:
+    """``emotion_rl.cli.main([...], run=False)`` then ``trainer.fit``: env steps per second and peak RSS."""
+    import lightning as L
+
+    from emotion_rl.cli import main
+
+    save_dir = tempfile.mkdtemp(prefix="speed_fit_")
+    try:
+        start = time.perf_counter()
+        cli = main(
+            [
+                "--config",
+                str(CONFIG),
+                "--data.num_envs",
+                str(envs),
+                "--model.num_simulations",
+                str(sims),
+                "--trainer.max_steps",
+                str(max_steps),
+                "--trainer.val_check_interval",
+                "1000000",
+                "--trainer.num_sanity_val_steps",
+                "0",
+                "--trainer.logger.init_args.save_dir",
+                save_dir,
+            ],
+            run=False,
+        )
+        torch.set_num_threads(threads)  # the CLI sets 1 unless OMP_NUM_THREADS is set; --threads wins here
+        setup = time.perf_counter() - start
+        marks: list[tuple[float, int]] = []
+        datamodule = cli.datamodule
+
+        class Marks(L.Callback):
+            def on_train_batch_end(self, *args, **kwargs) -> None:
+                marks.append((time.perf_counter(), datamodule.env_steps))
+
+        cli.trainer.callbacks.append(Marks())
+        start = time.perf_counter()
+        cli.trainer.fit(cli.model, datamodule=datamodule)
+        wall = time.perf_counter() - start
+        steady = float("nan")
+        if len(marks) >= 2:
+            (t0, s0), (t1, s1) = marks[0], marks[-1]
+            steady = (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
+        return dict(
+            env_steps=datamodule.env_steps,
+            episodes=datamodule.episodes,
+            batches=len(marks),
+            global_step=cli.trainer.global_step,
+            setup_s=setup,
+            fit_s=wall,
+            rate=datamodule.env_steps / wall,
+            steady_rate=steady,
+            maxrss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
+    finally:
+        shutil.rmtree(save_dir, ignore_errors=True)
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def worker_rss(envs: int, sims: int, length: int) -> dict:
+    """Peak RSS growth of one search in a fresh process: ru_maxrss after the search minus RSS before it."""
+    model = make_model()
+    history = make_history(envs, length, seed=length)
+    EmotionMCTS(1).search(make_model(), make_history(1, 2))  # one-time lazy initialisation, tiny
+    gc.collect()
+    before = current_rss_mib()
+    EmotionMCTS(sims).search(model, history)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return dict(growth_mib=after - before, before_mib=before, maxrss_mib=after)
+
+
+def profiled_memory(model: EmotionModel, planner: EmotionMCTS, history: TensorDict) -> dict[str, int]:
+    """Live tensor bytes during one search, from the torch profiler's memory events (allocations and frees).
+
+    ``peak``: the maximum over the whole search. ``after_encode``: the maximum during the rest of the search (root
+    heads, tree, simulations) above the level live when ``model.encode`` returned (the history's encoding and its
+    key/value cache). ``tree``: bytes of the returned tree arrays.
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    encode = model.encode
+
+    def marked_encode(*args, **kwargs):
+        with record_function("speed:encode"):
+            return encode(*args, **kwargs)
+
+    model.encode = marked_encode
+    try:
+        with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            result = planner.search(model, history)
+    finally:
+        del model.encode
+    events = prof.profiler.kineto_results.events()
+    encode_end = max(e.end_ns() for e in events if e.name() == "speed:encode")
+    live = peak = level = after = 0
+    for start, nbytes in sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"):
+        live += nbytes
+        peak = max(peak, live)
+        if start <= encode_end:
+            level = live
+        else:
+            after = max(after, live - level)
+    tree = result["tree"]
+    tree_bytes = sum(v.numel() * v.element_size() for v in tree.values(include_nested=True, leaves_only=True))
+    return dict(peak=peak, after_encode=after, tree=tree_bytes)
+
+
+def bench_memory(sizes: Sizes, threads: int, results: dict) -> Table:
+    table = Table(
+        "4b. Planner peak tensor memory during one search (float32, torch profiler)",
+        ["envs", "sims", "history", "peak MiB", "tree MiB", "per-node-sequence MiB", "peak / (envs x history) KiB"],
+        notes=[
+            "peak = maximum of live tensor bytes allocated inside search() (profiler memory events; the model's "
+            "parameters and the history are allocated before and not counted). tree = the returned tree arrays.",
+            "per-node-sequence = envs x (sims + 1) x (history + 1) x d_model x 4 bytes: what a planner that kept "
+            "one imagined sequence's hidden states per node would hold (the 'product' that must not appear).",
+        ],
+    )
+    model = make_model()
+    d_model = model.position_embed.embedding_dim
+    peaks = {}
+    for length in sizes.memory_histories:
+        for envs in sizes.memory_envs:
+            for sims in sizes.memory_sims:
+                history = make_history(envs, length, seed=length)
+                peak, tree_bytes = profiled_peak_bytes(model, EmotionMCTS(sims), history)
+                product = envs * (sims + 1) * (length + 1) * d_model * 4
+                peaks[(envs, sims, length)] = (peak, product)
+                table.add(
+                    envs,
+                    sims,
+                    length,
+                    f"{peak / 2**20:.2f}",
+                    f"{tree_bytes / 2**20:.3f}",
+                    f"{product / 2**20:.1f}",
+                    f"{peak / (envs * length) / 1024:.2f}",
+                )
+    results["memory"] = peaks
+    results["d_model"] = d_model
+    if sizes.rss_points:
+        rss = {}
+        for envs, sims, length in sizes.rss_points:
+            out = run_worker(
+                ["--worker", "rss", "--envs", str(envs), "--sims", str(sims), "--history", str(length)], threads
+            )
+            rss[(envs, sims, length)] = out["growth_mib"]
+        results["rss"] = rss
+        table.notes.append(
+            "peak-RSS growth of one search in a fresh subprocess (ru_maxrss after - RSS before): "
+            + ", ".join(f"{e} envs / {s} sims / T={t}: {g:.1f} MiB" for (e, s, t), g in rss.items())
+        )
+    return table
+
+
+def bench_fit(sizes: Sizes, threads: int, results: dict) -> Table:
+    out = run_worker(
+        [
+            "--worker",
+            "fit",
+            "--envs",
+            str(sizes.fit_envs),
+            "--sims",
+            str(sizes.fit_simulations),
+            "--max-steps",
+            str(sizes.fit_max_steps),
+        ],
+        threads,
+    )
+    results["fit"] = out
+    table = Table(
+        f"4a. End-to-end fit on CartPole-v1 ({sizes.fit_envs} envs, {sizes.fit_simulations} simulations, "
+        f"max_steps {sizes.fit_max_steps}, no validation)",
+        [
+            "env steps",
+            "episodes",
+            "mean ep. length",
+            "train batches",
+            "fit s",
+            "env steps/s (fit)",
+            "env steps/s (steady)",
+            "peak RSS MiB",
+        ],
+        notes=[
+            "emotion_rl.cli.main(['--config', 'configs/cartpole.yaml', overrides], run=False), then trainer.fit, "
+            "in a subprocess; env steps = the datamodule's env_steps counter. 'fit' = over the whole fit call "
+            "(warm-up collection of 16 episodes, checkpoint at the end included); 'steady' = between the first and "
+            "the last training batch. Peak RSS = ru_maxrss of that subprocess.",
+            "a fresh agent plays short CartPole episodes: the histories it searches are short (mean episode length).",
+        ],
+    )
+    table.add(
+        out["env_steps"],
+        out["episodes"],
+        fmt(out["env_steps"] / max(out["episodes"], 1)),
+        out["batches"],
+        fmt(out["fit_s"]),
+        fmt(out["rate"]),
+        fmt(out["steady_rate"]),
+        f"{out['maxrss_mib']:.0f}",
+    )
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------- targets
+def targets_table(sizes: Sizes, results: dict) -> Table:
+    table = Table("Targets", ["target", "threshold", "measured", "met?"])
+    key = (16, 64)
+    planner = results["planner"].get(key)
+    if planner:
+        (s32, k32), (s64, k64) = planner["same32"], planner["same64"]
+        identical = s32 == k32 and s64 == k64
+        met = planner["speedup"] >= 30 and identical
+        table.add(
+            "planner vs literal, 16 envs, 50 sims, history 64",
+            ">= 30x sims/s, identical visit counts",
+            f"{planner['speedup']:.1f}x; identical f32 {s32}/{k32}, f64 {s64}/{k64}",
+            "yes" if met else "NO",
+        )
+    else:
+        table.add("planner vs literal, 16 envs, 50 sims, history 64", ">= 30x", "not measured at these sizes", "n/a")
+    overhead = {k: v for k, v in results["overhead"].items() if k[0] == 64}
+    if overhead:
+        worst = max(overhead.values())
+        table.add(
+            "planner overhead, 64 envs",
+            "<= 2x its model calls",
+            ", ".join(f"T={t}: {v:.2f}x" for (_, t), v in sorted(overhead.items())),
+            "yes" if worst <= 2 else "NO",
+        )
+    training = results["training"]
+    table.add(
+        f"whole-episode vs per-timestep training, {training['length']}-step episodes",
+        ">= 20x timesteps/s",
+        f"{training['ratio']:.0f}x"
+        + ("" if training["k"] == training["length"] else f" (first {training['k']} steps)"),
+        "yes" if training["ratio"] >= 20 else "NO",
+    )
+    peaks = results["memory"]
+    envs, sims, lengths = sizes.memory_envs, sizes.memory_sims, sizes.memory_histories
+    env_factor, sim_factor = envs[-1] / envs[0], sims[-1] / sims[0]
+    env_ratio = max(peaks[(envs[-1], s, t)][0] / peaks[(envs[0], s, t)][0] for s in sims for t in lengths)
+    # memory added by the extra simulations, per environment and simulation, against one imagined sequence's
+    # hidden states ((T + 1) x d_model floats): a planner that stored a sequence per node would add about that
+    per_sim = max(
+        (peaks[(e, sims[-1], t)][0] - peaks[(e, sims[0], t)][0]) / (e * (sims[-1] - sims[0]))
+        for e in envs
+        for t in lengths
+    )
+    sequence = (max(lengths) + 1) * results["d_model"] * 4
+    linear = env_ratio <= 1.1 * env_factor and per_sim <= 0.1 * sequence
+    table.add(
+        "planner memory linear in envs and in simulations",
+        "no envs x sims x history term",
+        f"peak x{env_ratio:.2f} for envs x{env_factor:.0f}; {per_sim / 1024:+.2f} KiB per extra simulation per env "
+        f"for sims x{sim_factor:.0f} (one imagined sequence at T={max(lengths)}: {sequence / 1024:.0f} KiB)",
+        "yes" if linear else "NO",
+    )
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def machine() -> dict:
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or str(os.cpu_count())
+    return dict(cpu=cpu, nproc=nproc, python=platform.python_version(), torch=torch.__version__)
+
+
+def other_load() -> str:
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    fits = subprocess.run(["pgrep", "-f", "emotion_rl fit"], capture_output=True, text=True).stdout.split()
+    return f"load average {load}; other `emotion_rl fit` processes running: {len(fits)}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every section (< 1 minute)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the project's CLI)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help=f"markdown results (default: {RESULTS.relative_to(ROOT)} unless --quick)",
+    )
+    parser.add_argument("--worker", choices=["fit", "rss"], help=argparse.SUPPRESS)
+    parser.add_argument("--envs", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sims", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--history", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--max-steps", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    if args.worker == "fit":
+        print(JSON_MARK + json.dumps(worker_fit(args.envs, args.sims, args.max_steps, args.threads)), flush=True)
+        return
+    if args.worker == "rss":
+        print(JSON_MARK + json.dumps(worker_rss(args.envs, args.sims, args.history)), flush=True)
+        return
+
+    sizes = QUICK if args.quick else FULL
+    output = args.output if args.output is not None else (None if args.quick else RESULTS)
+    command = "python benchmarks/speed.py" + ("" if len(sys.argv) == 1 else " " + " ".join(sys.argv[1:]))
+    info = machine()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load_start = other_load()
+    header = (
+        f"{started:%Y-%m-%d %H:%M} UTC | {info['nproc']} CPUs ({info['cpu']}) | torch {info['torch']} | "
+        f"python {info['python']} | torch threads {torch.get_num_threads()} | {'quick' if args.quick else 'full'} run"
+    )
+    print(header)
+    print(f"at start: {load_start}\n", flush=True)
+
+    results: dict = {"planner": {}, "overhead": {}}
+    tables: list[Table] = []
+    wall = time.perf_counter()
+    emit(bench_planner(sizes, results), tables)
+    emit(bench_overhead(sizes, results), tables)
+    emit(bench_training(sizes, results), tables)
+    emit(bench_fit(sizes, args.threads, results), tables)
+    emit(bench_memory(sizes, args.threads, results), tables)
+    target = targets_table(sizes, results)
+    print(target.text(), end="\n\n")
+    wall = time.perf_counter() - wall
+    load_end = other_load()
+    print(f"at end: {load_end}; benchmark wall time {wall:.0f} s")
+
+    if output is not None:
+        lines = [
+            "# Speed benchmark: planner, training schedules, end-to-end fit (CPU)",
+            "",
+            f"- command: `{command}`",
+            f"- date: {started:%Y-%m-%d %H:%M} UTC (benchmark wall time {wall:.0f} s)",
+            f"- machine: nproc {info['nproc']}, CPU {info['cpu']}, no GPU",
+            f"- torch {info['torch']}, python {info['python']}, torch threads {torch.get_num_threads()}",
+            "- model: EmotionModel(obs_dim=4, n_actions=2), d_model 64, 2 layers, 4 heads, 8 emotions "
+            f"(configs/cartpole.yaml), context {CARTPOLE_MAX_STEPS + 1}; planner EmotionMCTS(c_puct 1, max_depth 3)",
+            f"- other load at start: {load_start}",
+            f"- other load at end: {load_end}",
+            "",
+            target.markdown(),
+            "",
+            *[t.markdown() + "\n" for t in tables],
+        ]
+        output.write_text("\n".join(lines))
+        print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
