@@ -129,10 +129,25 @@ QUICK = Sizes(
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
+def cartpole_model_config() -> dict:
+    """The ``model:`` section of configs/cartpole.yaml (the agent's arguments, without the env-linked sizes)."""
+    from omegaconf import OmegaConf
+
+    return dict(OmegaConf.to_container(OmegaConf.load(CONFIG).model, resolve=True))
+
+
 def make_model(context_length: int = CARTPOLE_MAX_STEPS + 1) -> EmotionModel:
-    """``EmotionModel(obs_dim=4, n_actions=2)`` with the CartPole config's defaults (d_model 64, 2 layers, 4 heads)."""
+    """``EmotionModel(obs_dim=4, n_actions=2)`` sized as in configs/cartpole.yaml (d_model 64, 2 layers, 4 heads)."""
+    config = cartpole_model_config()
+    sizes = {k: config[k] for k in ("n_emotions", "d_model", "n_layers", "n_heads", "head_hidden") if k in config}
     torch.manual_seed(0)
-    return EmotionModel(OBS_DIM, N_ACTIONS, context_length=context_length).eval()
+    return EmotionModel(OBS_DIM, N_ACTIONS, context_length=context_length, **sizes).eval()
+
+
+def make_planner(num_simulations: int) -> EmotionMCTS:
+    """``EmotionMCTS(num_simulations)`` with the config's ``c_puct`` and ``max_depth`` (1.0 and 3)."""
+    config = cartpole_model_config()
+    return EmotionMCTS(num_simulations, c_puct=config.get("c_puct", 1.0), max_depth=config.get("max_depth", 3))
 
 
 def make_history(envs: int, length: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> TensorDict:
@@ -251,6 +266,7 @@ def bench_planner(sizes: Sizes, results: dict) -> Table:
             "literal s/env",
             "literal sims/s",
             "literal timed",
+            "model calls",
             "speed-up",
             "identical f32",
             "identical f64",
@@ -260,13 +276,17 @@ def bench_planner(sizes: Sizes, results: dict) -> Table:
             "searches.",
             "literal: emotion_rl.reference.literal_search once per environment; 'literal timed' = environments "
             "actually timed (k/N: timed on the first k of N rows and scaled per environment to N).",
+            "model calls: batched model calls per planner search (the root encode + one evaluate_imagined per "
+            "simulation in which any environment expands) / full model.evaluate calls per literal environment "
+            "(root + its expansions).",
             "identical f32: root visit counts of the timed float32 runs, planner row vs literal row, for every "
             "literal-timed row. identical f64: the same on a float64 copy of the model and history (first rows).",
         ],
     )
     model = make_model()
     model64 = copy.deepcopy(model).double()
-    planner = EmotionMCTS(sims)
+    planner = make_planner(sims)
+    tree_args = (planner.c_puct, planner.max_depth)
     for length in sizes.histories:
         for envs in sizes.planner_envs:
             history = make_history(envs, length, seed=length)
@@ -275,19 +295,27 @@ def bench_planner(sizes: Sizes, results: dict) -> Table:
             )
             counts = result["visit_counts"]
             k = min(envs, sizes.literal_envs)
-            literal_search(model, history[0], sims)  # warm-up
+            literal_search(model, history[0], sims, *tree_args)  # warm-up
             gc.collect()
-            t_literal, same32 = 0.0, 0
+            t_literal, same32, literal_calls = 0.0, 0, 0
             for row in range(k):
-                seconds, lit = timed(literal_search, model, history[row], sims)
+                stats: dict = {}
+                seconds, lit = timed(literal_search, model, history[row], sims, *tree_args, stats=stats)
                 t_literal += seconds
                 same32 += int(torch.equal(lit, counts[row]))
+                literal_calls += stats["model_calls"]
+            counter = ModelCallTimer(copy.deepcopy(model))
+            planner.search(counter.model, history)
+            planner_calls = counter.calls["evaluate_imagined"] + 1
             per_env = t_literal / k
             # float64 copy: both implementations on the same double model, first rows
             k64 = min(envs, sizes.f64_rows)
             history64 = make_history(envs, length, seed=length, dtype=torch.float64)
             counts64 = planner.search(model64, history64)["visit_counts"]
-            same64 = sum(int(torch.equal(literal_search(model64, history64[r], sims), counts64[r])) for r in range(k64))
+            same64 = sum(
+                int(torch.equal(literal_search(model64, history64[r], sims, *tree_args), counts64[r]))
+                for r in range(k64)
+            )
             planner_rate = envs * sims / t_planner
             literal_rate = sims / per_env
             speedup = planner_rate / literal_rate
@@ -303,6 +331,7 @@ def bench_planner(sizes: Sizes, results: dict) -> Table:
                 fmt(per_env),
                 fmt(literal_rate),
                 timed_note,
+                f"{planner_calls} / {literal_calls / k:.1f}",
                 f"{speedup:.1f}x",
                 f"{'yes' if same32 == k else 'NO'} ({same32}/{k})",
                 f"{'yes' if same64 == k64 else 'NO'} ({same64}/{k64})",
@@ -324,6 +353,7 @@ class ModelCallTimer:
         self.seconds: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
         self._depth = 0
+        self.model = model
         for name in self.NAMES:
             setattr(model, name, self._wrap(name, getattr(model, name)))
 
@@ -374,7 +404,7 @@ def bench_overhead(sizes: Sizes, results: dict) -> Table:
     )
     model = make_model()
     timer = ModelCallTimer(model)
-    planner = EmotionMCTS(sims)
+    planner = make_planner(sims)
     for length in sizes.overhead_histories:
         for envs in sizes.overhead_envs:
             history = make_history(envs, length, seed=length)
@@ -404,15 +434,10 @@ def bench_overhead(sizes: Sizes, results: dict) -> Table:
 
 # ---------------------------------------------------------------------------------------------------- 3. training
 def make_manual_agent(schedule: str) -> EmotionAgent:
-    """An agent with the CartPole config's model and losses, driven outside a Trainer (as tests/test_agent.py)."""
+    """An agent with configs/cartpole.yaml's model section, driven outside a Trainer (as tests/test_agent.py)."""
     torch.manual_seed(0)
-    agent = EmotionAgent(
-        obs_dim=OBS_DIM,
-        n_actions=N_ACTIONS,
-        max_episode_steps=CARTPOLE_MAX_STEPS,
-        schedule=schedule,
-        return_scale=0.01,
-    )
+    config = {**cartpole_model_config(), "schedule": schedule}
+    agent = EmotionAgent(obs_dim=OBS_DIM, n_actions=N_ACTIONS, max_episode_steps=CARTPOLE_MAX_STEPS, **config)
     optimizers = agent.configure_optimizers()  # the four Adams of spec 3.2
     agent.optimizers = lambda: optimizers
     agent.manual_backward = lambda loss: loss.backward()
@@ -549,7 +574,7 @@ def worker_rss(envs: int, sims: int, length: int) -> dict:
     EmotionMCTS(1).search(make_model(), make_history(1, 2))  # one-time lazy initialisation, tiny
     gc.collect()
     before = current_rss_mib()
-    EmotionMCTS(sims).search(model, history)
+    make_planner(sims).search(model, history)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return dict(growth_mib=after - before, before_mib=before, maxrss_mib=after)
 
@@ -592,35 +617,37 @@ def profiled_memory(model: EmotionModel, planner: EmotionMCTS, history: TensorDi
 
 def bench_memory(sizes: Sizes, threads: int, results: dict) -> Table:
     table = Table(
-        "4b. Planner peak tensor memory during one search (float32, torch profiler)",
-        ["envs", "sims", "history", "peak MiB", "tree MiB", "per-node-sequence MiB", "peak / (envs x history) KiB"],
+        "4b. Planner tensor memory during one search (float32, torch profiler)",
+        ["envs", "sims", "history", "peak MiB", "after-encode MiB", "tree MiB", "per-node-sequence MiB"],
         notes=[
             "peak = maximum of live tensor bytes allocated inside search() (profiler memory events; the model's "
-            "parameters and the history are allocated before and not counted). tree = the returned tree arrays.",
+            "parameters and the history are allocated before and not counted). after-encode = maximum during the "
+            "rest of the search (root heads, tree, simulations) above what was live when model.encode returned "
+            "(the encoding and its key/value cache). tree = the returned tree arrays.",
             "per-node-sequence = envs x (sims + 1) x (history + 1) x d_model x 4 bytes: what a planner that kept "
-            "one imagined sequence's hidden states per node would hold (the 'product' that must not appear).",
+            "one imagined sequence's hidden states per node would hold (the product that must not appear).",
         ],
     )
     model = make_model()
     d_model = model.position_embed.embedding_dim
-    peaks = {}
+    memory = {}
     for length in sizes.memory_histories:
         for envs in sizes.memory_envs:
             for sims in sizes.memory_sims:
                 history = make_history(envs, length, seed=length)
-                peak, tree_bytes = profiled_peak_bytes(model, EmotionMCTS(sims), history)
-                product = envs * (sims + 1) * (length + 1) * d_model * 4
-                peaks[(envs, sims, length)] = (peak, product)
+                out = profiled_memory(model, make_planner(sims), history)
+                out["product"] = envs * (sims + 1) * (length + 1) * d_model * 4
+                memory[(envs, sims, length)] = out
                 table.add(
                     envs,
                     sims,
                     length,
-                    f"{peak / 2**20:.2f}",
-                    f"{tree_bytes / 2**20:.3f}",
-                    f"{product / 2**20:.1f}",
-                    f"{peak / (envs * length) / 1024:.2f}",
+                    f"{out['peak'] / 2**20:.2f}",
+                    f"{out['after_encode'] / 2**20:.3f}",
+                    f"{out['tree'] / 2**20:.3f}",
+                    f"{out['product'] / 2**20:.1f}",
                 )
-    results["memory"] = peaks
+    results["memory"] = memory
     results["d_model"] = d_model
     if sizes.rss_points:
         rss = {}
@@ -720,24 +747,36 @@ def targets_table(sizes: Sizes, results: dict) -> Table:
         + ("" if training["k"] == training["length"] else f" (first {training['k']} steps)"),
         "yes" if training["ratio"] >= 20 else "NO",
     )
-    peaks = results["memory"]
+    memory, d_model = results["memory"], results["d_model"]
     envs, sims, lengths = sizes.memory_envs, sizes.memory_sims, sizes.memory_histories
     env_factor, sim_factor = envs[-1] / envs[0], sims[-1] / sims[0]
-    env_ratio = max(peaks[(envs[-1], s, t)][0] / peaks[(envs[0], s, t)][0] for s in sims for t in lengths)
-    # memory added by the extra simulations, per environment and simulation, against one imagined sequence's
-    # hidden states ((T + 1) x d_model floats): a planner that stored a sequence per node would add about that
-    per_sim = max(
-        (peaks[(e, sims[-1], t)][0] - peaks[(e, sims[0], t)][0]) / (e * (sims[-1] - sims[0]))
-        for e in envs
+    env_ratio = max(
+        memory[(envs[-1], s, t)][key] / memory[(envs[0], s, t)][key]
+        for s in sims
         for t in lengths
+        for key in ("peak", "after_encode")
     )
-    sequence = (max(lengths) + 1) * results["d_model"] * 4
-    linear = env_ratio <= 1.1 * env_factor and per_sim <= 0.1 * sequence
+    # memory the extra simulations add, per environment and simulation: a tree node is a few hundred bytes; a
+    # planner that stored an imagined sequence per node would add (T + 1) x d_model floats per simulation
+    per_sim = {
+        t: max(
+            (memory[(e, sims[-1], t)][key] - memory[(e, sims[0], t)][key]) / (e * (sims[-1] - sims[0]))
+            for e in envs
+            for key in ("peak", "after_encode")
+        )
+        for t in lengths
+    }
+    node = max(memory[(e, s, t)]["tree"] / (e * (s + 1)) for e in envs for s in sims for t in lengths)
+    sequence = {t: (t + 1) * d_model * 4 for t in lengths}
+    linear = env_ratio <= 1.1 * env_factor and all(per_sim[t] <= 0.25 * sequence[t] for t in lengths)
     table.add(
         "planner memory linear in envs and in simulations",
         "no envs x sims x history term",
-        f"peak x{env_ratio:.2f} for envs x{env_factor:.0f}; {per_sim / 1024:+.2f} KiB per extra simulation per env "
-        f"for sims x{sim_factor:.0f} (one imagined sequence at T={max(lengths)}: {sequence / 1024:.0f} KiB)",
+        f"peak and after-encode x{env_ratio:.2f} (at most) for envs x{env_factor:.0f}; sims x{sim_factor:.0f}: "
+        + ", ".join(f"T={t}: {per_sim[t] / 1024:+.2f} KiB" for t in lengths)
+        + f" per extra simulation per env (one tree node {node / 1024:.2f} KiB; one imagined sequence "
+        + ", ".join(f"T={t}: {sequence[t] / 1024:.0f} KiB" for t in lengths)
+        + ")",
         "yes" if linear else "NO",
     )
     return table
@@ -815,6 +854,11 @@ def main() -> None:
     print(f"at end: {load_end}; benchmark wall time {wall:.0f} s")
 
     if output is not None:
+        config = cartpole_model_config()
+        model_sizes = ", ".join(
+            f"{k} {config[k]}" for k in ("n_emotions", "d_model", "n_layers", "n_heads") if k in config
+        )
+        training = ", ".join(f"{k} {config[k]}" for k in ("phase2_objective", "dynamics_action", "return_scale"))
         lines = [
             "# Speed benchmark: planner, training schedules, end-to-end fit (CPU)",
             "",
@@ -822,8 +866,9 @@ def main() -> None:
             f"- date: {started:%Y-%m-%d %H:%M} UTC (benchmark wall time {wall:.0f} s)",
             f"- machine: nproc {info['nproc']}, CPU {info['cpu']}, no GPU",
             f"- torch {info['torch']}, python {info['python']}, torch threads {torch.get_num_threads()}",
-            "- model: EmotionModel(obs_dim=4, n_actions=2), d_model 64, 2 layers, 4 heads, 8 emotions "
-            f"(configs/cartpole.yaml), context {CARTPOLE_MAX_STEPS + 1}; planner EmotionMCTS(c_puct 1, max_depth 3)",
+            f"- model: EmotionModel(obs_dim=4, n_actions=2) sized by configs/cartpole.yaml ({model_sizes})"
+            f", context {CARTPOLE_MAX_STEPS + 1}; planner {make_planner(sizes.simulations)}",
+            f"- training section: EmotionAgent with configs/cartpole.yaml's model section ({training})",
             f"- other load at start: {load_start}",
             f"- other load at end: {load_end}",
             "",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import torch
 from lightning.pytorch.cli import LightningCLI
@@ -37,6 +38,8 @@ def main(args: list[str] | None = None, run: bool = True) -> EmotionCLI:
     """
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
+    # Lightning 2.6 on torch 2.13 warns on every batch about its own use of a deprecated torch pytree API.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     try:
         return EmotionCLI(
             EmotionAgent,

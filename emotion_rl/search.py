@@ -18,6 +18,9 @@ Readings of the spec (SPEC_NOTES 1-6), each tested:
    value. Nodes at ``max_depth`` are never expanded.
 5. An expansion evaluates "real history + ONE imagined state" (spec 1.5), as one token on the cached history.
 6. Nothing imagined is written to the history (spec 1.6): the search reads it and returns new tensors.
+7. (This project's reading, not in SPEC_NOTES.) Spec 1.4's expansion never sets the new node's prior ``P(n)``,
+   which the UCB formula at that node needs: it is the policy output of the node's own evaluation, as for the
+   root in 1.3 (``Tree.add_node``; tested against the literal reference, which does the same).
 """
 
 from __future__ import annotations

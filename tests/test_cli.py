@@ -81,6 +81,11 @@ def test_fit_writes_finite_losses_and_a_checkpoint_that_validate_reads_back(tmp_
     for key, value in checkpoint["state_dict"].items():
         assert torch.equal(restored[key.removeprefix("model.")], value), key
 
+    cli = main(
+        ["test", f"--config={CONFIG}", *TINY, f"--trainer.logger.init_args.save_dir={logs}", f"--ckpt_path={last}"]
+    )
+    assert 1 <= float(cli.trainer.callback_metrics["test/return_mean"]) <= 40
+
 
 def test_config_interpolates_with_omegaconf(capsys):
     with pytest.raises(SystemExit) as exit_info:
