@@ -250,7 +250,11 @@ def test_collected_episodes_are_whole_real_and_contiguous():
         truncated += planned > 6
         assert episode["done"][:n].tolist() == [False] * (n - 1) + [True]
         assert torch.allclose(episode["return"][:n], discounted_returns(episode["reward"][:n], 0.9))
-        assert torch.allclose(episode["visit_distribution"][:n].sum(-1), torch.ones(n))
+        # spec 3.3: the stored distribution of step t is the one the search returned at step t (FixedPlanner:
+        # 13 of 20 visits on emotion (history length) % E, history length t + 1)
+        expected = torch.full((n, E), 1 / 20)
+        expected[torch.arange(n), (torch.arange(n) + 1) % E] = 13 / 20
+        torch.testing.assert_close(episode["visit_distribution"][:n], expected)
         assert not episode["mask"][n:].any()
 
 
