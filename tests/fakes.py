@@ -5,6 +5,7 @@ from __future__ import annotations
 import gymnasium
 import numpy as np
 import torch
+from tensordict import TensorDict
 from torch import nn
 
 
@@ -47,3 +48,31 @@ class FakeModel(nn.Module):
         super().__init__()
         self.context_length = context_length
         self.weight = nn.Parameter(torch.zeros(1))
+
+
+class FakePlanner:
+    """A planner with recognisable outputs that records the histories it is given.
+
+    Row ``b`` of a history of length ``t`` gets ``peak`` visits on emotion ``(t + row_shift * b) % n_emotions`` and 1
+    on the others; emotion e's action logits favour action ``e % n_actions`` by ``+-logit``.
+    """
+
+    def __init__(self, n_actions: int, n_emotions: int = 8, peak: int = 10, row_shift: int = 1, logit: float = 5.0):
+        self.n_actions, self.n_emotions = n_actions, n_emotions
+        self.peak, self.row_shift, self.logit = peak, row_shift, logit
+        self.histories: list[TensorDict] = []
+
+    def search(self, model, history: TensorDict) -> TensorDict:
+        self.histories.append(history.clone())
+        n, e, a = history.batch_size[0], self.n_emotions, self.n_actions
+        favourite = (history["mask"].sum(-1) + self.row_shift * torch.arange(n)) % e
+        counts = torch.ones(n, e, dtype=torch.long)
+        counts[torch.arange(n), favourite] = self.peak
+        logits = torch.full((n, e, a), -self.logit)
+        logits[:, torch.arange(e), torch.arange(e) % a] = self.logit
+        return TensorDict(
+            visit_counts=counts,
+            visit_distribution=counts.float() / counts.sum(-1, keepdim=True),
+            action_logits=logits,
+            batch_size=[n],
+        )

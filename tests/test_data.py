@@ -24,7 +24,7 @@ from emotion_rl.data import (
 )
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
 
-from fakes import FakeModel, register_counter
+from fakes import FakeModel, FakePlanner, register_counter
 
 E, A = 8, 2
 COUNTER_ID = "EmotionRLTest/Counter-v0"
@@ -37,26 +37,10 @@ register_counter(UNBOUNDED_ID, None, n_actions=A)
 register_counter(IMAGE_ID, 6, n_actions=A, image=True)
 
 
-class FixedPlanner:
-    """Visit distribution favouring emotion ``(history length) % E``; emotion e's logits favour action ``e % A``."""
-
-    def search(self, model, history):
-        n = history.batch_size[0]
-        favourite = history["mask"].sum(-1) % E
-        counts = torch.ones(n, E, dtype=torch.long)
-        counts[torch.arange(n), favourite] = 13
-        logits = torch.full((n, E, A), -4.0)
-        logits[:, torch.arange(E), torch.arange(E) % A] = 4.0
-        return TensorDict(
-            visit_counts=counts,
-            visit_distribution=counts.float() / counts.sum(-1, keepdim=True),
-            action_logits=logits,
-            batch_size=[n],
-        )
-
-
 def fake_policy(greedy: bool) -> EmotionPolicy:
-    return EmotionPolicy(FakeModel(), FixedPlanner(), temperature=TemperatureSchedule(1.0, 0.5, 100), greedy=greedy)
+    # 13 of 20 visits on emotion (history length) % E; emotion e's logits favour action e % A
+    planner = FakePlanner(n_actions=A, n_emotions=E, peak=13, row_shift=0, logit=4.0)
+    return EmotionPolicy(FakeModel(), planner, temperature=TemperatureSchedule(1.0, 0.5, 100), greedy=greedy)
 
 
 class FakePolicyDataModule(EmotionDataModule):
@@ -250,7 +234,7 @@ def test_collected_episodes_are_whole_real_and_contiguous():
         truncated += planned > 6
         assert episode["done"][:n].tolist() == [False] * (n - 1) + [True]
         assert torch.allclose(episode["return"][:n], discounted_returns(episode["reward"][:n], 0.9))
-        # spec 3.3: the stored distribution of step t is the one the search returned at step t (FixedPlanner:
+        # spec 3.3: the stored distribution of step t is the one the search returned at step t (fake_policy's planner:
         # 13 of 20 visits on emotion (history length) % E, history length t + 1)
         expected = torch.full((n, E), 1 / 20)
         expected[torch.arange(n), (torch.arange(n) + 1) % E] = 13 / 20

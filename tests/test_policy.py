@@ -15,7 +15,7 @@ from emotion_rl.model import EmotionModel
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule, select_emotion
 from emotion_rl.search import EmotionMCTS
 
-from fakes import FakeModel, register_counter
+from fakes import FakeModel, FakePlanner, register_counter
 
 E, A = 8, 3
 COUNTER_ID = "EmotionRLTest/PolicyCounter-v0"
@@ -24,28 +24,11 @@ COUNTER_ID = "EmotionRLTest/PolicyCounter-v0"
 register_counter(COUNTER_ID, 10, n_actions=A, max_length=6)
 
 
-class RecordingPlanner:
-    """Records the histories it is given; the visit distribution favours emotion ``(t + b) % E`` (t = history
-    length, b = row) and emotion e's action logits favour action ``e % A``."""
+class RecordingPlanner(FakePlanner):
+    """Favours emotion ``(t + b) % E`` (t = history length, b = row); emotion e's logits favour action ``e % A``."""
 
     def __init__(self) -> None:
-        self.histories: list[TensorDict] = []
-
-    def search(self, model, history: TensorDict) -> TensorDict:
-        self.histories.append(history.clone())
-        n = history.batch_size[0]
-        lengths = history["mask"].sum(-1)
-        favourite = (lengths + torch.arange(n)) % E
-        counts = torch.ones(n, E, dtype=torch.long)
-        counts[torch.arange(n), favourite] = 10
-        logits = torch.full((n, E, A), -5.0)
-        logits[:, torch.arange(E), torch.arange(E) % A] = 5.0
-        return TensorDict(
-            visit_counts=counts,
-            visit_distribution=counts.float() / counts.sum(-1, keepdim=True),
-            action_logits=logits,
-            batch_size=[n],
-        )
+        super().__init__(n_actions=A, n_emotions=E, peak=10, row_shift=1, logit=5.0)
 
 
 def step_input(obs, is_init, prev_reward) -> TensorDict:
