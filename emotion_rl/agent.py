@@ -237,7 +237,6 @@ class EmotionAgent(L.LightningModule):
 
     def training_step(self, batch: TensorDict, batch_idx: int) -> None:
         episodes = batch["episodes"]
-        episodes = episodes[:, : int(episodes["mask"].sum(-1).max())]  # drop padding past the longest episode
         mask = episodes["mask"]
         if self.hparams.schedule == "episode":
             logs = self.update(episodes, mask)
