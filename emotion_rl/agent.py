@@ -28,7 +28,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from tensordict import TensorDict
+from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 
 from emotion_rl.model import EmotionModel
@@ -203,15 +203,20 @@ class EmotionAgent(L.LightningModule):
 
     # ------------------------------------------------------------------ one update (spec 2.3)
     def _step(self, optimizer: torch.optim.Optimizer, phase: str, loss: Tensor) -> Tensor:
-        """Backward and step ``optimizer``; a non-finite loss stops before any parameter changes."""
+        """Backward and step ``optimizer``. A non-finite loss or gradient stops the run before this step changes a
+        parameter (and so before any checkpoint could hold damaged weights)."""
+        fix = (
+            "the update was stopped before this phase changed any parameter. Lower the learning rates, set "
+            "gradient_clip_val, or check the environment's observations and rewards."
+        )
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"phase '{phase}' produced a non-finite loss ({loss.item()}); the update was stopped before "
-                "any parameter changed. Lower the learning rates, set gradient_clip_val, or check the "
-                "environment's observations and rewards."
-            )
+            raise FloatingPointError(f"phase '{phase}' produced a non-finite loss ({loss.item()}); {fix}")
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"phase '{phase}' produced a non-finite gradient (loss {loss.item():.4g}); {fix}")
         if self.hparams.gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val)
         optimizer.step()
@@ -235,7 +240,20 @@ class EmotionAgent(L.LightningModule):
         logs["train/phase4_policy_loss"] = self._step(opt_policy, "policy", loss)
         return logs
 
-    def training_step(self, batch: TensorDict, batch_idx: int) -> None:
+    def training_step(self, dataloader_iter: Iterator | TensorDict, batch_idx: int | None = None) -> None:
+        """One training batch: the four phases (spec 2.3) and the collection's logs.
+
+        Lightning passes the data iterator (``dataloader_iter``) and the step takes exactly one batch from it.
+        Lightning's default fetcher would pull the next batch before this step runs (it prefetches one to detect
+        the end of an unsized stream): that batch's collection would land in the checkpoint's replay and counters
+        before it was trained on, and a resumed run would skip it. Pulling the batch here keeps every checkpoint at
+        a batch boundary (exact resume, README). A TensorDict batch may also be passed directly (tests, benchmarks).
+        """
+        if isinstance(dataloader_iter, TensorDictBase):
+            batch = dataloader_iter
+        else:
+            batch, _batch_idx, _dataloader_idx = next(dataloader_iter)
+            batch = batch.to(self.device)
         episodes = batch["episodes"]
         mask = episodes["mask"]
         if self.hparams.schedule == "episode":
@@ -249,19 +267,19 @@ class EmotionAgent(L.LightningModule):
                     only_t[0, t] = True
                     per_step.append(self.update(prefix, only_t))
             logs = {k: torch.stack([s[k] for s in per_step]).mean() for k in per_step[0]}
-        self.log_dict(logs)
+        self.log_dict(logs, batch_size=episodes.shape[0])
         self._log_collection(batch["stats"])
 
     def _log_collection(self, stats: TensorDict) -> None:
         """Episode returns (on the progress bar), environment steps, temperature and emotion usage."""
         episode_return = stats["episode_return"]
         if torch.isfinite(episode_return):
-            self.log("episode/return", episode_return, prog_bar=True)
-        self.log("episode/env_steps", stats["env_steps"].float())
-        self.log("episode/count", stats["episodes"].float())
-        self.log("train/temperature", stats["temperature"].float())
+            self.log("episode/return", episode_return, prog_bar=True, batch_size=1)
+        self.log("episode/env_steps", stats["env_steps"].float(), batch_size=1)
+        self.log("episode/count", stats["episodes"].float(), batch_size=1)
+        self.log("train/temperature", stats["temperature"].float(), batch_size=1)
         for k, usage in enumerate(stats["emotion_usage"].unbind(-1)):
-            self.log(f"emotion/usage_{k}", usage)
+            self.log(f"emotion/usage_{k}", usage, batch_size=1)
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: TensorDict, batch_idx: int) -> None:

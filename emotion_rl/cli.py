@@ -11,14 +11,19 @@ and linked into the agent, so a config never repeats them.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import torch
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from emotion_rl.agent import EmotionAgent
+from emotion_rl.checkpoint import AtomicCheckpointIO, CheckpointError, find_last_checkpoint, load_checkpoint
 from emotion_rl.data import EmotionDataModule
 
 
@@ -28,6 +33,65 @@ class EmotionCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
         for name in ("obs_dim", "n_actions", "max_episode_steps"):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:  # noqa: ANN003 - LightningCLI's trainer arguments
+        if not (self._get(self.config_init, "trainer", default={}) or {}).get("plugins"):
+            kwargs.setdefault("plugins", [AtomicCheckpointIO()])  # atomic writes, safe loads (emotion_rl.checkpoint)
+        return add_tensorboard(super().instantiate_trainer(**kwargs))
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads ``--ckpt_path``'s hyperparameters with a bare ``torch.load`` before anything else runs:
+        check the file first, so a truncated, corrupt or hostile checkpoint gets :class:`CheckpointError`'s message."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc") and Path(ckpt_path).exists():
+            load_checkpoint(ckpt_path, map_location="cpu")
+        super()._parse_ckpt_path()
+
+    def _resolve_last_checkpoint(self) -> None:
+        """``--ckpt_path last`` resumes the previous run's newest checkpoint (``checkpoint.find_last_checkpoint``).
+
+        ``fit`` without one starts a new run and says so (so a job can always pass ``--ckpt_path last``);
+        ``validate`` and ``test`` without one are refused.
+        """
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") != "last":
+            return
+        found = find_last_checkpoint(self.trainer)
+        if found is not None:
+            print(f"emotion_rl: --ckpt_path last: resuming from {found}", file=sys.stderr)
+            config["ckpt_path"] = str(found)
+        elif self.subcommand == "fit":
+            print("emotion_rl: --ckpt_path last: no last.ckpt from an earlier run; starting a new run", file=sys.stderr)
+            config["ckpt_path"] = None
+        else:
+            raise CheckpointError(
+                f"--ckpt_path last: no last.ckpt was found where this config's checkpoints are written; "
+                f"pass the checkpoint's path to {self.subcommand} with --ckpt_path PATH"
+            )
+
+    before_fit = before_validate = before_test = _resolve_last_checkpoint
+
+
+def tensorboard_available() -> bool:
+    """True when Lightning's ``TensorBoardLogger`` can write (``tensorboard`` or ``tensorboardX`` is installed)."""
+    return any(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX"))
+
+
+def add_tensorboard(trainer: Trainer) -> Trainer:
+    """Give the config's single ``CSVLogger`` a ``TensorBoardLogger`` twin when tensorboard is installed (issue 6).
+
+    The twin writes its event file into the CSV logger's folder (same ``save_dir``, ``name`` and ``version``), so
+    ``runs/cartpole/version_0`` holds ``metrics.csv``, the TensorBoard events and the checkpoints; the CSV logger
+    stays first (it decides ``trainer.log_dir`` and the checkpoint folder). Any other logger setting (a list, no
+    logger, TensorBoard already) is left as it is, and without tensorboard the run logs CSV only.
+    """
+    loggers = trainer.loggers
+    if len(loggers) == 1 and type(loggers[0]) is CSVLogger and tensorboard_available():
+        csv = loggers[0]
+        twin = TensorBoardLogger(csv.save_dir, name=csv.name, version=csv.version, default_hp_metric=False)
+        trainer.loggers = [csv, twin]
+    return trainer
 
 
 def main(args: list[str] | None = None, run: bool = True) -> EmotionCLI:
@@ -40,6 +104,8 @@ def main(args: list[str] | None = None, run: bool = True) -> EmotionCLI:
         torch.set_num_threads(1)
     # Lightning 2.6 on torch 2.13 warns on every batch about its own use of a deprecated torch pytree API.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # EmotionAgent.training_step takes Lightning's `dataloader_iter` on purpose (exact resume; see its docstring).
+    warnings.filterwarnings("ignore", message=r".*Found `dataloader_iter` argument.*")
     try:
         return EmotionCLI(
             EmotionAgent,
@@ -49,6 +115,9 @@ def main(args: list[str] | None = None, run: bool = True) -> EmotionCLI:
             args=args,
             run=run,
         )
-    except ValueError as error:
+    except ValueError as error:  # a setting, an environment or a checkpoint the user named (CheckpointError)
         print(f"emotion_rl: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except FloatingPointError as error:  # a loss or gradient turned NaN/inf: stopped before the weights changed
+        print(f"emotion_rl: training stopped: {error}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -34,6 +34,8 @@ from torchrl.envs import (
 )
 from torchrl.envs.transforms import Transform
 
+from emotion_rl.checkpoint import CheckpointError, rng_state, set_rng_state
+
 __all__ = [
     "EPISODE_KEYS",
     "EmotionDataModule",
@@ -318,17 +320,22 @@ class EpisodeReplay:
     ``[s_0, a_0, e_0, r_0, ..., s_t]``), so a training target at step t needs the episode's prefix from step 0.
     A slice from the middle of an episode would change every ``h_t`` it contains. Sampling is uniform over stored
     episodes, with replacement. Each sampled batch is cut to the longest valid episode in it (``trim=True``) so the
-    model does not run over padding only; the result is ``[B, L]`` with ``L <= max_len``.
+    model does not run over padding only; the result is ``[B, L]`` with ``L <= max_len``. With a ``generator`` the
+    sampling draws from it alone, and its state is part of :meth:`state_dict` (exact resume).
     """
 
-    def __init__(self, capacity_episodes: int) -> None:
+    def __init__(self, capacity_episodes: int, generator: torch.Generator | None = None) -> None:
         if int(capacity_episodes) < 1:
             raise ValueError(f"EpisodeReplay: capacity_episodes must be >= 1, got {capacity_episodes}")
         self.capacity = int(capacity_episodes)
-        self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(self.capacity))
+        self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(self.capacity), generator=generator)
 
     def __len__(self) -> int:
         return len(self.buffer)
+
+    def seed(self, seed: int) -> None:
+        """Sample from a fresh generator seeded with ``seed`` from now on."""
+        self.buffer.set_rng(torch.Generator().manual_seed(int(seed)))
 
     def extend(self, episodes: TensorDictBase) -> None:
         """Add ``[K, max_len]`` episodes (the oldest are overwritten once the buffer is full)."""
@@ -460,10 +467,15 @@ class EmotionDataModule(LightningDataModule):
         self.val_episodes = _check_int("val_episodes", val_episodes, 1)
         self.env_info = probe_env(env_id, time_limit)
         self.time_limit = time_limit
+        # The data stream draws from its own generators (replay sampling; emotion and action draws of the training
+        # policy), seeded from ``seed`` and the rank and saved in checkpoints, so a resumed run continues them.
+        self.policy_rng = torch.Generator()
         self.replay = EpisodeReplay(self.replay_capacity)
+        self._seed_generators(rank=0)
         self.env_steps = 0
         self.episodes = 0
         self.stream_starts = 0
+        self._resumed_rng: dict | None = None
 
     # -------------------------------------------------------------- env facts (linked into the LightningModule)
     @property
@@ -482,6 +494,14 @@ class EmotionDataModule(LightningDataModule):
     def _rank(self) -> int:
         trainer = self.trainer
         return int(getattr(trainer, "global_rank", 0) or 0) if trainer is not None else 0
+
+    def _seed_generators(self, rank: int) -> None:
+        self.policy_rng.manual_seed(self.seed + rank)
+        self.replay.seed(self.seed + rank + 1_000_003)
+
+    def setup(self, stage: str) -> None:
+        """Seed the stream's generators for this process's rank (a checkpoint loaded afterwards replaces them)."""
+        self._seed_generators(self._rank())
 
     def make_policy(self, greedy: bool):
         """The policy to act with: ``trainer.lightning_module.make_policy(greedy)`` (override in tests)."""
@@ -502,12 +522,20 @@ class EmotionDataModule(LightningDataModule):
         env = self.make_env(self.num_envs, env_seed)
         policy = self.make_policy(greedy=False)
         policy.action_spec = env.action_spec
+        if hasattr(policy, "generator"):
+            policy.generator = self.policy_rng
+        policy_rng_state = self.policy_rng.get_state()
         frames_per_batch = -(-self.frames_per_batch // self.num_envs) * self.num_envs
         collector = Collector(env, policy, frames_per_batch=frames_per_batch, total_frames=-1)
-        # The temperature schedule follows this process's collected env steps (checkpointed here). Setting it after
-        # the collector is built also discards the step the collector runs at construction to discover the policy's
-        # output keys.
+        # The collector runs the policy once at construction to discover its output keys. Undo what that step did:
+        # the temperature schedule follows this process's collected env steps (checkpointed here), and the policy's
+        # generator goes back to its state before that step. On resume, the process RNG is restored here too, so
+        # the stream continues as the interrupted one would have.
         policy.frames.fill_(self.env_steps)
+        self.policy_rng.set_state(policy_rng_state)
+        if self._resumed_rng is not None:
+            set_rng_state(self._resumed_rng)
+            self._resumed_rng = None
         assembler = EpisodeAssembler(self.max_episode_steps, self.gamma)
         pending_emotions: torch.Tensor | None = None
         try:
@@ -571,19 +599,38 @@ class EmotionDataModule(LightningDataModule):
 
     # -------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
-        """Replay contents and counters: plain tensors, ints and dicts (loads with ``weights_only=True``)."""
+        """Everything the data stream needs to continue (README, "Resuming"); loads with ``weights_only=True``.
+
+        Replay contents and its sampling generator, the training policy's generator, the counters (env steps,
+        which also place the temperature schedule; episodes; stream starts, which offset the env seeds of the next
+        stream) and the process's global RNG states. Not saved: the environments' internal state and unfinished
+        episodes (TorchRL has no API to save an env mid-episode): a resumed stream starts fresh episodes on envs
+        seeded with a new offset, and the steps of episodes unfinished at the checkpoint are not in the replay.
+        """
         return {
             "replay": self.replay.state_dict(),
+            "policy_rng": self.policy_rng.get_state(),
             "env_steps": self.env_steps,
             "episodes": self.episodes,
             "stream_starts": self.stream_starts,
+            "rng": rng_state(),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
+        missing = {"replay", "policy_rng", "env_steps", "episodes", "stream_starts", "rng"} - set(state_dict)
+        if missing:
+            raise CheckpointError(
+                f"the checkpoint's EmotionDataModule state lacks {sorted(missing)}: it was written by another version "
+                "of emotion_rl or another datamodule. Start a new run, or load only the model weights with "
+                "EmotionAgent.load_from_checkpoint."
+            )
         self.replay.load_state_dict(state_dict["replay"])
+        self.policy_rng.set_state(state_dict["policy_rng"])
         self.env_steps = int(state_dict["env_steps"])
         self.episodes = int(state_dict["episodes"])
         self.stream_starts = int(state_dict["stream_starts"])
+        self._resumed_rng = state_dict["rng"]
+        set_rng_state(state_dict["rng"])
 
 
 def _identity(batch):

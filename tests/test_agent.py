@@ -191,6 +191,10 @@ class _RecordingOptimizer:
     def __init__(self, phase: str, inner: torch.optim.Optimizer, log: list) -> None:
         self.phase, self.inner, self.log = phase, inner, log
 
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.inner.param_groups
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
 
@@ -279,6 +283,24 @@ def test_non_finite_loss_stops_before_any_parameter_changes(monkeypatch, episode
     assert log == []
     for key, value in agent.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_non_finite_gradient_of_a_finite_loss_stops_before_the_phase_steps(monkeypatch, episodes):
+    """sqrt at 0 has an infinite derivative: phase 3's loss is 0 (finite) and its gradient is inf."""
+    agent, log = _manual_agent(monkeypatch)
+
+    def infinite_slope(batch):
+        value = agent.model.emotion_values(agent.model.encode(batch).hidden)[..., 0]
+        return (value - value.detach()).abs().sqrt()
+
+    monkeypatch.setattr(agent, "phase3_value", infinite_slope)
+    with pytest.raises(FloatingPointError, match="phase 'value' produced a non-finite gradient"):
+        agent.training_step(_batch(episodes), 0)
+    assert log == ["dynamics", "action"], "phases 1 and 2 stepped; phase 3 must not (only a step changes weights)"
+    value_params = [*agent.model.head_parameters()["value"], *agent.model.transformer_parameters()]
+    assert all(p.grad is None for p in value_params), "the damaged gradients were left in place"
+    for key, value in agent.state_dict().items():
+        assert torch.isfinite(value).all(), key
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from emotion_rl.cli import main
+
+from fakes import register_counter
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "cartpole.yaml")
 TINY = [
@@ -102,3 +105,61 @@ def test_a_bad_setting_exits_with_its_name_and_no_traceback(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "return_scale" in err and "Traceback" not in err
+
+
+IMAGE_ENV = register_counter("CliImage-v0", time_limit=10, image=True)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("--model.num_simulations=0", "num_simulations"),
+        ("--model.max_depth=0", "max_depth"),
+        ("--model.c_puct=-0.5", "c_puct"),
+        ("--model.temperature_start=-1", "start"),
+        ("--model.phase2_objective=mse", "phase2_objective"),
+        ("--data.env_id=Pendulum-v1", r"Pendulum-v1.*Box.*supported.*Discrete"),
+        ("--data.env_id=NoSuchEnv-v0", "unknown gymnasium env id 'NoSuchEnv-v0'"),
+        (f"--data.env_id={IMAGE_ENV}", r"CliImage-v0.*\(2, 2\).*supported: a 1-D continuous Box"),
+    ],
+)
+def test_bad_input_is_refused_before_training_with_its_name_and_no_traceback(tmp_path, capsys, override, named):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", f"--config={CONFIG}", *TINY, override, f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(named, err), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "cartpole").exists(), "the run started (logs were written) before the refusal"
+
+
+def test_a_truncated_checkpoint_is_refused_by_fit_and_validate_without_a_traceback(tmp_path, capsys):
+    path = tmp_path / "last.ckpt"
+    torch.save({"global_step": 1, "state_dict": {"w": torch.zeros(10_000)}}, path)
+    path.write_bytes(path.read_bytes()[:2000])
+    for command in ("fit", "validate"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(
+                [
+                    command,
+                    f"--config={CONFIG}",
+                    *TINY,
+                    f"--trainer.logger.init_args.save_dir={tmp_path}",
+                    f"--ckpt_path={path}",
+                ]
+            )
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"checkpoint '{path}' is truncated or corrupt" in err and "Traceback" not in err, err
+
+
+def test_ckpt_path_last_without_an_earlier_run(tmp_path, capsys):
+    """``fit --ckpt_path last`` with nothing to resume starts afresh and says so; ``validate`` is refused."""
+    logs = [f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", f"--config={CONFIG}", *TINY, *logs, "--ckpt_path=last"])
+    assert exit_info.value.code == 2
+    assert "no last.ckpt was found" in capsys.readouterr().err
+    cli = main(["fit", f"--config={CONFIG}", *TINY, *logs, "--trainer.max_steps=4", "--ckpt_path=last"])
+    assert "starting a new run" in capsys.readouterr().err
+    assert cli.trainer.global_step == 4

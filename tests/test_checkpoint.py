@@ -1,0 +1,137 @@
+"""Checkpoints: atomic writes (also under SIGKILL), safe loading of corrupt or hostile files, RNG state round trip."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emotion_rl.checkpoint import (
+    TEMP_SUFFIX,
+    AtomicCheckpointIO,
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+
+
+def _checkpoint(value: float, size: int = 1000) -> dict:
+    return {"state_dict": {"w": torch.full((size,), value)}, "global_step": int(value)}
+
+
+def test_a_write_that_dies_midway_leaves_the_previous_checkpoint_in_place(tmp_path, monkeypatch):
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint(_checkpoint(1.0), path)
+
+    def dying_save(obj, file, *args, **kwargs):
+        file.write(b"PK\x03\x04 half a zip archive")  # some bytes reach the disk, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint(_checkpoint(2.0), path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["state_dict"]["w"], torch.full((1000,), 1.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"], "a temporary file was left behind"
+    io.save_checkpoint(_checkpoint(3.0), path)
+    assert load_checkpoint(path)["global_step"] == 3
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, torch
+    from emotion_rl.checkpoint import AtomicCheckpointIO
+    io, path = AtomicCheckpointIO(), sys.argv[1]
+    for step in range(1, 10_000):
+        checkpoint = {"state_dict": {"w": torch.full((4_000_000,), float(step))}, "global_step": step}
+        print(step, flush=True)  # about to write checkpoint `step`
+        io.save_checkpoint(checkpoint, path)
+    """
+)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.05])
+def test_sigkill_during_a_write_never_leaves_a_checkpoint_that_fails_to_load(tmp_path, delay):
+    """A real process writing 16 MB checkpoints in a loop is killed with SIGKILL just after it starts a write."""
+    path = tmp_path / "last.ckpt"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True, env={**os.environ}
+    )
+    try:
+        started = [int(writer.stdout.readline()) for _ in range(3)]  # checkpoints 1 and 2 written, 3 under way
+        time.sleep(delay)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert started == [1, 2, 3]
+    checkpoint = load_checkpoint(path)
+    step = checkpoint["global_step"]
+    assert step in (2, 3), step
+    assert torch.equal(checkpoint["state_dict"]["w"], torch.full((4_000_000,), float(step)))
+    # What a kill can leave behind is a temporary file that no checkpoint search picks up (``last*.ckpt``).
+    assert [p.name for p in tmp_path.glob("*.ckpt")] == ["last.ckpt"]
+    assert all(p.name.endswith(TEMP_SUFFIX) for p in tmp_path.iterdir() if p != path)
+
+
+def test_a_truncated_checkpoint_is_refused_with_the_file_and_the_fix(tmp_path):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint(_checkpoint(1.0, size=100_000), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"last\.ckpt.*truncated or corrupt.*earlier checkpoint"):
+        load_checkpoint(path)
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        AtomicCheckpointIO().load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+
+
+class _Payload:
+    """Unpickling this runs code: it would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_holding_arbitrary_objects_is_refused_and_its_code_never_runs(tmp_path):
+    marker, path = tmp_path / "code-ran", tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "payload": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="objects other than tensors"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="weights_only=False"):
+        AtomicCheckpointIO().load_checkpoint(path, weights_only=False)
+    assert not marker.exists()
+    with open(path, "rb") as f:  # the control: the file does carry the call that a plain unpickler would run
+        assert b"touch" in f.read()
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    random.gauss(0, 1)  # a cached gaussian in the python state
+    path = tmp_path / "rng.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"rng": rng_state()}, path)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item(), random.gauss(0, 1))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    set_rng_state(load_checkpoint(path)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item(), random.gauss(0, 1)) == expected
