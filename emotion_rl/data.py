@@ -512,6 +512,17 @@ class EmotionDataModule(LightningDataModule):
             )
         return self.trainer.lightning_module.make_policy(greedy=greedy)
 
+    def _check_context(self, policy) -> None:
+        """Refuse, before any episode is played, a policy whose history cannot hold this env's longest episode."""
+        keeps = getattr(policy, "context_length", None)
+        if keeps is not None and not getattr(policy, "history_window", False) and keeps < self.max_episode_steps:
+            raise ValueError(
+                f"the policy keeps histories of up to {keeps} steps but {self.env_id}'s episodes last up to "
+                f"{self.max_episode_steps} steps (time limit); build the model with context_length >= "
+                f"{self.max_episode_steps + 1} (EmotionAgent(max_episode_steps={self.max_episode_steps}) does), lower "
+                "the datamodule's time_limit, or use a policy with history_window=True"
+            )
+
     def make_env(self, num_envs: int, seed: int) -> EnvBase:
         return make_env(self.env_id, num_envs, seed=seed, max_episode_steps=self.time_limit)
 
@@ -519,8 +530,9 @@ class EmotionDataModule(LightningDataModule):
     def _training_batches(self) -> Iterator[TensorDict]:
         env_seed = self.seed + self._rank() + 100_003 * self.stream_starts
         self.stream_starts += 1
-        env = self.make_env(self.num_envs, env_seed)
         policy = self.make_policy(greedy=False)
+        self._check_context(policy)
+        env = self.make_env(self.num_envs, env_seed)
         policy.action_spec = env.action_spec
         if hasattr(policy, "generator"):
             policy.generator = self.policy_rng
@@ -583,8 +595,9 @@ class EmotionDataModule(LightningDataModule):
 
     # -------------------------------------------------------------- evaluation stream
     def _evaluation(self) -> Iterator[TensorDict]:
-        env = self.make_env(self.val_episodes, self.seed + 10_000)
         policy = self.make_policy(greedy=True)
+        self._check_context(policy)
+        env = self.make_env(self.val_episodes, self.seed + 10_000)
         try:
             result = evaluate_policy(env, policy, self.max_episode_steps)
         finally:

@@ -117,8 +117,14 @@ class EmotionPolicy(TensorDictModuleBase):
             and ``None`` categorical long actions, which only suits envs built with categorical action encoding
             (torchrl's GymEnv default for ``Discrete`` is one-hot). Never stored as ``spec`` (a collector reads a
             policy's ``spec`` attribute as its output spec).
-        context_length: maximum history length; defaults to ``model.context_length``.
+        context_length: the longest real history the policy keeps; defaults to ``model.context_length - 1`` (the
+            planner appends one imagined state to the history, spec 1.5, and the model's context must hold both).
         generator: optional ``torch.Generator`` for the emotion and action draws (default: the global RNG).
+        history_window: what happens when an episode outgrows ``context_length``. ``False`` (default): refused,
+            naming both lengths (the spec's history is the whole episode, spec 1.3; ``EmotionAgent`` sizes the
+            context from the env's time limit, so its episodes never outgrow it). ``True``: the history becomes a
+            window of the most recent ``context_length`` steps (the oldest step is dropped), so an episode of any
+            length plays on with a model of a fixed context.
 
     In keys: ``observation``, ``is_init`` (from ``InitTracker``) and ``prev_reward`` (from
     :class:`emotion_rl.data.PreviousReward`). Out keys: ``action``, ``emotion`` (long [*B]),
@@ -147,6 +153,7 @@ class EmotionPolicy(TensorDictModuleBase):
         action_spec=None,
         context_length: int | None = None,
         generator: torch.Generator | None = None,
+        history_window: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -161,7 +168,8 @@ class EmotionPolicy(TensorDictModuleBase):
         self.greedy = bool(greedy)
         self.action_spec = action_spec
         if context_length is None:
-            context_length = getattr(model, "context_length", None)
+            model_context = getattr(model, "context_length", None)
+            context_length = None if model_context is None else int(model_context) - 1
         if context_length is None or int(context_length) < 1:
             raise ValueError(
                 "EmotionPolicy: context_length must be a positive integer (pass it, or give the model a "
@@ -169,6 +177,7 @@ class EmotionPolicy(TensorDictModuleBase):
             )
         self.context_length = int(context_length)
         self.generator = generator
+        self.history_window = bool(history_window)
         self.register_buffer("frames", torch.zeros((), dtype=torch.long))
         self.reset_histories()
 
@@ -265,12 +274,19 @@ class EmotionPolicy(TensorDictModuleBase):
         if continuing.any():
             last = (self._length - 1).clamp_min(0)
             self._reward[rows[continuing], last[continuing]] = prev_reward[continuing].to(self._reward.dtype)
+        full = self._length >= self.context_length
+        if bool(full.any()):
+            if not self.history_window:
+                raise RuntimeError(
+                    f"EmotionPolicy: history length {int(self._length.max()) + 1} exceeds the policy's context length "
+                    f"{self.context_length} (real steps; the model's context also holds the imagined state); give "
+                    "the model a context of at least the env's max_episode_steps + 1, or pass history_window=True "
+                    "to plan on the most recent steps only"
+                )
+            for history in (self._obs, self._action, self._emotion, self._reward):  # drop each full row's oldest
+                history[full, :-1] = history[full, 1:].clone()
+            self._length[full] -= 1
         position = self._length
-        if int(position.max()) >= self.context_length:
-            raise RuntimeError(
-                f"EmotionPolicy: history length {int(position.max()) + 1} exceeds the model's context length "
-                f"{self.context_length}; the context length must be at least the env's max_episode_steps"
-            )
         self._obs[rows, position] = obs.to(self._obs.dtype)
         self._action[rows, position] = -1
         self._emotion[rows, position] = -1

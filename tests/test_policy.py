@@ -206,12 +206,28 @@ def test_real_search_leaves_only_real_observations_in_the_history():
 
 
 def test_history_beyond_the_context_length_is_refused_naming_both_lengths():
-    policy = EmotionPolicy(FakeModel(context_length=3), RecordingPlanner())
+    policy = EmotionPolicy(FakeModel(context_length=4), RecordingPlanner())  # 3 real steps + 1 imagined state
+    assert policy.context_length == 3
     policy(step_input([[0, 0]], [True], [0.0]))
     policy(step_input([[1, 1]], [False], [0.0]))
     policy(step_input([[2, 2]], [False], [0.0]))
-    with pytest.raises(RuntimeError, match=r"history length 4 exceeds the model's context length 3"):
+    with pytest.raises(RuntimeError, match=r"history length 4 exceeds the policy's context length 3.*history_window"):
         policy(step_input([[3, 3]], [False], [0.0]))
+
+
+def test_history_window_keeps_the_most_recent_steps_and_the_episode_plays_on():
+    planner = RecordingPlanner()
+    policy = EmotionPolicy(FakeModel(context_length=4), planner, history_window=True)
+    policy(step_input([[0, 0], [0, 0]], [True, True], [0.0, 0.0]))
+    for t in range(1, 6):  # env 0 runs 6 steps; env 1 restarts at t = 4 and stays short
+        policy(step_input([[t, t], [t, t]], [False, t == 4], [float(t), float(t)]))
+    history = policy.histories()
+    assert policy.history_lengths.tolist() == [3, 2]
+    assert history["observation"][0, :, 0].tolist() == [3.0, 4.0, 5.0]  # the window: the last three steps
+    assert history["observation"][1, :2, 0].tolist() == [4.0, 5.0]
+    assert history["reward"][0, :2].tolist() == [4.0, 5.0]  # r_3 and r_4 stay with s_3 and s_4
+    assert history["action"][0, :2].ge(0).all() and history["emotion"][0, :2].ge(0).all()
+    assert max(h.batch_size[1] for h in planner.histories) == 3, "the planner saw more than the window"
 
 
 def test_action_encoding_follows_the_action_spec():

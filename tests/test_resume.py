@@ -197,3 +197,16 @@ def test_a_run_killed_with_sigkill_resumes_with_ckpt_path_last_and_loses_nothing
         assert torch.equal(after[key][:kept], value[:kept]), key
     # The optimizers went on from their saved state (Adam's step count), not from scratch.
     assert resumed["optimizer_states"][0]["state"][0]["step"] == saved["optimizer_states"][0]["state"][0]["step"] + 4
+
+
+def test_a_model_whose_context_is_shorter_than_the_episodes_is_refused_before_training(tmp_path):
+    """Built by hand (the CLI links the env's time limit into the model, so it cannot mismatch there)."""
+    L.seed_everything(0, verbose=False)
+    data = EmotionDataModule(ENV, num_envs=2, frames_per_batch=4, batch_size=2, warmup_episodes=2, time_limit=12)
+    agent = EmotionAgent(data.obs_dim, data.n_actions, max_episode_steps=5, d_model=16, n_layers=1, n_heads=2)
+    before = {k: v.clone() for k, v in agent.state_dict().items()}
+    trainer = _trainer(tmp_path, batches=2)
+    with pytest.raises(ValueError, match=r"histories of up to 5 steps but ResumeCounter-v0's episodes last up to 12"):
+        trainer.fit(agent, datamodule=data)
+    assert trainer.global_step == 0 and data.env_steps == 0
+    assert all(torch.equal(v, before[k]) for k, v in agent.state_dict().items())
