@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from emotion_rl.checkpoint import AtomicCheckpointIO
 from emotion_rl.cli import main
 
 from fakes import register_counter
@@ -163,3 +164,4 @@ def test_ckpt_path_last_without_an_earlier_run(tmp_path, capsys):
     cli = main(["fit", f"--config={CONFIG}", *TINY, *logs, "--trainer.max_steps=4", "--ckpt_path=last"])
     assert "starting a new run" in capsys.readouterr().err
     assert cli.trainer.global_step == 4
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO), "the CLI must write atomically"
