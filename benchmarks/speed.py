@@ -10,8 +10,8 @@ Sections (each measured in this one run, side by side):
    against the literal reference (``emotion_rl.reference.literal_search``, one environment at a time, a full
    ``model.evaluate`` per expansion), with the ratio and a check that the root visit counts are identical, both
    on the float32 model that is timed and on a float64 copy of it.
-2. Planner overhead: total search time over the time spent inside the model's own calls (``encode``, ``heads``,
-   ``evaluate_imagined``; nested calls counted once). 1.0 is the physical limit.
+2. Planner overhead: total search time over the time spent inside the model's own calls (``search_prefix``,
+   ``heads``, ``evaluate_children``, ``evaluate_expansion``; nested calls counted once). 1.0 is the physical limit.
 3. Training timesteps per second: the ``timestep`` schedule (spec 2.3's loop) against the ``episode`` schedule,
    both through ``EmotionAgent.training_step`` with the four Adam optimizers of ``configure_optimizers``.
 4. End-to-end ``fit`` on CartPole (``configs/cartpole.yaml``): environment steps per second and peak RSS, in a
@@ -277,9 +277,9 @@ def bench_planner(sizes: Sizes, results: dict) -> Table:
             "the same machine conditions.",
             "literal: emotion_rl.reference.literal_search once per environment; 'literal timed' = environments "
             "actually timed (k/N: timed on the first k of N rows and scaled per environment to N).",
-            "model calls: batched model calls per planner search (the root encode + one evaluate_imagined per "
-            "simulation in which any environment expands) / full model.evaluate calls per literal environment "
-            "(root + its expansions).",
+            "model calls: batched model calls per planner search (the root's search_prefix, one evaluate_children "
+            "for the root's 8 children, one evaluate_expansion per batch of waiting expansions) / full "
+            "model.evaluate calls per literal environment (root + its expansions).",
             "identical f32: root visit counts of the timed float32 runs, planner row vs literal row, for every "
             "literal-timed row. identical f64: the same on a float64 copy of the model and history (first rows).",
         ],
@@ -314,7 +314,8 @@ def bench_planner(sizes: Sizes, results: dict) -> Table:
             per_env = t_literal / k
             counter = ModelCallTimer(copy.deepcopy(model))
             planner.search(counter.model, history)
-            planner_calls = counter.calls["evaluate_imagined"] + 1
+            planner_calls = sum(counter.calls[name] for name in ("search_prefix", "evaluate_children"))
+            planner_calls += counter.calls["evaluate_expansion"]
             # float64 copy: both implementations on the same double model, first rows
             k64 = min(envs, sizes.f64_rows)
             history64 = make_history(envs, length, seed=length, dtype=torch.float64)
@@ -354,13 +355,13 @@ def bench_planner(sizes: Sizes, results: dict) -> Table:
 
 # ---------------------------------------------------------------------------------------------------- 2. overhead
 class ModelCallTimer:
-    """Wrap a model instance's ``encode``, ``heads`` and ``evaluate_imagined`` with wall-clock timers.
+    """Wrap a model instance's entry points with wall-clock timers.
 
-    The wrappers are instance attributes, so the model's own internal calls (``evaluate_imagined`` calls
-    ``self.heads``) go through them too; only the outermost call is timed, nested ones are only counted.
+    The wrappers are instance attributes, so the model's own internal calls go through them too; only the
+    outermost call is timed, nested ones are only counted.
     """
 
-    NAMES = ("encode", "heads", "evaluate_imagined")
+    NAMES = ("search_prefix", "heads", "evaluate_children", "evaluate_expansion", "encode", "evaluate_imagined")
 
     def __init__(self, model: EmotionModel) -> None:
         self.seconds: Counter[str] = Counter()
@@ -403,16 +404,18 @@ def bench_overhead(sizes: Sizes, results: dict) -> Table:
             "history",
             "search s",
             "model s",
-            "encode s",
+            "prefix s",
             "root heads s",
-            "imagined s",
-            "imagined calls",
+            "root children s",
+            "expansion s",
+            "expansion calls",
             "overhead",
         ],
         notes=[
-            "model s = wall time inside model.encode + model.heads + model.evaluate_imagined (outermost calls; "
-            "the heads inside evaluate_imagined are counted in 'imagined'); overhead = search s / model s "
-            "(1.0 = the physical limit); sums over the timed searches, per search.",
+            "model s = wall time inside model.search_prefix (history encoding and expansion cache) + model.heads "
+            "(root) + model.evaluate_children (the root's 8 children, one call) + model.evaluate_expansion (the "
+            "batched expansions); overhead = search s / model s (1.0 = the physical limit); sums over the timed "
+            "searches, per search.",
         ],
     )
     model = make_model()
@@ -433,17 +436,18 @@ def bench_overhead(sizes: Sizes, results: dict) -> Table:
             results["overhead"][(envs, length)] = ratio
             results["model_time"][(envs, length)] = dict(
                 model=timer.total / reps,
-                per_imagined_call=timer.seconds["evaluate_imagined"] / max(timer.calls["evaluate_imagined"], 1),
+                per_expansion_call=timer.seconds["evaluate_expansion"] / max(timer.calls["evaluate_expansion"], 1),
             )
             table.add(
                 envs,
                 length,
                 fmt(total / reps),
                 fmt(timer.total / reps),
-                fmt(timer.seconds["encode"] / reps),
+                fmt(timer.seconds["search_prefix"] / reps),
                 fmt(timer.seconds["heads"] / reps),
-                fmt(timer.seconds["evaluate_imagined"] / reps),
-                f"{timer.calls['evaluate_imagined'] / reps:.0f}",
+                fmt(timer.seconds["evaluate_children"] / reps),
+                fmt(timer.seconds["evaluate_expansion"] / reps),
+                f"{timer.calls['evaluate_expansion'] / reps:.1f}",
                 f"{ratio:.2f}x",
             )
     return table
@@ -621,23 +625,35 @@ def profiled_memory(model: EmotionModel, planner: EmotionMCTS, history: TensorDi
     """Live tensor bytes during one search, from the torch profiler's memory events (allocations and frees).
 
     ``peak``: the maximum over the whole search. ``after_encode``: the maximum during the rest of the search (root
-    heads, tree, simulations) above the level live when ``model.encode`` returned (the history's encoding and its
-    key/value cache). ``tree``: bytes of the returned tree arrays.
+    heads, tree, simulations) above the level live when ``model.search_prefix`` returned (the history's encoding:
+    its key/value cache). ``tree``: bytes of the returned tree arrays. The search tree's own arrays are numpy
+    arrays, which the profiler does not see: their bytes (``numpy``) are added to ``peak`` and ``after_encode``.
     """
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    encode = model.encode
+    import emotion_rl.search as search_module
 
-    def marked_encode(*args, **kwargs):
+    prefix = model.search_prefix
+    trees = []
+    from_root = search_module.Tree.from_root
+
+    def marked_prefix(*args, **kwargs):
         with record_function("speed:encode"):
-            return encode(*args, **kwargs)
+            return prefix(*args, **kwargs)
 
-    model.encode = marked_encode
+    def recorded_from_root(*args, **kwargs):
+        trees.append(from_root(*args, **kwargs))
+        return trees[-1]
+
+    model.search_prefix = marked_prefix
+    search_module.Tree.from_root = recorded_from_root
     try:
         with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             result = planner.search(model, history)
     finally:
-        del model.encode
+        del model.search_prefix
+        search_module.Tree.from_root = from_root
+    numpy_bytes = sum(v.nbytes for v in vars(trees[0]).values() if hasattr(v, "nbytes"))
     events = prof.profiler.kineto_results.events()
     encode_end = max(e.end_ns() for e in events if e.name() == "speed:encode")
     live = peak = level = after = 0
@@ -652,7 +668,7 @@ def profiled_memory(model: EmotionModel, planner: EmotionMCTS, history: TensorDi
     tree_bytes = sum(v.numel() * v.element_size() for v in tree.values(include_nested=True, leaves_only=True))
     del events, prof
     gc.collect()  # the profiler's results sit in reference cycles: hundreds of MiB per search until collected
-    return dict(peak=peak, after_encode=after, tree=tree_bytes)
+    return dict(peak=peak + numpy_bytes, after_encode=after + numpy_bytes, tree=tree_bytes)
 
 
 def bench_memory(sizes: Sizes, threads: int, results: dict) -> Table:
@@ -661,9 +677,10 @@ def bench_memory(sizes: Sizes, threads: int, results: dict) -> Table:
         ["envs", "sims", "history", "peak MiB", "after-encode MiB", "tree MiB", "per-node-sequence MiB"],
         notes=[
             "peak = maximum of live tensor bytes allocated inside search() (profiler memory events; the model's "
-            "parameters and the history are allocated before and not counted). after-encode = maximum during the "
-            "rest of the search (root heads, tree, simulations) above what was live when model.encode returned "
-            "(the encoding and its key/value cache). tree = the returned tree arrays.",
+            "parameters and the history are allocated before and not counted) plus the search tree's numpy arrays "
+            "(not seen by the profiler; their nbytes). after-encode = maximum during the rest of the search (root "
+            "heads, tree, simulations) above what was live when model.search_prefix returned (the encoding: its "
+            "key/value cache), plus the numpy tree. tree = the returned tree arrays.",
             "per-node-sequence = envs x (sims + 1) x (history + 1) x d_model x 4 bytes: what a planner that kept "
             "one imagined sequence's hidden states per node would hold (the product that must not appear).",
         ],
@@ -781,16 +798,13 @@ def targets_table(sizes: Sizes, results: dict) -> Table:
         table.add("planner vs literal, 16 envs, 50 sims, history 64", ">= 30x", "not measured at these sizes", "n/a")
     model_time = results["model_time"].get(key)
     if planner and model_time:
-        bound = key[0] * planner["literal_per_env"] / model_time["model"]
         table.notes.append(
-            f"reading of the planner row: a search of 16 environments makes {planner['planner_calls']} batched model "
-            f"calls (the root, then one per simulation in which any environment expands), a literal environment "
-            f"{planner['literal_calls']:.1f} (its root and its own expansions). A batched evaluate_imagined call "
-            f"costs {model_time['per_imagined_call'] * 1e3:.2f} ms (section 2) and a literal environment "
-            f"{planner['literal_per_env'] * 1e3 / planner['literal_calls']:.2f} ms per model call, its tree code "
-            f"included. With no planner overhead at all (overhead 1.0) the speed-up would be 16 x literal s/env / "
-            f"model s (sections 1 and 2) = {bound:.1f}x: the model calls alone keep the planner below 30x at 16 "
-            "environments."
+            f"reading of the planner row: a search of 16 environments makes {planner['planner_calls']:.0f} batched "
+            f"model calls (the prefix, the root's 8 children at once, then one per batch of waiting expansions), a "
+            f"literal environment {planner['literal_calls']:.1f} (its root and its own expansions). A batched "
+            f"evaluate_expansion call costs {model_time['per_expansion_call'] * 1e3:.2f} ms (section 2) and a literal "
+            f"environment {planner['literal_per_env'] * 1e3 / planner['literal_calls']:.2f} ms per model call, its "
+            "tree code included."
         )
     overhead = {k: v for k, v in results["overhead"].items() if k[0] == 64}
     if overhead:

@@ -10,14 +10,18 @@ step ``t``.
 Imagined states (spec 1.5, SPEC_NOTES 5) are always "real history + ONE imagined token". The real history is
 encoded once (:meth:`EmotionModel.encode`, which keeps every layer's keys and values) and any number of
 imagined tokens then attend to that cache (:meth:`EmotionModel.evaluate_imagined`): one token of work per
-expansion. The same "imagined stream" runs for all ``t`` at once in training (phase 2, spec 4.3), where
-imagined token ``t`` sees real tokens ``0..t`` and itself.
+expansion. The planner uses a lean form of the same computation (:meth:`EmotionModel.expansion_cache` once per
+search, then :meth:`EmotionModel.evaluate_expansion` per simulation): the cache laid out for batched matrix
+products, the four heads fused into a few matrix products, no TensorDict (tested equal to
+:meth:`EmotionModel.evaluate_imagined`). The same "imagined stream" runs for all ``t`` at once in training
+(phase 2, spec 4.3), where imagined token ``t`` sees real tokens ``0..t`` and itself.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +138,62 @@ class Encoding:
         )
 
 
+class Expansion(NamedTuple):
+    """The model outputs an expansion needs (spec 1.4), for ``n`` imagined states: plain tensors, no TensorDict."""
+
+    policy: Tensor  # [n, E] probabilities
+    values: Tensor  # [n, E]
+    action_logits: Tensor  # [n, E, n_actions]
+    dynamics: Tensor  # [n, E, obs_dim]
+
+
+class LayerWeights(NamedTuple):
+    """One block's weights for :meth:`EmotionModel.evaluate_expansion`; ``qkv`` rows ordered (head, q/k/v, dh)."""
+
+    ln1: tuple[Tensor, Tensor, float]
+    qkv_weight: Tensor  # [3d, d]
+    qkv_bias: Tensor  # [3d]
+    proj_weight: Tensor
+    proj_bias: Tensor
+    ln2: tuple[Tensor, Tensor, float]
+    fc1_weight: Tensor
+    fc1_bias: Tensor
+    fc2_weight: Tensor
+    fc2_bias: Tensor
+
+
+@dataclass
+class ExpansionCache:
+    """Everything an expansion (spec 1.4, 1.5) needs that does not depend on the imagined state, built once per search.
+
+    An imagined sequence is the real history plus ONE imagined token (SPEC_NOTES 5), so per row only the real
+    keys and values, which real tokens are visible, and the imagined token's embedding without its observation
+    are needed. ``kv`` has one spare slot ``T`` per row for the imagined token's own key and value, so that one
+    batched matrix product attends to ``[real ; own]``. The weights are the model's values rearranged (copies,
+    made per search, so the cache follows training): ``qkv`` with rows ordered head by head, the first layer of
+    the policy, value, action and dynamics heads concatenated into one matrix, and every per-emotion layer after
+    it as one block-diagonal matrix, so that each is one plain row-major matrix product (the zero blocks add
+    exact zeros). Inference only: a call with ``rows=None`` writes into the spare slot.
+    """
+
+    kv: Tensor  # [L, 2, N, H, T + 1, dh] real keys/values; slot T is scratch for the imagined token's own
+    length: Tensor  # [N] valid real steps per row
+    mask: Tensor  # [N, H, 1, T + 1] additive: 0 where visible (valid real prefix and slot T), -inf elsewhere
+    token_bias: Tensor  # [N, d] embedding of (none, none, 0.0, .) + position + obs_embed bias
+    obs_weight: Tensor  # [obs_dim, d] obs_embed.weight transposed
+    layers: list[LayerWeights]  # per block: plain tensors (no nn.Module attribute look-ups per call)
+    final_norm: tuple[Tensor, Tensor, float]
+    head_weight: Tensor  # [d, E + E * 3 * hidden]: policy | per emotion (value, action) hidden | dynamics h-part
+    head_bias: Tensor  # [E + E * 3 * hidden]
+    va_weight: Tensor  # [E * 2 * hidden, E * (1 + n_actions)] block-diagonal second layers of value and action
+    va_bias: Tensor  # [E * (1 + n_actions)]
+    dyn_action_weight: Tensor  # [E * n_actions, E * hidden] block-diagonal action part of the dynamics' first layer
+    dyn_weight: Tensor  # [E * hidden, E * obs_dim] block-diagonal second layers of the dynamics heads
+    dyn_bias: Tensor  # [E * obs_dim]
+    attention: list[tuple[Tensor, Tensor, Tensor]]  # per layer, every row: spare slots [2, N, H, dh], keys^T, values
+    flat_mask: Tensor  # [N * H, 1, T + 1]
+
+
 class EmotionModel(nn.Module):
     """Causal transformer with four outputs (spec 2.1): policy, value, action and dynamics per emotion.
 
@@ -233,6 +293,16 @@ class EmotionModel(nn.Module):
 
         Row ``n``'s result is read at its last valid entry (``mask`` key, valid prefix; all entries without it).
         """
+        x, length, batch_shape = self._tokens(history)
+        keys, values = [], []
+        for block in self.blocks:
+            x, k, v = block(x)
+            keys.append(k)
+            values.append(v)
+        return Encoding(self.final_norm(x), keys, values, length, batch_shape)
+
+    def _tokens(self, history: TensorDict) -> tuple[Tensor, Tensor, torch.Size]:
+        """Embedded real tokens with positions ``[N, T, d]``, valid lengths ``[N]`` and the batch shape."""
         self._check_history(history)
         batch_shape, t = history.batch_size[:-1], history.batch_size[-1]
         flat = history.reshape(-1, t)
@@ -246,16 +316,37 @@ class EmotionModel(nn.Module):
         prev_reward = torch.cat([torch.zeros_like(reward[:, :1]), reward[:, :-1]], dim=1)
         positions = torch.arange(t, device=obs.device)
         x = self._embed(obs, prev_action, prev_emotion, prev_reward) + self.position_embed(positions)
-        keys, values = [], []
-        for block in self.blocks:
-            x, k, v = block(x)
-            keys.append(k)
-            values.append(v)
         if "mask" in flat.keys():
             length = flat.get("mask").long().sum(-1)
         else:
             length = torch.full((flat.shape[0],), t, dtype=torch.long, device=obs.device)
-        return Encoding(self.final_norm(x), keys, values, length, batch_shape)
+        return x, length, batch_shape
+
+    def search_prefix(self, history: TensorDict) -> tuple[Tensor, ExpansionCache, torch.Size]:
+        """Encode the real history for a search (spec 1.3 step 2): ``h_t`` ``[N, d]``, the expansion cache, and
+        the batch shape.
+
+        The same computation as :meth:`encode` followed by :meth:`expansion_cache` (equal up to float rounding,
+        tested), minus what a search never reads: the last block's attention output and MLP are computed at each
+        row's last valid step only (every step's keys and values are still needed), and the keys and values are
+        written straight into the cache.
+        """
+        x, length, batch_shape = self._tokens(history)
+        n, t, d = x.shape
+        n_heads = self.blocks[0].n_heads
+        kv = x.new_empty(len(self.blocks), 2, n, n_heads, t + 1, d // n_heads)
+        rows, last = torch.arange(n, device=x.device), length - 1
+        for layer, block in enumerate(self.blocks):
+            q, k, v = block._split(x)
+            kv[layer, 0, :, :, :t] = k
+            kv[layer, 1, :, :, :t] = v
+            if layer + 1 < len(self.blocks):
+                x = block._merge(x, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+            else:  # only h_t is read: the last valid step's query
+                visible = (torch.arange(t, device=x.device) < length.unsqueeze(-1)).view(n, 1, 1, t)
+                attended = F.scaled_dot_product_attention(q[rows, :, last].unsqueeze(2), k, v, attn_mask=visible)
+                x = block._merge(x[rows, last].unsqueeze(1), attended)
+        return self.final_norm(x[:, 0]), self._expansion_cache(kv, length), batch_shape
 
     def encode_imagined(
         self,
@@ -276,15 +367,49 @@ class EmotionModel(nn.Module):
 
         The imagined token is ``(none, none, 0.0, s_imagined)``: the dummy a, e, r of spec 1.5.
         """
+        return self._imagined_stream(encoding.keys, encoding.values, imagined_observation, positions, visible, rows)
+
+    def _imagined_stream(
+        self,
+        keys: list[Tensor],
+        values: list[Tensor],
+        imagined_observation: Tensor,
+        positions: Tensor,
+        visible: Tensor,
+        rows: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`encode_imagined` on per-layer real keys and values ``[N, H, T, dh]``."""
         n, q = imagined_observation.shape[:2]
         none = torch.full((n, q), NONE, dtype=torch.long, device=imagined_observation.device)
         x = self._embed(imagined_observation, none, none, torch.zeros_like(none, dtype=imagined_observation.dtype))
         x = x + self.position_embed(positions)
-        for block, k, v in zip(self.blocks, encoding.keys, encoding.values, strict=True):
+        for block, k, v in zip(self.blocks, keys, values, strict=True):
             if rows is not None:
                 k, v = k[rows], v[rows]
             x = block.forward_imagined(x, k, v, visible)
         return self.final_norm(x)
+
+    def evaluate_children(self, cache: ExpansionCache, observation: Tensor) -> Expansion:
+        """Outputs at "real history of row ``n`` + imagined state ``observation[n, q]``" for ``Q`` states per row
+        (spec 1.4 expansion, 1.5), each imagined state on its own (SPEC_NOTES 5): ``[N, Q, ...]`` outputs.
+
+        The planner evaluates the root's 8 children with it in one call (:func:`emotion_rl.search.prefetch_root`):
+        the general imagined stream of :meth:`encode_imagined` (several queries per row, no key/value copy).
+        """
+        n, q = observation.shape[:2]
+        t = cache.kv.shape[4] - 1
+        keys = [kv[0, :, :, :t] for kv in cache.kv]
+        values = [kv[1, :, :, :t] for kv in cache.kv]
+        positions = cache.length.unsqueeze(1).expand(n, q)
+        visible = (torch.arange(t, device=observation.device) < cache.length.unsqueeze(-1)).unsqueeze(1).expand(n, q, t)
+        hidden = self._imagined_stream(keys, values, observation, positions, visible)
+        action_logits = self.action_logits(hidden)
+        return Expansion(
+            torch.softmax(self.policy_logits(hidden), dim=-1),
+            self.emotion_values(hidden),
+            action_logits,
+            self.dynamics(hidden, torch.softmax(action_logits, dim=-1)),
+        )
 
     # ------------------------------------------------------------------ heads (spec 2.1)
     def policy_logits(self, hidden: Tensor) -> Tensor:
@@ -332,6 +457,145 @@ class EmotionModel(nn.Module):
             encoding, imagined_observation.unsqueeze(1), length.unsqueeze(1), visible.unsqueeze(1), rows=rows
         )
         return self.heads(hidden.squeeze(1))
+
+    def expansion_cache(self, encoding: Encoding) -> ExpansionCache:
+        """Prepare :meth:`evaluate_expansion` for one search over ``encoding`` (spec 1.3 step 2, SPEC_NOTES 5).
+
+        Costs a few copies of the key/value cache and of the head weights, once per search.
+        """
+        n, t, d = encoding.hidden.shape
+        n_heads = self.blocks[0].n_heads
+        kv = encoding.hidden.new_empty(len(self.blocks), 2, n, n_heads, t + 1, d // n_heads)
+        for layer, (k, v) in enumerate(zip(encoding.keys, encoding.values, strict=True)):
+            kv[layer, 0, :, :, :t] = k
+            kv[layer, 1, :, :, :t] = v
+        return self._expansion_cache(kv, encoding.length)
+
+    def _expansion_cache(self, kv: Tensor, length: Tensor) -> ExpansionCache:
+        """The cache around a key/value array ``[L, 2, N, H, T + 1, dh]`` whose first ``T`` slots are filled."""
+        n_layers, _, n, n_heads, t1, dh = kv.shape
+        t, d = t1 - 1, n_heads * dh
+        kv[:, :, :, :, t] = 0.0
+        visible = torch.arange(t + 1, device=kv.device) < length.unsqueeze(-1)
+        visible[:, t] = True  # the imagined token sees itself
+        mask = torch.zeros(n, 1, 1, t + 1, dtype=kv.dtype, device=kv.device)
+        mask.masked_fill_(~visible.view(n, 1, 1, t + 1), float("-inf"))
+        mask = mask.expand(n, n_heads, 1, t + 1).contiguous()
+        slots = kv.select(4, t)
+        flat_kv = kv.view(n_layers, 2, n * n_heads, t1, dh)
+        attention = [(slots[i], flat_kv[i, 0].transpose(1, 2), flat_kv[i, 1]) for i in range(n_layers)]
+        none = self.action_embed.weight[0] + self.emotion_embed.weight[0] + self.reward_embed.bias
+        token_bias = self.position_embed(length) + (none + self.obs_embed.bias)
+        layers = []
+        for block in self.blocks:
+            fc1, _, fc2 = block.mlp
+            layers.append(
+                LayerWeights(
+                    ln1=(block.ln1.weight, block.ln1.bias, block.ln1.eps),
+                    qkv_weight=block.qkv.weight.view(3, n_heads, dh, d).transpose(0, 1).reshape(3 * d, d),
+                    qkv_bias=block.qkv.bias.view(3, n_heads, dh).transpose(0, 1).reshape(3 * d),
+                    proj_weight=block.proj.weight,
+                    proj_bias=block.proj.bias,
+                    ln2=(block.ln2.weight, block.ln2.bias, block.ln2.eps),
+                    fc1_weight=fc1.weight,
+                    fc1_bias=fc1.bias,
+                    fc2_weight=fc2.weight,
+                    fc2_bias=fc2.bias,
+                )
+            )
+        e = self.n_emotions
+        value, action, dyn = self.value_heads, self.action_heads, self.dynamics_heads
+        hidden = value.w1.shape[-1]
+        va_first = torch.stack([value.w1, action.w1], dim=1)  # [E, 2, d, hidden]
+        head_weight = torch.cat(
+            [
+                self.policy_head.weight.t(),
+                va_first.permute(2, 0, 1, 3).reshape(d, e * 2 * hidden),
+                dyn.w1[:, :d].permute(1, 0, 2).reshape(d, e * hidden),
+            ],
+            dim=1,
+        )
+        head_bias = torch.cat(
+            [self.policy_head.bias, torch.stack([value.b1, action.b1], dim=1).reshape(-1), dyn.b1.reshape(-1)]
+        )
+        va_weight = value.w2.new_zeros(e, 2 * hidden, e, 1 + self.n_actions)
+        dyn_action_weight = dyn.w1.new_zeros(e, self.n_actions, e, hidden)
+        dyn_weight = dyn.w2.new_zeros(e, hidden, e, self.obs_dim)
+        diagonal = torch.arange(e, device=kv.device)  # block (i, i) of each block-diagonal matrix
+        va_weight[diagonal, :hidden, diagonal, :1] = value.w2
+        va_weight[diagonal, hidden:, diagonal, 1:] = action.w2
+        dyn_action_weight[diagonal, :, diagonal] = dyn.w1[:, d:]
+        dyn_weight[diagonal, :, diagonal] = dyn.w2
+        va_bias = torch.cat([value.b2, action.b2], dim=-1).reshape(-1)
+        return ExpansionCache(
+            kv=kv,
+            length=length,
+            mask=mask,
+            token_bias=token_bias,
+            obs_weight=self.obs_embed.weight.t(),
+            layers=layers,
+            final_norm=(self.final_norm.weight, self.final_norm.bias, self.final_norm.eps),
+            head_weight=head_weight.contiguous(),
+            head_bias=head_bias,
+            va_weight=va_weight.view(e * 2 * hidden, -1),
+            va_bias=va_bias,
+            dyn_action_weight=dyn_action_weight.view(e * self.n_actions, -1),
+            dyn_weight=dyn_weight.view(e * hidden, -1),
+            dyn_bias=dyn.b2.reshape(-1),
+            attention=attention,
+            flat_mask=mask.view(n * n_heads, 1, t + 1),
+        )
+
+    def evaluate_expansion(self, cache: ExpansionCache, observation: Tensor, rows: Tensor | None = None) -> Expansion:
+        """spec 1.4 expansion, 1.5: outputs at "real history of row ``rows[i]`` + one imagined state" (lean form).
+
+        The same computation as :meth:`evaluate_imagined` (equal up to float rounding, tested) in about 40
+        tensor operations for the whole batch: per layer one product for q, k, v, the token's own k, v written
+        into the cache's spare slot, one product over ``[real ; own]`` keys with an additive mask, one over the
+        values; then the four heads in four products (policy and every first layer at once; value and action
+        second layers at once; the dynamics heads' action part; their second layer), each over every emotion.
+
+        Args:
+            cache: :meth:`expansion_cache` of the search's encoding.
+            observation: ``[n, obs_dim]`` imagined states.
+            rows: ``[n]`` rows of the cache they extend; ``None`` means every row, in order (no gather).
+        """
+        if rows is None:
+            attention, mask, x = cache.attention, cache.flat_mask, cache.token_bias
+            n_heads, dh = cache.kv.shape[3], cache.kv.shape[5]
+        else:  # one contiguous gather of every layer's keys and values (a 3-d view: the fast path of index_select)
+            n_layers, _, n_all, n_heads, t1, dh = cache.kv.shape
+            kv = cache.kv.view(2 * n_layers, n_all, -1).index_select(1, rows)
+            kv = kv.view(n_layers, 2, rows.shape[0], n_heads, t1, dh)
+            slots, flat_kv = kv.select(4, t1 - 1), kv.view(n_layers, 2, rows.shape[0] * n_heads, t1, dh)
+            attention = [(slots[i], flat_kv[i, 0].transpose(1, 2), flat_kv[i, 1]) for i in range(n_layers)]
+            mask = cache.mask.index_select(0, rows).view(rows.shape[0] * n_heads, 1, t1)
+            x = cache.token_bias.index_select(0, rows)
+        n, d = x.shape
+        scale = 1.0 / math.sqrt(dh)
+        x = torch.addmm(x, observation, cache.obs_weight)
+        for w, (slot, keys_t, values) in zip(cache.layers, attention, strict=True):
+            ln_weight, ln_bias, eps = w.ln1
+            qkv = F.linear(torch.layer_norm(x, (d,), ln_weight, ln_bias, eps), w.qkv_weight, w.qkv_bias)
+            slot.copy_(qkv.view(n, n_heads, 3, dh).narrow(2, 1, 2).permute(2, 0, 1, 3))
+            scores = torch.baddbmm(mask, qkv.view(n * n_heads, 3, dh).narrow(1, 0, 1), keys_t, alpha=scale)
+            attended = torch.bmm(torch.softmax(scores, dim=-1), values).view(n, d)
+            x = x + F.linear(attended, w.proj_weight, w.proj_bias)
+            ln_weight, ln_bias, eps = w.ln2
+            y = F.gelu(F.linear(torch.layer_norm(x, (d,), ln_weight, ln_bias, eps), w.fc1_weight, w.fc1_bias))
+            x = x + F.linear(y, w.fc2_weight, w.fc2_bias)
+        ln_weight, ln_bias, eps = cache.final_norm
+        h = torch.layer_norm(x, (d,), ln_weight, ln_bias, eps)
+        e = self.n_emotions
+        width = cache.va_weight.shape[0]
+        first = torch.addmm(cache.head_bias, h, cache.head_weight)  # [n, E + E * 3 * hidden]
+        va = torch.addmm(cache.va_bias, F.gelu(first.narrow(1, e, width)), cache.va_weight).view(n, e, -1)
+        values, action_logits = va.select(2, 0), va.narrow(2, 1, self.n_actions)
+        action_probs = torch.softmax(action_logits, dim=-1).view(n, -1)  # [n, E * n_actions]
+        dyn_first = first.narrow(1, e + width, first.shape[1] - e - width)
+        dyn_hidden = F.gelu(torch.addmm(dyn_first, action_probs, cache.dyn_action_weight))
+        dynamics = torch.addmm(cache.dyn_bias, dyn_hidden, cache.dyn_weight).view(n, e, -1)
+        return Expansion(torch.softmax(first.narrow(1, 0, e), dim=-1), values, action_logits, dynamics)
 
     def evaluate(self, history: TensorDict, imagined_observation: Tensor | None = None) -> TensorDict:
         """The four outputs at the last step of ``history`` (spec 2.1), or at an appended imagined state (1.5).

@@ -152,3 +152,67 @@ def test_invalid_sizes_are_refused():
         EmotionModel(4, 0)
     with pytest.raises(ValueError, match="divisible"):
         EmotionModel(4, 2, d_model=10, n_heads=4)
+
+
+# ------------------------------------------------------------ the planner's lean expansion path (spec 1.4, 1.5)
+def padded_history():
+    """Five right-padded histories of lengths 1..7 (garbage past the mask) for the expansion-path tests."""
+    history = random_history(5, 7, seed=3)
+    history["mask"] = torch.arange(7) < torch.tensor([1, 7, 3, 5, 2]).unsqueeze(1)
+    return history
+
+
+# float64 throughout: the lean path sums in another order (fused head matrices, one product over [real ; own]
+# keys), so it agrees with the general path to a few ulps; 1e-12 is ~1e4 ulps of slack at these magnitudes, and
+# any wrong weight, mask, position or slot gives differences of order 1e-2 or more.
+TIGHT = dict(rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_evaluate_expansion_equals_evaluate_imagined(n_layers):
+    """The lean per-simulation path == the general "cached history + one imagined token" path, with padding,
+    for a subset of rows (with a repeat) and for every row; head_hidden != d_model checks the fused head layout."""
+    torch.manual_seed(n_layers)
+    model = EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=n_layers, n_heads=2, head_hidden=24).double()
+    history = padded_history()
+    encoding = model.encode(history)
+    cache = model.expansion_cache(encoding)
+    for rows in (torch.tensor([3, 0, 3, 1]), None):
+        n = 4 if rows is not None else 5
+        imagined = torch.randn(n, OBS_DIM, dtype=torch.float64)
+        expected = model.evaluate_imagined(encoding, imagined, torch.arange(5) if rows is None else rows)
+        with torch.no_grad():
+            fast = model.evaluate_expansion(cache, imagined, rows)
+        for key in ("policy", "values", "action_logits", "dynamics"):
+            torch.testing.assert_close(getattr(fast, key), expected[key], **TIGHT)
+
+
+def test_search_prefix_equals_encode_then_expansion_cache(tiny_model):
+    """``search_prefix`` (last block at the last valid step only, keys/values written into the cache) gives the
+    same h_t as ``encode`` and a cache that evaluates expansions as ``expansion_cache(encode(...))`` does."""
+    history = padded_history()
+    encoding = tiny_model.encode(history)
+    with torch.no_grad():
+        hidden, cache, batch_shape = tiny_model.search_prefix(history)
+        reference = tiny_model.expansion_cache(encoding)
+        imagined = torch.randn(5, OBS_DIM, dtype=torch.float64)
+        fast, slow = tiny_model.evaluate_expansion(cache, imagined), tiny_model.evaluate_expansion(reference, imagined)
+    assert batch_shape == torch.Size([5])
+    torch.testing.assert_close(hidden, encoding.last_hidden, **TIGHT)
+    t = history.batch_size[-1]
+    torch.testing.assert_close(cache.kv[..., :t, :], reference.kv[..., :t, :], **TIGHT)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
+def test_evaluate_children_equals_one_imagined_state_at_a_time(tiny_model):
+    """Several imagined states per row (the root's children) are each evaluated on their own (SPEC_NOTES 5)."""
+    history = padded_history()
+    encoding = tiny_model.encode(history)
+    states = torch.randn(5, 3, OBS_DIM, dtype=torch.float64)
+    with torch.no_grad():
+        children = tiny_model.evaluate_children(tiny_model.expansion_cache(encoding), states)
+    for q in range(3):
+        expected = tiny_model.evaluate(history, imagined_observation=states[:, q])
+        for key in ("policy", "values", "action_logits", "dynamics"):
+            torch.testing.assert_close(getattr(children, key)[:, q], expected[key], **TIGHT)
