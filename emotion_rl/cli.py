@@ -106,6 +106,7 @@ def main(args: list[str] | None = None, run: bool = True) -> EmotionCLI:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # EmotionAgent.training_step takes Lightning's `dataloader_iter` on purpose (exact resume; see its docstring).
     warnings.filterwarnings("ignore", message=r".*Found `dataloader_iter` argument.*")
+    warnings.filterwarnings("ignore", message=r".*You are using the `dataloader_iter` step flavor.*")
     try:
         return EmotionCLI(
             EmotionAgent,

@@ -10,6 +10,7 @@ recent whole episodes; the training stream samples ``[B, L]`` batches of them fo
 
 from __future__ import annotations
 
+import atexit
 import functools
 import math
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import torch
 from lightning import LightningDataModule
 from tensordict import TensorDict, TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
-from torchrl.collectors import Collector
+from torchrl.collectors import Collector, MultiCollector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import (
     Compose,
@@ -419,6 +420,9 @@ class EmotionDataModule(LightningDataModule):
         seed: env seed; rank r of a multi-process run uses ``seed + r`` (and a fresh offset whenever the training
             stream restarts, e.g. after resuming); evaluation envs use ``seed + 10_000``.
         val_episodes: greedy episodes per validation / test (one env each, their first episode).
+        collector_workers: 0 (default) collects in the training process with a TorchRL ``Collector``; ``N >= 1``
+            collects with a ``MultiCollector`` over N worker processes (``num_envs / N`` envs each), whose policy
+            copies receive the learner's weights after every collection's updates. Exact resume needs 0.
         time_limit: overrides the env's registered time limit (``max_episode_steps``; also the stored episode
             length). Named apart from the ``max_episode_steps`` property, which the CLI links into the model, so
             that Lightning's merged hparams never hold two values under one name.
@@ -450,6 +454,7 @@ class EmotionDataModule(LightningDataModule):
         seed: int = 0,
         val_episodes: int = 10,
         time_limit: int | None = None,
+        collector_workers: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -465,6 +470,12 @@ class EmotionDataModule(LightningDataModule):
         self.gamma = float(gamma)
         self.seed = _check_int("seed", seed, 0)
         self.val_episodes = _check_int("val_episodes", val_episodes, 1)
+        self.collector_workers = _check_int("collector_workers", collector_workers, 0)
+        if self.collector_workers and self.num_envs % self.collector_workers:
+            raise ValueError(
+                f"EmotionDataModule: num_envs ({num_envs}) must be a multiple of collector_workers "
+                f"({collector_workers}): each worker process runs num_envs / collector_workers envs"
+            )
         self.env_info = probe_env(env_id, time_limit)
         self.time_limit = time_limit
         # The data stream draws from its own generators (replay sampling; emotion and action draws of the training
@@ -476,6 +487,7 @@ class EmotionDataModule(LightningDataModule):
         self.episodes = 0
         self.stream_starts = 0
         self._resumed_rng: dict | None = None
+        self._worker_collectors: list[MultiCollector] = []
 
     # -------------------------------------------------------------- env facts (linked into the LightningModule)
     @property
@@ -532,13 +544,8 @@ class EmotionDataModule(LightningDataModule):
         self.stream_starts += 1
         policy = self.make_policy(greedy=False)
         self._check_context(policy)
-        env = self.make_env(self.num_envs, env_seed)
-        policy.action_spec = env.action_spec
-        if hasattr(policy, "generator"):
-            policy.generator = self.policy_rng
         policy_rng_state = self.policy_rng.get_state()
-        frames_per_batch = -(-self.frames_per_batch // self.num_envs) * self.num_envs
-        collector = Collector(env, policy, frames_per_batch=frames_per_batch, total_frames=-1)
+        collector = self._make_collector(policy, env_seed)
         # The collector runs the policy once at construction to discover its output keys. Undo what that step did:
         # the temperature schedule follows this process's collected env steps (checkpointed here), and the policy's
         # generator goes back to its state before that step. On resume, the process RNG is restored here too, so
@@ -552,6 +559,8 @@ class EmotionDataModule(LightningDataModule):
         pending_emotions: torch.Tensor | None = None
         try:
             for batch in collector:
+                if batch.batch_dims > 2:  # MultiCollector: [workers, envs per worker, steps] -> [envs, steps]
+                    batch = batch.reshape(-1, batch.batch_size[-1])
                 emotions = batch.get("emotion").reshape(-1).to("cpu")
                 n_emotions = batch.get("visit_distribution").shape[-1]
                 counts = torch.bincount(emotions, minlength=n_emotions).double()
@@ -582,13 +591,64 @@ class EmotionDataModule(LightningDataModule):
                         batch_size=[],
                     )
                     yield TensorDict({"episodes": self.replay.sample(self.batch_size), "stats": stats}, batch_size=[])
+                if self.collector_workers:  # the learner's latest weights (and temperature) reach the workers
+                    policy.frames.fill_(self.env_steps)
+                    collector.update_policy_weights_()
         finally:
             try:
                 collector.shutdown()
-                if not env.is_closed:
-                    env.close()
             except ImportError:  # the stream was dropped at interpreter exit: nothing left to release
                 pass
+
+    def _make_collector(self, policy, env_seed: int) -> Collector | MultiCollector:
+        """The training collector: in this process (``collector_workers=0``), or a ``MultiCollector`` over workers.
+
+        In process: one ``Collector`` over ``num_envs`` envs, and the policy draws from :attr:`policy_rng` (saved in
+        checkpoints: exact resume). Workers: ``MultiCollector(sync=True)`` with ``num_envs / collector_workers`` envs
+        per worker process, each with its own copy of the policy; ``set_seed`` gives each worker's envs and torch RNG
+        a seed of its own (from ``env_seed``), and TorchRL's weight updater sends the learner's weights after every
+        collection's updates. The workers' random draws are not in checkpoints.
+        """
+        frames_per_batch = -(-self.frames_per_batch // self.num_envs) * self.num_envs
+        if not self.collector_workers:
+            env = self.make_env(self.num_envs, env_seed)
+            policy.action_spec = env.action_spec
+            if hasattr(policy, "generator"):
+                policy.generator = self.policy_rng
+            return Collector(env, policy, frames_per_batch=frames_per_batch, total_frames=-1)
+        per_worker = self.num_envs // self.collector_workers
+        make_worker_env = functools.partial(make_env, self.env_id, per_worker, max_episode_steps=self.time_limit)
+        probe = make_worker_env()
+        policy.action_spec = probe.action_spec.clone()
+        if not probe.is_closed:
+            probe.close()
+        if hasattr(policy, "generator"):
+            policy.generator = None  # each worker draws from its own seeded torch RNG
+        collector = MultiCollector(
+            [make_worker_env] * self.collector_workers,
+            policy,
+            frames_per_batch=frames_per_batch,
+            total_frames=-1,
+            sync=True,
+        )
+        collector.set_seed(env_seed)
+        # The stream's `finally` shuts the workers down when the stream ends. A run that fails keeps the stream alive
+        # as long as its traceback is held, and the workers are not daemons: shut them down at teardown or exit too.
+        self._worker_collectors.append(collector)
+        if len(self._worker_collectors) == 1:
+            atexit.register(self._shutdown_workers)
+        return collector
+
+    def _shutdown_workers(self) -> None:
+        while self._worker_collectors:
+            collector = self._worker_collectors.pop()
+            try:
+                collector.shutdown(raise_on_error=False)
+            except Exception:  # noqa: BLE001 - best effort at teardown / interpreter exit
+                pass
+
+    def teardown(self, stage: str) -> None:
+        self._shutdown_workers()
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Stream(self._training_batches), batch_size=None, collate_fn=_identity)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
-from torchrl.data import OneHot
+from torchrl.data import Binary, Categorical, MultiCategorical, MultiOneHot, OneHot
 
 __all__ = ["EmotionPolicy", "TemperatureSchedule", "select_emotion"]
 
@@ -189,6 +189,13 @@ class EmotionPolicy(TensorDictModuleBase):
 
     @action_spec.setter
     def action_spec(self, value) -> None:
+        multi = (MultiOneHot, MultiCategorical, Binary)
+        if value is not None and (not isinstance(value, (OneHot, Categorical)) or isinstance(value, multi)):
+            raise ValueError(
+                f"EmotionPolicy acts in discrete action spaces only: the action spec is {type(value).__name__} "
+                f"(shape {tuple(value.shape)}, dtype {value.dtype}); supported: a Discrete action space, i.e. a "
+                "torchrl OneHot or Categorical action spec, with 1-D Box observations"
+            )
         self._action_spec = value
 
     @property

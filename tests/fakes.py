@@ -5,6 +5,7 @@ from __future__ import annotations
 import gymnasium
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from tensordict import TensorDict
 from torch import nn
 
@@ -76,3 +77,20 @@ class FakePlanner:
             action_logits=logits,
             batch_size=[n],
         )
+
+
+class RankReport(Callback):
+    """Writes, at the end of ``fit``, each rank's parameters and the replay it collected to ``<folder>/rank<r>.pt``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        replay = trainer.datamodule.replay
+        report = {
+            "parameters": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
+            "observations": replay.buffer[: len(replay)]["observation"].clone(),
+            "global_step": trainer.global_step,
+            "world_size": trainer.world_size,
+        }
+        torch.save(report, f"{self.folder}/rank{trainer.global_rank}.pt")

@@ -1,0 +1,85 @@
+"""The emotion planner inside a plain TorchRL loop, no Lightning: collector, replay buffer, and another agent.
+
+Another TorchRL agent picks up :class:`emotion_rl.EmotionPolicy` like any policy module: a ``Collector`` runs it on a
+batched environment, the collected transitions (with the planner's extra keys ``emotion``, ``visit_distribution``
+and ``visit_counts``) go into a ``TensorDictReplayBuffer``, and the agent learns from them. Here the "other agent"
+is a small MLP that distils the search: it learns to predict the planner's visit distribution over emotions from
+the observation alone (a cheap amortised planner; the cross-entropy loss of spec 2.2.1, on a network of its own).
+
+    python examples/torchrl_loop.py                       # CartPole-v1, 8 envs, 50 simulations, 2,048 frames
+    python examples/torchrl_loop.py --frames 256 --simulations 8
+
+The environment needs two transforms the policy reads: torchrl's ``InitTracker`` (``is_init``: start a new history)
+and :class:`emotion_rl.data.PreviousReward` (``prev_reward``: the reward of the previous step, which completes the
+previous history entry). :func:`emotion_rl.make_env` adds both; with your own env, wrap it as shown in ``build_env``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import gymnasium
+import torch
+from torch import nn
+from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.envs import Compose, EnvBase, GymEnv, InitTracker, SerialEnv, TransformedEnv
+
+from emotion_rl import EmotionMCTS, EmotionModel, EmotionPolicy, TemperatureSchedule
+from emotion_rl.data import PreviousReward
+
+
+def build_env(env_id: str, num_envs: int, seed: int) -> EnvBase:
+    """Any batched TorchRL env works; the policy needs ``is_init`` and ``prev_reward`` from these two transforms."""
+    env = TransformedEnv(SerialEnv(num_envs, lambda: GymEnv(env_id)), Compose(InitTracker(), PreviousReward()))
+    env.set_seed(seed)
+    return env
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="CartPole-v1")
+    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=2048, help="environment steps to collect in all")
+    parser.add_argument("--frames-per-batch", type=int, default=256)
+    parser.add_argument("--simulations", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+
+    env = build_env(args.env, args.num_envs, args.seed)
+    obs_dim = env.observation_spec["observation"].shape[-1]
+    n_actions = env.action_spec.shape[-1]
+    max_steps = gymnasium.spec(args.env).max_episode_steps  # the longest history the model must hold
+    model = EmotionModel(obs_dim, n_actions, context_length=max_steps + 1)  # an untrained (or your trained) model
+    planner = EmotionMCTS(num_simulations=args.simulations)
+    policy = EmotionPolicy(
+        model, planner, temperature=TemperatureSchedule(1.0, 0.1, args.frames), action_spec=env.action_spec
+    )
+
+    collector = Collector(env, policy, frames_per_batch=args.frames_per_batch, total_frames=args.frames)
+    buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(100_000), batch_size=args.batch_size)
+
+    # The other agent: observation -> distribution over the 8 emotions, trained on the planner's visit distributions.
+    student = nn.Sequential(nn.Linear(obs_dim, 64), nn.Tanh(), nn.Linear(64, model.n_emotions))
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
+    losses, frames = [], 0
+    for batch in collector:
+        frames += batch.numel()
+        buffer.extend(batch.reshape(-1).select("observation", "emotion", "visit_distribution", ("next", "reward")))
+        for _ in range(4):
+            sample = buffer.sample()
+            log_prob = torch.log_softmax(student(sample["observation"]), dim=-1)
+            loss = -(sample["visit_distribution"] * log_prob).sum(-1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        print(f"frames {frames:6d}  buffer {len(buffer):6d}  distillation loss {losses[-1]:.3f}")
+    collector.shutdown()
+    return {"frames": float(frames), "buffer": float(len(buffer)), "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+if __name__ == "__main__":
+    main()
