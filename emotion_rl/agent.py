@@ -150,6 +150,33 @@ class EmotionAgent(L.LightningModule):
         temperature = 0.0 if greedy else self.temperature
         return EmotionPolicy(self.model, self.planner, temperature=temperature, greedy=greedy, **kwargs)
 
+    @torch.no_grad()
+    def reanalyze(self, episodes: TensorDict, chunk: int = 256) -> Tensor:
+        """Reanalyze (MuZero, seeds 003/004): fresh MCTS visit distributions for stored real histories. ``[B, L, E]``.
+
+        Step ``t`` of episode ``b`` gets ``planner.search(model, history_b[0..t])["visit_distribution"]`` with the
+        current model: the same search the policy ran when it acted there (spec 1.3 - 1.6, the real prefix only;
+        nothing imagined is stored). Steps beyond an episode's ``mask`` get zeros. All prefixes are searched as one
+        batch, in chunks of ``chunk`` histories cut to their longest prefix.
+        """
+        batch, length = episodes.shape
+        rows = episodes["mask"].nonzero()  # [R, 2]: (episode, step), in step order within each episode
+        rows = rows[rows[:, 1].argsort(stable=True)]  # group short prefixes together
+        out = torch.zeros(batch, length, self.hparams.n_emotions, device=episodes.device)
+        real = episodes.select("observation", "action", "emotion", "reward")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, rows.shape[0], chunk):
+                b, t = rows[start : start + chunk].unbind(-1)
+                longest = int(t.max()) + 1
+                history = real[b, :longest].clone()
+                history.set("mask", torch.arange(longest, device=t.device) <= t.unsqueeze(-1))
+                out[b, t] = self.planner.search(self.model, history)["visit_distribution"].to(out.dtype)
+        finally:
+            self.model.train(was_training)
+        return out
+
     # ------------------------------------------------------------------ the four phases (spec 2.2, 2.3)
     def phase1_dynamics(self, episodes: TensorDict) -> Tensor:
         """spec 2.2.3: ``||Z^e(h, stopgrad(a^e)) - s_next||^2`` per step, e = e_selected. ``[B, L]``."""

@@ -342,14 +342,25 @@ class EpisodeReplay:
         """Add ``[K, max_len]`` episodes (the oldest are overwritten once the buffer is full)."""
         self.buffer.extend(episodes.select(*EPISODE_KEYS).clone())
 
-    def sample(self, batch_size: int, trim: bool = True) -> TensorDict:
+    def sample(self, batch_size: int, trim: bool = True, with_index: bool = False) -> TensorDict:
+        """``[B, L]`` episodes; ``with_index``: ``{"episodes", "index"}``, with storage slots for :meth:`refresh`."""
         if len(self) == 0:
             raise RuntimeError("EpisodeReplay.sample: the replay buffer is empty")
-        batch = self.buffer.sample(batch_size).select(*EPISODE_KEYS)
+        sampled = self.buffer.sample(batch_size)
+        batch = sampled.select(*EPISODE_KEYS)
         if trim:
             longest = max(int(batch.get("mask").sum(-1).max()), 1)
             batch = batch[:, :longest].clone()
+        if with_index:
+            index = sampled.get("index")  # repeated along each episode's steps: [B, max_len]
+            return TensorDict({"episodes": batch, "index": index[:, 0]}, batch_size=[batch.shape[0]])
         return batch
+
+    def refresh(self, index: torch.Tensor, key: str, values: torch.Tensor) -> None:
+        """Overwrite ``key`` of the stored episodes at ``index`` on their first ``values.shape[1]`` steps."""
+        stored = self.buffer[index]
+        stored.get(key)[:, : values.shape[1]] = values.to(stored.get(key).dtype)
+        self.buffer[index] = stored
 
     def state_dict(self) -> dict:
         return self.buffer.state_dict()
@@ -423,6 +434,10 @@ class EmotionDataModule(LightningDataModule):
         collector_workers: 0 (default) collects in the training process with a TorchRL ``Collector``; ``N >= 1``
             collects with a ``MultiCollector`` over N worker processes (``num_envs / N`` envs each), whose policy
             copies receive the learner's weights after every collection's updates. Exact resume needs 0.
+        reanalyze_fraction: reanalyze (MuZero, seeds 003/004), off at 0. The share of each training batch's
+            episodes (at least one when > 0) whose stored MCTS visit distributions are recomputed with the latest
+            model (``EmotionAgent.reanalyze``: a fresh search on every real prefix) before the update; the refreshed
+            distributions are also written back into the replay. Costs one search per reanalysed step.
         time_limit: overrides the env's registered time limit (``max_episode_steps``; also the stored episode
             length). Named apart from the ``max_episode_steps`` property, which the CLI links into the model, so
             that Lightning's merged hparams never hold two values under one name.
@@ -455,6 +470,7 @@ class EmotionDataModule(LightningDataModule):
         val_episodes: int = 10,
         time_limit: int | None = None,
         collector_workers: int = 0,
+        reanalyze_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -471,6 +487,14 @@ class EmotionDataModule(LightningDataModule):
         self.seed = _check_int("seed", seed, 0)
         self.val_episodes = _check_int("val_episodes", val_episodes, 1)
         self.collector_workers = _check_int("collector_workers", collector_workers, 0)
+        if isinstance(reanalyze_fraction, bool) or not isinstance(reanalyze_fraction, (int, float)):
+            raise ValueError(
+                f"EmotionDataModule: reanalyze_fraction must be a number in [0, 1], got {reanalyze_fraction!r}"
+            )
+        if not 0.0 <= reanalyze_fraction <= 1.0:
+            raise ValueError(f"EmotionDataModule: reanalyze_fraction must be in [0, 1], got {reanalyze_fraction!r}")
+        self.reanalyze_fraction = float(reanalyze_fraction)
+        self.reanalysed_steps = 0
         if self.collector_workers and self.num_envs % self.collector_workers:
             raise ValueError(
                 f"EmotionDataModule: num_envs ({num_envs}) must be a multiple of collector_workers "
@@ -590,7 +614,7 @@ class EmotionDataModule(LightningDataModule):
                         },
                         batch_size=[],
                     )
-                    yield TensorDict({"episodes": self.replay.sample(self.batch_size), "stats": stats}, batch_size=[])
+                    yield TensorDict({"episodes": self._sample_batch(), "stats": stats}, batch_size=[])
                 if self.collector_workers:  # the learner's latest weights (and temperature) reach the workers
                     policy.frames.fill_(self.env_steps)
                     collector.update_policy_weights_()
@@ -599,6 +623,25 @@ class EmotionDataModule(LightningDataModule):
                 collector.shutdown()
             except ImportError:  # the stream was dropped at interpreter exit: nothing left to release
                 pass
+
+    def _sample_batch(self) -> TensorDict:
+        """A training batch of whole episodes; with ``reanalyze_fraction`` > 0, that share of them reanalysed first."""
+        if not self.reanalyze_fraction:
+            return self.replay.sample(self.batch_size)
+        sampled = self.replay.sample(self.batch_size, with_index=True)
+        episodes, index = sampled["episodes"], sampled["index"]
+        count = max(1, round(self.reanalyze_fraction * self.batch_size))
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is None or not hasattr(module, "reanalyze"):
+            raise RuntimeError(
+                "EmotionDataModule: reanalyze_fraction > 0 needs a LightningModule with reanalyze(episodes) "
+                "(EmotionAgent has one); set reanalyze_fraction: 0 otherwise"
+            )
+        fresh = module.reanalyze(episodes[:count].to(module.device)).to(episodes.device)
+        episodes.get("visit_distribution")[:count] = fresh
+        self.replay.refresh(index[:count], "visit_distribution", fresh)
+        self.reanalysed_steps += int(episodes.get("mask")[:count].sum())
+        return episodes
 
     def _make_collector(self, policy, env_seed: int) -> Collector | MultiCollector:
         """The training collector: in this process (``collector_workers=0``), or a ``MultiCollector`` over workers.
