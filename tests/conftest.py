@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -11,6 +13,22 @@ from emotion_rl.model import EmotionModel
 torch.set_num_threads(1)  # tiny models: one thread is faster and timing-independent of other processes
 
 OBS_DIM, N_ACTIONS, N_EMOTIONS = 4, 3, 8
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "cartpole.yaml")
+"""The shipped config, which the CLI tests run with :data:`TINY` overrides."""
+TINY = [
+    "--model.d_model=16",
+    "--model.n_layers=1",
+    "--model.n_heads=2",
+    "--model.num_simulations=3",
+    "--data.num_envs=2",
+    "--data.frames_per_batch=16",
+    "--data.batch_size=2",
+    "--data.warmup_episodes=2",
+    "--data.val_episodes=2",
+    "--data.time_limit=40",
+]
+"""Command-line overrides that shrink the shipped config to a run of seconds (tiny model, short episodes)."""
 
 
 def random_history(batch: int, length: int, obs_dim: int = OBS_DIM, n_actions: int = N_ACTIONS, seed: int = 0):

@@ -13,21 +13,8 @@ import torch
 from emotion_rl.checkpoint import AtomicCheckpointIO
 from emotion_rl.cli import main
 
+from conftest import CONFIG, TINY
 from fakes import register_counter
-
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "cartpole.yaml")
-TINY = [
-    "--model.d_model=16",
-    "--model.n_layers=1",
-    "--model.n_heads=2",
-    "--model.num_simulations=3",
-    "--data.num_envs=2",
-    "--data.frames_per_batch=16",
-    "--data.batch_size=2",
-    "--data.warmup_episodes=2",
-    "--data.val_episodes=2",
-    "--data.time_limit=40",
-]
 
 
 def _rows(metrics: Path) -> list[dict[str, str]]:

@@ -28,6 +28,7 @@ from emotion_rl import EmotionAgent, EmotionDataModule
 from emotion_rl.checkpoint import AtomicCheckpointIO, load_checkpoint
 from emotion_rl.cli import main
 
+from conftest import CONFIG
 from fakes import register_counter
 
 ENV = register_counter("ResumeCounter-v0", time_limit=4, max_length=3)  # every episode is 2 steps long
@@ -137,7 +138,6 @@ def test_the_checkpoint_holds_what_resuming_needs(runs):
 
 
 # ---------------------------------------------------------------------------------------------------- SIGKILL
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cartpole.yaml"
 FAST = """
 trainer:
   val_check_interval: 1000

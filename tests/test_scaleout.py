@@ -13,8 +13,9 @@ from torchrl.collectors import MultiCollector
 
 from emotion_rl.cli import main
 
+from conftest import CONFIG
+
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs" / "cartpole.yaml")
 TINY = {
     "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "num_simulations": 3},
     "data": {"num_envs": 2, "frames_per_batch": 16, "batch_size": 2, "warmup_episodes": 2, "time_limit": 40},

@@ -36,23 +36,9 @@ from emotion_rl.viz import (
     search_edges,
 )
 
-from conftest import random_history
+from conftest import CONFIG, TINY, random_history
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "cartpole.yaml")
-TINY = [
-    "--model.d_model=16",
-    "--model.n_layers=1",
-    "--model.n_heads=2",
-    "--model.num_simulations=3",
-    "--data.num_envs=2",
-    "--data.frames_per_batch=16",
-    "--data.batch_size=2",
-    "--data.warmup_episodes=2",
-    "--data.val_episodes=2",
-    "--data.time_limit=40",
-    "--trainer.log_every_n_steps=1",
-    "--trainer.enable_model_summary=false",
-]
+TINY = [*TINY, "--trainer.log_every_n_steps=1", "--trainer.enable_model_summary=false"]
 
 
 def texts(fig) -> list[str]:
