@@ -345,6 +345,7 @@ def test_fit_logs_tensorboard_next_to_the_csv(fitted_run):
         assert tag in tags
 
 
+@pytest.mark.skipif(not tensorboard_available(), reason="tensorboard is not installed")
 def test_tensorboard_twin_only_for_a_single_csv_logger(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "tensorboard_available", lambda: True)
     csv_logger = CSVLogger(tmp_path, name="run")
