@@ -687,6 +687,10 @@ class EmotionDataModule(LightningDataModule):
             collector = self._worker_collectors.pop()
             try:
                 collector.shutdown(raise_on_error=False)
+                # TorchRL 0.14's MultiCollector leaves its weight-sync scheme to be shut down by __del__; at
+                # interpreter exit that starts a queue thread and hangs the process. Shut it down here.
+                for scheme in (getattr(collector, "_weight_sync_schemes", None) or {}).values():
+                    scheme.shutdown()
             except Exception:  # noqa: BLE001 - best effort at teardown / interpreter exit
                 pass
 

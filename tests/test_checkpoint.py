@@ -47,6 +47,7 @@ def test_a_write_that_dies_midway_leaves_the_previous_checkpoint_in_place(tmp_pa
     assert load_checkpoint(path)["global_step"] == 3
 
 
+ROOT = Path(__file__).resolve().parents[1]
 WRITER = textwrap.dedent(
     """
     import sys, torch
@@ -65,7 +66,10 @@ def test_sigkill_during_a_write_never_leaves_a_checkpoint_that_fails_to_load(tmp
     """A real process writing 16 MB checkpoints in a loop is killed with SIGKILL just after it starts a write."""
     path = tmp_path / "last.ckpt"
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True, env={**os.environ}
+        [sys.executable, "-c", WRITER, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
     )
     try:
         started = [int(writer.stdout.readline()) for _ in range(3)]  # checkpoints 1 and 2 written, 3 under way

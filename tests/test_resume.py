@@ -13,6 +13,7 @@ Adam optimizers, Lightning's loop counters, the checkpoint written by ``ModelChe
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -161,6 +162,10 @@ def test_a_run_killed_with_sigkill_resumes_with_ckpt_path_last_and_loses_nothing
     killed = subprocess.Popen(
         [sys.executable, "-m", "emotion_rl", "fit", *args, "--trainer.max_steps=4000"],
         cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

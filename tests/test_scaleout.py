@@ -81,7 +81,8 @@ def test_ddp_on_two_cpu_processes_keeps_parameters_identical_and_each_rank_colle
         "--trainer.max_steps=16",
         f"--trainer.logger.init_args.save_dir={tmp_path}",
     ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    paths = [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]  # this checkout's code, and fakes
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
