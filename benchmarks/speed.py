@@ -13,7 +13,7 @@ Sections (each measured in this one run, side by side):
 2. Planner overhead: total search time over the time spent inside the model's own calls (``search_prefix``,
    ``heads``, ``evaluate_children``, ``evaluate_expansion``; nested calls counted once). 1.0 is the physical limit.
 3. Training timesteps per second: the ``timestep`` schedule (spec 2.3's loop) against the ``episode`` schedule,
-   both through ``EmotionAgent.training_step`` with the four Adam optimizers of ``configure_optimizers``.
+   both through ``EmotionAgent.train_batch`` with the four Adam optimizers of ``configure_optimizers``.
 4. End-to-end ``fit`` on CartPole (``configs/cartpole.yaml``): environment steps per second and peak RSS, in a
    subprocess; and the planner's peak tensor memory (torch profiler) over envs x simulations x history, plus the
    peak-RSS growth of planner-only subprocesses.
@@ -483,12 +483,12 @@ def bench_training(sizes: Sizes, results: dict) -> Table:
     episodes = make_episodes(n, length)
     k = min(sizes.timestep_steps, length)
     table = Table(
-        f"3. Training timesteps per second on {length}-step episodes (agent.training_step, 4 Adam optimizers)",
+        f"3. Training timesteps per second on {length}-step episodes (agent.train_batch, 4 Adam optimizers)",
         ["schedule", "batch", "timesteps timed", "optimizer steps", "seconds", "timesteps/s", "ratio"],
         notes=[
-            "episode: each phase once on the whole batch (median of repeated training_steps, after one warm-up).",
+            "episode: each phase once on the whole batch (median of repeated train_batch calls, after one warm-up).",
             f"timestep: spec 2.3's loop, four optimizer steps per timestep on the prefix [:t+1]; timed on the first "
-            f"{k} timesteps of one {length}-step episode (training_step on that episode cut to t < {k}; its prefixes "
+            f"{k} timesteps of one {length}-step episode (train_batch on that episode cut to t < {k}; its prefixes "
             f"are exactly those of the full episode's loop)"
             + ("" if k == length else ", so the per-timestep cost of the later, longer prefixes is not included")
             + ".",
@@ -496,14 +496,14 @@ def bench_training(sizes: Sizes, results: dict) -> Table:
     )
     agent = make_manual_agent("episode")
     batch = training_batch(episodes)
-    t_episode, reps, _ = repeat_median(lambda: agent.training_step(batch, 0), 0.0, sizes.episode_reps)
+    t_episode, reps, _ = repeat_median(lambda: agent.train_batch(batch), 0.0, sizes.episode_reps)
     steps_episode = int(episodes["mask"].sum())
     rate_episode = steps_episode / t_episode
 
     agent = make_manual_agent("timestep")
-    agent.training_step(training_batch(episodes[:1, :2]), 0)  # warm-up (Adam state)
+    agent.train_batch(training_batch(episodes[:1, :2]))  # warm-up (Adam state)
     gc.collect()
-    t_timestep, _ = timed(agent.training_step, training_batch(episodes[:1, :k]), 0)
+    t_timestep, _ = timed(agent.train_batch, training_batch(episodes[:1, :k]))
     rate_timestep = k / t_timestep
     ratio = rate_episode / rate_timestep
     results["training"] = dict(ratio=ratio, k=k, length=length)

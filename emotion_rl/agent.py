@@ -28,7 +28,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDict
 from torch import Tensor
 
 from emotion_rl.model import EmotionModel
@@ -267,20 +267,19 @@ class EmotionAgent(L.LightningModule):
         logs["train/phase4_policy_loss"] = self._step(opt_policy, "policy", loss)
         return logs
 
-    def training_step(self, dataloader_iter: Iterator | TensorDict, batch_idx: int | None = None) -> None:
-        """One training batch: the four phases (spec 2.3) and the collection's logs.
+    def training_step(self, dataloader_iter: Iterator) -> None:
+        """Lightning's step: exactly one batch from the data iterator, then :meth:`train_batch`.
 
-        Lightning passes the data iterator (``dataloader_iter``) and the step takes exactly one batch from it.
         Lightning's default fetcher would pull the next batch before this step runs (it prefetches one to detect
         the end of an unsized stream): that batch's collection would land in the checkpoint's replay and counters
         before it was trained on, and a resumed run would skip it. Pulling the batch here keeps every checkpoint at
-        a batch boundary (exact resume, README). A TensorDict batch may also be passed directly (tests, benchmarks).
+        a batch boundary (exact resume, README).
         """
-        if isinstance(dataloader_iter, TensorDictBase):
-            batch = dataloader_iter
-        else:
-            batch, _batch_idx, _dataloader_idx = next(dataloader_iter)
-            batch = batch.to(self.device)
+        batch, _batch_idx, _dataloader_idx = next(dataloader_iter)
+        self.train_batch(batch.to(self.device))
+
+    def train_batch(self, batch: TensorDict) -> None:
+        """One training batch (README, "Data flow"): the four phases (spec 2.3) and the collection's logs."""
         episodes = batch["episodes"]
         mask = episodes["mask"]
         if self.hparams.schedule == "episode":

@@ -62,23 +62,26 @@ def load_checkpoint(path: _PATH, map_location: Any = None) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"checkpoint {str(path)!r} was refused: it holds objects other than tensors, numbers, strings and "
-            f"containers, and loading it would run code from the file ({first_line}). Only load checkpoints you "
-            f"trust; emotion_rl never unpickles arbitrary objects. {fix}"
+            f"containers, and loading it would run code from the file ({_first_line(error)}). Only load "
+            f"checkpoints you trust; emotion_rl never unpickles arbitrary objects. {fix}"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read ({type(error).__name__}: "
-            f"{first_line}). {fix}"
+            f"{_first_line(error)}). {fix}"
         ) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a Lightning checkpoint dict. {fix}"
         )
     return checkpoint
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -749,8 +749,7 @@ class EmotionDataModule(LightningDataModule):
         self.env_steps = int(state_dict["env_steps"])
         self.episodes = int(state_dict["episodes"])
         self.stream_starts = int(state_dict["stream_starts"])
-        self._resumed_rng = state_dict["rng"]
-        set_rng_state(state_dict["rng"])
+        self._resumed_rng = state_dict["rng"]  # restored when the training stream resumes (_training_batches)
 
 
 def _identity(batch):

@@ -173,12 +173,11 @@ class ExpansionCache:
     made per search, so the cache follows training): ``qkv`` with rows ordered head by head, the first layer of
     the policy, value, action and dynamics heads concatenated into one matrix, and every per-emotion layer after
     it as one block-diagonal matrix, so that each is one plain row-major matrix product (the zero blocks add
-    exact zeros). Inference only: a call with ``rows=None`` writes into the spare slot.
+    exact zeros). Inference only: a call writes into the spare slot.
     """
 
     kv: Tensor  # [L, 2, N, H, T + 1, dh] real keys/values; slot T is scratch for the imagined token's own
     length: Tensor  # [N] valid real steps per row
-    mask: Tensor  # [N, H, 1, T + 1] additive: 0 where visible (valid real prefix and slot T), -inf elsewhere
     token_bias: Tensor  # [N, d] embedding of (none, none, 0.0, .) + position + obs_embed bias
     obs_weight: Tensor  # [obs_dim, d] obs_embed.weight transposed
     layers: list[LayerWeights]  # per block: plain tensors (no nn.Module attribute look-ups per call)
@@ -191,7 +190,7 @@ class ExpansionCache:
     dyn_weight: Tensor  # [E * hidden, E * obs_dim] block-diagonal second layers of the dynamics heads
     dyn_bias: Tensor  # [E * obs_dim]
     attention: list[tuple[Tensor, Tensor, Tensor]]  # per layer, every row: spare slots [2, N, H, dh], keys^T, values
-    flat_mask: Tensor  # [N * H, 1, T + 1]
+    mask: Tensor  # [N * H, 1, T + 1] additive: 0 where visible (valid real prefix and slot T), -inf elsewhere
 
 
 class EmotionModel(nn.Module):
@@ -480,7 +479,7 @@ class EmotionModel(nn.Module):
         visible[:, t] = True  # the imagined token sees itself
         mask = torch.zeros(n, 1, 1, t + 1, dtype=kv.dtype, device=kv.device)
         mask.masked_fill_(~visible.view(n, 1, 1, t + 1), float("-inf"))
-        mask = mask.expand(n, n_heads, 1, t + 1).contiguous()
+        mask = mask.expand(n, n_heads, 1, t + 1).reshape(n * n_heads, 1, t + 1)
         slots = kv.select(4, t)
         flat_kv = kv.view(n_layers, 2, n * n_heads, t1, dh)
         attention = [(slots[i], flat_kv[i, 0].transpose(1, 2), flat_kv[i, 1]) for i in range(n_layers)]
@@ -530,7 +529,6 @@ class EmotionModel(nn.Module):
         return ExpansionCache(
             kv=kv,
             length=length,
-            mask=mask,
             token_bias=token_bias,
             obs_weight=self.obs_embed.weight.t(),
             layers=layers,
@@ -543,11 +541,12 @@ class EmotionModel(nn.Module):
             dyn_weight=dyn_weight.view(e * hidden, -1),
             dyn_bias=dyn.b2.reshape(-1),
             attention=attention,
-            flat_mask=mask.view(n * n_heads, 1, t + 1),
+            mask=mask,
         )
 
-    def evaluate_expansion(self, cache: ExpansionCache, observation: Tensor, rows: Tensor | None = None) -> Expansion:
-        """spec 1.4 expansion, 1.5: outputs at "real history of row ``rows[i]`` + one imagined state" (lean form).
+    def evaluate_expansion(self, cache: ExpansionCache, observation: Tensor) -> Expansion:
+        """spec 1.4 expansion, 1.5: outputs at "real history of row ``n`` + imagined state ``observation[n]``" for
+        every row of the cache (lean form; the planner passes every row, with no gather of the key/value cache).
 
         The same computation as :meth:`evaluate_imagined` (equal up to float rounding, tested) in about 40
         tensor operations for the whole batch: per layer one product for q, k, v, the token's own k, v written
@@ -557,20 +556,10 @@ class EmotionModel(nn.Module):
 
         Args:
             cache: :meth:`expansion_cache` of the search's encoding.
-            observation: ``[n, obs_dim]`` imagined states.
-            rows: ``[n]`` rows of the cache they extend; ``None`` means every row, in order (no gather).
+            observation: ``[N, obs_dim]`` imagined states, one per row of the cache.
         """
-        if rows is None:
-            attention, mask, x = cache.attention, cache.flat_mask, cache.token_bias
-            n_heads, dh = cache.kv.shape[3], cache.kv.shape[5]
-        else:  # one contiguous gather of every layer's keys and values (a 3-d view: the fast path of index_select)
-            n_layers, _, n_all, n_heads, t1, dh = cache.kv.shape
-            kv = cache.kv.view(2 * n_layers, n_all, -1).index_select(1, rows)
-            kv = kv.view(n_layers, 2, rows.shape[0], n_heads, t1, dh)
-            slots, flat_kv = kv.select(4, t1 - 1), kv.view(n_layers, 2, rows.shape[0] * n_heads, t1, dh)
-            attention = [(slots[i], flat_kv[i, 0].transpose(1, 2), flat_kv[i, 1]) for i in range(n_layers)]
-            mask = cache.mask.index_select(0, rows).view(rows.shape[0] * n_heads, 1, t1)
-            x = cache.token_bias.index_select(0, rows)
+        attention, mask, x = cache.attention, cache.mask, cache.token_bias
+        n_heads, dh = cache.kv.shape[3], cache.kv.shape[5]
         n, d = x.shape
         scale = 1.0 / math.sqrt(dh)
         x = torch.addmm(x, observation, cache.obs_weight)

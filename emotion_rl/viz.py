@@ -39,6 +39,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         f"emotion_rl.viz needs matplotlib and pillow ({error}); install them with: pip install -e '.[viz]'"
     ) from error
 
+from emotion_rl.data import discounted_returns
 from emotion_rl.search import EmotionMCTS
 
 __all__ = [
@@ -773,7 +774,7 @@ def plot_emotion_values(
     outputs = [episode_outputs(model, r) for r in records]
     values = torch.cat([o["values"] for o in outputs]).double().numpy() / return_scale  # [S, E]
     emotion = _stack(records, "emotion").numpy()
-    returns = np.concatenate([_discounted(r.reward.double().numpy(), gamma) for r in records])
+    returns = np.concatenate([discounted_returns(r.reward, gamma).double().numpy() for r in records])
     n_emotions = values.shape[1]
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     ax = fig.subplots()
@@ -799,15 +800,6 @@ def plot_emotion_values(
     )
     ax.legend(fontsize=7)
     return fig
-
-
-def _discounted(rewards: np.ndarray, gamma: float) -> np.ndarray:
-    out = np.zeros_like(rewards)
-    running = 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        running = rewards[t] + gamma * running
-        out[t] = running
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------- command line

@@ -238,7 +238,7 @@ def test_training_step_runs_the_phases_in_order_and_updates_the_transformer_each
 
     monkeypatch.setattr(_RecordingOptimizer, "step", step_and_snapshot)
     before = agent.model.obs_embed.weight.detach().clone()
-    agent.training_step(_batch(episodes), 0)
+    agent.train_batch(_batch(episodes))
     assert log == list(PHASES)
     for previous, current in zip([before, *snapshots[:-1]], snapshots, strict=True):
         assert not torch.equal(previous, current)  # the transformer moved in every phase
@@ -247,7 +247,7 @@ def test_training_step_runs_the_phases_in_order_and_updates_the_transformer_each
 def test_timestep_schedule_steps_four_optimizers_per_timestep(monkeypatch):
     episodes = random_episodes([3, 2], max_len=4, dtype=torch.float64)
     agent, log = _manual_agent(monkeypatch, schedule="timestep")
-    agent.training_step(_batch(episodes), 0)
+    agent.train_batch(_batch(episodes))
     assert log == list(PHASES) * 5  # 3 + 2 valid timesteps
 
 
@@ -279,7 +279,7 @@ def test_non_finite_loss_stops_before_any_parameter_changes(monkeypatch, episode
     episodes["next_observation"][0, 0, 0] = float("nan")
     before = {k: v.clone() for k, v in agent.state_dict().items()}
     with pytest.raises(FloatingPointError, match="phase 'dynamics'"):
-        agent.training_step(_batch(episodes), 0)
+        agent.train_batch(_batch(episodes))
     assert log == []
     for key, value in agent.state_dict().items():
         assert torch.equal(value, before[key]), key
@@ -295,7 +295,7 @@ def test_non_finite_gradient_of_a_finite_loss_stops_before_the_phase_steps(monke
 
     monkeypatch.setattr(agent, "phase3_value", infinite_slope)
     with pytest.raises(FloatingPointError, match="phase 'value' produced a non-finite gradient"):
-        agent.training_step(_batch(episodes), 0)
+        agent.train_batch(_batch(episodes))
     assert log == ["dynamics", "action"], "phases 1 and 2 stepped; phase 3 must not (only a step changes weights)"
     value_params = [*agent.model.head_parameters()["value"], *agent.model.transformer_parameters()]
     assert all(p.grad is None for p in value_params), "the damaged gradients were left in place"

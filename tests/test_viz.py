@@ -21,6 +21,7 @@ from tensordict import TensorDict
 
 from emotion_rl import EmotionAgent, EmotionMCTS, cli, viz
 from emotion_rl.cli import add_tensorboard, tensorboard_available
+from emotion_rl.data import discounted_returns
 from emotion_rl.viz import (
     draw_search_tree,
     episode_outputs,
@@ -302,6 +303,14 @@ def test_emotion_plots_are_labelled_and_show_the_heads():
     probs = torch.cat([episode_outputs(agent.model, r)["action_logits"].softmax(-1) for r in records]).mean(0)
     left = [patch.get_height() for patch in fig.axes[0].patches[:8]]
     np.testing.assert_allclose(left, probs[:, 0].numpy(), atol=1e-5)
+    # the stars: mean actual discounted return (spec 2.2.2) of the steps where each emotion was chosen
+    gamma = 0.9
+    fig = plot_emotion_values(agent.model, records, gamma=gamma)
+    stars = next(line for line in fig.axes[0].lines if line.get_marker() == "*").get_ydata()
+    emotion = torch.cat([r.emotion for r in records])
+    returns = torch.cat([discounted_returns(r.reward, gamma) for r in records]).double()
+    expected = [returns[emotion == e].mean().item() if (emotion == e).any() else np.nan for e in range(8)]
+    np.testing.assert_allclose(stars, expected, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------- a real fit
