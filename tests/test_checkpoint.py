@@ -82,7 +82,8 @@ def test_sigkill_during_a_write_never_leaves_a_checkpoint_that_fails_to_load(tmp
     assert started == [1, 2, 3]
     checkpoint = load_checkpoint(path)
     step = checkpoint["global_step"]
-    assert step in (2, 3), step
+    # checkpoints 1 and 2 were complete when "3" was printed; the kill may land in any later write (timing)
+    assert step >= 2, step
     assert torch.equal(checkpoint["state_dict"]["w"], torch.full((4_000_000,), float(step)))
     # What a kill can leave behind is a temporary file that no checkpoint search picks up (``last*.ckpt``).
     assert [p.name for p in tmp_path.glob("*.ckpt")] == ["last.ckpt"]
