@@ -62,20 +62,13 @@ def masked_mean(per_step: Tensor, weight: Tensor) -> Tensor:
     return (per_step * weight).sum() / weight.sum().clamp(min=1)
 
 
-def pick(per_emotion: Tensor, emotion: Tensor) -> Tensor:
-    """``x[..., e_selected, ...]``: the selected emotion's entry of a ``[B, L, E, ...]`` tensor."""
-    index = emotion.clamp(min=0).view(*emotion.shape, 1, *([1] * (per_emotion.dim() - emotion.dim() - 1)))
-    index = index.expand(*emotion.shape, 1, *per_emotion.shape[emotion.dim() + 1 :])
-    return per_emotion.gather(emotion.dim(), index).squeeze(emotion.dim())
-
-
 class EmotionAgent(L.LightningModule):
     """Emotion-token MCTS agent as a LightningModule with manual optimisation (spec 2, 3, 5).
 
     Args:
         obs_dim, n_actions, max_episode_steps: read from the environment (the CLI links them from the
             datamodule). The model's context is ``max_episode_steps + 1`` (the longest real history plus one
-            imagined state), so an episode never outgrows it.
+            imagined state), so an episode never outgrows it, unless ``context_window`` is set.
         n_emotions, d_model, n_layers, n_heads, head_hidden: model size (:class:`~emotion_rl.EmotionModel`).
         num_simulations, c_puct, max_depth: planner (:class:`~emotion_rl.EmotionMCTS`; spec 1.2, 1.4).
         temperature_start, temperature_end, temperature_decay_frames: emotion sampling temperature (spec 3.4),
@@ -91,6 +84,9 @@ class EmotionAgent(L.LightningModule):
             loop over timesteps, four optimizer steps per step; SPEC_NOTES 11).
         return_scale: value targets are ``return_scale * G`` (the value heads and the search work in those units).
         gradient_clip_val: optional gradient-norm clip applied in every phase.
+        context_window: ``None``: the model's context holds the whole episode (``max_episode_steps + 1``). ``K``:
+            it holds ``K`` real steps plus the imagined state, and the policy plans on the most recent ``K`` steps
+            (``history_window``); train it on windows of ``K`` steps (``EmotionDataModule(context_window=K)``).
     """
 
     def __init__(
@@ -116,6 +112,7 @@ class EmotionAgent(L.LightningModule):
         schedule: Schedule = "episode",
         return_scale: float = 1.0,
         gradient_clip_val: float | None = None,
+        context_window: int | None = None,
     ) -> None:
         super().__init__()
         for name, value, allowed in (
@@ -127,6 +124,8 @@ class EmotionAgent(L.LightningModule):
                 raise ValueError(f"{name}={value!r} is not supported; choose one of {list(allowed)}")
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        if context_window is not None and context_window < 1:
+            raise ValueError(f"context_window must be >= 1 or None, got {context_window}")
         if return_scale <= 0:
             raise ValueError(f"return_scale must be > 0, got {return_scale}")
         self.save_hyperparameters()
@@ -139,7 +138,7 @@ class EmotionAgent(L.LightningModule):
             n_layers=n_layers,
             n_heads=n_heads,
             head_hidden=head_hidden,
-            context_length=max_episode_steps + 1,
+            context_length=(context_window or max_episode_steps) + 1,
         )
         self.planner = EmotionMCTS(num_simulations=num_simulations, c_puct=c_puct, max_depth=max_depth)
         self.temperature = TemperatureSchedule(temperature_start, temperature_end, temperature_decay_frames)
@@ -148,6 +147,7 @@ class EmotionAgent(L.LightningModule):
     def make_policy(self, greedy: bool = False, **kwargs) -> EmotionPolicy:
         """The planner as a TorchRL policy over this agent's model (greedy: argmax emotion and action)."""
         temperature = 0.0 if greedy else self.temperature
+        kwargs.setdefault("history_window", self.hparams.context_window is not None)
         return EmotionPolicy(self.model, self.planner, temperature=temperature, greedy=greedy, **kwargs)
 
     @torch.no_grad()
@@ -181,12 +181,12 @@ class EmotionAgent(L.LightningModule):
     def phase1_dynamics(self, episodes: TensorDict) -> Tensor:
         """spec 2.2.3: ``||Z^e(h, stopgrad(a^e)) - s_next||^2`` per step, e = e_selected. ``[B, L]``."""
         h = self.model.encode(episodes).hidden
+        emotion = episodes["emotion"]
         if self.hparams.dynamics_action == "action_head":
-            action = torch.softmax(self.model.action_logits(h), dim=-1).detach()  # action head frozen
+            action = torch.softmax(self.model.action_logits(h, emotion), dim=-1).detach()  # action head frozen
         else:
-            taken = F.one_hot(episodes["action"].clamp(min=0), self.hparams.n_actions).to(h.dtype)
-            action = taken.unsqueeze(-2).expand(*taken.shape[:-1], self.hparams.n_emotions, -1)
-        z_pred = pick(self.model.dynamics(h, action), episodes["emotion"])
+            action = F.one_hot(episodes["action"].clamp(min=0), self.hparams.n_actions).to(h.dtype)
+        z_pred = self.model.dynamics(h, action, emotion)
         return (z_pred - episodes["next_observation"]).pow(2).sum(-1)
 
     def phase2_action(self, episodes: TensorDict) -> tuple[Tensor, Tensor]:
@@ -198,16 +198,16 @@ class EmotionAgent(L.LightningModule):
         """
         encoding = self.model.encode(episodes)
         h = encoding.hidden
-        action = torch.softmax(self.model.action_logits(h), dim=-1)  # trainable: action heads + transformer
         emotion = episodes["emotion"]
+        action = torch.softmax(self.model.action_logits(h, emotion), dim=-1)  # trainable: action heads + transformer
         if self.hparams.phase2_objective == "literal":
-            z_target = pick(self.model.dynamics(h, action), emotion).detach()  # dynamics frozen (stopgrad)
+            z_target = self.model.dynamics(h, action, emotion).detach()  # dynamics frozen (stopgrad)
             with frozen(self.model.dynamics_heads):
-                z_pred = pick(self.model.dynamics(h.detach(), action), emotion)
+                z_pred = self.model.dynamics(h.detach(), action, emotion)
             loss = (z_pred - z_target).pow(2).sum(-1)
             return loss, torch.zeros_like(loss)
         with frozen(self.model):  # the critic: dynamics, transformer and value heads all held fixed
-            z_pred = pick(self.model.dynamics(h.detach(), action), emotion)
+            z_pred = self.model.dynamics(h.detach(), action, emotion)
             batch, length = emotion.shape
             steps = torch.arange(length, device=h.device)
             visible = (steps.view(1, -1) <= steps.view(-1, 1)).expand(batch, length, length)  # real 0..t
@@ -219,7 +219,7 @@ class EmotionAgent(L.LightningModule):
     def phase3_value(self, episodes: TensorDict) -> Tensor:
         """spec 2.2.2: ``(V^e(s) - G)^2`` per step, e = e_selected, G the actual discounted return. ``[B, L]``."""
         h = self.model.encode(episodes).hidden
-        value = pick(self.model.emotion_values(h), episodes["emotion"])
+        value = self.model.emotion_values(h, episodes["emotion"])
         return (value - self.hparams.return_scale * episodes["return"]).pow(2)
 
     def phase4_policy(self, episodes: TensorDict) -> Tensor:
@@ -297,7 +297,11 @@ class EmotionAgent(L.LightningModule):
         self._log_collection(batch["stats"])
 
     def _log_collection(self, stats: TensorDict) -> None:
-        """Episode returns (on the progress bar), environment steps, temperature and emotion usage."""
+        """Episode returns (on the progress bar), environment steps, temperature and emotion usage: logged on the
+        first batch after each collection (the later batches of one collection carry nothing new, and Lightning's
+        ``log`` costs milliseconds a call)."""
+        if bool(stats["emotion_usage"].isnan().all()):
+            return
         episode_return = stats["episode_return"]
         if torch.isfinite(episode_return):
             self.log("episode/return", episode_return, prog_bar=True, batch_size=1)

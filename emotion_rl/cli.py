@@ -6,7 +6,7 @@ config files and the command line are merged, so ``data.seed: ${..seed_everythin
 subcommand (``fit.data.seed``); the same file then serves ``fit``, ``validate`` and ``test``.
 
 The environment's sizes (observation size, number of actions, longest episode) are read from the datamodule
-and linked into the agent, so a config never repeats them.
+and linked into the agent, so a config never repeats them; so is the datamodule's ``context_window``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class EmotionCLI(LightningCLI):
     """LightningCLI over :class:`EmotionAgent` and :class:`EmotionDataModule` with the environment linked in."""
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
-        for name in ("obs_dim", "n_actions", "max_episode_steps"):
+        for name in ("obs_dim", "n_actions", "max_episode_steps", "context_window"):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs) -> Trainer:  # noqa: ANN003 - LightningCLI's trainer arguments

@@ -322,7 +322,9 @@ class EpisodeReplay:
     A slice from the middle of an episode would change every ``h_t`` it contains. Sampling is uniform over stored
     episodes, with replacement. Each sampled batch is cut to the longest valid episode in it (``trim=True``) so the
     model does not run over padding only; the result is ``[B, L]`` with ``L <= max_len``. With a ``generator`` the
-    sampling draws from it alone, and its state is part of :meth:`state_dict` (exact resume).
+    sampling draws from it alone, and its state is part of :meth:`state_dict` (exact resume). With a context
+    window (:meth:`sample_windows`) the model reads only the last ``window`` real steps, at acting time as in
+    training, and a window is then the whole history of its last step.
     """
 
     def __init__(self, capacity_episodes: int, generator: torch.Generator | None = None) -> None:
@@ -330,6 +332,7 @@ class EpisodeReplay:
             raise ValueError(f"EpisodeReplay: capacity_episodes must be >= 1, got {capacity_episodes}")
         self.capacity = int(capacity_episodes)
         self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(self.capacity), generator=generator)
+        self.window_rng = torch.Generator()  # end steps of sample_windows
 
     def __len__(self) -> int:
         return len(self.buffer)
@@ -337,6 +340,7 @@ class EpisodeReplay:
     def seed(self, seed: int) -> None:
         """Sample from a fresh generator seeded with ``seed`` from now on."""
         self.buffer.set_rng(torch.Generator().manual_seed(int(seed)))
+        self.window_rng.manual_seed(int(seed) + 1)
 
     def extend(self, episodes: TensorDictBase) -> None:
         """Add ``[K, max_len]`` episodes (the oldest are overwritten once the buffer is full)."""
@@ -356,6 +360,36 @@ class EpisodeReplay:
             return TensorDict({"episodes": batch, "index": index[:, 0]}, batch_size=[batch.shape[0]])
         return batch
 
+    def sample_windows(self, batch_size: int, window: int) -> TensorDict:
+        """``[B, window]`` windows of consecutive steps: ``B`` end steps ``t`` drawn uniformly among all stored
+        steps (with replacement; so an episode is drawn in proportion to its length, as whole-episode batches weigh
+        it), and for each the window that ends at ``t``: steps ``max(0, t - window + 1) .. t``, left-aligned,
+        ``mask`` False after ``t``.
+
+        The last step of a window always sees the same real history as the windowed policy that acted there (the
+        last ``window`` steps, or the episode from step 0 when it is shorter): the context-window reading of spec
+        1.3 (README, "Context window"). Earlier steps of a window see a shorter history than they did when acted on
+        (as in Decision Transformer's training windows). Draws come from :attr:`window_rng`, saved in
+        :meth:`state_dict`.
+        """
+        if len(self) == 0:
+            raise RuntimeError("EpisodeReplay.sample_windows: the replay buffer is empty")
+        stored = self.buffer[: len(self)]
+        lengths = stored.get("mask").sum(-1)
+        index = torch.multinomial(lengths.double(), batch_size, replacement=True, generator=self.window_rng)
+        episodes = stored[index].select(*EPISODE_KEYS)
+        lengths = lengths[index]
+        end = (torch.rand(batch_size, generator=self.window_rng) * lengths).long().clamp(max=lengths - 1)
+        start = (end - window + 1).clamp(min=0)
+        steps = start.unsqueeze(-1) + torch.arange(window)
+        valid = steps <= end.unsqueeze(-1)
+        steps = steps.clamp(max=episodes.shape[1] - 1)
+        rows = torch.arange(batch_size).unsqueeze(-1).expand_as(steps)
+        windows = episodes[rows, steps]
+        windows.set("mask", windows.get("mask") & valid)
+        longest = max(int(windows.get("mask").sum(-1).max()), 1)
+        return windows[:, :longest].clone()
+
     def refresh(self, index: torch.Tensor, key: str, values: torch.Tensor) -> None:
         """Overwrite ``key`` of the stored episodes at ``index`` on their first ``values.shape[1]`` steps."""
         stored = self.buffer[index]
@@ -363,9 +397,13 @@ class EpisodeReplay:
         self.buffer[index] = stored
 
     def state_dict(self) -> dict:
-        return self.buffer.state_dict()
+        return {**self.buffer.state_dict(), "window_rng": self.window_rng.get_state()}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        window_rng = state_dict.pop("window_rng", None)
+        if window_rng is not None:
+            self.window_rng.set_state(window_rng)
         self.buffer.load_state_dict(state_dict)
 
 
@@ -423,7 +461,7 @@ class EmotionDataModule(LightningDataModule):
         env_id: gymnasium env id (1-D Box observations, Discrete actions).
         num_envs: envs stepped together by the collector (one search per env per step, batched).
         frames_per_batch: env steps per collection, over all envs (rounded up to a multiple of ``num_envs``).
-        batch_size: episodes per training batch.
+        batch_size: episodes (windows, with ``context_window``) per training batch.
         updates_per_collection: training batches yielded after each collection (once the warm-up is reached).
         replay_capacity: episodes kept in the replay (FIFO).
         warmup_episodes: finished episodes needed in the replay before the first training batch (at least 1).
@@ -438,6 +476,11 @@ class EmotionDataModule(LightningDataModule):
             episodes (at least one when > 0) whose stored MCTS visit distributions are recomputed with the latest
             model (``EmotionAgent.reanalyze``: a fresh search on every real prefix) before the update; the refreshed
             distributions are also written back into the replay. Costs one search per reanalysed step.
+        context_window: ``None`` (default): the history is the whole episode (spec 1.3) and a training batch is
+            ``batch_size`` whole episodes. ``K``: the agent reads the most recent ``K`` real steps, when it acts (the
+            policy's ``history_window``) as when it trains, and a training batch is ``batch_size`` windows of up to
+            ``K`` steps (:meth:`EpisodeReplay.sample_windows`). Linked into ``EmotionAgent(context_window=...)`` by the
+            CLI. Training and planning cost then stop growing with the episode length (README, "Context window").
         time_limit: overrides the env's registered time limit (``max_episode_steps``; also the stored episode
             length). Named apart from the ``max_episode_steps`` property, which the CLI links into the model, so
             that Lightning's merged hparams never hold two values under one name.
@@ -471,6 +514,7 @@ class EmotionDataModule(LightningDataModule):
         time_limit: int | None = None,
         collector_workers: int = 0,
         reanalyze_fraction: float = 0.0,
+        context_window: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -494,6 +538,12 @@ class EmotionDataModule(LightningDataModule):
         if not 0.0 <= reanalyze_fraction <= 1.0:
             raise ValueError(f"EmotionDataModule: reanalyze_fraction must be in [0, 1], got {reanalyze_fraction!r}")
         self.reanalyze_fraction = float(reanalyze_fraction)
+        self.context_window = None if context_window is None else _check_int("context_window", context_window, 1)
+        if self.context_window is not None and self.reanalyze_fraction:
+            raise ValueError(
+                "EmotionDataModule: reanalyze_fraction > 0 needs whole episodes (it re-searches every real prefix "
+                "from step 0); set context_window: null or reanalyze_fraction: 0"
+            )
         self.reanalysed_steps = 0
         if self.collector_workers and self.num_envs % self.collector_workers:
             raise ValueError(
@@ -551,6 +601,12 @@ class EmotionDataModule(LightningDataModule):
     def _check_context(self, policy) -> None:
         """Refuse, before any episode is played, a policy whose history cannot hold this env's longest episode."""
         keeps = getattr(policy, "context_length", None)
+        if self.context_window is not None and keeps is not None and keeps != self.context_window:
+            raise ValueError(
+                f"the datamodule trains on windows of context_window={self.context_window} steps but the policy "
+                f"plans on {keeps}; give the agent the same context_window (the CLI links data.context_window into "
+                "the model)"
+            )
         if keeps is not None and not getattr(policy, "history_window", False) and keeps < self.max_episode_steps:
             raise ValueError(
                 f"the policy keeps histories of up to {keeps} steps but {self.env_id}'s episodes last up to "
@@ -625,7 +681,10 @@ class EmotionDataModule(LightningDataModule):
                 pass
 
     def _sample_batch(self) -> TensorDict:
-        """A training batch of whole episodes; with ``reanalyze_fraction`` > 0, that share of them reanalysed first."""
+        """A training batch of whole episodes (windows with ``context_window``); with ``reanalyze_fraction`` > 0,
+        that share of them reanalysed first."""
+        if self.context_window is not None:
+            return self.replay.sample_windows(self.batch_size, self.context_window)
         if not self.reanalyze_fraction:
             return self.replay.sample(self.batch_size)
         sampled = self.replay.sample(self.batch_size, with_index=True)

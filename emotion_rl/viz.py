@@ -490,24 +490,26 @@ class EpisodeRecord:
     def episode_return(self) -> float:
         return float(self.reward.double().sum())
 
-    def history(self, t: int | None = None) -> TensorDict:
-        """The real history the agent saw at step ``t`` (default: the last step), ``[1, t + 1]`` in the public
-        layout (README "Python API"): entries ``0..t``, with ``a_t = e_t = -1`` and ``r_t = 0`` not yet known."""
+    def history(self, t: int | None = None, window: int | None = None) -> TensorDict:
+        """The real history the agent saw at step ``t`` (default: the last step), ``[1, T]`` in the public
+        layout (README "Python API"): entries ``0..t``, with ``a_t = e_t = -1`` and ``r_t = 0`` not yet known.
+        ``window``: an agent with a context window (``context_window``) saw only the last ``window`` entries."""
         t = self.length - 1 if t is None else int(t)
         if not 0 <= t < self.length:
             raise IndexError(f"step {t} is outside the episode (0..{self.length - 1})")
+        start = 0 if window is None else max(0, t - int(window) + 1)
         action, emotion, reward = (
-            self.action[: t + 1].clone(),
-            self.emotion[: t + 1].clone(),
-            self.reward[: t + 1].clone(),
+            self.action[start : t + 1].clone(),
+            self.emotion[start : t + 1].clone(),
+            self.reward[start : t + 1].clone(),
         )
-        action[t], emotion[t], reward[t] = -1, -1, 0.0
+        action[-1], emotion[-1], reward[-1] = -1, -1, 0.0
         return TensorDict(
-            observation=self.observation[: t + 1].unsqueeze(0).clone(),
+            observation=self.observation[start : t + 1].unsqueeze(0).clone(),
             action=action.unsqueeze(0),
             emotion=emotion.unsqueeze(0),
             reward=reward.unsqueeze(0),
-            batch_size=[1, t + 1],
+            batch_size=[1, t + 1 - start],
         )
 
 
@@ -529,11 +531,13 @@ def play_episode(
 
     ``greedy``: argmax emotion and action (the evaluation policy); otherwise the agent's temperature and action
     sampling, seeded by ``seed``. The episode ends at termination, at the env's time limit, or after
-    ``max_steps`` (default: the env's limit, capped at what the model's context holds). ``render`` keeps one
-    ``rgb_array`` frame per step (the state the step acted in).
+    ``max_steps`` (default: the env's limit, capped at what the model's context holds unless the policy plans on
+    a window of recent steps). ``render`` keeps one ``rgb_array`` frame per step (the state the step acted in).
     """
     policy = _as_policy(agent, greedy, seed)
     context = getattr(policy, "context_length", None)  # real steps the policy's history holds
+    if getattr(policy, "history_window", False):
+        context = None  # a windowed policy (context_window) plays episodes of any length
     limit = gymnasium.spec(env_id).max_episode_steps
     if max_steps is None:
         max_steps = min(x for x in (limit, context) if x is not None)
@@ -665,19 +669,31 @@ def show_gif(path: str | os.PathLike):  # noqa: ANN201 - IPython.display.Image, 
 def episode_outputs(model: torch.nn.Module, record: EpisodeRecord) -> TensorDict:
     """The model's four outputs (spec 2.1) at every step of a played episode, ``[T]``: ``policy`` ``[T, E]``,
     ``values`` ``[T, E]``, ``action_logits`` ``[T, E, A]``, ``dynamics`` ``[T, E, obs]``; one causal pass gives
-    ``h_t`` for every step (SPEC_NOTES 11), the same ``h_t`` the search saw."""
+    ``h_t`` for every step (SPEC_NOTES 11), the same ``h_t`` the search saw. An episode longer than the model's
+    context (an agent with ``context_window``) is read as the policy read it: ``h_t`` from the window of the last
+    ``context_length - 1`` real steps ending at ``t``, all windows in one batch."""
     was_training = model.training
     model.eval()
     try:
         dtype = next(model.parameters()).dtype
-        history = TensorDict(  # the whole episode; entry t's action, emotion and reward only feed token t + 1
-            observation=record.observation.unsqueeze(0).to(dtype),
-            action=record.action.unsqueeze(0),
-            emotion=record.emotion.unsqueeze(0),
-            reward=record.reward.unsqueeze(0).to(dtype),
-            batch_size=[1, record.length],
+        length, window = record.length, model.context_length - 1
+        steps = torch.arange(length)
+        if length <= window:  # the whole episode; entry t's action, emotion and reward only feed token t + 1
+            index, valid = steps.unsqueeze(0), torch.ones(1, length, dtype=torch.bool)
+        else:  # row t: entries max(0, t - window + 1) .. t, left-aligned
+            index = (steps - window + 1).clamp(min=0).unsqueeze(-1) + torch.arange(window)
+            valid = index <= steps.unsqueeze(-1)
+            index = index.clamp(max=length - 1)
+        history = TensorDict(
+            observation=record.observation[index].to(dtype),
+            action=record.action[index],
+            emotion=record.emotion[index],
+            reward=record.reward[index].to(dtype),
+            mask=valid,
+            batch_size=index.shape,
         )
-        hidden = model.encode(history).hidden[0]
+        hidden = model.encode(history).hidden
+        hidden = hidden[0] if length <= window else hidden[steps, valid.sum(-1) - 1]
         return model.heads(hidden)
     finally:
         model.train(was_training)
@@ -881,7 +897,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             agent.planner.c_puct if args.c_puct is None else args.c_puct,
             agent.planner.max_depth,
         )
-        result = planner.search(agent.model, record.history(step))
+        result = planner.search(agent.model, record.history(step, window=agent.hparams.get("context_window")))
         title = (
             f"{env_id}, step {step} of a greedy episode (seed {args.seed}): {planner.num_simulations} simulations, "
             f"c_puct {planner.c_puct:g}\nN visits, Q = W/N (value units), P prior; deeper children with N >= "

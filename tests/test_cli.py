@@ -152,3 +152,9 @@ def test_ckpt_path_last_without_an_earlier_run(tmp_path, capsys):
     assert "starting a new run" in capsys.readouterr().err
     assert cli.trainer.global_step == 4
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO), "the CLI must write atomically"
+
+
+def test_the_datamodule_context_window_is_linked_into_the_agent():
+    cli = main([f"--config={CONFIG}", *TINY, "--data.context_window=5"], run=False)
+    assert cli.datamodule.context_window == 5 and cli.model.hparams.context_window == 5
+    assert cli.model.model.context_length == 6

@@ -392,3 +392,86 @@ def test_fit_with_the_emotion_agent_checkpoints_the_replay(tmp_path):
     restored = EmotionDataModule("CartPole-v1", time_limit=8)
     restored.load_state_dict(state)
     assert len(restored.replay) == len(dm.replay) and restored.env_steps == dm.env_steps
+
+
+# ---------------------------------------------------------------------------------------------- context window
+def test_replay_windows_are_the_recent_history_of_a_uniformly_drawn_step():
+    replay = EpisodeReplay(capacity_episodes=4)
+    replay.extend(make_episodes([2, 5]))
+    replay.seed(3)
+    stored = {int(ep["mask"].sum()): ep for ep in replay.buffer[:]}
+    ends = set()
+    for _ in range(40):
+        windows = replay.sample_windows(8, window=3)
+        assert windows.batch_size[0] == 8 and windows.batch_size[1] <= 3 and set(windows.keys()) == set(EPISODE_KEYS)
+        for window in windows:
+            valid = int(window["mask"].sum())
+            assert valid >= 1 and window["mask"][:valid].all() and not window["mask"][valid:].any()  # left-aligned
+            # a contiguous slice of one stored episode, ending at its step `end` and reaching back 3 steps at most
+            matches = [
+                (length, start)
+                for length, episode in stored.items()
+                for start in range(length - valid + 1)
+                if torch.equal(episode["observation"][start : start + valid], window["observation"][:valid])
+            ]
+            assert len(matches) == 1, "the window is not one contiguous slice of a stored episode"
+            length, start = matches[0]
+            end = start + valid - 1
+            assert valid == min(3, end + 1), "the window must hold the last 3 steps up to its end, or all from step 0"
+            ends.add((length, end))
+    assert ends == {(2, 0), (2, 1), (5, 0), (5, 1), (5, 2), (5, 3), (5, 4)}, "every stored step can end a window"
+
+
+def test_replay_window_draws_resume_from_the_state_dict():
+    replay = EpisodeReplay(capacity_episodes=4)
+    replay.extend(make_episodes([2, 5, 4]))
+    replay.seed(11)
+    replay.sample_windows(4, window=2)
+    buffer = io.BytesIO()
+    torch.save(replay.state_dict(), buffer)
+    buffer.seek(0)
+    expected = [replay.sample_windows(4, window=2) for _ in range(3)]
+    restored = EpisodeReplay(capacity_episodes=4)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    for want in expected:
+        got = restored.sample_windows(4, window=2)
+        assert all(torch.equal(got[key], want[key]) for key in ("observation", "mask")), "window draws diverged"
+
+
+def test_windowed_datamodule_streams_windows_and_checks_the_policy_and_settings():
+    planner = FakePlanner(n_actions=A, n_emotions=E, peak=13, row_shift=0, logit=4.0)
+
+    class WindowedDataModule(EmotionDataModule):
+        def make_policy(self, greedy: bool):
+            return EmotionPolicy(FakeModel(context_length=4), planner, greedy=greedy, history_window=True)
+
+    dm = WindowedDataModule(
+        UNBOUNDED_ID,
+        num_envs=2,
+        frames_per_batch=8,
+        batch_size=5,
+        warmup_episodes=1,
+        context_window=3,
+        time_limit=12,
+    )
+    stream = iter(dm.train_dataloader())
+    for _ in range(3):
+        episodes = next(stream)["episodes"]
+        assert episodes.batch_size[0] == 5 and 1 <= episodes.batch_size[1] <= 3
+        seen = [(h["mask"][b].sum().item(), h[b]) for h in planner.histories for b in range(h.batch_size[0])]
+        # each window's last step saw, when the policy acted there, exactly this window as its history (a_t, e_t
+        # and r_t of the last step were not known yet then; h_t never reads them)
+        for window in episodes:
+            n = int(window["mask"].sum())
+            assert any(
+                length == n
+                and torch.equal(history["observation"][:n], window["observation"][:n])
+                and all(torch.equal(history[k][: n - 1], window[k][: n - 1]) for k in ("action", "emotion", "reward"))
+                for length, history in seen
+            ), "a training window is not the history the policy planned on at its last step"
+    with pytest.raises(ValueError, match=r"context_window=3 steps but the policy plans on 15"):
+        FakePolicyDataModule(COUNTER_ID, context_window=3)._check_context(fake_policy(False))
+    with pytest.raises(ValueError, match=r"reanalyze_fraction > 0 needs whole episodes"):
+        EmotionDataModule(COUNTER_ID, context_window=3, reanalyze_fraction=0.5)
+    with pytest.raises(ValueError, match="context_window"):
+        EmotionDataModule(COUNTER_ID, context_window=0)

@@ -214,3 +214,20 @@ def test_evaluate_children_equals_one_imagined_state_at_a_time(tiny_model):
         expected = tiny_model.evaluate(history, imagined_observation=states[:, q])
         for key in ("policy", "values", "action_logits", "dynamics"):
             torch.testing.assert_close(getattr(children, key)[:, q], expected[key], **TIGHT)
+
+
+def test_selected_heads_equal_the_selected_emotion_of_all_heads():
+    torch.manual_seed(0)
+    model = EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=1, n_heads=2, context_length=8).double()
+    hidden = torch.randn(3, 5, 16, dtype=torch.float64)
+    emotion = torch.randint(0, N_EMOTIONS, (3, 5))
+    emotion[0, :2] = 2  # some emotions repeat, some are absent
+    emotion[2, 4] = -1  # padding reads emotion 0
+    picked = emotion.clamp(min=0)
+    rows = (torch.arange(3).view(3, 1), torch.arange(5).view(1, 5), picked)
+    torch.testing.assert_close(model.emotion_values(hidden, emotion), model.emotion_values(hidden)[rows])
+    torch.testing.assert_close(model.action_logits(hidden, emotion), model.action_logits(hidden)[rows])
+    action = torch.softmax(torch.randn(3, 5, N_EMOTIONS, N_ACTIONS, dtype=torch.float64), -1)
+    torch.testing.assert_close(
+        model.dynamics(hidden, action[rows], emotion), model.dynamics(hidden, action)[rows], msg="dynamics"
+    )

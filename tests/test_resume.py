@@ -146,7 +146,8 @@ trainer:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {every_n_train_steps: 8, save_last: true, save_top_k: -1}
 model: {d_model: 16, n_layers: 1, n_heads: 2, num_simulations: 3}
-data: {num_envs: 2, frames_per_batch: 16, batch_size: 2, warmup_episodes: 2, val_episodes: 2, time_limit: 40}
+data: {num_envs: 2, frames_per_batch: 16, updates_per_collection: 1, batch_size: 2, warmup_episodes: 2,
+       val_episodes: 2, time_limit: 40}
 """
 
 

@@ -18,7 +18,14 @@ from conftest import CONFIG
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "num_simulations": 3},
-    "data": {"num_envs": 2, "frames_per_batch": 16, "batch_size": 2, "warmup_episodes": 2, "time_limit": 40},
+    "data": {
+        "num_envs": 2,
+        "frames_per_batch": 16,
+        "updates_per_collection": 1,  # one collection (and one weight update to the workers) per batch
+        "batch_size": 2,
+        "warmup_episodes": 2,
+        "time_limit": 40,
+    },
 }
 
 

@@ -58,12 +58,13 @@ def assert_labelled(fig) -> None:
         assert ax.get_xlabel() and ax.get_ylabel(), f"panel {ax.get_title()!r} lacks an axis label"
 
 
-def tiny_agent(max_episode_steps: int = 30, seed: int = 0) -> EmotionAgent:
+def tiny_agent(max_episode_steps: int = 30, seed: int = 0, context_window: int | None = None) -> EmotionAgent:
     torch.manual_seed(seed)
     return EmotionAgent(
         obs_dim=4,
         n_actions=2,
         max_episode_steps=max_episode_steps,
+        context_window=context_window,
         d_model=16,
         n_layers=1,
         n_heads=2,
@@ -286,6 +287,22 @@ def test_episode_outputs_are_the_model_outputs_at_each_real_step():
         torch.testing.assert_close(outputs["policy"][t], at_t["policy"])
         torch.testing.assert_close(outputs["values"][t], at_t["values"])
     # the greedy policy acted through the chosen emotion's action head: argmax of A^e(h_t)
+    chosen = outputs["action_logits"][torch.arange(record.length), record.emotion].argmax(-1)
+    assert torch.equal(chosen, record.action)
+
+
+def test_a_windowed_agent_plays_past_its_window_and_its_outputs_are_read_on_the_same_windows():
+    agent = tiny_agent(context_window=4)
+    record = play_episode(agent, "CartPole-v1", seed=1, max_steps=12)
+    assert record.length > 4, "the episode must outgrow the window for this test to mean anything"
+    outputs = episode_outputs(agent.model, record)
+    for t in range(record.length):
+        history = record.history(t, window=4)
+        assert history.shape == (1, min(t + 1, 4))
+        at_t = agent.model.evaluate(history)[0]
+        torch.testing.assert_close(outputs["policy"][t], at_t["policy"])
+        torch.testing.assert_close(outputs["values"][t], at_t["values"])
+    # the greedy policy acted through the chosen emotion's action head on its window: argmax of A^e(h_t)
     chosen = outputs["action_logits"][torch.arange(record.length), record.emotion].argmax(-1)
     assert torch.equal(chosen, record.action)
 
