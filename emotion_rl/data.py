@@ -314,6 +314,15 @@ class EpisodeAssembler:
         return out
 
 
+def window_index(end: torch.Tensor, window: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps of the windows that end at ``end`` ``[N]``: ``max(0, t - window + 1) .. t``, left-aligned. Returns
+    ``index`` ``[N, window]`` (clamped to ``length - 1`` past the end, for gathering) and ``valid`` ``[N, window]``.
+    The history a windowed policy plans on at step ``t`` (README, "Context window")."""
+    index = (end - window + 1).clamp(min=0).unsqueeze(-1) + torch.arange(window, device=end.device)
+    valid = index <= end.unsqueeze(-1)
+    return index.clamp(max=length - 1), valid
+
+
 class EpisodeReplay:
     """Replay of whole episodes: ``TensorDictReplayBuffer(LazyTensorStorage(capacity_episodes))``, FIFO.
 
@@ -377,15 +386,10 @@ class EpisodeReplay:
         stored = self.buffer[: len(self)]
         lengths = stored.get("mask").sum(-1)
         index = torch.multinomial(lengths.double(), batch_size, replacement=True, generator=self.window_rng)
-        episodes = stored[index].select(*EPISODE_KEYS)
         lengths = lengths[index]
         end = (torch.rand(batch_size, generator=self.window_rng) * lengths).long().clamp(max=lengths - 1)
-        start = (end - window + 1).clamp(min=0)
-        steps = start.unsqueeze(-1) + torch.arange(window)
-        valid = steps <= end.unsqueeze(-1)
-        steps = steps.clamp(max=episodes.shape[1] - 1)
-        rows = torch.arange(batch_size).unsqueeze(-1).expand_as(steps)
-        windows = episodes[rows, steps]
+        steps, valid = window_index(end, window, stored.shape[1])
+        windows = stored.select(*EPISODE_KEYS)[index.unsqueeze(-1).expand_as(steps), steps]
         windows.set("mask", windows.get("mask") & valid)
         longest = max(int(windows.get("mask").sum(-1).max()), 1)
         return windows[:, :longest].clone()

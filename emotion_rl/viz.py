@@ -39,7 +39,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         f"emotion_rl.viz needs matplotlib and pillow ({error}); install them with: pip install -e '.[viz]'"
     ) from error
 
-from emotion_rl.data import discounted_returns
+from emotion_rl.data import discounted_returns, window_index
 from emotion_rl.search import EmotionMCTS
 
 __all__ = [
@@ -681,9 +681,7 @@ def episode_outputs(model: torch.nn.Module, record: EpisodeRecord) -> TensorDict
         if length <= window:  # the whole episode; entry t's action, emotion and reward only feed token t + 1
             index, valid = steps.unsqueeze(0), torch.ones(1, length, dtype=torch.bool)
         else:  # row t: entries max(0, t - window + 1) .. t, left-aligned
-            index = (steps - window + 1).clamp(min=0).unsqueeze(-1) + torch.arange(window)
-            valid = index <= steps.unsqueeze(-1)
-            index = index.clamp(max=length - 1)
+            index, valid = window_index(steps, window, length)
         history = TensorDict(
             observation=record.observation[index].to(dtype),
             action=record.action[index],
