@@ -1,0 +1,73 @@
+"""Write the fixed-seed short `fit` metrics that tests/test_golden.py compares bit for bit.
+
+    python tests/golden/make_golden.py          # rewrite tests/golden/*.csv from this checkout
+
+Run it only when a change is meant to alter the numbers (a new default, a new option turned on); a refactor must
+leave the files as they are. Each run is the shipped config shrunk by the tests' TINY overrides, plus its variant.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from conftest import CONFIG, TINY  # noqa: E402
+
+from emotion_rl.cli import main  # noqa: E402
+
+RUNS = {
+    "shipped": [],
+    "literal_whole_episodes_reanalyze": [
+        "--data.context_window=null",
+        "--model.phase2_objective=literal",
+        "--model.dynamics_action=action_head",
+        "--data.reanalyze_fraction=0.5",
+    ],
+}
+"""Golden runs: the shipped config (windows, section 4.3 phase 2, taken action), and the literal settings on whole
+episodes with reanalyze."""
+
+BATCHES = 10
+
+
+def run_metrics(name: str, save_dir: str) -> list[dict[str, str]]:
+    """Fit ``BATCHES`` training batches of golden run ``name``; its ``metrics.csv`` rows, metric columns only."""
+    main(
+        [
+            "fit",
+            f"--config={CONFIG}",
+            *TINY,
+            *RUNS[name],
+            f"--trainer.max_steps={4 * BATCHES}",
+            "--trainer.val_check_interval=5",
+            "--trainer.log_every_n_steps=1",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.callbacks=[]",
+            f"--trainer.logger.init_args.save_dir={save_dir}",
+            f"--trainer.logger.init_args.name={name}",
+        ]
+    )
+    with open(Path(save_dir) / name / "version_0" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def write(name: str, rows: list[dict[str, str]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    import torch
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in RUNS:
+            write(name, run_metrics(name, tmp), HERE / f"{name}.csv")
+            print(f"wrote {HERE / f'{name}.csv'}")
