@@ -1,0 +1,76 @@
+"""The real history the model reads, and the stored episode steps it comes from (spec 1.3, 1.5, 3.1, 3.3).
+
+Layout (docs/algorithm.md, "Sequence layout"): entry ``i`` holds ``(s_i, a_i, e_i, r_i)``, where ``r_i`` is the
+reward of the step that took ``a_i``. The model reads entry ``i`` as the token ``(a_{i-1}, e_{i-1}, r_{i-1}, s_i)``,
+so ``h_t`` never sees the action taken at ``s_t``. :data:`NONE` in an action or emotion field means "none": the
+first step's missing predecessor, and the dummy of an appended imagined state (spec 1.5).
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase, tensorclass
+from torch import Tensor
+
+__all__ = ["EPISODE_KEYS", "HISTORY_KEYS", "NONE", "History", "window_index"]
+
+NONE = -1
+"""An action or emotion field that holds nothing (the first step's predecessor, an imagined state's dummies)."""
+
+HISTORY_KEYS = ("observation", "action", "emotion", "reward")
+"""The fields of a real history entry ``(s_i, a_i, e_i, r_i)``."""
+
+EPISODE_KEYS = (*HISTORY_KEYS, "next_observation", "done", "visit_distribution", "return", "mask")
+"""Keys of a stored step and of a training batch ``[B, L]`` (right-padded, ``mask`` True on valid steps):
+the history entry, then ``next_observation`` ``s_{t+1}`` (phase 1's target), ``done`` (True at the episode's last
+step), ``visit_distribution`` ``[E]`` (the search's, spec 3.3: phase 4's target) and ``return`` (spec 2.2.2:
+phase 3's target)."""
+
+
+@tensorclass
+class History:
+    """Real histories ``[*B, T]``: ``observation`` ``[*B, T, obs]``, ``action`` and ``emotion`` long ``[*B, T]``
+    (:data:`NONE` where not taken yet), ``reward`` ``[*B, T]``, optional ``mask`` bool ``[*B, T]`` (a valid prefix;
+    ``None``: every entry is valid). The last valid entry's action, emotion and reward are never read."""
+
+    observation: Tensor
+    action: Tensor
+    emotion: Tensor
+    reward: Tensor
+    mask: Tensor | None = None
+
+    @classmethod
+    def empty(
+        cls, batch: int, length: int, obs_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str
+    ) -> History:
+        """``[batch, length]`` histories of nothing: zero observations and rewards, :data:`NONE` actions/emotions."""
+        return cls(
+            observation=torch.zeros((batch, length, *obs_shape), dtype=dtype, device=device),
+            action=torch.full((batch, length), NONE, dtype=torch.long, device=device),
+            emotion=torch.full((batch, length), NONE, dtype=torch.long, device=device),
+            reward=torch.zeros((batch, length), dtype=dtype, device=device),
+            batch_size=[batch, length],
+            device=device,
+        )
+
+    @classmethod
+    def of(cls, data: TensorDictBase) -> History:
+        """The history fields (and ``mask``, when present) of any TensorDict ``[*B, T]``, e.g. a training batch."""
+        mask = data.get("mask") if "mask" in data.keys() else None
+        fields = {key: data.get(key) for key in HISTORY_KEYS}
+        return cls(**fields, mask=mask, batch_size=data.batch_size, device=data.device)
+
+    def lengths(self) -> Tensor:
+        """Valid entries per history, long ``[*B]``."""
+        if self.mask is None:
+            return torch.full(self.batch_size[:-1], self.batch_size[-1], dtype=torch.long, device=self.action.device)
+        return self.mask.long().sum(-1)
+
+
+def window_index(end: Tensor, window: int, length: int) -> tuple[Tensor, Tensor]:
+    """Steps of the windows of ``window`` real steps that end at ``end`` ``[N]``: ``max(0, t - window + 1) .. t``,
+    left-aligned. Returns ``index`` ``[N, window]`` (clamped to ``length - 1`` past the end, for gathering) and
+    ``valid`` ``[N, window]``: the history a policy with ``context_window=window`` planned on at step ``t``."""
+    index = (end - window + 1).clamp(min=0).unsqueeze(-1) + torch.arange(window, device=end.device)
+    valid = index <= end.unsqueeze(-1)
+    return index.clamp(max=length - 1), valid
