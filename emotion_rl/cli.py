@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -27,8 +28,43 @@ from emotion_rl.checkpoint import AtomicCheckpointIO, CheckpointError, find_last
 from emotion_rl.data import EmotionDataModule
 
 
+class ConfigurationError(ValueError):
+    """A setting the user can fix, found while a subcommand runs: printed as one line, without a traceback."""
+
+
+USER_ERRORS = (CheckpointError, ConfigurationError)
+"""Errors raised while a subcommand runs that are the user's to fix; any other error there keeps its traceback."""
+
+
+class BatchProgressBar(TQDMProgressBar):
+    """TQDM bar that counts training batches against ``max_steps`` in batches (Lightning's ``max_steps`` counts the
+    four optimizer steps of a batch, so its own bar would end at a quarter)."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        trainer = self.trainer
+        if trainer.max_steps and trainer.max_steps > 0:
+            return -(-trainer.max_steps // max(len(trainer.optimizers), 1))
+        return super().total_train_batches
+
+
 class EmotionCLI(LightningCLI):
-    """LightningCLI over :class:`EmotionAgent` and :class:`EmotionDataModule` with the environment linked in."""
+    """LightningCLI over :class:`EmotionAgent` and :class:`EmotionDataModule` with the environment linked in.
+
+    Subcommands: ``fit``, ``validate``, ``test`` (an agent acts through environments, so ``predict`` has nothing to
+    predict). No ``--optimizer``/``--lr_scheduler``: the agent owns its four optimizers (spec 3.2).
+    """
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name != "predict"}
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except ValueError as error:  # raised while running: a real bug unless it is one of USER_ERRORS
+            error.raised_while_running = True
+            raise
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
         for name in ("obs_dim", "n_actions", "max_episode_steps", "context_window"):
@@ -37,6 +73,13 @@ class EmotionCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> Trainer:  # noqa: ANN003 - LightningCLI's trainer arguments
         if not (self._get(self.config_init, "trainer", default={}) or {}).get("plugins"):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])  # atomic writes, safe loads (emotion_rl.checkpoint)
+        trainer_config = self._get(self.config_init, "trainer", default={}) or {}
+        callbacks = trainer_config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if trainer_config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):  # a TQDM bar in batches, pinned (not Rich because rich happens to be installed)
+            kwargs["callbacks"] = [*callbacks, BatchProgressBar(refresh_rate=10)]
         return add_tensorboard(super().instantiate_trainer(**kwargs))
 
     def _parse_ckpt_path(self) -> None:
@@ -95,10 +138,11 @@ def add_tensorboard(trainer: Trainer) -> Trainer:
 
 
 def main(args: list[str] | None = None, run: bool = True) -> EmotionCLI:
-    """Entry point of ``python -m emotion_rl``. A setting the user got wrong exits with its message, no traceback.
+    """Entry point of ``emotion-rl`` / ``python -m emotion_rl``. A setting the user got wrong (any ``ValueError``
+    while parsing and instantiating; :data:`USER_ERRORS` while running) exits with its message and no traceback.
 
     torch runs on one CPU thread unless ``OMP_NUM_THREADS`` says otherwise: the planner's many small operations
-    run several times faster on one thread, and two threads on two busy cores can be 10x slower (measured, README).
+    run several times faster on one thread, and two threads on two busy cores can be 10x slower (docs/performance.md).
     """
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
@@ -115,10 +159,19 @@ def main(args: list[str] | None = None, run: bool = True) -> EmotionCLI:
             save_config_kwargs={"overwrite": True},
             args=args,
             run=run,
+            auto_configure_optimizers=False,
         )
-    except ValueError as error:  # a setting, an environment or a checkpoint the user named (CheckpointError)
+    except ValueError as error:  # a setting, an environment or a checkpoint the user named
+        if getattr(error, "raised_while_running", False) and not isinstance(error, USER_ERRORS):
+            raise  # not a setting: a bug, with its traceback
         print(f"emotion_rl: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     except FloatingPointError as error:  # a loss or gradient turned NaN/inf: stopped before the weights changed
         print(f"emotion_rl: training stopped: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def console() -> int:
+    """The ``emotion-rl`` console script: :func:`main` on ``sys.argv``, exit status 0 when it returns."""
+    main()
+    return 0
