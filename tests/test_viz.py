@@ -1,4 +1,4 @@
-"""Issue 6: the plots, the search tree drawing, the episode GIF, the viz command line, and the loggers of a fit."""
+"""The plots, the search tree drawing, the episode GIF, the viz command line, and the loggers of a fit."""
 
 from __future__ import annotations
 
