@@ -24,7 +24,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     raise ImportError(f"emotion_rl.viz needs pillow ({error}); install it with: pip install -e '.[viz]'") from error
 
 from emotion_rl.data import discounted_returns, make_env
-from emotion_rl.history import window_index
+from emotion_rl.history import NONE, window_index
 from emotion_rl.rollout import play
 from emotion_rl.viz.style import CARTPOLE_OBSERVATION, Figure, emotion_color
 
@@ -63,7 +63,7 @@ class EpisodeRecord:
 
     def history(self, t: int | None = None, window: int | None = None) -> TensorDict:
         """The real history the agent saw at step ``t`` (default: the last step), ``[1, T]`` in the public
-        layout (README "Python API"): entries ``0..t``, with ``a_t = e_t = -1`` and ``r_t = 0`` not yet known.
+        layout (README "Python API"): entries ``0..t``, with ``a_t = e_t = NONE`` and ``r_t = 0`` not yet known.
         ``window``: an agent with a context window (``context_window``) saw only the last ``window`` entries."""
         t = self.length - 1 if t is None else int(t)
         if not 0 <= t < self.length:
@@ -74,7 +74,7 @@ class EpisodeRecord:
             self.emotion[start : t + 1].clone(),
             self.reward[start : t + 1].clone(),
         )
-        action[-1], emotion[-1], reward[-1] = -1, -1, 0.0
+        action[-1], emotion[-1], reward[-1] = NONE, NONE, 0.0
         return TensorDict(
             observation=self.observation[start : t + 1].unsqueeze(0).clone(),
             action=action.unsqueeze(0),
