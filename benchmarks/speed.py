@@ -17,6 +17,9 @@ Sections (each measured in this one run, side by side):
 4. End-to-end ``fit`` on CartPole (``configs/cartpole.yaml``): environment steps per second and peak RSS, in a
    subprocess; and the planner's peak tensor memory (torch profiler) over envs x simulations x history, plus the
    peak-RSS growth of planner-only subprocesses.
+
+Sections 1, 2 and 4b live in speed_planner.py, 3 and 4a in speed_training.py, what they share in speed_common.py;
+this file runs them, checks the targets and writes the results (docs/performance.md reads them).
 """
 
 from __future__ import annotations
