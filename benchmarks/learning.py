@@ -1,4 +1,4 @@
-"""Sample efficiency on a Gymnasium task: the emotion agent of a config against a model-free baseline (issue 4).
+"""Sample efficiency on a Gymnasium task: the emotion agent of a config against a model-free baseline.
 
 Every run, emotion agent or baseline, follows one protocol:
 

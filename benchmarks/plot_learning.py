@@ -1,4 +1,4 @@
-"""README table and learning-curve image from the result files of ``benchmarks/learning.py`` (issue 4).
+"""README table and learning-curve image from the result files of ``benchmarks/learning.py``.
 
     python benchmarks/plot_learning.py benchmarks/results/learning
     python benchmarks/plot_learning.py benchmarks/results/learning --image docs/images/learning_curve.png

@@ -8,6 +8,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from emotion_rl import testing
 from emotion_rl.model import EmotionModel
 
 torch.set_num_threads(1)  # tiny models: one thread is faster and timing-independent of other processes
@@ -32,36 +33,13 @@ TINY = [
 
 
 def random_history(batch: int, length: int, obs_dim: int = OBS_DIM, n_actions: int = N_ACTIONS, seed: int = 0):
-    """A real history ``[batch, length]`` in the public layout (entry i: s_i, a_i, e_i, r_i)."""
-    g = torch.Generator().manual_seed(seed)
-    return TensorDict(
-        observation=torch.randn(batch, length, obs_dim, generator=g, dtype=torch.float64),
-        action=torch.randint(0, n_actions, (batch, length), generator=g),
-        emotion=torch.randint(0, N_EMOTIONS, (batch, length), generator=g),
-        reward=torch.randn(batch, length, generator=g, dtype=torch.float64),
-        batch_size=[batch, length],
-    )
+    """A real history ``[batch, length]`` in the public layout (entry i: s_i, a_i, e_i, r_i), float64."""
+    return testing.random_history(batch, length, obs_dim, n_actions, seed=seed, n_emotions=N_EMOTIONS)
 
 
 def random_episodes(lengths: list[int], max_len: int, seed: int = 0, dtype=torch.float32) -> TensorDict:
-    """Right-padded episodes as the datamodule yields them (DESIGN: training batch)."""
-    g = torch.Generator().manual_seed(seed)
-    batch = len(lengths)
-    mask = torch.arange(max_len).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
-    visits = torch.rand(batch, max_len, N_EMOTIONS, generator=g, dtype=dtype)
-    episodes = TensorDict(
-        observation=torch.randn(batch, max_len, OBS_DIM, generator=g, dtype=dtype),
-        next_observation=torch.randn(batch, max_len, OBS_DIM, generator=g, dtype=dtype),
-        action=torch.randint(0, N_ACTIONS, (batch, max_len), generator=g),
-        emotion=torch.randint(0, N_EMOTIONS, (batch, max_len), generator=g),
-        reward=torch.ones(batch, max_len, dtype=dtype),
-        done=torch.zeros(batch, max_len, dtype=torch.bool),
-        visit_distribution=visits / visits.sum(-1, keepdim=True),
-        mask=mask,
-        batch_size=[batch, max_len],
-    )
-    episodes["return"] = torch.randn(batch, max_len, generator=g, dtype=dtype) * 3
-    return episodes.masked_fill(~mask, 0)
+    """Right-padded episodes as the datamodule yields them (the training batch's ``episodes``)."""
+    return testing.random_episodes(lengths, max_len, seed, dtype, OBS_DIM, N_ACTIONS, N_EMOTIONS)
 
 
 @pytest.fixture

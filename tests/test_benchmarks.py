@@ -1,4 +1,5 @@
-"""The reporting logic of benchmarks/learning.py and benchmarks/plot_learning.py (issue 4) on made-up runs.
+"""The reporting logic of benchmarks/learning.py and benchmarks/plot_learning.py on made-up runs, and the speed
+benchmark's modules and inputs.
 
 The benchmarks themselves (training runs of minutes) never run in the test suite.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -57,3 +59,24 @@ def test_the_table_counts_solved_seeds_and_marks_unreached_thresholds():
     ]
     row = plot_learning.table({"emotion": runs}).splitlines()[-1]
     assert "| 1/2 (final >= 475) |" in row and "1,000, >3,000" in row and "| 480, 40 | 490, 41 |" in row
+
+
+def test_the_speed_benchmark_imports_and_builds_its_inputs_with_the_tests_layouts(monkeypatch):
+    from emotion_rl.history import EPISODE_KEYS, HISTORY_KEYS
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # its sections import each other by name, as when run as a script
+    names = {"speed_common": "make_model", "speed_planner": "bench_planner", "speed_training": "bench_fit"}
+    names["speed"] = "main"
+    try:
+        modules = {name: importlib.import_module(name) for name in names}
+        for name, function in names.items():
+            assert callable(getattr(modules[name], function))
+        common = modules["speed_common"]
+        history = common.make_history(3, 5)
+        assert tuple(history.keys()) == HISTORY_KEYS and history.batch_size == (3, 5)
+        assert int(history["action"].max()) < common.N_ACTIONS
+        episodes = common.make_episodes(2, 7)
+        assert set(episodes.keys()) == set(EPISODE_KEYS) and bool(episodes["mask"].all())
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)

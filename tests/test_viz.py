@@ -1,4 +1,4 @@
-"""Issue 6: the plots, the search tree drawing, the episode GIF, the viz command line, and the loggers of a fit."""
+"""The plots, the search tree drawing, the episode GIF, the viz command line, and the loggers of a fit."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from tensordict import TensorDict
 
 from emotion_rl import EmotionAgent, EmotionMCTS, cli, viz
 from emotion_rl.cli import add_tensorboard, tensorboard_available
-from emotion_rl.data import discounted_returns
+from emotion_rl.data import discounted_returns, make_env
+from emotion_rl.rollout import play
 from emotion_rl.viz import (
     draw_search_tree,
     episode_outputs,
@@ -270,6 +271,18 @@ def test_render_episode_gif_has_one_frame_per_step(tmp_path):
     # the same greedy episode without rendering: rendering does not change what the agent does
     again = play_episode(agent, "CartPole-v1", seed=3)
     assert torch.equal(again.action, record.action) and torch.equal(again.emotion, record.emotion)
+
+
+def test_play_episode_records_the_packages_own_rollout_of_the_policy():
+    agent = tiny_agent()
+    record = play_episode(agent, "CartPole-v1", seed=2, max_steps=12)
+    policy = agent.make_policy(greedy=True, generator=torch.Generator().manual_seed(2))
+    steps = play(make_env("CartPole-v1", 1, seed=2, categorical_action_encoding=True), policy, 12)[0]
+    assert record.length == steps.shape[0]
+    torch.testing.assert_close(record.observation, steps["observation"])
+    torch.testing.assert_close(record.reward, steps["next", "reward"].reshape(-1))
+    assert torch.equal(record.action, steps["action"]) and torch.equal(record.emotion, steps["emotion"])
+    assert record.terminated == bool(steps["next", "terminated"][-1])
 
 
 def test_play_episode_refuses_more_steps_than_the_context():

@@ -1,0 +1,121 @@
+"""``python -m emotion_rl.viz {plot,render,tree}``: a run's curves, a GIF of an episode, one search tree.
+
+    python -m emotion_rl.viz plot runs/cartpole/version_0/metrics.csv --out curves.png
+    python -m emotion_rl.viz render --config configs/cartpole.yaml --ckpt_path runs/.../last.ckpt --out episode.gif
+    python -m emotion_rl.viz tree --config configs/cartpole.yaml --ckpt_path runs/.../last.ckpt --out tree.png
+
+A missing or unreadable input exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from emotion_rl.search import EmotionMCTS
+from emotion_rl.viz.episodes import play_episode, render_episode
+from emotion_rl.viz.metrics import plot_metrics
+from emotion_rl.viz.tree import draw_search_tree
+
+__all__ = ["load_agent", "main"]
+
+
+def load_agent(ckpt_path: str | os.PathLike):  # noqa: ANN201 - EmotionAgent (imported lazily)
+    """An :class:`~emotion_rl.EmotionAgent` from a Lightning checkpoint (its hyperparameters rebuild the model)."""
+    from emotion_rl.agent import EmotionAgent
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    agent = EmotionAgent.load_from_checkpoint(path, map_location="cpu")
+    agent.eval()
+    return agent
+
+
+def _env_id(config: str | None, ckpt_path: str, env_id: str | None) -> str:
+    """``--env_id``, else the config's ``data.env_id``, else the checkpoint's datamodule, else CartPole-v1."""
+    if env_id:
+        return env_id
+    if config:
+        from omegaconf import OmegaConf
+
+        if not Path(config).is_file():
+            raise FileNotFoundError(f"config not found: {config}")
+        data = OmegaConf.load(config).get("data") or {}
+        if data.get("env_id"):
+            return str(data["env_id"])
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    return str((checkpoint.get("datamodule_hyper_parameters") or {}).get("env_id", "CartPole-v1"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m emotion_rl.viz {plot,render,tree}``; a missing or unreadable input exits with status 2."""
+    parser = argparse.ArgumentParser(prog="python -m emotion_rl.viz", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    plot = commands.add_parser("plot", help="plot a run's metrics.csv to PNG (no TensorBoard needed)")
+    plot.add_argument("metrics", help="metrics.csv written by the CSVLogger (runs/cartpole/version_N/metrics.csv)")
+    plot.add_argument("--out", default="curves.png", help="output image (default: curves.png)")
+    plot.add_argument("--dpi", type=int, default=80)
+    plot.add_argument("--title", default=None)
+    for name, text in (
+        ("render", "play one greedy episode and write an animated GIF"),
+        ("tree", "draw one search tree"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--ckpt_path", required=True, help="Lightning checkpoint of a fit (…/checkpoints/last.ckpt)")
+        sub.add_argument("--config", default=None, help="the run's config (its data.env_id is used)")
+        sub.add_argument("--env_id", default=None, help="overrides the config's and the checkpoint's env")
+        sub.add_argument("--seed", type=int, default=0, help="seed of the environment's reset")
+        sub.add_argument("--out", required=True, help="output file (.gif for render, .png for tree)")
+    commands.choices["render"].add_argument("--fps", type=int, default=30)
+    commands.choices["render"].add_argument("--scale", type=float, default=0.5, help="frame size factor")
+    commands.choices["render"].add_argument("--max_steps", type=int, default=None)
+    tree = commands.choices["tree"]
+    tree.add_argument("--step", type=int, default=20, help="search at this step of a greedy episode (default 20)")
+    tree.add_argument("--num_simulations", type=int, default=None, help="default: the checkpoint's")
+    tree.add_argument("--c_puct", type=float, default=None, help="default: the checkpoint's")
+    tree.add_argument("--min_visits", type=int, default=2, help="draw deeper children with at least this many visits")
+    tree.add_argument("--dpi", type=int, default=80)
+    args = parser.parse_args(argv)
+    sub = commands.choices[args.command]
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    try:
+        if args.command == "plot":
+            plot_metrics(args.metrics, title=args.title).savefig(args.out, dpi=args.dpi)
+            print(f"wrote {args.out}")
+            return 0
+        agent = load_agent(args.ckpt_path)
+        env_id = _env_id(args.config, args.ckpt_path, args.env_id)
+        if args.command == "render":
+            record = render_episode(agent, args.out, env_id, args.seed, args.max_steps, fps=args.fps, scale=args.scale)
+            print(f"wrote {args.out}: {record.length} frames, return {record.episode_return:.0f}")
+            return 0
+        record = play_episode(agent, env_id, seed=args.seed, max_steps=args.step + 1)
+        step = min(args.step, record.length - 1)
+        planner = EmotionMCTS(
+            args.num_simulations or agent.planner.num_simulations,
+            agent.planner.c_puct if args.c_puct is None else args.c_puct,
+            agent.planner.max_depth,
+        )
+        result = planner.search(agent.model, record.history(step, window=agent.hparams.get("context_window")))
+        title = (
+            f"{env_id}, step {step} of a greedy episode (seed {args.seed}): {planner.num_simulations} simulations, "
+            f"c_puct {planner.c_puct:g}\nN visits, Q = W/N (value units), P prior; deeper children with N >= "
+            f"{args.min_visits}"
+        )
+        draw_search_tree(result, min_visits=args.min_visits, title=title).savefig(args.out, dpi=args.dpi)
+        print(f"wrote {args.out}")
+        return 0
+    except (FileNotFoundError, ValueError) as error:
+        sub.error(str(error))
+    return 2  # pragma: no cover - sub.error exits
+
+
+if __name__ == "__main__":
+    sys.exit(main())
