@@ -7,6 +7,7 @@ once per batch of whole episodes or windows; ``schedule="timestep"`` is spec 2.3
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
@@ -21,7 +22,9 @@ from emotion_rl.losses import (
     DynamicsLoss,
     PolicyLoss,
     ValueLoss,
+    ValueTarget,
     action_loss_class,
+    masked_mean,
     step_weight,
 )
 from emotion_rl.model import EmotionModel
@@ -67,6 +70,19 @@ class EmotionAgent(L.LightningModule):
         context_window: ``None``: the model's context holds the whole episode (``max_episode_steps + 1``). ``K``:
             it holds ``K`` real steps plus the imagined state, and the policy plans on the most recent ``K`` steps
             (it always slides); train it on windows of ``K`` steps (``EmotionDataModule(context_window=K)``).
+
+    Learning options, all off by default (docs/training.md, "Options"; the loss modules hold their meaning):
+        imagined_value_weight: phase 3 also trains the values at imagined tokens (``ValueLoss.imagined_weight``).
+        action_entropy_coef, action_value_norm, action_awr_coef, action_awr_beta: phase 2's entropy bonus,
+            objective normalisation and advantage-weighted log-likelihood (``ActionLoss``).
+        action_max_update: bound on the L2 norm of the parameter change of each phase-2 step (a bounded actor
+            step; gradient clipping would not bound an Adam step).
+        phase2_updates_transformer: ``False``: phase 2 moves the action heads only.
+        dynamics_all_emotions: every dynamics head learns every transition (``DynamicsLoss.all_emotions``).
+        value_target, value_n_step, value_lambda, value_gamma: phase 3's targets (``ValueLoss``); ``value_gamma``
+            must be the datamodule's ``gamma``. target_tau: EMA rate of the target network the bootstrapped targets
+            read (1: the model itself).
+        log_diagnostics: log action-head entropies and agreement and imagined-token value errors every batch.
     """
 
     def __init__(
@@ -93,6 +109,20 @@ class EmotionAgent(L.LightningModule):
         return_scale: float = 1.0,
         gradient_clip_val: float | None = None,
         context_window: int | None = None,
+        imagined_value_weight: float = 0.0,
+        action_entropy_coef: float = 0.0,
+        action_value_norm: bool = False,
+        action_awr_coef: float = 0.0,
+        action_awr_beta: float = 1.0,
+        action_max_update: float | None = None,
+        phase2_updates_transformer: bool = True,
+        dynamics_all_emotions: bool = False,
+        value_target: ValueTarget = "monte_carlo",
+        value_n_step: int = 5,
+        value_lambda: float = 0.95,
+        value_gamma: float = 0.99,
+        target_tau: float = 0.005,
+        log_diagnostics: bool = False,
     ) -> None:
         super().__init__()
         if schedule not in Schedule.__args__:
@@ -115,10 +145,29 @@ class EmotionAgent(L.LightningModule):
         )
         self.planner = EmotionMCTS(num_simulations=num_simulations, c_puct=c_puct, max_depth=max_depth)
         self.temperature = TemperatureSchedule(temperature_start, temperature_end, temperature_decay_frames)
+        if value_target != "monte_carlo" and target_tau < 1:  # the EMA target network (saved with the agent)
+            self.target_model = copy.deepcopy(self.model).requires_grad_(False)
         self.losses = PhaseLosses(
-            DynamicsLoss(self.model, action_input=dynamics_action),
-            action_loss_class(phase2_objective)(self.model),
-            ValueLoss(self.model, return_scale=return_scale),
+            DynamicsLoss(self.model, action_input=dynamics_action, all_emotions=dynamics_all_emotions),
+            action_loss_class(phase2_objective)(
+                self.model,
+                update_transformer=phase2_updates_transformer,
+                normalize_value=action_value_norm,
+                entropy_coef=action_entropy_coef,
+                awr_coef=action_awr_coef,
+                awr_beta=action_awr_beta,
+                return_scale=return_scale,
+            ),
+            ValueLoss(
+                self.model,
+                return_scale=return_scale,
+                target=value_target,
+                gamma=value_gamma,
+                n=value_n_step,
+                lam=value_lambda,
+                target_model=getattr(self, "target_model", None),
+                imagined_weight=imagined_value_weight,
+            ),
             PolicyLoss(self.model),
         )
 
@@ -157,7 +206,9 @@ class EmotionAgent(L.LightningModule):
         return out
 
     # ------------------------------------------------------------------ one update (spec 2.3)
-    def _step(self, optimizer: torch.optim.Optimizer, phase: str, loss: Tensor) -> Tensor:
+    def _step(
+        self, optimizer: torch.optim.Optimizer, phase: str, loss: Tensor, max_update: float | None = None
+    ) -> Tensor:
         """Backward and step ``optimizer``. A non-finite loss or gradient stops the run before this step changes a
         parameter (and so before any checkpoint could hold damaged weights)."""
         fix = (
@@ -174,7 +225,17 @@ class EmotionAgent(L.LightningModule):
             raise FloatingPointError(f"phase '{phase}' produced a non-finite gradient (loss {loss.item():.4g}); {fix}")
         if self.hparams.gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val)
+        if not max_update:
+            optimizer.step()
+            return loss.detach()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        before = [p.detach().clone() for p in params]
         optimizer.step()
+        with torch.no_grad():  # scale this step back to a change of norm max_update at most
+            change = torch._foreach_sub([p.detach() for p in params], before)
+            scale = max_update / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(change))).clamp(min=1e-12)
+            if scale < 1:
+                torch._foreach_lerp_([p.detach() for p in params], before, float(1 - scale))
         return loss.detach()
 
     def update(self, batch: TensorDict) -> dict[str, Tensor]:
@@ -187,12 +248,45 @@ class EmotionAgent(L.LightningModule):
         out = self.losses.dynamics(batch)  # phase 1: dynamics heads + transformer
         logs["train/phase1_dynamics_loss"] = self._step(opt_dynamics, "dynamics", out["loss_dynamics"])
         out = self.losses.action(batch)  # phase 2: action heads + transformer, through the frozen critic
-        logs["train/phase2_action_loss"] = self._step(opt_action, "action", out["loss_action"])
+        logs["train/phase2_action_loss"] = self._step(
+            opt_action, "action", out["loss_action"], max_update=self.hparams.action_max_update
+        )
         logs["train/phase2_imagined_value"] = out["imagined_value"]
         out = self.losses.value(batch)  # phase 3: value heads + transformer
         logs["train/phase3_value_loss"] = self._step(opt_value, "value", out["loss_value"])
         out = self.losses.policy(batch)  # phase 4: policy head + transformer
         logs["train/phase4_policy_loss"] = self._step(opt_policy, "policy", out["loss_policy"])
+        if hasattr(self, "target_model"):  # EMA of the model, read by the bootstrapped value targets
+            with torch.no_grad():
+                target, online = list(self.target_model.parameters()), list(self.model.parameters())
+                torch._foreach_lerp_(target, online, self.hparams.target_tau)
+        if self.hparams.log_diagnostics:
+            logs.update(self.diagnostics(batch))
+        return logs
+
+    @torch.no_grad()
+    def diagnostics(self, batch: TensorDict) -> dict[str, Tensor]:
+        """Per batch: each action head's entropy and how often the heads' argmax actions agree (pairs of emotions);
+        the values read at imagined tokens: their error on ``y_{t+1}`` (true and predicted next state) and their
+        bias against the value at the real next token (mean over emotions)."""
+        mask, weight = batch["mask"], step_weight(batch)
+        encoding = self.model.encode(batch)
+        log_probs = torch.log_softmax(self.model.action_logits(encoding.hidden), dim=-1)  # [B, L, E, A]
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        n = self.hparams.n_emotions
+        logs = {f"diagnostics/action_entropy_{e}": masked_mean(entropy[..., e], weight) for e in range(n)}
+        best = log_probs.argmax(-1)
+        pairs = (best.unsqueeze(-1) == best.unsqueeze(-2)).sum((-1, -2)) - n
+        logs["diagnostics/action_agreement"] = masked_mean(pairs / max(n * (n - 1), 1), weight)
+        value_loss = self.losses.value
+        _, next_targets = value_loss.targets(batch)
+        errors = value_loss.imagined_errors(batch, encoding, next_targets)
+        logs["diagnostics/imagined_value_error_true"] = masked_mean(errors[0], weight)
+        logs["diagnostics/imagined_value_error_predicted"] = masked_mean(errors[1], weight)
+        imagined, _ = value_loss.imagined_values(batch, encoding)
+        real_next = self.model.emotion_values(encoding.hidden[:, 1:]).mean(-1)
+        has_next = mask[:, 1:] & mask[:, :-1]
+        logs["diagnostics/imagined_value_bias"] = masked_mean(imagined[:, :-1].mean(-1) - real_next, has_next)
         return logs
 
     def training_step(self, dataloader_iter: Iterator) -> None:
