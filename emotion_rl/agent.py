@@ -276,7 +276,7 @@ class EmotionAgent(L.LightningModule):
         n = self.hparams.n_emotions
         logs = {f"diagnostics/action_entropy_{e}": masked_mean(entropy[..., e], weight) for e in range(n)}
         best = log_probs.argmax(-1)
-        pairs = (best.unsqueeze(-1) == best.unsqueeze(-2)).sum((-1, -2)) - n
+        pairs = ((best.unsqueeze(-1) == best.unsqueeze(-2)).sum((-1, -2)) - n).to(entropy.dtype)
         logs["diagnostics/action_agreement"] = masked_mean(pairs / max(n * (n - 1), 1), weight)
         value_loss = self.losses.value
         _, next_targets = value_loss.targets(batch)

@@ -10,7 +10,7 @@ from tensordict import TensorDict
 
 from emotion_rl import EmotionAgent
 from emotion_rl.agent import PHASES
-from emotion_rl.losses import DynamicsLoss, LiteralActionLoss, MaxValueActionLoss, PolicyLoss, ValueLoss
+from emotion_rl.losses import DynamicsLoss, LiteralActionLoss, MaxValueActionLoss, PolicyLoss, ValueLoss, masked_mean
 
 from conftest import N_ACTIONS, N_EMOTIONS, OBS_DIM, random_episodes
 
@@ -196,3 +196,115 @@ def test_context_window_sizes_the_model_and_makes_the_policy_plan_on_recent_step
     assert policy.history_window and policy.context_length == 4
     with pytest.raises(ValueError, match="context_window"):
         make_agent(context_window=0)
+
+
+# ---------------------------------------------------------------------------------------------------- options
+def test_learning_options_reach_the_loss_modules():
+    agent = make_agent(
+        imagined_value_weight=0.5,
+        action_entropy_coef=0.1,
+        action_value_norm=True,
+        action_awr_coef=0.2,
+        action_awr_beta=3.0,
+        phase2_updates_transformer=False,
+        dynamics_all_emotions=True,
+        value_target="td_lambda",
+        value_n_step=7,
+        value_lambda=0.8,
+        value_gamma=0.97,
+        target_tau=0.1,
+    )
+    dynamics, action, value, _ = agent.losses
+    assert dynamics.all_emotions
+    assert (action.entropy_coef, action.normalize_value, action.awr_coef, action.awr_beta) == (0.1, True, 0.2, 3.0)
+    assert not action.update_transformer
+    assert (value.target, value.n, value.lam, value.gamma, value.imagined_weight) == ("td_lambda", 7, 0.8, 0.97, 0.5)
+    assert value.target_model is agent.target_model and agent.target_model is not agent.model
+    assert any(key.startswith("target_model.") for key in agent.state_dict()), "the target network is not saved"
+    with pytest.raises(ValueError, match="value_target"):
+        make_agent(value_target="gae")
+
+
+def test_bootstrapped_targets_read_an_ema_of_the_model_updated_after_each_update(monkeypatch, episodes):
+    agent, _ = _manual_agent(monkeypatch, value_target="n_step", target_tau=0.25)
+    target_before = [p.detach().clone() for p in agent.target_model.parameters()]
+    agent.train_batch(_batch(episodes))
+    for old, new, online in zip(target_before, agent.target_model.parameters(), agent.model.parameters(), strict=True):
+        torch.testing.assert_close(new, old + 0.25 * (online.detach() - old))
+    assert not any(p.requires_grad for p in agent.target_model.parameters())
+    assert not hasattr(make_agent(value_target="n_step", target_tau=1.0), "target_model"), "tau 1 reads the model"
+
+
+def test_bounded_actor_step_limits_the_change_of_each_phase2_step(monkeypatch, episodes):
+    def action_change(**kwargs) -> float:
+        agent, _ = _manual_agent(monkeypatch, **kwargs)
+        opt_action = agent.optimizers()[1]
+        params = [p for group in opt_action.param_groups for p in group["params"]]
+        before = [p.detach().clone() for p in params]
+        agent._step(opt_action, "action", agent.losses.action(episodes)["loss_action"], agent.hparams.action_max_update)
+        return float(torch.stack([(p.detach() - b).norm() for p, b in zip(params, before, strict=True)]).norm())
+
+    free = action_change()
+    assert free > 1e-3
+    torch.testing.assert_close(action_change(action_max_update=1e-3), 1e-3, rtol=1e-6, atol=0)
+    assert action_change(action_max_update=10 * free) == pytest.approx(free, rel=1e-9)
+
+
+def test_diagnostics_are_off_by_default_and_logged_every_batch_when_on(monkeypatch, episodes):
+    logged = {}
+    agent, _ = _manual_agent(monkeypatch)
+    monkeypatch.setattr(agent, "log_dict", lambda logs, **k: logged.update(logs))
+    agent.train_batch(_batch(episodes))
+    assert not any(key.startswith("diagnostics/") for key in logged)
+    agent, _ = _manual_agent(monkeypatch, log_diagnostics=True)
+    monkeypatch.setattr(agent, "log_dict", lambda logs, **k: logged.update(logs))
+    agent.train_batch(_batch(episodes))
+    keys = {f"diagnostics/action_entropy_{e}" for e in range(N_EMOTIONS)} | {
+        "diagnostics/action_agreement",
+        "diagnostics/imagined_value_error_true",
+        "diagnostics/imagined_value_error_predicted",
+        "diagnostics/imagined_value_bias",
+    }
+    assert keys <= set(logged) and all(torch.isfinite(logged[k]) for k in keys)
+    assert 0 <= logged["diagnostics/action_agreement"] <= 1
+
+
+def test_diagnostics_measure_entropy_agreement_and_imagined_bias(episodes):
+    agent = make_agent()
+    with torch.no_grad():  # emotion 3's action head uniform; all the others identical
+        heads = agent.model.action_heads
+        for w in (heads.w1, heads.b1, heads.w2, heads.b2):
+            w.copy_(w[0].expand_as(w))
+        heads.w2[3].zero_()
+        heads.b2[3].zero_()
+    logs = agent.diagnostics(episodes)
+    torch.testing.assert_close(logs["diagnostics/action_entropy_3"], torch.tensor(N_ACTIONS, dtype=torch.float64).log())
+    assert logs["diagnostics/action_entropy_0"] < logs["diagnostics/action_entropy_3"]
+    mask = episodes["mask"]
+    encoding = agent.model.encode(episodes)
+    uniform_argmax = torch.zeros_like(episodes["action"])  # argmax of a uniform head: action 0
+    best = agent.model.action_logits(encoding.hidden).argmax(-1)[..., 0]
+    same = (best == uniform_argmax).double()
+    # 7 identical heads agree among themselves (42 ordered pairs); head 3 agrees with them where best == 0
+    expected = masked_mean((42 + 14 * same) / 56, mask)
+    torch.testing.assert_close(logs["diagnostics/action_agreement"], expected)
+    gaps = []
+    for b, length in enumerate(mask.sum(-1).tolist()):
+        for t in range(length - 1):
+            state = episodes["next_observation"][b, t : t + 1]
+            imagined = agent.model.evaluate(episodes[b : b + 1, : t + 1], imagined_observation=state)["values"]
+            real = agent.model.evaluate(episodes[b : b + 1, : t + 2])["values"]
+            gaps.append(imagined.mean() - real.mean())
+    torch.testing.assert_close(logs["diagnostics/imagined_value_bias"], torch.stack(gaps).mean())
+
+
+def test_gradient_clip_val_clips_every_phase_before_its_step(monkeypatch, episodes):
+    agent, log = _manual_agent(monkeypatch, gradient_clip_val=0.5)
+    clipped = []
+
+    def clip_gradients(optimizer, gradient_clip_val):
+        clipped.append((log.copy(), gradient_clip_val))
+
+    monkeypatch.setattr(agent, "clip_gradients", clip_gradients)
+    agent.train_batch(_batch(episodes))
+    assert clipped == [([], 0.5), (["dynamics"], 0.5), (["dynamics", "action"], 0.5), (list(PHASES[:3]), 0.5)]

@@ -261,3 +261,190 @@ def test_unknown_settings_are_refused_naming_them():
         DynamicsLoss(make_model(), action_input="sampled")
     with pytest.raises(ValueError, match="return_scale"):
         ValueLoss(make_model(), return_scale=0.0)
+
+
+# ---------------------------------------------------------------------------------------------------- options
+def _full_windows(k: int = 4, seed: int = 5, done_at_end: bool = False) -> TensorDict:
+    """Windows of exactly ``k`` valid steps (the last step at position k - 1, the imagined slot at position k)."""
+    batch = random_episodes([k, k, k], max_len=k, seed=seed, dtype=torch.float64)
+    batch["done"][:, -1] = done_at_end
+    return batch
+
+
+def _windowed_model(k: int = 4) -> EmotionModel:
+    torch.manual_seed(0)
+    return EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=1, n_heads=2, context_length=k + 1).double()
+
+
+def test_no_phase_trains_the_imagined_slot_position_by_default():
+    """The bug the imagined-value option fixes: with a context of K real steps, position K (where every search
+    after step K - 1 reads its imagined states) gets no gradient in any phase."""
+    model, batch = _windowed_model(), _full_windows()
+    for phase, loss_module in make_losses(model, dynamics_action="taken").items():
+        model.zero_grad(set_to_none=True)
+        loss_module(batch)[f"loss_{phase}"].backward()
+        grad = model.position_embed.weight.grad
+        assert grad is None or grad[4].abs().sum() == 0, phase
+
+
+@pytest.mark.parametrize("done_at_end", [False, True])
+def test_imagined_value_option_trains_the_imagined_slot_and_only_value_and_transformer(done_at_end):
+    model, batch = _windowed_model(), _full_windows(done_at_end=done_at_end)
+    loss_module = ValueLoss(model, return_scale=0.5, gamma=0.9, imagined_weight=1.0)
+    grads = backward_of(loss_module, batch)
+    assert model.position_embed.weight.grad[4].abs().sum() > 0, "position K got no gradient"
+    assert grads["value"] > 0 and grads["transformer"] > 0
+    assert grads["dynamics"] == grads["action"] == grads["policy"] == 0
+
+
+def test_imagined_value_errors_are_those_of_the_model_evaluating_the_next_state():
+    """Error at step t = (V at "real 0..t + imagined s" - y_{t+1})^2: V^{e_{t+1}} inside a row, the mean of the
+    V^e at a row's end (target (y_t - r_t) / gamma for monte_carlo), every V^e on 0 after a termination."""
+    model = make_model()
+    batch = random_episodes([6, 4], max_len=6, seed=2, dtype=torch.float64)
+    batch["done"][1, 3] = True  # row 1 terminated at its last step; row 0 ends unterminated (a window)
+    loss_module = ValueLoss(model, return_scale=0.5, gamma=0.9, imagined_weight=1.0)
+    encoding = model.encode(batch)
+    _, next_targets = loss_module.targets(batch)
+    errors = loss_module.imagined_errors(batch, encoding, next_targets)
+    h = encoding.hidden
+    y = 0.5 * batch["return"]
+    for b, t in [(0, 2), (0, 5), (1, 1), (1, 3)]:
+        prefix = batch[b : b + 1, : t + 1]
+        taken = torch.nn.functional.one_hot(batch["action"][b, t], N_ACTIONS).double()
+        predicted = model.dynamics(h[b, t], taken, batch["emotion"][b, t])
+        for i, state in enumerate([batch["next_observation"][b, t], predicted]):
+            values = model.evaluate(prefix, imagined_observation=state.unsqueeze(0))["values"][0]
+            if (b, t) == (1, 3):
+                expected = values.pow(2).mean()
+            elif (b, t) == (0, 5):
+                expected = (values.mean() - (y[b, t] - 0.5 * batch["reward"][b, t]) / 0.9) ** 2
+            else:
+                expected = (values[batch["emotion"][b, t + 1]] - y[b, t + 1]) ** 2
+            torch.testing.assert_close(errors[i, b, t], expected, msg=f"{b, t, i}")
+    assert errors[:, 1, 4:].eq(0).all(), "padding counted"
+
+
+def test_entropy_bonus_subtracts_coef_times_each_steps_action_entropy(episodes):
+    model = make_model()
+    base = MaxValueActionLoss(model).per_step(episodes)["loss"]
+    with_bonus = MaxValueActionLoss(model, entropy_coef=0.3).per_step(episodes)["loss"]
+    probs = torch.softmax(model.action_logits(model.encode(episodes).hidden, episodes["emotion"]), -1)
+    entropy = -(probs * probs.log()).sum(-1)
+    torch.testing.assert_close(with_bonus, base - 0.3 * entropy)
+
+
+def test_value_normalisation_divides_the_objective_by_the_batch_spread_of_imagined_values(episodes):
+    model = make_model()
+    out = MaxValueActionLoss(model, normalize_value=True).per_step(episodes)
+    value, mask = out["imagined_value"], episodes["mask"]
+    spread = masked_mean((value - masked_mean(value, mask)).pow(2), mask).sqrt()
+    torch.testing.assert_close(out["loss"], -value / spread)
+
+
+def test_advantage_weighted_likelihood_trains_the_action_heads_even_with_the_literal_objective(episodes):
+    """The AWR term (beyond the spec): -coef * min(exp(adv / beta), 20) * log A^e(a_t | h_t)."""
+    model = make_model()
+    loss_module = LiteralActionLoss(model, awr_coef=0.5, awr_beta=2.0, return_scale=0.5)
+    per_step = loss_module.per_step(episodes)["loss"]
+    h = model.encode(episodes).hidden
+    log_probs = torch.log_softmax(model.action_logits(h, episodes["emotion"]), -1)
+    taken = log_probs.gather(-1, episodes["action"].unsqueeze(-1)).squeeze(-1)
+    advantage = 0.5 * episodes["return"] - model.emotion_values(h, episodes["emotion"])
+    torch.testing.assert_close(per_step, -0.5 * (advantage / 2.0).exp().clamp(max=20) * taken)
+    grads = backward_of(loss_module, episodes)
+    assert grads["action"] > 0 and grads["dynamics"] == grads["value"] == grads["policy"] == 0
+
+
+def test_phase2_can_leave_the_transformer_alone(episodes):
+    grads = backward_of(MaxValueActionLoss(make_model(), update_transformer=False), episodes)
+    assert grads["action"] > 0 and grads["transformer"] == 0
+
+
+@pytest.mark.parametrize("action_input", ["action_head", "taken"])
+def test_dynamics_from_all_data_trains_every_emotions_head_on_every_transition(action_input, episodes):
+    episodes["emotion"].zero_()  # every step selected emotion 0
+    model = make_model()
+    for all_emotions, trained in [(False, {0}), (True, set(range(N_EMOTIONS)))]:
+        loss_module = DynamicsLoss(model, action_input=action_input, all_emotions=all_emotions)
+        backward_of(loss_module, episodes)
+        per_head = model.dynamics_heads.w1.grad.abs().sum((1, 2))
+        assert {e for e in range(N_EMOTIONS) if per_head[e] > 0} == trained
+    model.zero_grad(set_to_none=True)
+    per_step = DynamicsLoss(model, action_input=action_input, all_emotions=True).per_step(episodes)["loss"]
+    h = model.encode(episodes).hidden
+    b, t = 1, 2
+    if action_input == "taken":
+        action = torch.nn.functional.one_hot(episodes["action"][b, t], N_ACTIONS).double().expand(N_EMOTIONS, -1)
+    else:
+        action = torch.softmax(model.action_logits(h[b, t]), -1)
+    expected = (model.dynamics(h[b, t], action) - episodes["next_observation"][b, t]).pow(2).sum(-1).mean()
+    torch.testing.assert_close(per_step[b, t], expected)
+
+
+def _bootstrap_reference(model, batch, b, t, n, gamma, scale, terminated):
+    """n-step target of step t of row b, by hand (model.evaluate on prefixes)."""
+    last = int(batch["mask"][b].sum()) - 1
+    m = min(n, last + 1 - t)
+    y = sum(gamma**k * scale * batch["reward"][b, t + k] for k in range(m))
+    if t + m <= last:
+        prefix = batch[b : b + 1, : t + m + 1]
+        v = model.evaluate(prefix)["values"][0, batch["emotion"][b, t + m]]
+    elif terminated:
+        v = torch.zeros((), dtype=torch.float64)
+    else:
+        out = model.evaluate(
+            batch[b : b + 1, : last + 1], imagined_observation=batch["next_observation"][b, last : last + 1]
+        )
+        v = (out["policy"][0] * out["values"][0]).sum()
+    return y + gamma**m * v
+
+
+@pytest.mark.parametrize("n", [1, 3, 20])
+def test_n_step_targets_bootstrap_from_the_target_model_and_stop_at_termination(n):
+    model, target = make_model(), make_model()
+    with torch.no_grad():
+        for p in target.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    batch = random_episodes([6, 4, 5], max_len=6, seed=4, dtype=torch.float64)
+    batch["done"][1, 3] = True
+    loss_module = ValueLoss(model, return_scale=0.5, target="n_step", gamma=0.9, n=n, target_model=target)
+    y, y_next = loss_module.targets(batch)
+    for b, length in enumerate([6, 4, 5]):
+        for t in range(length):
+            expected = _bootstrap_reference(target, batch, b, t, n, 0.9, 0.5, terminated=b == 1)
+            torch.testing.assert_close(y[b, t], expected, msg=f"b={b} t={t}")
+    torch.testing.assert_close(y_next[0, :5], y[0, 1:6])
+    assert y_next[1, 3] == 0, "after a termination the next value is 0"
+
+
+def test_td_lambda_spans_one_step_and_monte_carlo_with_bootstrap():
+    model = make_model()
+    batch = random_episodes([6, 4, 5], max_len=6, seed=4, dtype=torch.float64)
+    batch["done"][1, 3] = True
+
+    def targets(**kwargs):
+        return ValueLoss(model, return_scale=0.5, gamma=0.9, **kwargs).targets(batch)[0] * batch["mask"]
+
+    torch.testing.assert_close(targets(target="td_lambda", lam=0.0), targets(target="n_step", n=1))
+    torch.testing.assert_close(targets(target="td_lambda", lam=1.0), targets(target="n_step", n=6))
+    mid = targets(target="td_lambda", lam=0.5)
+    assert not torch.allclose(mid, targets(target="n_step", n=1))
+
+
+def test_terminated_and_truncated_keys_decide_the_bootstrap_and_done_alone_means_terminated():
+    model = make_model()
+    batch = random_episodes([4, 4], max_len=4, seed=6, dtype=torch.float64)
+    batch["done"][:, 3] = True
+    loss_module = ValueLoss(model, target="n_step", n=2, gamma=0.9)
+    done_only = loss_module.targets(batch)[0]
+    explicit = batch.clone()
+    explicit["terminated"] = batch["done"].clone()
+    explicit["terminated"][1, 3] = False  # row 1 was cut by a time limit
+    explicit["truncated"] = batch["done"] & ~explicit["terminated"]
+    split = loss_module.targets(explicit)[0]
+    torch.testing.assert_close(split[0], done_only[0])
+    assert not torch.allclose(split[1, 2:], done_only[1, 2:]), "a truncation must bootstrap"
+    out = model.evaluate(batch[1:2], imagined_observation=batch["next_observation"][1, 3:4])
+    boot = (out["policy"][0] * out["values"][0]).sum()
+    torch.testing.assert_close(split[1, 3] - done_only[1, 3], 0.9 * boot)
