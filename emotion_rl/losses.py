@@ -26,21 +26,26 @@ from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 from torchrl.objectives import LossModule
 
+from emotion_rl.history import HISTORY_KEYS
 from emotion_rl.model import EmotionModel, Encoding
 
 __all__ = [
     "ACTION_LOSSES",
     "ActionLoss",
+    "DynamicsAction",
     "DynamicsLoss",
     "LiteralActionLoss",
     "MaxValueActionLoss",
     "PhaseLoss",
     "PolicyLoss",
     "ValueLoss",
+    "ValueTarget",
     "action_loss_class",
     "frozen",
+    "imagined_next",
     "masked_mean",
     "step_weight",
+    "terminated_steps",
 ]
 
 DynamicsAction = Literal["action_head", "taken"]
@@ -108,13 +113,14 @@ class PhaseLoss(LossModule):
 
     @property
     def in_keys(self) -> list[str]:
-        return ["observation", "action", "emotion", "reward", "mask", *self.reads, "weight"]
+        return [*HISTORY_KEYS, "mask", *self.reads, "weight"]
 
     @property
     def out_keys(self) -> list[str]:
         return [f"loss_{self.name}", *self.diagnostics]
 
     def per_step(self, batch: TensorDictBase) -> TensorDict:
+        """Per-step ``loss`` and diagnostics, TensorDict ``[B, L]``."""
         raise NotImplementedError
 
     def forward(self, batch: TensorDictBase) -> TensorDict:
@@ -193,12 +199,8 @@ class ActionLoss(PhaseLoss):
         if entropy_coef < 0 or awr_coef < 0 or awr_beta <= 0:
             raise ValueError("action loss: entropy_coef and awr_coef must be >= 0 and awr_beta > 0")
         self.update_transformer, self.normalize_value = update_transformer, normalize_value
-        self.entropy_coef, self.awr_coef, self.awr_beta, self.return_scale = (
-            entropy_coef,
-            awr_coef,
-            awr_beta,
-            return_scale,
-        )
+        self.entropy_coef, self.awr_coef, self.awr_beta = entropy_coef, awr_coef, awr_beta
+        self.return_scale = return_scale
         self.reads = ("return",) if awr_coef else ()
 
     def per_step(self, batch: TensorDictBase) -> TensorDict:
@@ -212,7 +214,7 @@ class ActionLoss(PhaseLoss):
             weight = step_weight(batch).to(value.dtype)
             mean = masked_mean(value, weight)
             loss = loss / masked_mean((value - mean).pow(2), weight).sqrt().detach().clamp(min=1e-3)
-        log_probs = torch.log_softmax(logits, dim=-1)
+        log_probs = torch.log_softmax(logits, dim=-1) if self.entropy_coef or self.awr_coef else None
         if self.entropy_coef:
             loss = loss + self.entropy_coef * (log_probs.exp() * log_probs).sum(-1)  # - coef * entropy
         if self.awr_coef:
@@ -320,22 +322,25 @@ class ValueLoss(PhaseLoss):
         self.return_scale, self.target, self.gamma, self.n, self.lam = return_scale, target, gamma, n, lam
         self.imagined_weight = imagined_weight
         object.__setattr__(self, "target_model", target_model)  # not a submodule: its owner saves it
-        self.reads = ("return",) if target == "monte_carlo" else ("next_observation", "done")
-        self.reads += ("next_observation", "done") if imagined_weight else ()
+        reads = ("return",) if target == "monte_carlo" else ("next_observation", "done")
+        self.reads = tuple(dict.fromkeys(reads + (("next_observation", "done") if imagined_weight else ())))
 
     def per_step(self, batch: TensorDictBase) -> TensorDict:
         encoding = self.model.encode(batch)
         value = self.model.emotion_values(encoding.hidden, batch["emotion"])
-        targets, next_targets = self.targets(batch)
+        targets, next_targets = self.targets(batch, with_next=bool(self.imagined_weight))
         loss = (value - targets).pow(2)
         if self.imagined_weight:
             loss = loss + self.imagined_weight * self.imagined_errors(batch, encoding, next_targets).sum(0)
         return TensorDict(loss=loss, batch_size=batch.batch_size)
 
     @torch.no_grad()
-    def targets(self, batch: TensorDictBase) -> tuple[Tensor, Tensor]:
+    def targets(self, batch: TensorDictBase, with_next: bool = True) -> tuple[Tensor, Tensor | None]:
         """``y_t`` and ``y_{t+1}`` ``[B, L]`` in value units (no gradient). Past a row's last step ``y_{t+1}`` is
-        0 after a termination, else the bootstrap (monte_carlo: ``(y_t - return_scale * r_t) / gamma``)."""
+        0 after a termination, else the bootstrap (monte_carlo: ``(y_t - return_scale * r_t) / gamma``).
+        Monte Carlo without ``with_next`` reads ``return`` only."""
+        if self.target == "monte_carlo" and not with_next:
+            return self.return_scale * batch["return"], None
         mask = batch["mask"]
         batch_size, length = mask.shape
         last = (mask.long().sum(-1) - 1).clamp(min=0)  # [B]

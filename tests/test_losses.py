@@ -448,3 +448,11 @@ def test_terminated_and_truncated_keys_decide_the_bootstrap_and_done_alone_means
     out = model.evaluate(batch[1:2], imagined_observation=batch["next_observation"][1, 3:4])
     boot = (out["policy"][0] * out["values"][0]).sum()
     torch.testing.assert_close(split[1, 3] - done_only[1, 3], 0.9 * boot)
+
+
+def test_the_literal_value_loss_reads_only_the_return_besides_the_history(episodes):
+    loss_module = ValueLoss(make_model())
+    assert loss_module.reads == ("return",)
+    torch.testing.assert_close(
+        loss_module(episodes.exclude("done", "next_observation"))["loss_value"], loss_module(episodes)["loss_value"]
+    )
