@@ -1,36 +1,32 @@
-"""The learner: four phases, four optimizers, one shared transformer (spec 2.2 - 2.4, 3.2).
+"""The learner: four phases, four optimizers, one shared transformer (spec 2.3, 3.2; docs/training.md).
 
-Read it top to bottom: :meth:`EmotionAgent.training_step` runs the four phases of spec 2.3 in order, each a
-fresh forward, a loss, and a step of its own optimizer:
-
-1. :meth:`~EmotionAgent.phase1_dynamics` - dynamics heads learn the real next observation from
-   ``(h_t, stopgrad(A_e(h_t)))`` (spec 2.2.3).
-2. :meth:`~EmotionAgent.phase2_action` - action heads learn through the frozen dynamics heads (spec 2.2.4),
-   with either the literal objective (zero gradient, SPEC_NOTES 7) or the section 4.3 objective
-   ``max_a V(Z(h, a))`` (the default).
-3. :meth:`~EmotionAgent.phase3_value` - value heads regress the actual discounted return of the selected
-   emotion (spec 2.2.2).
-4. :meth:`~EmotionAgent.phase4_policy` - the policy head imitates the stored MCTS visit distribution
-   (spec 2.2.1).
-
-Every phase also updates the shared transformer (spec 2.4, 3.2). Because the model is causal, one pass over a
-batch of whole episodes gives ``h_t`` for every ``t`` (SPEC_NOTES 11): ``schedule="episode"`` runs each phase
-once per batch; ``schedule="timestep"`` is the literal per-timestep loop of spec 2.3 (four optimizer steps per
-timestep). Both compute the same per-step losses for the same parameters (tested).
+:meth:`EmotionAgent.update` runs the four phases of spec 2.3 in order, each a loss module of
+:mod:`emotion_rl.losses` (a fresh forward) and a step of its own optimizer. ``schedule="episode"`` runs each phase
+once per batch of whole episodes or windows; ``schedule="timestep"`` is spec 2.3's per-timestep loop (decision 11).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import Tensor
 
+from emotion_rl.losses import (
+    ActionLoss,
+    DynamicsAction,
+    DynamicsLoss,
+    PolicyLoss,
+    ValueLoss,
+    ValueTarget,
+    action_loss_class,
+    masked_mean,
+    step_weight,
+)
 from emotion_rl.model import EmotionModel
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
 from emotion_rl.search import EmotionMCTS
@@ -38,28 +34,16 @@ from emotion_rl.search import EmotionMCTS
 PHASES = ("dynamics", "action", "value", "policy")
 """Optimizer order (spec 2.3): phase 1 dynamics, 2 action, 3 value, 4 policy."""
 
-Phase2Objective = Literal["max_value", "literal"]
-DynamicsAction = Literal["action_head", "taken"]
 Schedule = Literal["episode", "timestep"]
 
 
-@contextmanager
-def frozen(module: torch.nn.Module) -> Iterator[None]:
-    """Use ``module``'s parameters as constants inside the block: gradients still flow through to its inputs."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+class PhaseLosses(NamedTuple):
+    """The four loss modules, in phase order (a plain tuple: the model's weights are saved once, by the agent)."""
 
-
-def masked_mean(per_step: Tensor, weight: Tensor) -> Tensor:
-    """Mean of ``per_step`` ``[B, L]`` over the steps where ``weight`` is True."""
-    weight = weight.to(per_step.dtype)
-    return (per_step * weight).sum() / weight.sum().clamp(min=1)
+    dynamics: DynamicsLoss
+    action: ActionLoss
+    value: ValueLoss
+    policy: PolicyLoss
 
 
 class EmotionAgent(L.LightningModule):
@@ -75,18 +59,30 @@ class EmotionAgent(L.LightningModule):
             linear in environment steps.
         head_lr, transformer_lr: learning rates of each head group and of the shared transformer (spec 2.5:
             3e-4 and 1e-4), as two parameter groups of each of the four Adam optimizers (spec 3.2).
-        phase2_objective: ``"max_value"`` (section 4.3: raise ``V(Z(h, A(h)))`` through the frozen dynamics and
-            the frozen model, SPEC_NOTES 7) or ``"literal"`` (spec 2.3's ``MSE(Z(h, A(h)), stopgrad(Z(h, A(h))))``,
-            which is identically zero and never trains the action heads).
+        phase2_objective: phase 2's loss class (:mod:`emotion_rl.losses`): ``"max_value"`` (section 4.3,
+            decision 7), ``"literal"`` (spec 2.2.4: zero gradient) or the dotted path of an ``ActionLoss`` subclass.
         dynamics_action: phase 1's action input: ``"action_head"`` (literal ``stopgrad(A_e(h))``) or ``"taken"``
-            (one-hot of the action actually taken; SPEC_NOTES 8).
-        schedule: ``"episode"`` (each phase once per batch of whole episodes) or ``"timestep"`` (spec 2.3's
-            loop over timesteps, four optimizer steps per step; SPEC_NOTES 11).
+            (decision 8).
+        schedule: ``"episode"`` (each phase once per batch) or ``"timestep"`` (spec 2.3's loop over timesteps,
+            four optimizer steps per step; decision 11).
         return_scale: value targets are ``return_scale * G`` (the value heads and the search work in those units).
         gradient_clip_val: optional gradient-norm clip applied in every phase.
         context_window: ``None``: the model's context holds the whole episode (``max_episode_steps + 1``). ``K``:
             it holds ``K`` real steps plus the imagined state, and the policy plans on the most recent ``K`` steps
-            (``history_window``); train it on windows of ``K`` steps (``EmotionDataModule(context_window=K)``).
+            (it always slides); train it on windows of ``K`` steps (``EmotionDataModule(context_window=K)``).
+
+    Learning options, all off by default (docs/training.md, "Options"; the loss modules hold their meaning):
+        imagined_value_weight: phase 3 also trains the values at imagined tokens (``ValueLoss.imagined_weight``).
+        action_entropy_coef, action_value_norm, action_awr_coef, action_awr_beta: phase 2's entropy bonus,
+            objective normalisation and advantage-weighted log-likelihood (``ActionLoss``).
+        action_max_update: bound on the L2 norm of the parameter change of each phase-2 step (a bounded actor
+            step; gradient clipping would not bound an Adam step).
+        phase2_updates_transformer: ``False``: phase 2 moves the action heads only.
+        dynamics_all_emotions: every dynamics head learns every transition (``DynamicsLoss.all_emotions``).
+        value_target, value_n_step, value_lambda, value_gamma: phase 3's targets (``ValueLoss``); ``value_gamma``
+            must be the datamodule's ``gamma``. target_tau: EMA rate of the target network the bootstrapped targets
+            read (1: the model itself).
+        log_diagnostics: log action-head entropies and agreement and imagined-token value errors every batch.
     """
 
     def __init__(
@@ -107,27 +103,34 @@ class EmotionAgent(L.LightningModule):
         temperature_decay_frames: int = 20_000,
         head_lr: float = 3e-4,
         transformer_lr: float = 1e-4,
-        phase2_objective: Phase2Objective = "max_value",
+        phase2_objective: str = "max_value",
         dynamics_action: DynamicsAction = "action_head",
         schedule: Schedule = "episode",
         return_scale: float = 1.0,
         gradient_clip_val: float | None = None,
         context_window: int | None = None,
+        imagined_value_weight: float = 0.0,
+        action_entropy_coef: float = 0.0,
+        action_value_norm: bool = False,
+        action_awr_coef: float = 0.0,
+        action_awr_beta: float = 1.0,
+        action_max_update: float | None = None,
+        phase2_updates_transformer: bool = True,
+        dynamics_all_emotions: bool = False,
+        value_target: ValueTarget = "monte_carlo",
+        value_n_step: int = 5,
+        value_lambda: float = 0.95,
+        value_gamma: float = 0.99,
+        target_tau: float = 0.005,
+        log_diagnostics: bool = False,
     ) -> None:
         super().__init__()
-        for name, value, allowed in (
-            ("phase2_objective", phase2_objective, Phase2Objective.__args__),
-            ("dynamics_action", dynamics_action, DynamicsAction.__args__),
-            ("schedule", schedule, Schedule.__args__),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not supported; choose one of {list(allowed)}")
+        if schedule not in Schedule.__args__:
+            raise ValueError(f"schedule={schedule!r} is not supported; choose one of {list(Schedule.__args__)}")
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
         if context_window is not None and context_window < 1:
             raise ValueError(f"context_window must be >= 1 or None, got {context_window}")
-        if return_scale <= 0:
-            raise ValueError(f"return_scale must be > 0, got {return_scale}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.model = EmotionModel(
@@ -142,6 +145,31 @@ class EmotionAgent(L.LightningModule):
         )
         self.planner = EmotionMCTS(num_simulations=num_simulations, c_puct=c_puct, max_depth=max_depth)
         self.temperature = TemperatureSchedule(temperature_start, temperature_end, temperature_decay_frames)
+        if value_target != "monte_carlo" and target_tau < 1:  # the EMA target network (saved with the agent)
+            self.target_model = copy.deepcopy(self.model).requires_grad_(False)
+        self.losses = PhaseLosses(
+            DynamicsLoss(self.model, action_input=dynamics_action, all_emotions=dynamics_all_emotions),
+            action_loss_class(phase2_objective)(
+                self.model,
+                update_transformer=phase2_updates_transformer,
+                normalize_value=action_value_norm,
+                entropy_coef=action_entropy_coef,
+                awr_coef=action_awr_coef,
+                awr_beta=action_awr_beta,
+                return_scale=return_scale,
+            ),
+            ValueLoss(
+                self.model,
+                return_scale=return_scale,
+                target=value_target,
+                gamma=value_gamma,
+                n=value_n_step,
+                lam=value_lambda,
+                target_model=getattr(self, "target_model", None),
+                imagined_weight=imagined_value_weight,
+            ),
+            PolicyLoss(self.model),
+        )
 
     # ------------------------------------------------------------------ acting (spec 5 steps 1-3)
     def make_policy(self, greedy: bool = False, **kwargs) -> EmotionPolicy:
@@ -152,7 +180,7 @@ class EmotionAgent(L.LightningModule):
 
     @torch.no_grad()
     def reanalyze(self, episodes: TensorDict, chunk: int = 256) -> Tensor:
-        """Reanalyze (MuZero, seeds 003/004): fresh MCTS visit distributions for stored real histories. ``[B, L, E]``.
+        """Reanalyze (as in MuZero): fresh MCTS visit distributions for stored real histories. ``[B, L, E]``.
 
         Step ``t`` of episode ``b`` gets ``planner.search(model, history_b[0..t])["visit_distribution"]`` with the
         current model: the same search the policy ran when it acted there (spec 1.3 - 1.6, the real prefix only;
@@ -177,59 +205,10 @@ class EmotionAgent(L.LightningModule):
             self.model.train(was_training)
         return out
 
-    # ------------------------------------------------------------------ the four phases (spec 2.2, 2.3)
-    def phase1_dynamics(self, episodes: TensorDict) -> Tensor:
-        """spec 2.2.3: ``||Z^e(h, stopgrad(a^e)) - s_next||^2`` per step, e = e_selected. ``[B, L]``."""
-        h = self.model.encode(episodes).hidden
-        emotion = episodes["emotion"]
-        if self.hparams.dynamics_action == "action_head":
-            action = torch.softmax(self.model.action_logits(h, emotion), dim=-1).detach()  # action head frozen
-        else:
-            action = F.one_hot(episodes["action"].clamp(min=0), self.hparams.n_actions).to(h.dtype)
-        z_pred = self.model.dynamics(h, action, emotion)
-        return (z_pred - episodes["next_observation"]).pow(2).sum(-1)
-
-    def phase2_action(self, episodes: TensorDict) -> tuple[Tensor, Tensor]:
-        """spec 2.2.4 / 4.3: train the action heads through the frozen dynamics heads. Returns (loss, value) ``[B, L]``.
-
-        ``"literal"``: ``MSE(Z^e(stopgrad(h), A^e(h)), stopgrad(Z^e(h, A^e(h))))``: zero, with zero gradient.
-        ``"max_value"``: ``-V(Z^e(stopgrad(h), A^e(h)))`` where V is the mean of the 8 values the frozen model
-        gives the imagined next state (as the MCTS leaf reads it, spec 1.4), seeing the real steps ``0..t``.
-        """
-        encoding = self.model.encode(episodes)
-        h = encoding.hidden
-        emotion = episodes["emotion"]
-        action = torch.softmax(self.model.action_logits(h, emotion), dim=-1)  # trainable: action heads + transformer
-        if self.hparams.phase2_objective == "literal":
-            z_target = self.model.dynamics(h, action, emotion).detach()  # dynamics frozen (stopgrad)
-            with frozen(self.model.dynamics_heads):
-                z_pred = self.model.dynamics(h.detach(), action, emotion)
-            loss = (z_pred - z_target).pow(2).sum(-1)
-            return loss, torch.zeros_like(loss)
-        with frozen(self.model):  # the critic: dynamics, transformer and value heads all held fixed
-            z_pred = self.model.dynamics(h.detach(), action, emotion)
-            batch, length = emotion.shape
-            steps = torch.arange(length, device=h.device)
-            visible = (steps.view(1, -1) <= steps.view(-1, 1)).expand(batch, length, length)  # real 0..t
-            positions = (steps + 1).expand(batch, length)
-            imagined = self.model.encode_imagined(encoding.detach(), z_pred, positions, visible)
-            value = self.model.emotion_values(imagined).mean(-1)
-        return -value, value
-
-    def phase3_value(self, episodes: TensorDict) -> Tensor:
-        """spec 2.2.2: ``(V^e(s) - G)^2`` per step, e = e_selected, G the actual discounted return. ``[B, L]``."""
-        h = self.model.encode(episodes).hidden
-        value = self.model.emotion_values(h, episodes["emotion"])
-        return (value - self.hparams.return_scale * episodes["return"]).pow(2)
-
-    def phase4_policy(self, episodes: TensorDict) -> Tensor:
-        """spec 2.2.1: ``-sum_e pi_MCTS(e) log pi(e|s)`` per step (log-softmax in place of log(p + eps)). ``[B, L]``."""
-        h = self.model.encode(episodes).hidden
-        log_policy = torch.log_softmax(self.model.policy_logits(h), dim=-1)
-        return -(episodes["visit_distribution"] * log_policy).sum(-1)
-
     # ------------------------------------------------------------------ one update (spec 2.3)
-    def _step(self, optimizer: torch.optim.Optimizer, phase: str, loss: Tensor) -> Tensor:
+    def _step(
+        self, optimizer: torch.optim.Optimizer, phase: str, loss: Tensor, max_update: float | None = None
+    ) -> Tensor:
         """Backward and step ``optimizer``. A non-finite loss or gradient stops the run before this step changes a
         parameter (and so before any checkpoint could hold damaged weights)."""
         fix = (
@@ -246,25 +225,68 @@ class EmotionAgent(L.LightningModule):
             raise FloatingPointError(f"phase '{phase}' produced a non-finite gradient (loss {loss.item():.4g}); {fix}")
         if self.hparams.gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val)
+        if not max_update:
+            optimizer.step()
+            return loss.detach()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        before = [p.detach().clone() for p in params]
         optimizer.step()
+        with torch.no_grad():  # scale this step back to a change of norm max_update at most
+            change = torch._foreach_sub([p.detach() for p in params], before)
+            scale = max_update / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(change))).clamp(min=1e-12)
+            if scale < 1:
+                torch._foreach_lerp_([p.detach() for p in params], before, float(1 - scale))
         return loss.detach()
 
-    def update(self, episodes: TensorDict, weight: Tensor) -> dict[str, Tensor]:
+    def update(self, batch: TensorDict) -> dict[str, Tensor]:
         """The four phases of spec 2.3 in order, each a fresh forward and a step of its own optimizer.
 
-        ``weight`` ``[B, L]`` selects the steps whose losses count (the valid steps, or one step ``t``).
+        ``batch`` ``[B, L]``: the steps whose losses count are its ``weight`` (when present) or its ``mask``.
         """
         opt_dynamics, opt_action, opt_value, opt_policy = self.optimizers()
         logs = {}
-        loss = masked_mean(self.phase1_dynamics(episodes), weight)
-        logs["train/phase1_dynamics_loss"] = self._step(opt_dynamics, "dynamics", loss)
-        loss, imagined_value = self.phase2_action(episodes)
-        logs["train/phase2_action_loss"] = self._step(opt_action, "action", masked_mean(loss, weight))
-        logs["train/phase2_imagined_value"] = masked_mean(imagined_value.detach(), weight)
-        loss = masked_mean(self.phase3_value(episodes), weight)
-        logs["train/phase3_value_loss"] = self._step(opt_value, "value", loss)
-        loss = masked_mean(self.phase4_policy(episodes), weight)
-        logs["train/phase4_policy_loss"] = self._step(opt_policy, "policy", loss)
+        out = self.losses.dynamics(batch)  # phase 1: dynamics heads + transformer
+        logs["train/phase1_dynamics_loss"] = self._step(opt_dynamics, "dynamics", out["loss_dynamics"])
+        out = self.losses.action(batch)  # phase 2: action heads + transformer, through the frozen critic
+        logs["train/phase2_action_loss"] = self._step(
+            opt_action, "action", out["loss_action"], max_update=self.hparams.action_max_update
+        )
+        logs["train/phase2_imagined_value"] = out["imagined_value"]
+        out = self.losses.value(batch)  # phase 3: value heads + transformer
+        logs["train/phase3_value_loss"] = self._step(opt_value, "value", out["loss_value"])
+        out = self.losses.policy(batch)  # phase 4: policy head + transformer
+        logs["train/phase4_policy_loss"] = self._step(opt_policy, "policy", out["loss_policy"])
+        if hasattr(self, "target_model"):  # EMA of the model, read by the bootstrapped value targets
+            with torch.no_grad():
+                target, online = list(self.target_model.parameters()), list(self.model.parameters())
+                torch._foreach_lerp_(target, online, self.hparams.target_tau)
+        if self.hparams.log_diagnostics:
+            logs.update(self.diagnostics(batch))
+        return logs
+
+    @torch.no_grad()
+    def diagnostics(self, batch: TensorDict) -> dict[str, Tensor]:
+        """Per batch: each action head's entropy and how often the heads' argmax actions agree (pairs of emotions);
+        the values read at imagined tokens: their error on ``y_{t+1}`` (true and predicted next state) and their
+        bias against the value at the real next token (mean over emotions)."""
+        mask, weight = batch["mask"], step_weight(batch)
+        encoding = self.model.encode(batch)
+        log_probs = torch.log_softmax(self.model.action_logits(encoding.hidden), dim=-1)  # [B, L, E, A]
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        n = self.hparams.n_emotions
+        logs = {f"diagnostics/action_entropy_{e}": masked_mean(entropy[..., e], weight) for e in range(n)}
+        best = log_probs.argmax(-1)
+        pairs = ((best.unsqueeze(-1) == best.unsqueeze(-2)).sum((-1, -2)) - n).to(entropy.dtype)
+        logs["diagnostics/action_agreement"] = masked_mean(pairs / max(n * (n - 1), 1), weight)
+        value_loss = self.losses.value
+        _, next_targets = value_loss.targets(batch)
+        errors = value_loss.imagined_errors(batch, encoding, next_targets)
+        logs["diagnostics/imagined_value_error_true"] = masked_mean(errors[0], weight)
+        logs["diagnostics/imagined_value_error_predicted"] = masked_mean(errors[1], weight)
+        imagined, _ = value_loss.imagined_values(batch, encoding)
+        real_next = self.model.emotion_values(encoding.hidden[:, 1:]).mean(-1)
+        has_next = mask[:, 1:] & mask[:, :-1]
+        logs["diagnostics/imagined_value_bias"] = masked_mean(imagined[:, :-1].mean(-1) - real_next, has_next)
         return logs
 
     def training_step(self, dataloader_iter: Iterator) -> None:
@@ -281,17 +303,18 @@ class EmotionAgent(L.LightningModule):
     def train_batch(self, batch: TensorDict) -> None:
         """One training batch (README, "Data flow"): the four phases (spec 2.3) and the collection's logs."""
         episodes = batch["episodes"]
-        mask = episodes["mask"]
         if self.hparams.schedule == "episode":
-            logs = self.update(episodes, mask)
+            logs = self.update(episodes)
         else:  # spec 2.3 literally: for each episode, for each timestep t, four phases on sequence_t
             per_step: list[dict[str, Tensor]] = []
+            mask = episodes["mask"]
             for b in range(episodes.shape[0]):
                 for t in range(int(mask[b].sum())):
-                    prefix = episodes[b : b + 1, : t + 1]
+                    prefix = episodes[b : b + 1, : t + 1]  # sequence_t: a new TensorDict (views)
                     only_t = torch.zeros(1, t + 1, dtype=torch.bool, device=mask.device)
-                    only_t[0, t] = True
-                    per_step.append(self.update(prefix, only_t))
+                    only_t[0, t] = True  # only step t's losses count
+                    prefix.set("weight", step_weight(prefix) * only_t if "weight" in prefix.keys() else only_t)
+                    per_step.append(self.update(prefix))
             logs = {k: torch.stack([s[k] for s in per_step]).mean() for k in per_step[0]}
         self.log_dict(logs, batch_size=episodes.shape[0])
         self._log_collection(batch["stats"])

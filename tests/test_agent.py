@@ -1,16 +1,18 @@
-"""The four phases (spec 2.2 - 2.4, 3.2, checklist 6): gradient flow, stop-gradients, optimizers, schedules."""
+"""The learner (spec 2.3, 3.2): the loss modules it builds, optimizers, phase order, schedules, non-finite guard.
+
+The losses themselves are tested in tests/test_losses.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from tensordict import TensorDict
 
 from emotion_rl import EmotionAgent
-from emotion_rl.agent import PHASES, masked_mean
+from emotion_rl.agent import PHASES
+from emotion_rl.losses import DynamicsLoss, LiteralActionLoss, MaxValueActionLoss, PolicyLoss, ValueLoss, masked_mean
 
 from conftest import N_ACTIONS, N_EMOTIONS, OBS_DIM, random_episodes
-
-GROUPS = ("transformer", "dynamics", "action", "value", "policy")
 
 
 def make_agent(**kwargs) -> EmotionAgent:
@@ -20,152 +22,29 @@ def make_agent(**kwargs) -> EmotionAgent:
     return EmotionAgent(**settings).double()
 
 
-def grad_by_group(agent: EmotionAgent) -> dict[str, float]:
-    """Total absolute gradient per parameter group (0.0 for None)."""
-    groups = {"transformer": agent.model.transformer_parameters(), **agent.model.head_parameters()}
-    return {
-        name: sum(float(p.grad.abs().sum()) if p.grad is not None else 0.0 for p in params)
-        for name, params in groups.items()
-    }
-
-
-def backward_of(agent: EmotionAgent, phase: str, episodes) -> dict[str, float]:
-    agent.zero_grad(set_to_none=True)
-    if phase == "action":
-        loss = agent.phase2_action(episodes)[0]
-    else:
-        loss = {"dynamics": agent.phase1_dynamics, "value": agent.phase3_value, "policy": agent.phase4_policy}[phase](
-            episodes
-        )
-    masked_mean(loss, episodes["mask"]).backward()
-    return grad_by_group(agent)
-
-
 @pytest.fixture
 def episodes():
     return random_episodes([12, 7, 3], max_len=12, dtype=torch.float64)
 
 
 @pytest.mark.parametrize(
-    ("phase", "trained"),
+    ("objective", "cls"),
     [
-        ("dynamics", {"dynamics", "transformer"}),  # phase 1: action head frozen
-        ("action", {"action", "transformer"}),  # phase 2 (section 4.3): dynamics, value, policy frozen
-        ("value", {"value", "transformer"}),  # phase 3
-        ("policy", {"policy", "transformer"}),  # phase 4
+        ("max_value", MaxValueActionLoss),
+        ("literal", LiteralActionLoss),
+        ("emotion_rl.losses.LiteralActionLoss", LiteralActionLoss),
     ],
 )
-def test_gradient_flow_per_phase(phase, trained, episodes):
-    """spec 2.4: each phase trains its head and the transformer, and nothing else."""
-    grads = backward_of(make_agent(), phase, episodes)
-    for group in GROUPS:
-        if group in trained:
-            assert grads[group] > 0, f"phase {phase}: {group} got no gradient"
-        else:
-            assert grads[group] == 0, f"phase {phase}: {group} must stay frozen, got {grads[group]}"
-
-
-def test_phase1_with_the_taken_action_also_freezes_the_action_heads(episodes):
-    grads = backward_of(make_agent(dynamics_action="taken"), "dynamics", episodes)
-    assert grads["dynamics"] > 0 and grads["transformer"] > 0 and grads["action"] == 0
-
-
-def test_phase1_target_is_the_next_observation_for_the_selected_emotion(episodes):
-    agent = make_agent()
-    per_step = agent.phase1_dynamics(episodes)
-    h = agent.model.encode(episodes).hidden
-    b, t = 1, 4
-    e = int(episodes["emotion"][b, t])
-    action = torch.softmax(agent.model.action_logits(h[b, t]), -1)
-    z = agent.model.dynamics(h[b, t], action)[e]
-    expected = (z - episodes["next_observation"][b, t]).pow(2).sum()
-    torch.testing.assert_close(per_step[b, t], expected)
-
-
-def test_phase1_taken_action_option_feeds_the_one_hot_action(episodes):
-    agent = make_agent(dynamics_action="taken")
-    per_step = agent.phase1_dynamics(episodes)
-    h = agent.model.encode(episodes).hidden
-    b, t = 0, 5
-    e, a = int(episodes["emotion"][b, t]), int(episodes["action"][b, t])
-    one_hot = torch.nn.functional.one_hot(torch.tensor(a), N_ACTIONS).double().expand(N_EMOTIONS, -1)
-    z = agent.model.dynamics(h[b, t], one_hot)[e]
-    torch.testing.assert_close(per_step[b, t], (z - episodes["next_observation"][b, t]).pow(2).sum())
-
-
-def test_phase2_literal_objective_is_zero_with_zero_gradient(episodes):
-    """SPEC_NOTES 7: MSE(Z(h, A(h)), stopgrad(Z(h, A(h)))) is identically 0 and so is its gradient."""
-    agent = make_agent(phase2_objective="literal")
-    loss, _ = agent.phase2_action(episodes)
-    assert torch.equal(loss, torch.zeros_like(loss))
-    agent.zero_grad(set_to_none=True)
-    masked_mean(loss, episodes["mask"]).backward()
-    for group, total in grad_by_group(agent).items():
-        assert total == 0, f"literal phase 2 gave {group} a gradient"
-
-
-def test_phase2_max_value_raises_the_imagined_value(episodes):
-    """Section 4.3: a step along the phase-2 gradient raises V(Z(h, A(h))) (the frozen critic's mean value)."""
-    agent = make_agent()
-    before = masked_mean(agent.phase2_action(episodes)[1], episodes["mask"])
-    optimizer = torch.optim.SGD(agent.model.head_parameters()["action"], lr=1e-2)
-    agent.zero_grad(set_to_none=True)
-    masked_mean(agent.phase2_action(episodes)[0], episodes["mask"]).backward()
-    optimizer.step()
-    after = masked_mean(agent.phase2_action(episodes)[1], episodes["mask"])
-    assert after > before
-
-
-def test_phase2_imagined_value_sees_only_real_steps_up_to_t(episodes):
-    """The imagined token at t attends to real tokens 0..t: changing step t+1 leaves step t's value unchanged."""
-    agent = make_agent()
-    _, value = agent.phase2_action(episodes)
-    changed = episodes.clone()
-    changed["observation"][:, 6:] += 1.0
-    _, changed_value = agent.phase2_action(changed)
-    torch.testing.assert_close(value[:, :6], changed_value[:, :6], rtol=0, atol=0)
-    assert not torch.allclose(value[0, 6:], changed_value[0, 6:])
-
-
-def test_phase2_imagined_value_matches_the_model_evaluating_the_imagined_state(episodes):
-    """The whole-episode imagined pass equals model.evaluate(sequence_t, imagined_observation=z_t) (spec 1.5)."""
-    agent = make_agent()
-    _, value = agent.phase2_action(episodes)
-    h = agent.model.encode(episodes).hidden
-    b, t = 1, 3
-    e = int(episodes["emotion"][b, t])
-    action = torch.softmax(agent.model.action_logits(h[b, t]), -1)
-    z = agent.model.dynamics(h[b, t], action)[e]
-    out = agent.model.evaluate(episodes[b : b + 1, : t + 1], imagined_observation=z.unsqueeze(0))
-    torch.testing.assert_close(value[b, t], out["values"][0].mean())
-
-
-def test_phase2_leaves_requires_grad_flags_as_they_were(episodes):
-    agent = make_agent()
-    agent.phase2_action(episodes)
-    assert all(p.requires_grad for p in agent.parameters())
-
-
-def test_phase3_value_targets_are_the_actual_returns_of_the_selected_emotion(episodes):
-    agent = make_agent(return_scale=0.5)
-    per_step = agent.phase3_value(episodes)
-    values = agent.model.emotion_values(agent.model.encode(episodes).hidden)
-    b, t = 0, 2
-    e = int(episodes["emotion"][b, t])
-    torch.testing.assert_close(per_step[b, t], (values[b, t, e] - 0.5 * episodes["return"][b, t]) ** 2)
-
-
-def test_phase4_policy_imitates_the_stored_visit_distribution(episodes):
-    agent = make_agent()
-    per_step = agent.phase4_policy(episodes)
-    policy = agent.model.heads(agent.model.encode(episodes).hidden)["policy"]
-    b, t = 2, 1
-    expected = -(episodes["visit_distribution"][b, t] * torch.log(policy[b, t])).sum()
-    torch.testing.assert_close(per_step[b, t], expected)
-    # the loss is minimised (to the entropy) by the visit distribution itself
-    target = episodes["visit_distribution"][b, t]
-    entropy = -(target * target.log()).sum()
-    assert per_step[b, t] >= entropy
+def test_the_agent_builds_one_loss_module_per_phase_from_its_settings(objective, cls):
+    agent = make_agent(phase2_objective=objective, dynamics_action="taken", return_scale=0.5)
+    dynamics, action, value, policy = agent.losses
+    assert type(dynamics) is DynamicsLoss and dynamics.action_input == "taken"
+    assert type(action) is cls
+    assert type(value) is ValueLoss and value.return_scale == 0.5
+    assert type(policy) is PolicyLoss
+    assert all(loss.model is agent.model for loss in agent.losses)
+    assert agent.hparams.phase2_objective == objective  # a plain string: checkpoints load with weights_only=True
+    assert all(key.startswith("model.") for key in agent.state_dict()), "the losses must not save the model twice"
 
 
 def test_four_distinct_optimizers_share_the_transformer():
@@ -215,8 +94,6 @@ def _manual_agent(monkeypatch, **kwargs):
 
 
 def _batch(episodes):
-    from tensordict import TensorDict
-
     stats = TensorDict(
         env_steps=torch.tensor(10),
         episodes=torch.tensor(1),
@@ -251,27 +128,25 @@ def test_timestep_schedule_steps_four_optimizers_per_timestep(monkeypatch):
     assert log == list(PHASES) * 5  # 3 + 2 valid timesteps
 
 
-def test_episode_and_timestep_schedules_compute_the_same_losses(episodes):
-    """SPEC_NOTES 11: for the same parameters, the per-step losses of a whole-episode pass are those of spec 2.3's
-    per-timestep pass over sequence_t."""
-    agent = make_agent()
-    whole = {
-        "dynamics": agent.phase1_dynamics(episodes),
-        "action": agent.phase2_action(episodes)[0],
-        "value": agent.phase3_value(episodes),
-        "policy": agent.phase4_policy(episodes),
-    }
-    for b, length in enumerate(episodes["mask"].sum(-1).tolist()):
-        for t in range(length):
-            prefix = episodes[b : b + 1, : t + 1]
-            per_t = {
-                "dynamics": agent.phase1_dynamics(prefix),
-                "action": agent.phase2_action(prefix)[0],
-                "value": agent.phase3_value(prefix),
-                "policy": agent.phase4_policy(prefix),
-            }
-            for phase in PHASES:
-                torch.testing.assert_close(per_t[phase][0, t], whole[phase][b, t], msg=f"{phase} b={b} t={t}")
+@pytest.mark.parametrize("weighted", [False, True])
+def test_timestep_schedule_weighs_only_step_t_of_sequence_t(monkeypatch, weighted):
+    """Each update of the per-timestep loop sees sequence_t = steps 0..t with only step t counting (times the
+    batch's own ``weight`` when it has one)."""
+    episodes = random_episodes([3, 2], max_len=4, dtype=torch.float64)
+    if weighted:
+        episodes["weight"] = torch.tensor([[0.5, 2.0, 3.0, 0.0], [4.0, 5.0, 0.0, 0.0]], dtype=torch.float64)
+    agent, _ = _manual_agent(monkeypatch, schedule="timestep")
+    seen = []
+    monkeypatch.setattr(agent, "update", lambda batch: seen.append(batch) or {"x": torch.tensor(0.0)})
+    agent.train_batch(_batch(episodes))
+    assert [(b.shape[1], b["weight"].tolist()) for b in seen] == [
+        (1, [[0.5 if weighted else 1.0]]),
+        (2, [[0.0, 2.0 if weighted else 1.0]]),
+        (3, [[0.0, 0.0, 3.0 if weighted else 1.0]]),
+        (1, [[4.0 if weighted else 1.0]]),
+        (2, [[0.0, 5.0 if weighted else 1.0]]),
+    ]
+    assert "weight" not in episodes.keys() or episodes["weight"][0, 0] == 0.5, "the batch itself was changed"
 
 
 def test_non_finite_loss_stops_before_any_parameter_changes(monkeypatch, episodes):
@@ -291,9 +166,9 @@ def test_non_finite_gradient_of_a_finite_loss_stops_before_the_phase_steps(monke
 
     def infinite_slope(batch):
         value = agent.model.emotion_values(agent.model.encode(batch).hidden)[..., 0]
-        return (value - value.detach()).abs().sqrt()
+        return TensorDict(loss_value=(value - value.detach()).abs().sqrt().mean())
 
-    monkeypatch.setattr(agent, "phase3_value", infinite_slope)
+    monkeypatch.setattr(agent, "losses", agent.losses._replace(value=infinite_slope))
     with pytest.raises(FloatingPointError, match="phase 'value' produced a non-finite gradient"):
         agent.train_batch(_batch(episodes))
     assert log == ["dynamics", "action"], "phases 1 and 2 stepped; phase 3 must not (only a step changes weights)"
@@ -312,30 +187,6 @@ def test_unknown_options_are_refused_naming_the_setting(setting, value):
         make_agent(**{setting: value})
 
 
-def test_padding_does_not_count(episodes):
-    agent = make_agent()
-    per_step = agent.phase3_value(episodes)
-    garbage = episodes.clone()
-    garbage["return"][~garbage["mask"]] = 1e6
-    torch.testing.assert_close(
-        masked_mean(agent.phase3_value(garbage), garbage["mask"]), masked_mean(per_step, episodes["mask"])
-    )
-
-
-def test_literal_phase1_never_reads_the_taken_action_and_the_taken_option_does(episodes):
-    """Why ``dynamics_action`` matters (README, "Decisions"): with the literal input stopgrad(A_e(h)), phase 1 gives
-    the same loss whatever action was actually taken, so the dynamics head cannot learn an action's effect and
-    the section 4.3 gradient through it carries no information about actions; with ``taken`` it can."""
-    t = 5
-    flipped = episodes.clone()
-    flipped["action"][:, t] = (flipped["action"][:, t] + 1) % N_ACTIONS  # a_t enters h only from t + 1 on
-    literal, taken = make_agent(), make_agent(dynamics_action="taken")
-    torch.testing.assert_close(
-        literal.phase1_dynamics(episodes)[:, t], literal.phase1_dynamics(flipped)[:, t], rtol=0, atol=0
-    )
-    assert not torch.allclose(taken.phase1_dynamics(episodes)[:, t], taken.phase1_dynamics(flipped)[:, t])
-
-
 def test_context_window_sizes_the_model_and_makes_the_policy_plan_on_recent_steps():
     whole = make_agent()
     assert whole.model.context_length == 13 and not whole.make_policy().history_window
@@ -345,3 +196,115 @@ def test_context_window_sizes_the_model_and_makes_the_policy_plan_on_recent_step
     assert policy.history_window and policy.context_length == 4
     with pytest.raises(ValueError, match="context_window"):
         make_agent(context_window=0)
+
+
+# ---------------------------------------------------------------------------------------------------- options
+def test_learning_options_reach_the_loss_modules():
+    agent = make_agent(
+        imagined_value_weight=0.5,
+        action_entropy_coef=0.1,
+        action_value_norm=True,
+        action_awr_coef=0.2,
+        action_awr_beta=3.0,
+        phase2_updates_transformer=False,
+        dynamics_all_emotions=True,
+        value_target="td_lambda",
+        value_n_step=7,
+        value_lambda=0.8,
+        value_gamma=0.97,
+        target_tau=0.1,
+    )
+    dynamics, action, value, _ = agent.losses
+    assert dynamics.all_emotions
+    assert (action.entropy_coef, action.normalize_value, action.awr_coef, action.awr_beta) == (0.1, True, 0.2, 3.0)
+    assert not action.update_transformer
+    assert (value.target, value.n, value.lam, value.gamma, value.imagined_weight) == ("td_lambda", 7, 0.8, 0.97, 0.5)
+    assert value.target_model is agent.target_model and agent.target_model is not agent.model
+    assert any(key.startswith("target_model.") for key in agent.state_dict()), "the target network is not saved"
+    with pytest.raises(ValueError, match="value_target"):
+        make_agent(value_target="gae")
+
+
+def test_bootstrapped_targets_read_an_ema_of_the_model_updated_after_each_update(monkeypatch, episodes):
+    agent, _ = _manual_agent(monkeypatch, value_target="n_step", target_tau=0.25)
+    target_before = [p.detach().clone() for p in agent.target_model.parameters()]
+    agent.train_batch(_batch(episodes))
+    for old, new, online in zip(target_before, agent.target_model.parameters(), agent.model.parameters(), strict=True):
+        torch.testing.assert_close(new, old + 0.25 * (online.detach() - old))
+    assert not any(p.requires_grad for p in agent.target_model.parameters())
+    assert not hasattr(make_agent(value_target="n_step", target_tau=1.0), "target_model"), "tau 1 reads the model"
+
+
+def test_bounded_actor_step_limits_the_change_of_each_phase2_step(monkeypatch, episodes):
+    def action_change(**kwargs) -> float:
+        agent, _ = _manual_agent(monkeypatch, **kwargs)
+        opt_action = agent.optimizers()[1]
+        params = [p for group in opt_action.param_groups for p in group["params"]]
+        before = [p.detach().clone() for p in params]
+        agent._step(opt_action, "action", agent.losses.action(episodes)["loss_action"], agent.hparams.action_max_update)
+        return float(torch.stack([(p.detach() - b).norm() for p, b in zip(params, before, strict=True)]).norm())
+
+    free = action_change()
+    assert free > 1e-3
+    torch.testing.assert_close(action_change(action_max_update=1e-3), 1e-3, rtol=1e-6, atol=0)
+    assert action_change(action_max_update=10 * free) == pytest.approx(free, rel=1e-9)
+
+
+def test_diagnostics_are_off_by_default_and_logged_every_batch_when_on(monkeypatch, episodes):
+    logged = {}
+    agent, _ = _manual_agent(monkeypatch)
+    monkeypatch.setattr(agent, "log_dict", lambda logs, **k: logged.update(logs))
+    agent.train_batch(_batch(episodes))
+    assert not any(key.startswith("diagnostics/") for key in logged)
+    agent, _ = _manual_agent(monkeypatch, log_diagnostics=True)
+    monkeypatch.setattr(agent, "log_dict", lambda logs, **k: logged.update(logs))
+    agent.train_batch(_batch(episodes))
+    keys = {f"diagnostics/action_entropy_{e}" for e in range(N_EMOTIONS)} | {
+        "diagnostics/action_agreement",
+        "diagnostics/imagined_value_error_true",
+        "diagnostics/imagined_value_error_predicted",
+        "diagnostics/imagined_value_bias",
+    }
+    assert keys <= set(logged) and all(torch.isfinite(logged[k]) for k in keys)
+    assert 0 <= logged["diagnostics/action_agreement"] <= 1
+
+
+def test_diagnostics_measure_entropy_agreement_and_imagined_bias(episodes):
+    agent = make_agent()
+    with torch.no_grad():  # emotion 3's action head uniform; all the others identical
+        heads = agent.model.action_heads
+        for w in (heads.w1, heads.b1, heads.w2, heads.b2):
+            w.copy_(w[0].expand_as(w))
+        heads.w2[3].zero_()
+        heads.b2[3].zero_()
+    logs = agent.diagnostics(episodes)
+    torch.testing.assert_close(logs["diagnostics/action_entropy_3"], torch.tensor(N_ACTIONS, dtype=torch.float64).log())
+    assert logs["diagnostics/action_entropy_0"] < logs["diagnostics/action_entropy_3"]
+    mask = episodes["mask"]
+    encoding = agent.model.encode(episodes)
+    uniform_argmax = torch.zeros_like(episodes["action"])  # argmax of a uniform head: action 0
+    best = agent.model.action_logits(encoding.hidden).argmax(-1)[..., 0]
+    same = (best == uniform_argmax).double()
+    # 7 identical heads agree among themselves (42 ordered pairs); head 3 agrees with them where best == 0
+    expected = masked_mean((42 + 14 * same) / 56, mask)
+    torch.testing.assert_close(logs["diagnostics/action_agreement"], expected)
+    gaps = []
+    for b, length in enumerate(mask.sum(-1).tolist()):
+        for t in range(length - 1):
+            state = episodes["next_observation"][b, t : t + 1]
+            imagined = agent.model.evaluate(episodes[b : b + 1, : t + 1], imagined_observation=state)["values"]
+            real = agent.model.evaluate(episodes[b : b + 1, : t + 2])["values"]
+            gaps.append(imagined.mean() - real.mean())
+    torch.testing.assert_close(logs["diagnostics/imagined_value_bias"], torch.stack(gaps).mean())
+
+
+def test_gradient_clip_val_clips_every_phase_before_its_step(monkeypatch, episodes):
+    agent, log = _manual_agent(monkeypatch, gradient_clip_val=0.5)
+    clipped = []
+
+    def clip_gradients(optimizer, gradient_clip_val):
+        clipped.append((log.copy(), gradient_clip_val))
+
+    monkeypatch.setattr(agent, "clip_gradients", clip_gradients)
+    agent.train_batch(_batch(episodes))
+    assert clipped == [([], 0.5), (["dynamics"], 0.5), (["dynamics", "action"], 0.5), (list(PHASES[:3]), 0.5)]

@@ -1,4 +1,4 @@
-"""Reanalyze (MuZero, seeds 003/004): fresh searches on stored real histories refresh the stored visit distributions."""
+"""Reanalyze (as in MuZero): fresh searches on stored real histories refresh the stored visit distributions."""
 
 from __future__ import annotations
 
