@@ -11,7 +11,7 @@ Sections (each measured in this one run, side by side):
    ``model.evaluate`` per expansion), with the ratio and a check that the root visit counts are identical, both
    on the float32 model that is timed and on a float64 copy of it.
 2. Planner overhead: total search time over the time spent inside the model's own calls (``search_prefix``,
-   ``heads``, ``evaluate_children``, ``evaluate_expansion``; nested calls counted once). 1.0 is the physical limit.
+   ``heads``, ``children``, ``expand`` of emotion_rl.fused; nested calls counted once). 1.0 is the physical limit.
 3. Training timesteps per second: the ``timestep`` schedule (spec 2.3's loop) against the ``episode`` schedule,
    both through ``EmotionAgent.train_batch`` with the four Adam optimizers of ``configure_optimizers``.
 4. End-to-end ``fit`` on CartPole (``configs/cartpole.yaml``): environment steps per second and peak RSS, in a
@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
 from emotion_rl.agent import EmotionAgent  # noqa: E402
+from emotion_rl.fused import FusedSearchModel  # noqa: E402
 from emotion_rl.model import EmotionModel  # noqa: E402
 from emotion_rl.reference import literal_search  # noqa: E402
 from emotion_rl.search import EmotionMCTS  # noqa: E402
@@ -136,12 +137,12 @@ def cartpole_model_config() -> dict:
     return dict(OmegaConf.to_container(OmegaConf.load(CONFIG).model, resolve=True))
 
 
-def make_model(context_length: int = CARTPOLE_MAX_STEPS + 1) -> EmotionModel:
+def make_model(context_window: int = CARTPOLE_MAX_STEPS) -> EmotionModel:
     """``EmotionModel(obs_dim=4, n_actions=2)`` sized as in configs/cartpole.yaml (d_model 64, 2 layers, 4 heads)."""
     config = cartpole_model_config()
     sizes = {k: config[k] for k in ("n_emotions", "d_model", "n_layers", "n_heads", "head_hidden") if k in config}
     torch.manual_seed(0)
-    return EmotionModel(OBS_DIM, N_ACTIONS, context_length=context_length, **sizes).eval()
+    return EmotionModel(OBS_DIM, N_ACTIONS, context_window=context_window, **sizes).eval()
 
 
 def make_planner(num_simulations: int) -> EmotionMCTS:
@@ -277,8 +278,8 @@ def bench_planner(sizes: Sizes, results: dict) -> Table:
             "the same machine conditions.",
             "literal: emotion_rl.reference.literal_search once per environment; 'literal timed' = environments "
             "actually timed (k/N: timed on the first k of N rows and scaled per environment to N).",
-            "model calls: batched model calls per planner search (the root's search_prefix, one evaluate_children "
-            "for the root's 8 children, one evaluate_expansion per batch of waiting expansions) / full "
+            "model calls: batched model calls per planner search (the root's search_prefix, one children call "
+            "for the root's 8 children, one expand per batch of waiting expansions) / full "
             "model.evaluate calls per literal environment (root + its expansions).",
             "identical f32: root visit counts of the timed float32 runs, planner row vs literal row, for every "
             "literal-timed row. identical f64: the same on a float64 copy of the model and history (first rows).",
@@ -314,8 +315,7 @@ def bench_planner(sizes: Sizes, results: dict) -> Table:
             per_env = t_literal / k
             counter = ModelCallTimer(copy.deepcopy(model))
             planner.search(counter.model, history)
-            planner_calls = sum(counter.calls[name] for name in ("search_prefix", "evaluate_children"))
-            planner_calls += counter.calls["evaluate_expansion"]
+            planner_calls = sum(counter.calls[name] for name in ("search_prefix", "children", "expand"))
             # float64 copy: both implementations on the same double model, first rows
             k64 = min(envs, sizes.f64_rows)
             history64 = make_history(envs, length, seed=length, dtype=torch.float64)
@@ -361,15 +361,17 @@ class ModelCallTimer:
     outermost call is timed, nested ones are only counted.
     """
 
-    NAMES = ("search_prefix", "heads", "evaluate_children", "evaluate_expansion", "encode", "evaluate_imagined")
+    NAMES = ("search_prefix", "children", "expand")  # the fused adapter's (emotion_rl.fused)
+    MODEL_NAMES = ("heads", "encode", "evaluate_imagined")  # the model's
 
     def __init__(self, model: EmotionModel) -> None:
         self.seconds: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
         self._depth = 0
-        self.model = model
-        for name in self.NAMES:
-            setattr(model, name, self._wrap(name, getattr(model, name)))
+        self.model = FusedSearchModel(model)  # what the planner is given
+        for owner, names in ((self.model, self.NAMES), (model, self.MODEL_NAMES)):
+            for name in names:
+                setattr(owner, name, self._wrap(name, getattr(owner, name)))
 
     def _wrap(self, name, method):
         def wrapper(*args, **kwargs):
@@ -413,13 +415,13 @@ def bench_overhead(sizes: Sizes, results: dict) -> Table:
         ],
         notes=[
             "model s = wall time inside model.search_prefix (history encoding and expansion cache) + model.heads "
-            "(root) + model.evaluate_children (the root's 8 children, one call) + model.evaluate_expansion (the "
+            "(root) + children (the root's 8 children, one call) + expand (the "
             "batched expansions); overhead = search s / model s (1.0 = the physical limit); sums over the timed "
             "searches, per search.",
         ],
     )
-    model = make_model()
-    timer = ModelCallTimer(model)
+    timer = ModelCallTimer(make_model())
+    model = timer.model
     planner = make_planner(sims)
     for length in sizes.overhead_histories:
         for envs in sizes.overhead_envs:
@@ -436,7 +438,7 @@ def bench_overhead(sizes: Sizes, results: dict) -> Table:
             results["overhead"][(envs, length)] = ratio
             results["model_time"][(envs, length)] = dict(
                 model=timer.total / reps,
-                per_expansion_call=timer.seconds["evaluate_expansion"] / max(timer.calls["evaluate_expansion"], 1),
+                per_expansion_call=timer.seconds["expand"] / max(timer.calls["expand"], 1),
             )
             table.add(
                 envs,
@@ -445,9 +447,9 @@ def bench_overhead(sizes: Sizes, results: dict) -> Table:
                 fmt(timer.total / reps),
                 fmt(timer.seconds["search_prefix"] / reps),
                 fmt(timer.seconds["heads"] / reps),
-                fmt(timer.seconds["evaluate_children"] / reps),
-                fmt(timer.seconds["evaluate_expansion"] / reps),
-                f"{timer.calls['evaluate_expansion'] / reps:.1f}",
+                fmt(timer.seconds["children"] / reps),
+                fmt(timer.seconds["expand"] / reps),
+                f"{timer.calls['expand'] / reps:.1f}",
                 f"{ratio:.2f}x",
             )
     return table
@@ -633,6 +635,7 @@ def profiled_memory(model: EmotionModel, planner: EmotionMCTS, history: TensorDi
 
     import emotion_rl.search as search_module
 
+    model = FusedSearchModel(model)
     prefix = model.search_prefix
     trees = []
     from_root = search_module.Tree.from_root
@@ -653,7 +656,7 @@ def profiled_memory(model: EmotionModel, planner: EmotionMCTS, history: TensorDi
     finally:
         del model.search_prefix
         search_module.Tree.from_root = from_root
-    numpy_bytes = sum(v.nbytes for v in vars(trees[0]).values() if hasattr(v, "nbytes"))
+    numpy_bytes = trees[0].edges.data.nbytes + sum(v.nbytes for v in vars(trees[0]).values() if hasattr(v, "nbytes"))
     events = prof.profiler.kineto_results.events()
     encode_end = max(e.end_ns() for e in events if e.name() == "speed:encode")
     live = peak = level = after = 0
@@ -802,7 +805,7 @@ def targets_table(sizes: Sizes, results: dict) -> Table:
             f"reading of the planner row: a search of 16 environments makes {planner['planner_calls']:.0f} batched "
             f"model calls (the prefix, the root's 8 children at once, then one per batch of waiting expansions), a "
             f"literal environment {planner['literal_calls']:.1f} (its root and its own expansions). A batched "
-            f"evaluate_expansion call costs {model_time['per_expansion_call'] * 1e3:.2f} ms (section 2) and a literal "
+            f"expand call costs {model_time['per_expansion_call'] * 1e3:.2f} ms (section 2) and a literal "
             f"environment {planner['literal_per_env'] * 1e3 / planner['literal_calls']:.2f} ms per model call, its "
             "tree code included."
         )
