@@ -31,7 +31,6 @@ from emotion_rl.history import NONE
 __all__ = ["Node", "append_imagined_state", "literal_search", "select_child_ucb", "simulate"]
 
 
-
 @dataclass(eq=False)
 class Node:
     """A search node (spec 1.1): ``N``, ``W``, ``Q``, ``P``, ``children``, plus the model predictions of 1.3.
