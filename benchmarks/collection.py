@@ -25,7 +25,7 @@ from emotion_rl import EmotionMCTS, EmotionModel, EmotionPolicy, make_env
 
 def measure(workers: int, args: argparse.Namespace) -> float:
     torch.manual_seed(0)
-    model = EmotionModel(4, 2, context_length=501)
+    model = EmotionModel(4, 2, context_window=500)
     policy = EmotionPolicy(model, EmotionMCTS(num_simulations=args.simulations))
     frames_per_batch = args.envs * args.steps_per_batch
     if workers == 0:

@@ -141,7 +141,7 @@ class EmotionAgent(L.LightningModule):
             n_layers=n_layers,
             n_heads=n_heads,
             head_hidden=head_hidden,
-            context_length=(context_window or max_episode_steps) + 1,
+            context_window=context_window or max_episode_steps,
         )
         self.planner = EmotionMCTS(num_simulations=num_simulations, c_puct=c_puct, max_depth=max_depth)
         self.temperature = TemperatureSchedule(temperature_start, temperature_end, temperature_decay_frames)
@@ -175,7 +175,6 @@ class EmotionAgent(L.LightningModule):
     def make_policy(self, greedy: bool = False, **kwargs) -> EmotionPolicy:
         """The planner as a TorchRL policy over this agent's model (greedy: argmax emotion and action)."""
         temperature = 0.0 if greedy else self.temperature
-        kwargs.setdefault("history_window", self.hparams.context_window is not None)
         return EmotionPolicy(self.model, self.planner, temperature=temperature, greedy=greedy, **kwargs)
 
     @torch.no_grad()

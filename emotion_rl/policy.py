@@ -1,27 +1,23 @@
-"""Acting: emotion selection with a temperature (spec 3.4) and the collector-facing policy (spec 1.6, 3.1, 5).
+"""Acting (spec 3.4, 1.6, 3.1, 5): the temperature schedule, emotion selection, and the collector-facing policy.
 
-The policy keeps, for every environment of a batched env, the *real* sequence of that env's current episode
-(spec 3.1: only actual experience) and asks the planner for a visit distribution over emotions at each step
-(spec 1.3). Imagined states produced by the search never touch these tensors (spec 1.6): the planner receives a
-copy of the history and only its outputs (visit counts, root action logits) come back.
-
-History layout (README "Python API", SPEC_NOTES "Sequence layout"): entry i holds ``(s_i, a_i, e_i, r_i)``,
-where ``r_i`` is the reward returned by the step that took ``a_i``. At step t the last entry is ``s_t`` with
-``a_t = e_t = -1`` ("none") and ``r_t = 0``; a_t and e_t are written once the policy has chosen them, r_t when the
-next call brings it in as ``prev_reward`` (see :class:`emotion_rl.data.PreviousReward`).
+The policy keeps each environment's *real* history (:class:`~emotion_rl.history.History`; spec 3.1) and hands a
+copy to the planner at every step; nothing imagined comes back into it (spec 1.6, decision 6). At step ``t`` the
+last entry is ``s_t`` with ``a_t = e_t = NONE`` and ``r_t = 0``; ``a_t, e_t`` are written once chosen, ``r_t``
+when the next call brings it as ``prev_reward``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torchrl.data import Binary, Categorical, MultiCategorical, MultiOneHot, OneHot
+
+from emotion_rl.history import NONE, History
 
 __all__ = ["EmotionPolicy", "TemperatureSchedule", "select_emotion"]
 
@@ -106,39 +102,24 @@ class EmotionPolicy(TensorDictModuleBase):
     """Collector-facing policy: per-env real history -> planner -> emotion -> action (spec 5, steps 1-3 and 6).
 
     Args:
-        model: the :class:`~emotion_rl.model.EmotionModel` (anything with a ``context_length`` attribute, unless
-            ``context_length`` is given, that the planner knows how to call).
-        planner: object with ``search(model, history) -> TensorDict[*B]`` carrying at least
-            ``visit_distribution`` [*B, E], ``visit_counts`` [*B, E] and ``action_logits`` [*B, E, A].
+        model: the :class:`~emotion_rl.model.EmotionModel` (anything with a ``context_window`` attribute, unless
+            ``context_window`` is given, that the planner knows how to call).
+        planner: ``search(model, history, generator=None) -> TensorDict[*B]`` with at least ``visit_distribution``
+            [*B, E], ``visit_counts`` [*B, E] and ``action_logits`` [*B, E, A].
         temperature: a constant float (>= 0) or a :class:`TemperatureSchedule` driven by :attr:`frames`.
         greedy: temperature 0 and argmax action (evaluation).
-        action_spec: the env's action spec (``env.action_spec``; also settable later as ``policy.action_spec``). A
-            ``OneHot`` spec makes the policy write one-hot actions, any other spec categorical actions in its dtype,
-            and ``None`` categorical long actions, which only suits envs built with categorical action encoding
-            (torchrl's GymEnv default for ``Discrete`` is one-hot). Never stored as ``spec`` (a collector reads a
-            policy's ``spec`` attribute as its output spec).
-        context_length: the longest real history the policy keeps; defaults to ``model.context_length - 1`` (the
-            planner appends one imagined state to the history, spec 1.5, and the model's context must hold both).
-        generator: optional ``torch.Generator`` for the emotion and action draws (default: the global RNG).
-        history_window: what happens when an episode outgrows ``context_length``. ``False`` (default): refused,
-            naming both lengths (the spec's history is the whole episode, spec 1.3; ``EmotionAgent`` sizes the
-            context from the env's time limit, so its episodes never outgrow it). ``True``: the history becomes a
-            window of the most recent ``context_length`` steps (the oldest step is dropped), so an episode of any
-            length plays on with a model of a fixed context.
+        action_spec: the env's action spec (settable later as ``policy.action_spec``): ``OneHot`` gives one-hot
+            actions, any other spec categorical actions in its dtype, ``None`` categorical long actions. Never
+            stored as ``spec`` (a collector reads that as the policy's output spec).
+        context_window: ``K``, the most recent real steps the planner sees (default ``model.context_window``); an
+            episode that outgrows it slides: the oldest step is dropped (decision 15).
+        generator: ``torch.Generator`` for the emotion and action draws and the search's (default: global RNG).
 
-    In keys: ``observation``, ``is_init`` (from ``InitTracker``) and ``prev_reward`` (from
-    :class:`emotion_rl.data.PreviousReward`). Out keys: ``action``, ``emotion`` (long [*B]),
-    ``visit_distribution`` (float [*B, E]), ``visit_counts`` (long [*B, E]).
-
-    The input batch is ``[]`` (one env) or ``[n_envs]``. History tensors are plain attributes (not buffers, so
-    they stay out of checkpoints), allocated on first use with the input's batch size, on the model's device and in
-    its floating dtype (the observation's when the model has no parameters); outputs go back to the observation's
-    device. The model is put in eval mode for the search and restored afterwards.
-
-    The registered buffer ``frames`` counts the env steps this policy has acted on (one per env per call) and
-    drives the temperature schedule; it is saved with the module that owns the policy. (A collector calls its
-    policy once at construction to discover its outputs; :class:`~emotion_rl.data.EmotionDataModule` resets
-    ``frames`` afterwards to the env steps it has collected, a counter it checkpoints.)
+    In keys: ``observation``, ``is_init`` (``InitTracker``), ``prev_reward`` (:class:`~emotion_rl.envs.PreviousReward`).
+    Out keys: ``action``, ``emotion`` (long [*B]), ``visit_distribution`` (float [*B, E]), ``visit_counts``.
+    Input batch ``[]`` or ``[n_envs]``. Histories are plain attributes (not in checkpoints), allocated on first use
+    on the model's device and dtype; outputs go back to the observation's device. The buffer ``frames`` counts the
+    env steps acted on (it drives the temperature schedule and is checkpointed with its owner).
     """
 
     in_keys = ["observation", "is_init", "prev_reward"]
@@ -151,9 +132,8 @@ class EmotionPolicy(TensorDictModuleBase):
         temperature: float | TemperatureSchedule | None = None,
         greedy: bool = False,
         action_spec=None,
-        context_length: int | None = None,
+        context_window: int | None = None,
         generator: torch.Generator | None = None,
-        history_window: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -167,17 +147,15 @@ class EmotionPolicy(TensorDictModuleBase):
         self.temperature_schedule = temperature
         self.greedy = bool(greedy)
         self.action_spec = action_spec
-        if context_length is None:
-            model_context = getattr(model, "context_length", None)
-            context_length = None if model_context is None else int(model_context) - 1
-        if context_length is None or int(context_length) < 1:
+        if context_window is None:
+            context_window = getattr(model, "context_window", None)
+        if context_window is None or int(context_window) < 1:
             raise ValueError(
-                "EmotionPolicy: context_length must be a positive integer (pass it, or give the model a "
-                f"context_length attribute); got {context_length!r}"
+                "EmotionPolicy: context_window must be a positive integer (pass it, or give the model a "
+                f"context_window attribute); got {context_window!r}"
             )
-        self.context_length = int(context_length)
+        self.context_window = int(context_window)
         self.generator = generator
-        self.history_window = bool(history_window)
         self.register_buffer("frames", torch.zeros((), dtype=torch.long))
         self.reset_histories()
 
@@ -216,34 +194,22 @@ class EmotionPolicy(TensorDictModuleBase):
     # ------------------------------------------------------------------ history bookkeeping
     def reset_histories(self) -> None:
         """Forget every env's history; the next call allocates fresh ones (all envs must then be at is_init)."""
-        self._obs: torch.Tensor | None = None
-        self._action: torch.Tensor | None = None
-        self._emotion: torch.Tensor | None = None
-        self._reward: torch.Tensor | None = None
-        self._length: torch.Tensor | None = None
+        self._history: History | None = None  # [n_envs, context_window]
+        self._length: torch.Tensor | None = None  # [n_envs] valid entries
 
     @property
     def history_lengths(self) -> torch.Tensor | None:
         """Per-env number of real entries in the current histories ([n_envs] long), None before the first call."""
         return None if self._length is None else self._length.clone()
 
-    def histories(self) -> TensorDict:
-        """The current real histories as the planner sees them: TensorDict [n_envs, max length] with ``mask``."""
+    def histories(self) -> History:
+        """A copy of the current real histories as the planner sees them: ``[n_envs, longest]`` with ``mask``."""
         if self._length is None:
             raise RuntimeError("EmotionPolicy.histories(): no history yet (the policy has not been called)")
         max_len = max(int(self._length.max()), 1)
-        mask = torch.arange(max_len, device=self._length.device) < self._length.unsqueeze(-1)
-        return TensorDict(
-            {
-                "observation": self._obs[:, :max_len].clone(),
-                "action": self._action[:, :max_len].clone(),
-                "emotion": self._emotion[:, :max_len].clone(),
-                "reward": self._reward[:, :max_len].clone(),
-                "mask": mask,
-            },
-            batch_size=[self._length.shape[0], max_len],
-            device=self._length.device,
-        )
+        history = self._history[:, :max_len].clone()
+        history.mask = torch.arange(max_len, device=self._length.device) < self._length.unsqueeze(-1)
+        return history
 
     def _model_device_dtype(self, fallback: torch.Tensor) -> tuple[torch.device, torch.dtype]:
         """Device and floating dtype of the model's parameters (the observation's when it has none)."""
@@ -252,24 +218,19 @@ class EmotionPolicy(TensorDictModuleBase):
                 return tensor.device, tensor.dtype
         return fallback.device, fallback.dtype if fallback.is_floating_point() else torch.get_default_dtype()
 
-    def _allocate(self, n_envs: int, obs_shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> None:
-        length = self.context_length
-        self._obs = torch.zeros((n_envs, length, *obs_shape), dtype=dtype, device=device)
-        self._action = torch.full((n_envs, length), -1, dtype=torch.long, device=device)
-        self._emotion = torch.full((n_envs, length), -1, dtype=torch.long, device=device)
-        self._reward = torch.zeros((n_envs, length), dtype=dtype, device=device)
-        self._length = torch.zeros((n_envs,), dtype=torch.long, device=device)
-
     def _append_observation(self, obs: torch.Tensor, is_init: torch.Tensor, prev_reward: torch.Tensor) -> None:
-        """Start new histories where is_init, record r_{t-1} elsewhere, append s_t with a/e = -1 and r = 0."""
+        """Start new histories where is_init, record r_{t-1} elsewhere, append s_t with a/e = NONE and r = 0;
+        a full history first drops its oldest step."""
         n_envs = obs.shape[0]
-        if self._length is None or self._length.shape[0] != n_envs or self._obs.shape[2:] != obs.shape[1:]:
-            if self._length is not None and not bool(is_init.all()):
+        history = self._history
+        if history is None or history.batch_size[0] != n_envs or history.observation.shape[2:] != obs.shape[1:]:
+            if history is not None and not bool(is_init.all()):
                 raise RuntimeError(
-                    f"EmotionPolicy: the input batch changed from {self._length.shape[0]} to {n_envs} envs (or the "
+                    f"EmotionPolicy: the input batch changed from {history.batch_size[0]} to {n_envs} envs (or the "
                     "observation shape changed) in the middle of episodes; call reset_histories() or reset the envs"
                 )
-            self._allocate(n_envs, obs.shape[1:], obs.dtype, obs.device)
+            history = self._history = History.empty(n_envs, self.context_window, obs.shape[1:], obs.dtype, obs.device)
+            self._length = torch.zeros((n_envs,), dtype=torch.long, device=obs.device)
         elif not bool(is_init.all()) and self._length[~is_init].eq(0).any():
             raise RuntimeError(
                 "EmotionPolicy: an env without is_init has no history (its first step was never seen by this "
@@ -280,24 +241,17 @@ class EmotionPolicy(TensorDictModuleBase):
         continuing = ~is_init
         if continuing.any():
             last = (self._length - 1).clamp_min(0)
-            self._reward[rows[continuing], last[continuing]] = prev_reward[continuing].to(self._reward.dtype)
-        full = self._length >= self.context_length
-        if bool(full.any()):
-            if not self.history_window:
-                raise RuntimeError(
-                    f"EmotionPolicy: history length {int(self._length.max()) + 1} exceeds the policy's context length "
-                    f"{self.context_length} (real steps; the model's context also holds the imagined state); give "
-                    "the model a context of at least the env's max_episode_steps + 1, or pass history_window=True "
-                    "to plan on the most recent steps only"
-                )
-            for history in (self._obs, self._action, self._emotion, self._reward):  # drop each full row's oldest
-                history[full, :-1] = history[full, 1:].clone()
+            history.reward[rows[continuing], last[continuing]] = prev_reward[continuing].to(history.reward.dtype)
+        full = self._length >= self.context_window
+        if bool(full.any()):  # slide: drop each full row's oldest step
+            for field in (history.observation, history.action, history.emotion, history.reward):
+                field[full, :-1] = field[full, 1:].clone()
             self._length[full] -= 1
         position = self._length
-        self._obs[rows, position] = obs.to(self._obs.dtype)
-        self._action[rows, position] = -1
-        self._emotion[rows, position] = -1
-        self._reward[rows, position] = 0.0
+        history.observation[rows, position] = obs.to(history.observation.dtype)
+        history.action[rows, position] = NONE
+        history.emotion[rows, position] = NONE
+        history.reward[rows, position] = 0.0
         self._length += 1
 
     # ------------------------------------------------------------------ acting
@@ -312,7 +266,7 @@ class EmotionPolicy(TensorDictModuleBase):
         if "prev_reward" not in td.keys():
             raise KeyError(
                 "EmotionPolicy needs 'prev_reward' (the reward of the previous step) in its input: add "
-                "emotion_rl.data.PreviousReward() to the env's transforms (make_env does)"
+                "emotion_rl.envs.PreviousReward() to the env's transforms (make_env does)"
             )
         if "is_init" not in td.keys():
             raise KeyError("EmotionPolicy needs 'is_init' in its input: add torchrl's InitTracker() to the env")
@@ -331,7 +285,7 @@ class EmotionPolicy(TensorDictModuleBase):
         self.model.eval()
         try:
             with torch.no_grad():
-                result = self.planner.search(self.model, history)
+                result = self.planner.search(self.model, history, generator=self.generator)
         finally:
             self.model.train(was_training)
 
@@ -347,8 +301,8 @@ class EmotionPolicy(TensorDictModuleBase):
             action = torch.multinomial(logits.softmax(-1), 1, generator=self.generator).squeeze(-1)
 
         position = self._length - 1
-        self._action[rows, position] = action
-        self._emotion[rows, position] = emotion
+        self._history.action[rows, position] = action
+        self._history.emotion[rows, position] = emotion
         self.frames += n_envs
 
         action_out = self._encode_action(action, logits.shape[-1])
@@ -377,6 +331,6 @@ class EmotionPolicy(TensorDictModuleBase):
     def extra_repr(self) -> str:
         temperature = self.temperature_schedule
         return (
-            f"greedy={self.greedy}, temperature={temperature!r}, context_length={self.context_length}, "
+            f"greedy={self.greedy}, temperature={temperature!r}, context_window={self.context_window}, "
             f"one_hot_actions={self.one_hot_actions}"
         )

@@ -2,7 +2,7 @@
 
 This module transcribes the search of the specification (spec 1.3 ``MCTS_SEARCH``, 1.4 ``SIMULATE``,
 1.5 ``APPEND_IMAGINED_STATE``) line by line, with Python :class:`Node` objects, one environment at a time and a
-full model call per expansion, together with the readings of SPEC_NOTES 1-5:
+full model call per expansion, together with decisions 1-5:
 
 1. ``N(n)`` in the UCB term is the sum of the visit counts of ``n``'s children, under ``sqrt(max(N(n), 1))``.
 2. ``Q(n, e) = 0`` while ``N(n, e) = 0``.
@@ -26,10 +26,9 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
-__all__ = ["Node", "append_imagined_state", "literal_search", "select_child_ucb", "simulate"]
+from emotion_rl.history import NONE
 
-NONE = -1
-"""The "none" action/emotion of the public API (SPEC_NOTES "Sequence layout"): the spec's dummy 0 of 1.5."""
+__all__ = ["Node", "append_imagined_state", "literal_search", "select_child_ucb", "simulate"]
 
 
 @dataclass(eq=False)
@@ -64,7 +63,7 @@ def append_imagined_state(real_seq: TensorDict, imagined_state: Tensor) -> Tenso
 
     ``real_seq`` is one environment's history ``[T]`` (entry i holds ``s_i, a_i, e_i, r_i``; a ``mask`` key, if
     any, is honoured by keeping the valid prefix only). The dummy a, e, r that precede the imagined state
-    (spec: 0, 0, 0.0) are written as ``-1, -1, 0.0`` (SPEC_NOTES "Sequence layout": -1 means "none", which
+    (spec: 0, 0, 0.0) are written as ``-1, -1, 0.0`` (decision 13: -1 means "none", which
     the model cannot confuse with a real action or emotion 0). They go into the last real entry's action,
     emotion and reward fields; the appended entry's own action, emotion and reward are never read and are
     also set to ``-1, -1, 0.0``. The real sequence is not modified (spec 1.6).
@@ -94,8 +93,8 @@ def _create_children(node: Node, outputs: TensorDict) -> None:
 def select_child_ucb(node: Node, c_puct: float) -> int:
     """Spec 1.2 ``SELECT_CHILD_UCB``: ``argmax_e Q(n, e) + c_puct * P(n, e) * sqrt(N(n)) / (1 + N(n, e))``.
 
-    SPEC_NOTES 1: ``N(n)`` is the sum of the children's visit counts, used as ``sqrt(max(N(n), 1))``.
-    SPEC_NOTES 2: ``Q(n, e) = 0`` while ``N(n, e) = 0``. SPEC_NOTES 3: ties go to the lowest index.
+    Decision 1: ``N(n)`` is the sum of the children's visit counts, used as ``sqrt(max(N(n), 1))``.
+    Decision 2: ``Q(n, e) = 0`` while ``N(n, e) = 0``. Decision 3: ties go to the lowest index.
     """
     dtype = node.P.dtype
     n_parent = sum(child.N for child in node.children.values())
@@ -136,7 +135,7 @@ def simulate(
     # === Expansion Phase ===
     if node.N > 0 and depth < max_depth:
         # imagined_seq = APPEND_IMAGINED_STATE(real_sequence, imagined_state), built inside the model
-        # (SPEC_NOTES 5: the real sequence plus ONE imagined state with dummy a, e, r = none, none, 0.0).
+        # (decision 5: the real sequence plus ONE imagined state with dummy a, e, r = none, none, 0.0).
         outputs = model.evaluate(real_sequence.unsqueeze(0), imagined_observation=imagined_state.unsqueeze(0))[0]
         stats["model_calls"] += 1
         # The spec's expansion loop does not set node.P, but 1.2 needs P(n, e) at every expanded node;

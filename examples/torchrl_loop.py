@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     obs_dim = env.observation_spec["observation"].shape[-1]
     n_actions = env.action_spec.shape[-1]
     max_steps = gymnasium.spec(args.env).max_episode_steps  # the longest history the model must hold
-    model = EmotionModel(obs_dim, n_actions, context_length=max_steps + 1)  # an untrained (or your trained) model
+    model = EmotionModel(obs_dim, n_actions, context_window=max_steps)  # an untrained (or your trained) model
     planner = EmotionMCTS(num_simulations=args.simulations)
     policy = EmotionPolicy(
         model, planner, temperature=TemperatureSchedule(1.0, 0.1, args.frames), action_spec=env.action_spec

@@ -45,4 +45,4 @@ def random_episodes(lengths: list[int], max_len: int, seed: int = 0, dtype=torch
 @pytest.fixture
 def tiny_model() -> EmotionModel:
     torch.manual_seed(0)
-    return EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=2, n_heads=2, context_length=64).double()
+    return EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=2, n_heads=2, context_window=63).double()

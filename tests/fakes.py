@@ -43,11 +43,11 @@ def register_counter(env_id: str, time_limit: int | None, **kwargs) -> str:
 
 
 class FakeModel(nn.Module):
-    """Stands in for the model where a fake planner never calls it: a context length and one parameter."""
+    """Stands in for the model where a fake planner never calls it: a context window and one parameter."""
 
-    def __init__(self, context_length: int = 16) -> None:
+    def __init__(self, context_window: int = 15) -> None:
         super().__init__()
-        self.context_length = context_length
+        self.context_window = context_window
         self.weight = nn.Parameter(torch.zeros(1))
 
 
@@ -63,10 +63,10 @@ class FakePlanner:
         self.peak, self.row_shift, self.logit = peak, row_shift, logit
         self.histories: list[TensorDict] = []
 
-    def search(self, model, history: TensorDict) -> TensorDict:
-        self.histories.append(history.clone())
+    def search(self, model, history, generator=None, **options) -> TensorDict:
+        self.histories.append(history.clone().to_tensordict())  # a History or a TensorDict, kept as a TensorDict
         n, e, a = history.batch_size[0], self.n_emotions, self.n_actions
-        favourite = (history["mask"].sum(-1) + self.row_shift * torch.arange(n)) % e
+        favourite = (history.get("mask").sum(-1) + self.row_shift * torch.arange(n)) % e
         counts = torch.ones(n, e, dtype=torch.long)
         counts[torch.arange(n), favourite] = self.peak
         logits = torch.full((n, e, a), -self.logit)

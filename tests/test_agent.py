@@ -189,11 +189,11 @@ def test_unknown_options_are_refused_naming_the_setting(setting, value):
 
 def test_context_window_sizes_the_model_and_makes_the_policy_plan_on_recent_steps():
     whole = make_agent()
-    assert whole.model.context_length == 13 and not whole.make_policy().history_window
+    assert whole.model.context_window == 12 and whole.make_policy().context_window == 12
     windowed = make_agent(context_window=4)
-    assert windowed.model.context_length == 5  # 4 real steps + the imagined state (spec 1.5)
+    assert windowed.model.context_window == 4  # 4 real steps (the imagined state has its own position)
     policy = windowed.make_policy(greedy=True)
-    assert policy.history_window and policy.context_length == 4
+    assert policy.context_window == 4
     with pytest.raises(ValueError, match="context_window"):
         make_agent(context_window=0)
 

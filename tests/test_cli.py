@@ -157,4 +157,4 @@ def test_ckpt_path_last_without_an_earlier_run(tmp_path, capsys):
 def test_the_datamodule_context_window_is_linked_into_the_agent():
     cli = main([f"--config={CONFIG}", *TINY, "--data.context_window=5"], run=False)
     assert cli.datamodule.context_window == 5 and cli.model.hparams.context_window == 5
-    assert cli.model.model.context_length == 6
+    assert cli.model.model.context_window == 5

@@ -443,7 +443,7 @@ def test_windowed_datamodule_streams_windows_and_checks_the_policy_and_settings(
 
     class WindowedDataModule(EmotionDataModule):
         def make_policy(self, greedy: bool):
-            return EmotionPolicy(FakeModel(context_length=4), planner, greedy=greedy, history_window=True)
+            return EmotionPolicy(FakeModel(context_window=3), planner, greedy=greedy)
 
     dm = WindowedDataModule(
         UNBOUNDED_ID,

@@ -7,6 +7,7 @@ import torch
 from tensordict import TensorDict
 
 from emotion_rl import EmotionModel
+from emotion_rl.fused import FusedSearchModel, PlainSearchModel, encoding_cache
 
 from conftest import N_ACTIONS, N_EMOTIONS, OBS_DIM, random_history
 
@@ -81,7 +82,7 @@ def test_none_is_its_own_token(tiny_model):
 
 
 def test_whole_episode_pass_equals_prefix_evaluations(tiny_model):
-    """One causal pass gives, at every t, what inference computes on the prefix [:t+1] (SPEC_NOTES layout)."""
+    """One causal pass gives, at every t, what inference computes on the prefix [:t+1] (decision 13)."""
     history = random_history(2, 7)
     hidden = tiny_model.encode(history).hidden
     for t in range(7):
@@ -129,9 +130,9 @@ def test_mask_reads_each_row_at_its_last_valid_entry(tiny_model):
 
 
 def test_history_too_long_for_context_is_refused_with_both_lengths():
-    model = EmotionModel(OBS_DIM, N_ACTIONS, d_model=8, n_layers=1, n_heads=1, context_length=5)
+    model = EmotionModel(OBS_DIM, N_ACTIONS, d_model=8, n_layers=1, n_heads=1, context_window=4)
     model.evaluate(random_history(1, 4).float())  # 4 real steps + 1 imagined state fit
-    with pytest.raises(ValueError, match=r"history of 5 steps.*context_length=5"):
+    with pytest.raises(ValueError, match=r"history of 5 steps.*context_window=4"):
         model.evaluate(random_history(1, 5).float())
 
 
@@ -154,7 +155,7 @@ def test_invalid_sizes_are_refused():
         EmotionModel(4, 2, d_model=10, n_heads=4)
 
 
-# ------------------------------------------------------------ the planner's lean expansion path (spec 1.4, 1.5)
+# ------------------------------------------------------------ the planner's fused path (spec 1.4, 1.5): fused.py
 def padded_history():
     """Five right-padded histories of lengths 1..7 (garbage past the mask) for the expansion-path tests."""
     history = random_history(5, 7, seed=3)
@@ -162,40 +163,40 @@ def padded_history():
     return history
 
 
-# float64 throughout: the lean path sums in another order (fused head matrices, one product over [real ; own]
+# float64 throughout: the fused path sums in another order (fused head matrices, one product over [real ; own]
 # keys), so it agrees with the general path to a few ulps; 1e-12 is ~1e4 ulps of slack at these magnitudes, and
 # any wrong weight, mask, position or slot gives differences of order 1e-2 or more.
 TIGHT = dict(rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
-def test_evaluate_expansion_equals_evaluate_imagined(n_layers):
-    """The lean per-simulation path == the general "cached history + one imagined token" path, with padding, for
+def test_fused_expand_equals_evaluate_imagined(n_layers):
+    """The fused per-simulation path == the general "cached history + one imagined token" path, with padding, for
     every row; head_hidden != d_model checks the fused head layout."""
     torch.manual_seed(n_layers)
     model = EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=n_layers, n_heads=2, head_hidden=24).double()
     history = padded_history()
     encoding = model.encode(history)
-    cache = model.expansion_cache(encoding)
+    cache = encoding_cache(model, encoding)
     imagined = torch.randn(5, OBS_DIM, dtype=torch.float64)
     expected = model.evaluate_imagined(encoding, imagined, torch.arange(5))
     with torch.no_grad():
-        fast = model.evaluate_expansion(cache, imagined)
+        fast = FusedSearchModel(model).expand(cache, imagined)
     for key in ("policy", "values", "action_logits", "dynamics"):
         torch.testing.assert_close(getattr(fast, key), expected[key], **TIGHT)
 
 
 def test_search_prefix_equals_encode_then_expansion_cache(tiny_model):
     """``search_prefix`` (last block at the last valid step only, keys/values written into the cache) gives the
-    same h_t as ``encode`` and a cache that evaluates expansions as ``expansion_cache(encode(...))`` does."""
+    same h_t as ``encode`` and a cache that evaluates expansions as the cache of ``encode(...)`` does."""
     history = padded_history()
     encoding = tiny_model.encode(history)
+    fused = FusedSearchModel(tiny_model)
     with torch.no_grad():
-        hidden, cache, batch_shape = tiny_model.search_prefix(history)
-        reference = tiny_model.expansion_cache(encoding)
+        hidden, cache = fused.search_prefix(history)
+        reference = encoding_cache(tiny_model, encoding)
         imagined = torch.randn(5, OBS_DIM, dtype=torch.float64)
-        fast, slow = tiny_model.evaluate_expansion(cache, imagined), tiny_model.evaluate_expansion(reference, imagined)
-    assert batch_shape == torch.Size([5])
+        fast, slow = fused.expand(cache, imagined), fused.expand(reference, imagined)
     torch.testing.assert_close(hidden, encoding.last_hidden, **TIGHT)
     t = history.batch_size[-1]
     torch.testing.assert_close(cache.kv[..., :t, :], reference.kv[..., :t, :], **TIGHT)
@@ -203,22 +204,38 @@ def test_search_prefix_equals_encode_then_expansion_cache(tiny_model):
         torch.testing.assert_close(a, b, **TIGHT)
 
 
-def test_evaluate_children_equals_one_imagined_state_at_a_time(tiny_model):
-    """Several imagined states per row (the root's children) are each evaluated on their own (SPEC_NOTES 5)."""
+def test_fused_children_equal_one_imagined_state_at_a_time(tiny_model):
+    """Several imagined states per row (the root's children) are each evaluated on their own (decision 5)."""
     history = padded_history()
     encoding = tiny_model.encode(history)
     states = torch.randn(5, 3, OBS_DIM, dtype=torch.float64)
     with torch.no_grad():
-        children = tiny_model.evaluate_children(tiny_model.expansion_cache(encoding), states)
+        children = FusedSearchModel(tiny_model).children(encoding_cache(tiny_model, encoding), states)
     for q in range(3):
         expected = tiny_model.evaluate(history, imagined_observation=states[:, q])
         for key in ("policy", "values", "action_logits", "dynamics"):
             torch.testing.assert_close(getattr(children, key)[:, q], expected[key], **TIGHT)
 
 
+def test_plain_and_fused_search_models_agree(tiny_model):
+    """The two implementations of the planner's protocol: same root, expansions and children up to rounding."""
+    history = padded_history()
+    imagined = torch.randn(5, OBS_DIM, dtype=torch.float64)
+    states = torch.randn(5, 2, OBS_DIM, dtype=torch.float64)
+    with torch.no_grad():
+        outputs = []
+        for adapter in (FusedSearchModel(tiny_model), PlainSearchModel(tiny_model)):
+            root, state = adapter.root(history)
+            outputs.append((root, adapter.expand(state, imagined), adapter.children(state, states)))
+    for fused, plain in zip(*outputs, strict=True):
+        for a, b in zip(fused, plain, strict=True):
+            torch.testing.assert_close(a, b, **TIGHT)
+    assert not torch.allclose(outputs[0][1].values, outputs[0][2].values[:, 0])  # the states matter
+
+
 def test_selected_heads_equal_the_selected_emotion_of_all_heads():
     torch.manual_seed(0)
-    model = EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=1, n_heads=2, context_length=8).double()
+    model = EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=1, n_heads=2, context_window=7).double()
     hidden = torch.randn(3, 5, 16, dtype=torch.float64)
     emotion = torch.randint(0, N_EMOTIONS, (3, 5))
     emotion[0, :2] = 2  # some emotions repeat, some are absent

@@ -176,58 +176,50 @@ def test_policy_keeps_real_per_env_histories_and_restarts_them_on_is_init():
 
 def test_planner_cannot_write_imagined_states_into_the_real_history():
     class ScribblingPlanner(RecordingPlanner):
-        def search(self, model, history):
+        def search(self, model, history, generator=None):
             result = super().search(model, history)
-            history["observation"].fill_(-99.0)  # a planner that (wrongly) writes into its input
-            history["action"].fill_(0)
+            history.observation.fill_(-99.0)  # a planner that (wrongly) writes into its input
+            history.action.fill_(0)
             return result
 
     policy = EmotionPolicy(FakeModel(), ScribblingPlanner(), greedy=True)
     policy(step_input([[1, 1]], [True], [0.0]))
     policy(step_input([[2, 2]], [False], [1.0]))
     history = policy.histories()
-    assert history["observation"][0, :, 0].tolist() == [1, 2]
-    assert history["action"][0].tolist() == [1, 2]  # the policy's own choices, not the planner's scribbles
+    assert history.observation[0, :, 0].tolist() == [1, 2]
+    assert history.action[0].tolist() == [1, 2]  # the policy's own choices, not the planner's scribbles
 
 
 def test_real_search_leaves_only_real_observations_in_the_history():
     torch.manual_seed(0)
-    model = EmotionModel(2, A, d_model=16, n_layers=1, n_heads=2, context_length=16)
+    model = EmotionModel(2, A, d_model=16, n_layers=1, n_heads=2, context_window=15)
     policy = EmotionPolicy(model, EmotionMCTS(num_simulations=4, max_depth=3), temperature=1.0)
     observations = torch.randn(5, 3, 2)
     policy(step_input(observations[0], [True] * 3, [0.0] * 3))
     for t in range(1, 5):
         policy(step_input(observations[t], [False] * 3, [float(t)] * 3))
     history = policy.histories()
-    assert history["mask"].all() and history.batch_size == (3, 5)
-    assert torch.equal(history["observation"], observations.transpose(0, 1))  # nothing imagined, in order
-    assert history["reward"][:, :4].eq(torch.arange(1, 5).float()).all()
-    assert (history["action"][:, :4] >= 0).all() and (history["emotion"][:, :4] >= 0).all()
+    assert history.mask.all() and history.batch_size == (3, 5)
+    assert torch.equal(history.observation, observations.transpose(0, 1))  # nothing imagined, in order
+    assert history.reward[:, :4].eq(torch.arange(1, 5).float()).all()
+    assert (history.action[:, :4] >= 0).all() and (history.emotion[:, :4] >= 0).all()
 
 
-def test_history_beyond_the_context_length_is_refused_naming_both_lengths():
-    policy = EmotionPolicy(FakeModel(context_length=4), RecordingPlanner())  # 3 real steps + 1 imagined state
-    assert policy.context_length == 3
-    policy(step_input([[0, 0]], [True], [0.0]))
-    policy(step_input([[1, 1]], [False], [0.0]))
-    policy(step_input([[2, 2]], [False], [0.0]))
-    with pytest.raises(RuntimeError, match=r"history length 4 exceeds the policy's context length 3.*history_window"):
-        policy(step_input([[3, 3]], [False], [0.0]))
-
-
-def test_history_window_keeps_the_most_recent_steps_and_the_episode_plays_on():
+def test_context_window_defaults_to_the_models_and_a_longer_episode_slides():
     planner = RecordingPlanner()
-    policy = EmotionPolicy(FakeModel(context_length=4), planner, history_window=True)
+    policy = EmotionPolicy(FakeModel(context_window=3), planner)
+    assert policy.context_window == 3
     policy(step_input([[0, 0], [0, 0]], [True, True], [0.0, 0.0]))
     for t in range(1, 6):  # env 0 runs 6 steps; env 1 restarts at t = 4 and stays short
         policy(step_input([[t, t], [t, t]], [False, t == 4], [float(t), float(t)]))
     history = policy.histories()
     assert policy.history_lengths.tolist() == [3, 2]
-    assert history["observation"][0, :, 0].tolist() == [3.0, 4.0, 5.0]  # the window: the last three steps
-    assert history["observation"][1, :2, 0].tolist() == [4.0, 5.0]
-    assert history["reward"][0, :2].tolist() == [4.0, 5.0]  # r_3 and r_4 stay with s_3 and s_4
-    assert history["action"][0, :2].ge(0).all() and history["emotion"][0, :2].ge(0).all()
+    assert history.observation[0, :, 0].tolist() == [3.0, 4.0, 5.0]  # the window: the last three steps
+    assert history.observation[1, :2, 0].tolist() == [4.0, 5.0]
+    assert history.reward[0, :2].tolist() == [4.0, 5.0]  # r_3 and r_4 stay with s_3 and s_4
+    assert history.action[0, :2].ge(0).all() and history.emotion[0, :2].ge(0).all()
     assert max(h.batch_size[1] for h in planner.histories) == 3, "the planner saw more than the window"
+    assert EmotionPolicy(FakeModel(context_window=3), planner, context_window=2).context_window == 2
 
 
 def test_action_encoding_follows_the_action_spec():
@@ -301,7 +293,7 @@ def test_histories_match_the_collected_data_in_a_real_collector(categorical):
 
 def test_history_follows_the_model_dtype_and_eval_mode_is_restored():
     class ModeRecordingPlanner(RecordingPlanner):
-        def search(self, model, history):
+        def search(self, model, history, generator=None):
             self.training_during_search = model.training
             return super().search(model, history)
 

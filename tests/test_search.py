@@ -1,9 +1,9 @@
 """The batched emotion MCTS (``emotion_rl.search.EmotionMCTS``) against the literal, node-by-node reference.
 
-The reference (``emotion_rl.reference.literal_search``) transcribes spec 1.3-1.5 with the readings of
-SPEC_NOTES 1-5; every search here runs on small random models in float64, so that the two implementations
-must agree on every visit count. A few tests use hand-made models (constant prior and values) whose search
-can be worked out on paper, so the UCB readings (SPEC_NOTES 1-3) are checked independently of the reference.
+The reference (``emotion_rl.reference.literal_search``) transcribes spec 1.3-1.5 with decisions 1-5; every search
+here runs on small random models in float64, so that the two implementations must agree on every visit count. A
+few tests use hand-made models (constant prior and values) whose search can be worked out on paper, so the UCB
+readings (decisions 1-3) are checked independently of the reference.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def make_model(seed: int, sharpen: bool | None = None) -> EmotionModel:
         d_model=16,
         n_layers=1 + seed % 2,
         n_heads=2,
-        context_length=32,
+        context_window=31,
     )
     model = model.double().eval()
     if sharpen if sharpen is not None else seed % 2 == 0:
@@ -251,7 +251,7 @@ PEAKED = [0.05, 0.05, 0.05, 0.05, 0.05, 0.5, 0.2, 0.05]
 
 
 def test_first_simulation_follows_prior_argmax():
-    """SPEC_NOTES 1: with sqrt(max(N(n), 1)) the first simulation picks argmax P (here 5), not index 0.
+    """Decision 1: with sqrt(max(N(n), 1)) the first simulation picks argmax P (here 5), not index 0.
 
     The literal sqrt(N(root)) = 0 would tie every emotion and pick 0.
     """
@@ -294,7 +294,7 @@ def test_parent_count_is_sum_of_children():
 
 
 def test_ties_go_to_lowest_index():
-    """SPEC_NOTES 3: with c_puct 0 and every value 0, every UCB score is 0 and every simulation picks 0."""
+    """Decision 3: with c_puct 0 and every value 0, every UCB score is 0 and every simulation picks 0."""
     model = constant_model(PEAKED, [0.0] * 8)
     history = make_history(3, 2)
     for max_depth in [1, 3]:
@@ -303,7 +303,7 @@ def test_ties_go_to_lowest_index():
 
 
 def test_unvisited_q_is_zero():
-    """SPEC_NOTES 2: Q = 0 while unvisited. With c_puct 0 and every value -1, a visited emotion scores -1 and
+    """Decision 2: Q = 0 while unvisited. With c_puct 0 and every value -1, a visited emotion scores -1 and
     every unvisited one 0, so the first 8 simulations visit each emotion once, in index order; with every
     value +1 the first visited emotion (0, by the tie rule) keeps winning."""
     history = make_history(3, 3)
@@ -318,7 +318,7 @@ def test_unvisited_q_is_zero():
 
 def bandit_counts(prior: list[float], values: list[float], num_simulations: int, c_puct: float) -> list[int]:
     """Depth 1 by hand: the root's children are never expanded, each is worth its stored value (spec 1.4),
-    so the search is a bandit with Q(e) = V(e) once visited (SPEC_NOTES 1-3), in plain Python floats."""
+    so the search is a bandit with Q(e) = V(e) once visited (decisions 1-3), in plain Python floats."""
     counts = [0] * len(prior)
     for _ in range(num_simulations):
         sqrt_n = math.sqrt(max(sum(counts), 1))
@@ -351,7 +351,7 @@ def test_last_entry_action_emotion_reward_are_not_read():
 
 
 def test_none_differs_from_action_and_emotion_zero():
-    """-1 is a reserved "none", not an alias of action 0 / emotion 0 (SPEC_NOTES "Sequence layout")."""
+    """-1 is a reserved "none", not an alias of action 0 / emotion 0 (decision 13)."""
     model, history = make_model(12), make_history(4, 12)
     history.get("action")[-2] = -1
     history.get("emotion")[-2] = -1
@@ -378,7 +378,7 @@ def test_entries_are_causal():
 
 
 def test_imagined_state_is_appended_with_none_dummies():
-    """Spec 1.5 + SPEC_NOTES: evaluating at an imagined state equals running the model on the real sequence
+    """Spec 1.5 + decisions 5 and 13: evaluating at an imagined state equals running the model on the real sequence
     with the imagined state appended after dummy a, e, r = none, none, 0.0 (not 0, 0, 0.0)."""
     model, history = make_model(14), make_history(5, 14)
     history.get("action")[-1] = 1  # whatever the last entry holds, the dummy replaces it

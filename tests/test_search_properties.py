@@ -27,7 +27,7 @@ search_settings = st.fixed_dictionaries(
 
 def build(case):
     torch.manual_seed(case["model_seed"])
-    model = EmotionModel(OBS_DIM, N_ACTIONS, d_model=8, n_layers=1, n_heads=2, context_length=16).double()
+    model = EmotionModel(OBS_DIM, N_ACTIONS, d_model=8, n_layers=1, n_heads=2, context_window=15).double()
     history = random_history(case["batch"], case["length"], seed=case["history_seed"])
     if case["masked"]:
         g = torch.Generator().manual_seed(case["history_seed"])

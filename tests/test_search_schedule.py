@@ -1,7 +1,7 @@
 """How the batched planner gets its speed, each part checked not to change the search (spec 1.3 - 1.5).
 
 The planner runs each environment's simulations in the spec's order but not in step with the other
-environments, batches the waiting expansions into one call of the lean ``evaluate_expansion`` path, and evaluates
+environments, batches the waiting expansions into one call of the fused ``expand`` path, and evaluates
 the root's 8 children up front (``prefetch_root``). Equality with the literal pseudocode is tested in
 test_search.py; these tests pin that the fast path is the one used, and that the schedule and the prefetch leave
 every tree array unchanged.
@@ -16,6 +16,7 @@ import torch
 
 import emotion_rl.search as search_module
 from emotion_rl import EmotionMCTS, EmotionModel
+from emotion_rl.fused import FusedSearchModel
 from emotion_rl.reference import literal_search
 
 from conftest import N_ACTIONS, OBS_DIM, random_history
@@ -23,7 +24,7 @@ from conftest import N_ACTIONS, OBS_DIM, random_history
 
 def model_and_history(batch: int = 6, length: int = 5, seed: int = 0):
     torch.manual_seed(seed)
-    model = EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=2, n_heads=2, context_length=32).double().eval()
+    model = EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=2, n_heads=2, context_window=31).double().eval()
     with torch.no_grad():  # peaked priors, spread values: deeper, more varied trees
         model.policy_head.weight.mul_(4.0)
         model.value_heads.w2.mul_(4.0)
@@ -33,32 +34,33 @@ def model_and_history(batch: int = 6, length: int = 5, seed: int = 0):
     return model, history
 
 
-def counted(model: EmotionModel) -> Counter:
-    """Count calls of the model's entry points (instance attributes, so internal calls are counted too)."""
+def counted(model: EmotionModel, monkeypatch) -> Counter:
+    """Count calls of the fused adapter's and the model's entry points (internal calls counted too)."""
     calls: Counter = Counter()
-    names = ("search_prefix", "evaluate_children", "evaluate_expansion", "evaluate_imagined", "evaluate", "encode")
-    for name in names:
-        method = getattr(model, name)
+    targets = [(FusedSearchModel, name) for name in ("search_prefix", "children", "expand")]
+    targets += [(model, name) for name in ("evaluate_imagined", "evaluate", "encode")]
+    for owner, name in targets:
+        method = getattr(owner, name)
 
         def wrapper(*args, _method=method, _name=name, **kwargs):
             calls[_name] += 1
             return _method(*args, **kwargs)
 
-        setattr(model, name, wrapper)
+        monkeypatch.setattr(owner, name, wrapper)
     return calls
 
 
-def test_search_uses_the_lean_path_and_batches_expansions():
-    """One prefix, one call for the root's children, and far fewer expansion calls than simulations: the lean
+def test_search_uses_the_lean_path_and_batches_expansions(monkeypatch):
+    """One prefix, one call for the root's children, and far fewer expansion calls than simulations: the fused
     path is what the planner runs, never the general per-expansion path (a regression to it would be slow)."""
     model, history = model_and_history(batch=16, length=8)
-    calls = counted(model)
+    calls = counted(model, monkeypatch)
     result = EmotionMCTS(num_simulations=50).search(model, history)
     expansions = int(result["tree", "num_nodes"].sum()) - 16  # nodes other than the roots
-    assert calls["search_prefix"] == 1 and calls["evaluate_children"] == 1
+    assert calls["search_prefix"] == 1 and calls["children"] == 1
     assert calls["encode"] == calls["evaluate_imagined"] == calls["evaluate"] == 0
-    assert 1 <= calls["evaluate_expansion"] < 25  # lockstep would make one per simulation with an expansion
-    assert expansions > 8 * calls["evaluate_expansion"]  # many expansions share each call
+    assert 1 <= calls["expand"] < 25  # lockstep would make one per simulation with an expansion
+    assert expansions > 8 * calls["expand"]  # many expansions share each call
 
 
 def tree_arrays(result):

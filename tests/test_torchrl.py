@@ -39,14 +39,14 @@ class LengthRecorder(EmotionMCTS):
         super().__init__(num_simulations=3)
         self.lengths: list[torch.Tensor] = []
 
-    def search(self, model, history: TensorDict) -> TensorDict:
-        self.lengths.append(history["mask"].sum(-1).reshape(-1).clone())
-        return super().search(model, history)
+    def search(self, model, history, generator=None) -> TensorDict:
+        self.lengths.append(history.get("mask").sum(-1).reshape(-1).clone())
+        return super().search(model, history, generator)
 
 
 def tiny_model() -> EmotionModel:
     torch.manual_seed(0)
-    return EmotionModel(4, 2, d_model=16, n_layers=1, n_heads=2, context_length=501)
+    return EmotionModel(4, 2, d_model=16, n_layers=1, n_heads=2, context_window=500)
 
 
 @pytest.mark.parametrize(
