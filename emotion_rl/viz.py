@@ -39,7 +39,8 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         f"emotion_rl.viz needs matplotlib and pillow ({error}); install them with: pip install -e '.[viz]'"
     ) from error
 
-from emotion_rl.data import discounted_returns, window_index
+from emotion_rl.episodes import discounted_returns
+from emotion_rl.history import window_index
 from emotion_rl.search import EmotionMCTS
 
 __all__ = [

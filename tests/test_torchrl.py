@@ -12,7 +12,7 @@ from torchrl.collectors import Collector, MultiCollector
 from torchrl.envs import Compose, GymEnv, InitTracker, ParallelEnv, SerialEnv, StepCounter, TransformedEnv
 
 from emotion_rl import EmotionMCTS, EmotionModel, EmotionPolicy
-from emotion_rl.data import PreviousReward
+from emotion_rl.envs import PreviousReward
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,9 +39,9 @@ class LengthRecorder(EmotionMCTS):
         super().__init__(num_simulations=3)
         self.lengths: list[torch.Tensor] = []
 
-    def search(self, model, history: TensorDict) -> TensorDict:
+    def search(self, model, history: TensorDict, **kwargs) -> TensorDict:
         self.lengths.append(history["mask"].sum(-1).reshape(-1).clone())
-        return super().search(model, history)
+        return super().search(model, history, **kwargs)
 
 
 def tiny_model() -> EmotionModel:

@@ -21,7 +21,7 @@ from tensordict import TensorDict
 
 from emotion_rl import EmotionAgent, EmotionMCTS, cli, viz
 from emotion_rl.cli import add_tensorboard, tensorboard_available
-from emotion_rl.data import discounted_returns
+from emotion_rl.episodes import discounted_returns
 from emotion_rl.viz import (
     draw_search_tree,
     episode_outputs,
