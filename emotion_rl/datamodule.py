@@ -16,7 +16,7 @@ from torchrl.envs import EnvBase
 from emotion_rl.checkpoint import CheckpointError, rng_state, set_rng_state
 from emotion_rl.envs import make_env, probe_env
 from emotion_rl.episodes import EpisodeAssembler
-from emotion_rl.replay import EpisodeReplay
+from emotion_rl.replay import WINDOW_WEIGHTINGS, EpisodeReplay
 from emotion_rl.rollout import evaluate_policy
 from emotion_rl.selfplay import (
     Reanalyzer,
@@ -71,6 +71,9 @@ class EmotionDataModule(LightningDataModule):
             (``Reanalyzer``) and written back to the replay; 0 (off) by default.
         context_window: ``None``: whole episodes (spec 1.3). ``K``: batches of windows of up to ``K`` steps, the
             history a policy with ``context_window=K`` planned on (decision 15); the CLI links it into the agent.
+        window_weighting: ``"end"`` (default): window ends uniform over stored steps, every valid step weighs 1, so
+            an episode's last steps weigh less. ``"uniform"``: windows also carry ``weight`` (every stored step the
+            same expected weight; :meth:`EpisodeReplay.sample_windows`). Whole episodes are uniform already.
 
     The agent is handed over with :meth:`connect` (the CLI does), or taken from the trainer's LightningModule in
     :meth:`setup`. Training batch: ``{"episodes": [B, L] (EPISODE_KEYS), "stats": []}``; validation / test batch:
@@ -93,6 +96,7 @@ class EmotionDataModule(LightningDataModule):
         collector_workers: int = 0,
         reanalyze_fraction: float = 0.0,
         context_window: int | None = None,
+        window_weighting: str = "end",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -122,6 +126,11 @@ class EmotionDataModule(LightningDataModule):
                 "EmotionDataModule: reanalyze_fraction > 0 needs whole episodes (it re-searches every real prefix "
                 "from step 0); set context_window: null or reanalyze_fraction: 0"
             )
+        if window_weighting not in WINDOW_WEIGHTINGS:
+            raise ValueError(
+                f"EmotionDataModule: window_weighting must be one of {WINDOW_WEIGHTINGS}, got {window_weighting!r}"
+            )
+        self.window_weighting = window_weighting
         if self.collector_workers and self.num_envs % self.collector_workers:
             raise ValueError(
                 f"EmotionDataModule: num_envs ({num_envs}) must be a multiple of collector_workers "
@@ -281,7 +290,7 @@ class EmotionDataModule(LightningDataModule):
         """A training batch: windows (``context_window``) or whole episodes, ``reanalyze_fraction`` of them
         reanalysed by the agent first (and written back to the replay)."""
         if self.context_window is not None:
-            return self.replay.sample_windows(self.batch_size, self.context_window)
+            return self.replay.sample_windows(self.batch_size, self.context_window, self.window_weighting)
         if not self.reanalyze_fraction:
             return self.replay.sample(self.batch_size)
         sampled = self.replay.sample(self.batch_size, with_index=True)

@@ -29,7 +29,8 @@ class EpisodeAssembler:
     ended in it, ``[K, max_len]`` with :data:`~emotion_rl.history.EPISODE_KEYS` (right-padded with zeros, ``mask``
     True on the valid prefix, ``action`` categorical), or ``None``. An episode runs from a step with ``is_init`` to
     a step with ``next/done``; each env's unfinished tail is continued by the next batch. Steps whose start was
-    never seen, or cut by a reset without ``done``, are dropped and counted in ``dropped_steps``.
+    never seen, or cut by a reset without ``done``, are dropped and counted in ``dropped_steps``. ``terminated``
+    and ``truncated`` come from ``next/terminated`` and ``next/truncated`` (absent: ``done & ~truncated``, False).
     """
 
     def __init__(self, max_len: int, gamma: float = 0.99) -> None:
@@ -61,9 +62,13 @@ class EpisodeAssembler:
         if action.ndim > n_dims:  # one-hot encoded
             action = action.argmax(-1)
 
-        def flat(key):
-            value = batch.get(key)
+        def flat(key, default=None):
+            value = batch.get(key, default)
             return value.reshape(batch.batch_size) if value.ndim > n_dims else value
+
+        done = flat(("next", "done")).bool()
+        truncated = flat(("next", "truncated"), torch.zeros_like(done)).bool()
+        terminated = flat(("next", "terminated"), done & ~truncated).bool()
 
         return TensorDict(
             {
@@ -72,7 +77,9 @@ class EpisodeAssembler:
                 "action": action.long(),
                 "emotion": batch.get("emotion").long(),
                 "reward": flat(("next", "reward")).float(),
-                "done": flat(("next", "done")).bool(),
+                "done": done,
+                "terminated": terminated,
+                "truncated": truncated,
                 "visit_distribution": batch.get("visit_distribution").float(),
                 "is_init": flat("is_init").bool(),
             },

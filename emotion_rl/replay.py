@@ -8,7 +8,10 @@ from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
 from emotion_rl.history import EPISODE_KEYS, window_index
 
-__all__ = ["EpisodeReplay"]
+__all__ = ["WINDOW_WEIGHTINGS", "EpisodeReplay"]
+
+WINDOW_WEIGHTINGS = ("end", "uniform")
+"""How steps of windowed batches are weighted: ``"end"`` (every valid step 1), ``"uniform"`` (a ``weight`` key)."""
 
 
 class EpisodeReplay:
@@ -52,10 +55,16 @@ class EpisodeReplay:
             return TensorDict({"episodes": batch, "index": index[:, 0]}, batch_size=[batch.shape[0]])
         return batch
 
-    def sample_windows(self, batch_size: int, window: int) -> TensorDict:
+    def sample_windows(self, batch_size: int, window: int, weighting: str = "end") -> TensorDict:
         """``[B, <= window]`` windows: ``B`` end steps ``t`` drawn uniformly among all stored steps (with
         replacement), each with the window ending there (:func:`~emotion_rl.history.window_index`: left-aligned,
-        ``mask`` False after ``t``). A window is the history the windowed policy planned on at ``t``."""
+        ``mask`` False after ``t``). A window is the history the windowed policy planned on at ``t``.
+
+        ``weighting="uniform"`` adds ``weight`` float ``[B, L]``: ``window / min(window, length - s)`` at step ``s``
+        of an episode of ``length`` steps (0 where ``mask`` is False), so that every stored step has the same
+        expected loss weight; ``"end"`` (default) adds nothing (docs/data.md, "Window weighting")."""
+        if weighting not in WINDOW_WEIGHTINGS:
+            raise ValueError(f"EpisodeReplay: weighting must be one of {WINDOW_WEIGHTINGS}, got {weighting!r}")
         if len(self) == 0:
             raise RuntimeError("EpisodeReplay.sample_windows: the replay buffer is empty")
         stored = self.buffer[: len(self)]
@@ -66,6 +75,9 @@ class EpisodeReplay:
         steps, valid = window_index(end, window, stored.shape[1])
         windows = stored.select(*EPISODE_KEYS)[index.unsqueeze(-1).expand_as(steps), steps]
         windows.set("mask", windows.get("mask") & valid)
+        if weighting == "uniform":
+            covering = (lengths.unsqueeze(-1) - steps).clamp(min=1, max=window)  # windows that hold each step
+            windows.set("weight", torch.where(windows.get("mask"), window / covering.float(), 0.0))
         longest = max(int(windows.get("mask").sum(-1).max()), 1)
         return windows[:, :longest].clone()
 

@@ -56,6 +56,8 @@ def random_episodes(lengths: list[int], max_len: int, seed: int = 0, dtype=torch
         emotion=torch.randint(0, N_EMOTIONS, (batch, max_len), generator=g),
         reward=torch.ones(batch, max_len, dtype=dtype),
         done=torch.zeros(batch, max_len, dtype=torch.bool),
+        terminated=torch.zeros(batch, max_len, dtype=torch.bool),
+        truncated=torch.zeros(batch, max_len, dtype=torch.bool),
         visit_distribution=visits / visits.sum(-1, keepdim=True),
         mask=mask,
         batch_size=[batch, max_len],

@@ -13,7 +13,7 @@ from emotion_rl.datamodule import EmotionDataModule
 from emotion_rl.history import EPISODE_KEYS
 from emotion_rl.policy import EmotionPolicy
 
-from fakes import COUNTER_ID, UNBOUNDED_ID, A, E, FakeAgent, FakeModel, FakePlanner, fake_policy
+from fakes import COUNTER_ID, UNBOUNDED_ID, A, E, FakeAgent, FakeModel, FakePlanner, fake_policy, make_episodes
 
 
 def fake_datamodule(*args, **kwargs) -> EmotionDataModule:
@@ -193,3 +193,16 @@ def test_whole_episode_batches_refuse_a_policy_that_plans_on_fewer_steps():
     ):
         fake_datamodule(COUNTER_ID)._check_context(short)
     fake_datamodule(COUNTER_ID)._check_context(fake_policy(False))  # 15 >= 6: accepted
+
+
+def test_window_weighting_is_off_by_default_and_uniform_batches_carry_a_weight():
+    default = EmotionDataModule(COUNTER_ID, batch_size=8, context_window=3)
+    uniform = EmotionDataModule(COUNTER_ID, batch_size=8, context_window=3, window_weighting="uniform")
+    assert default.window_weighting == "end"
+    for dm in (default, uniform):
+        dm.replay.extend(make_episodes([2, 5]))
+    assert "weight" not in default._sample_batch().keys()
+    batch = uniform._sample_batch()
+    assert torch.equal(batch["weight"] > 0, batch["mask"]) and batch["weight"].max() > 1
+    with pytest.raises(ValueError, match="window_weighting must be one of"):
+        EmotionDataModule(COUNTER_ID, window_weighting="steps")

@@ -90,3 +90,22 @@ def test_collected_episodes_are_whole_real_and_contiguous():
         expected[torch.arange(n), (torch.arange(n) + 1) % E] = 13 / 20
         torch.testing.assert_close(episode["visit_distribution"][:n], expected)
         assert not episode["mask"][n:].any()
+
+
+def test_terminated_and_truncated_are_stored_apart():
+    assembler = EpisodeAssembler(max_len=6, gamma=0.9)
+    episodes = [assembler.ingest(batch) for batch in collect(COUNTER_ID, num_envs=3, steps=6, seed=1)]
+    episodes = torch.cat([e for e in episodes if e is not None])
+    kinds = set()
+    for episode in episodes:
+        n = int(episode["mask"].sum())
+        planned = int(episode["observation"][0, 1])  # the counter env terminates at its planned length
+        last = [False] * (n - 1) + [True]
+        assert episode["terminated"][:n].tolist() == ([False] * n if planned > 6 else last)
+        assert episode["truncated"][:n].tolist() == (last if planned >= 6 else [False] * n)  # time limit 6
+        assert torch.equal(episode["done"], episode["terminated"] | episode["truncated"])
+        kinds.add((planned > 6, planned < 6))
+    assert (True, False) in kinds and (False, True) in kinds, "both kinds of endings must occur"
+    # without the keys (a hand-made batch), an end is a termination
+    out = assembler.ingest(synthetic_batch(1, 3, 0, init=[[0]], done=[[2]]))
+    assert out["terminated"][0, :3].tolist() == [False, False, True] and not out["truncated"].any()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import torch
 
 from emotion_rl.history import EPISODE_KEYS
@@ -79,3 +80,31 @@ def test_replay_window_draws_resume_from_the_state_dict():
     for want in expected:
         got = restored.sample_windows(4, window=2)
         assert all(torch.equal(got[key], want[key]) for key in ("observation", "mask")), "window draws diverged"
+
+
+def step_weights(replay: EpisodeReplay, weighting: str, draws: int = 200) -> dict[int, float]:
+    """Total loss weight each stored step got over ``draws`` batches of 64 windows of 3 (``weight``, else ``mask``)."""
+    totals: dict[int, float] = {}
+    for _ in range(draws):
+        windows = replay.sample_windows(64, window=3, weighting=weighting)
+        weight = windows.get("weight") if "weight" in windows.keys() else windows["mask"].float()
+        for step, w in zip(windows["observation"][..., 1].flatten().tolist(), weight.flatten().tolist(), strict=True):
+            totals[int(step)] = totals.get(int(step), 0.0) + w
+    return totals
+
+
+def test_uniform_window_weighting_gives_every_stored_step_the_same_expected_weight():
+    replay = EpisodeReplay(capacity_episodes=4)
+    replay.extend(make_episodes([2, 5, 9], max_len=9))  # 16 steps, ids 0..15 in observation[..., 1]
+    replay.seed(5)
+    uniform = step_weights(replay, "uniform")
+    assert sorted(uniform) == list(range(16))
+    expected = 200 * 64 * 3 / 16  # every window of 3 weighs 3 in expectation, spread over the 16 steps
+    assert all(abs(total / expected - 1) < 0.1 for total in uniform.values()), uniform
+    end = step_weights(replay, "end")  # today's weighting: an episode's last step is in 1 window of 3
+    last, middle = end[15], end[11]  # last and 5th step of the 9-step episode
+    assert last / middle < 0.5
+    windows = replay.sample_windows(8, window=3, weighting="uniform")
+    assert torch.equal(windows["weight"] > 0, windows["mask"]) and "weight" not in replay.sample_windows(8, 3).keys()
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        replay.sample_windows(8, 3, weighting="steps")
