@@ -109,12 +109,12 @@ def cartpole_model_config() -> dict:
     return dict(OmegaConf.to_container(OmegaConf.load(CONFIG).model, resolve=True))
 
 
-def make_model(context_length: int = CARTPOLE_MAX_STEPS + 1) -> EmotionModel:
+def make_model(context_window: int = CARTPOLE_MAX_STEPS) -> EmotionModel:
     """``EmotionModel(obs_dim=4, n_actions=2)`` sized as in configs/cartpole.yaml (d_model 64, 2 layers, 4 heads)."""
     config = cartpole_model_config()
     sizes = {k: config[k] for k in ("n_emotions", "d_model", "n_layers", "n_heads", "head_hidden") if k in config}
     torch.manual_seed(0)
-    return EmotionModel(OBS_DIM, N_ACTIONS, context_length=context_length, **sizes).eval()
+    return EmotionModel(OBS_DIM, N_ACTIONS, context_window=context_window, **sizes).eval()
 
 
 def make_planner(num_simulations: int) -> EmotionMCTS:

@@ -12,7 +12,8 @@ Public API:
 
 from emotion_rl.agent import EmotionAgent
 from emotion_rl.checkpoint import AtomicCheckpointIO
-from emotion_rl.data import EmotionDataModule, make_env
+from emotion_rl.datamodule import EmotionDataModule
+from emotion_rl.envs import make_env
 from emotion_rl.model import EmotionModel
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
 from emotion_rl.search import EmotionMCTS

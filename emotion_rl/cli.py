@@ -6,7 +6,8 @@ config files and the command line are merged, so ``data.seed: ${..seed_everythin
 subcommand (``fit.data.seed``); the same file then serves ``fit``, ``validate`` and ``test``.
 
 The environment's sizes (observation size, number of actions, longest episode) are read from the datamodule
-and linked into the agent, so a config never repeats them; so is the datamodule's ``context_window``.
+and linked into the agent, so a config never repeats them; so is the datamodule's ``context_window``. The agent
+is then connected to the datamodule (``EmotionDataModule.connect``): its policies play the self-play episodes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from emotion_rl.agent import EmotionAgent
 from emotion_rl.checkpoint import AtomicCheckpointIO, CheckpointError, find_last_checkpoint, load_checkpoint
-from emotion_rl.data import EmotionDataModule
+from emotion_rl.datamodule import EmotionDataModule
 
 
 class ConfigurationError(ValueError):
@@ -69,6 +70,11 @@ class EmotionCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
         for name in ("obs_dim", "n_actions", "max_episode_steps", "context_window"):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        """Instantiate as LightningCLI does, then hand the agent to the datamodule (its policies play)."""
+        super().instantiate_classes()
+        self.datamodule.connect(self.model)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:  # noqa: ANN003 - LightningCLI's trainer arguments
         if not (self._get(self.config_init, "trainer", default={}) or {}).get("plugins"):

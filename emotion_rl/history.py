@@ -20,11 +20,22 @@ NONE = -1
 HISTORY_KEYS = ("observation", "action", "emotion", "reward")
 """The fields of a real history entry ``(s_i, a_i, e_i, r_i)``."""
 
-EPISODE_KEYS = (*HISTORY_KEYS, "next_observation", "done", "visit_distribution", "return", "mask")
+EPISODE_KEYS = (
+    *HISTORY_KEYS,
+    "next_observation",
+    "done",
+    "terminated",
+    "truncated",
+    "visit_distribution",
+    "return",
+    "mask",
+)
 """Keys of a stored step and of a training batch ``[B, L]`` (right-padded, ``mask`` True on valid steps):
 the history entry, then ``next_observation`` ``s_{t+1}`` (phase 1's target), ``done`` (True at the episode's last
-step), ``visit_distribution`` ``[E]`` (the search's, spec 3.3: phase 4's target) and ``return`` (spec 2.2.2:
-phase 3's target)."""
+step; ``terminated | truncated``), ``terminated`` (the episode ended in a terminal state: no value after it) and
+``truncated`` (cut by the time limit: the state after it still has a value), bool ``[L]`` each,
+``visit_distribution`` ``[E]`` (the search's, spec 3.3: phase 4's target) and ``return`` (spec 2.2.2: phase 3's
+target, literal: it stops at the episode's end)."""
 
 
 @tensorclass

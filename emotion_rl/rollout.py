@@ -1,18 +1,15 @@
-"""Playing a policy in a batched env (TEMPORARY stand-in in the viz branch: the data branch owns this module).
-
-:func:`play` is TorchRL's ``env.rollout`` over :func:`~emotion_rl.data.make_env`'s env, whose ``InitTracker`` and
-``PreviousReward`` transforms give the policy ``is_init`` and ``prev_reward``.
-"""
+"""Playing a policy in an env: TorchRL's ``env.rollout``, and the greedy evaluation built on it (spec 5)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-__all__ = ["play"]
+__all__ = ["evaluate_policy", "play"]
 
 
 @torch.no_grad()
@@ -20,11 +17,38 @@ def play(
     env: EnvBase,
     policy: Callable[[TensorDictBase], TensorDictBase],
     max_steps: int,
-    callback: Callable[[EnvBase, TensorDictBase], object] | None = None,
+    callback: Callable[[EnvBase, TensorDictBase], Any] | None = None,
     break_when_any_done: bool = True,
-) -> TensorDictBase:
-    """Reset ``env`` and play ``policy`` for up to ``max_steps`` steps: a TensorDict ``[n_envs, T]`` (TorchRL's
-    rollout layout, the transition under ``"next"``). Sets ``policy.action_spec`` to the env's when it has one."""
+    break_when_all_done: bool = False,
+) -> TensorDict:
+    """Reset ``env`` and play ``policy`` for up to ``max_steps`` steps: ``env.rollout``'s ``[n_envs, T]``.
+
+    ``break_when_any_done``: stop when an env's episode ends (else finished envs are reset and play on);
+    ``break_when_all_done`` (with ``break_when_any_done=False``): finished envs wait, stop when all have finished.
+    ``callback(env, td)`` runs after every step but the last (TorchRL's). Sets ``policy.action_spec`` to the env's
+    when the policy has one, so it writes actions in the env's encoding.
+    """
     if hasattr(policy, "action_spec"):
         policy.action_spec = env.action_spec
-    return env.rollout(int(max_steps), policy, callback=callback, break_when_any_done=break_when_any_done)
+    return env.rollout(
+        int(max_steps),
+        policy,
+        callback,
+        break_when_any_done=break_when_any_done,
+        break_when_all_done=break_when_all_done,
+    )
+
+
+def evaluate_policy(env: EnvBase, policy: Callable[[TensorDictBase], TensorDictBase], max_steps: int) -> TensorDict:
+    """Play the first episode of every env of ``env`` (batch ``[n]``) for up to ``max_steps`` steps.
+
+    Returns TensorDict ``[]`` with ``episode_return`` float ``[n]`` (undiscounted, summed in float64 step by step)
+    and ``episode_length`` long ``[n]``.
+    """
+    steps = play(env, policy, max_steps, break_when_any_done=False, break_when_all_done=True)
+    steps = steps.reshape(-1, steps.batch_size[-1]).to("cpu")
+    done = steps.get(("next", "done")).reshape(steps.batch_size).long()
+    first = (done.cumsum(-1) - done) == 0  # the steps of each env's first episode
+    reward = steps.get(("next", "reward")).reshape(steps.batch_size).to(torch.float64)
+    returns = torch.where(first, reward, torch.zeros_like(reward)).cumsum(-1)[:, -1]
+    return TensorDict({"episode_return": returns.float(), "episode_length": first.sum(-1)}, batch_size=[])

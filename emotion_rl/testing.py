@@ -54,6 +54,8 @@ def random_episodes(
         emotion=torch.randint(0, n_emotions, (batch, max_len), generator=g),
         reward=torch.ones(batch, max_len, dtype=dtype),
         done=torch.zeros(batch, max_len, dtype=torch.bool),
+        terminated=torch.zeros(batch, max_len, dtype=torch.bool),
+        truncated=torch.zeros(batch, max_len, dtype=torch.bool),
         visit_distribution=visits / visits.sum(-1, keepdim=True),
         mask=mask,
         batch_size=[batch, max_len],

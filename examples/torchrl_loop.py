@@ -10,7 +10,7 @@ the observation alone (a cheap amortised planner; the cross-entropy loss of spec
     python examples/torchrl_loop.py --frames 256 --simulations 8
 
 The environment needs two transforms the policy reads: torchrl's ``InitTracker`` (``is_init``: start a new history)
-and :class:`emotion_rl.data.PreviousReward` (``prev_reward``: the reward of the previous step, which completes the
+and :class:`emotion_rl.envs.PreviousReward` (``prev_reward``: the reward of the previous step, which completes the
 previous history entry). :func:`emotion_rl.make_env` adds both; with your own env, wrap it as shown in ``build_env``.
 """
 
@@ -26,7 +26,7 @@ from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import Compose, EnvBase, GymEnv, InitTracker, SerialEnv, TransformedEnv
 
 from emotion_rl import EmotionMCTS, EmotionModel, EmotionPolicy, TemperatureSchedule
-from emotion_rl.data import PreviousReward
+from emotion_rl.envs import PreviousReward
 
 
 def build_env(env_id: str, num_envs: int, seed: int) -> EnvBase:

@@ -17,10 +17,12 @@ import time
 import torch
 from torchrl.collectors import Collector
 
-from emotion_rl.data import EpisodeAssembler, EpisodeReplay, make_env, probe_env
+from emotion_rl.envs import make_env, probe_env
+from emotion_rl.episodes import EpisodeAssembler
 from emotion_rl.losses import DynamicsLoss, MaxValueActionLoss, PolicyLoss, ValueLoss
 from emotion_rl.model import EmotionModel
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
+from emotion_rl.replay import EpisodeReplay
 from emotion_rl.search import EmotionMCTS
 
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         d_model=args.d_model,
         n_layers=args.n_layers,
         n_heads=args.n_heads,
-        context_length=info.max_episode_steps + 1,  # a whole episode plus the imagined state
+        context_window=info.max_episode_steps,  # a whole episode (the model adds the imagined slot)
     )
     planner = EmotionMCTS(num_simulations=args.simulations)
     total_frames = args.collections * args.frames_per_batch

@@ -1,4 +1,5 @@
-"""Test doubles shared by the policy and data tests: a recognisable environment and a parameter-only model."""
+"""Test doubles shared by the policy and data tests: a recognisable environment, a parameter-only model, a fake
+planner and agent, and synthetic collector batches."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tensordict import TensorDict
 from torch import nn
+from torchrl.collectors import Collector
+
+from emotion_rl.envs import make_env
+from emotion_rl.episodes import EpisodeAssembler
+from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
 
 
 class CounterEnv(gymnasium.Env):
@@ -94,3 +100,81 @@ class RankReport(Callback):
             "world_size": trainer.world_size,
         }
         torch.save(report, f"{self.folder}/rank{trainer.global_rank}.pt")
+
+
+class FakeAgent:
+    """A ``SelfPlayAgent``: its policies come from ``make_policy(greedy)``."""
+
+    def __init__(self, make_policy) -> None:
+        self._make_policy = make_policy
+
+    def make_policy(self, greedy: bool = False):
+        return self._make_policy(greedy)
+
+
+# ---------------------------------------------------------------------------------------------- data test helpers
+E, A = 8, 2
+COUNTER_ID = "EmotionRLTest/Counter-v0"
+UNBOUNDED_ID = "EmotionRLTest/Unbounded-v0"
+IMAGE_ID = "EmotionRLTest/Image-v0"
+register_counter(COUNTER_ID, 6, n_actions=A, max_length=8)  # 7-step episodes get truncated at 6
+register_counter(UNBOUNDED_ID, None, n_actions=A)
+register_counter(IMAGE_ID, 6, n_actions=A, image=True)
+
+
+def fake_policy(greedy: bool) -> EmotionPolicy:
+    # 13 of 20 visits on emotion (history length) % E; emotion e's logits favour action e % A
+    planner = FakePlanner(n_actions=A, n_emotions=E, peak=13, row_shift=0, logit=4.0)
+    return EmotionPolicy(FakeModel(), planner, temperature=TemperatureSchedule(1.0, 0.5, 100), greedy=greedy)
+
+
+def collect(env_id: str, num_envs: int, steps: int, seed: int = 0, **kwargs) -> list[TensorDict]:
+    env = make_env(env_id, num_envs=num_envs, seed=seed, **kwargs)
+    policy = fake_policy(False)
+    policy.action_spec = env.action_spec
+    collector = Collector(env, policy, frames_per_batch=num_envs * steps, total_frames=-1)
+    try:
+        iterator = iter(collector)
+        return [next(iterator).clone() for _ in range(3)]
+    finally:
+        collector.shutdown()
+
+
+def synthetic_batch(n_envs: int, steps: int, offset: int, init: list[list[int]], done: list[list[int]], one_hot=True):
+    """A collector-like batch; observation[b, t] = [b, offset + t], reward = offset + t."""
+    t = torch.arange(offset, offset + steps).float()
+    obs = torch.stack([torch.stack([torch.full_like(t, b), t], -1) for b in range(n_envs)])
+    action = (torch.arange(n_envs * steps).view(n_envs, steps) % A).long()
+    is_init = torch.zeros(n_envs, steps, 1, dtype=torch.bool)
+    is_done = torch.zeros(n_envs, steps, 1, dtype=torch.bool)
+    for b, ts in enumerate(init):
+        is_init[b, ts] = True
+    for b, ts in enumerate(done):
+        is_done[b, ts] = True
+    visits = torch.softmax(torch.randn(n_envs, steps, E), -1)
+    return TensorDict(
+        {
+            "observation": obs,
+            "action": torch.nn.functional.one_hot(action, A) if one_hot else action,
+            "emotion": (action + 3) % E,
+            "visit_distribution": visits,
+            "is_init": is_init,
+            "next": {
+                "observation": obs + torch.tensor([0.0, 1.0]),
+                "reward": t.expand(n_envs, steps).unsqueeze(-1),
+                "done": is_done,
+            },
+        },
+        batch_size=[n_envs, steps],
+    )
+
+
+def make_episodes(lengths: list[int], max_len: int = 6) -> TensorDict:
+    assembler = EpisodeAssembler(max_len=max_len)
+    batch_steps = sum(lengths)
+    init, done, t = [], [], 0
+    for length in lengths:
+        init.append(t)
+        done.append(t + length - 1)
+        t += length
+    return assembler.ingest(synthetic_batch(1, batch_steps, 0, init=[init], done=[done]))

@@ -6,7 +6,9 @@ The benchmarks themselves (training runs of minutes) never run in the test suite
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import json
 import math
 import sys
 from argparse import Namespace
@@ -59,6 +61,163 @@ def test_the_table_counts_solved_seeds_and_marks_unreached_thresholds():
     ]
     row = plot_learning.table({"emotion": runs}).splitlines()[-1]
     assert "| 1/2 (final >= 475) |" in row and "1,000, >3,000" in row and "| 480, 40 | 490, 41 |" in row
+
+
+def test_an_ad_hoc_variant_is_a_name_and_overrides_split_at_the_commas_that_start_an_option():
+    assert learning.parse_variant("fast=--model.num_simulations=8,--data.batch_size=32") == (
+        "fast",
+        ["--model.num_simulations=8", "--data.batch_size=32"],
+    )
+    assert learning.parse_variant("w.2=--model.x=[1,2],--model.y=a") == ("w.2", ["--model.x=[1,2]", "--model.y=a"])
+    for bad in (
+        "fast",  # no overrides
+        "fast=",
+        "fast=model.x=1",  # not an option
+        "fast=-model.x=1",
+        "a b=--model.x=1",  # not a file name
+        "sims8=--model.num_simulations=9",  # a named variant
+        "ppo=--model.x=1",
+        "acro=--data.env_id=Acrobot-v1",  # set by --env-id
+        "s=--seed_everything=3",
+    ):
+        with pytest.raises(argparse.ArgumentTypeError):
+            learning.parse_variant(bad)
+
+
+def test_ad_hoc_variants_run_with_emotion_and_their_overrides_are_recorded(tmp_path):
+    argv = ["--out", str(tmp_path), "--variant", "fast=--model.num_simulations=8", "--variant", "deep=--model.x=1"]
+    args = learning.parse(argv)
+    assert args.variants == ["emotion", "fast", "deep"]
+    assert learning.overrides_of(args, "fast") == ["--model.num_simulations=8"]
+    assert learning.overrides_of(args, "sims8") == ["--model.num_simulations", "8"]
+    assert learning.parse([*argv, "--variants", "ppo"]).variants == ["ppo", "fast", "deep"]
+    assert learning.parse(["--out", str(tmp_path)]).variants == ["emotion", "ppo"]
+    result = learning.summarize("fast", 0, [point(1000, 480.0)], 1000, 8.0, [490.0], args)
+    assert result["variant"] == "fast" and result["overrides"] == ["--model.num_simulations=8"]
+    assert result["env_id"] == "CartPole-v1" and result["train_s_per_env_step"] == pytest.approx(0.008)
+    assert learning.summarize("ppo", 0, [], 1000, 8.0, [490.0], args)["overrides"] == []
+    with pytest.raises(SystemExit):
+        learning.parse([*argv, "--variant", "fast=--model.y=2"])  # the same name twice
+
+
+def test_protocol_defaults_follow_the_environment_and_flags_override_them():
+    cartpole = learning.parse([])
+    assert cartpole.env_id == "CartPole-v1"  # the config's env
+    assert (cartpole.threshold, cartpole.budget, cartpole.eval_every) == (475.0, 30_000, 1_000)
+    assert cartpole.seeds == [0, 1, 2, 3, 4] and Path(cartpole.out) == learning.RESULTS / "CartPole-v1"
+    acrobot = learning.parse(["--env-id", "Acrobot-v1"])
+    assert (acrobot.threshold, acrobot.budget) == (-100.0, 50_000)
+    assert Path(acrobot.out) == learning.RESULTS / "Acrobot-v1"
+    flagged = learning.parse(["--env-id", "Acrobot-v1", "--threshold", "-150", "--budget", "9000", "--out", "x"])
+    assert (flagged.threshold, flagged.budget, flagged.eval_every, flagged.out) == (-150.0, 9000, 2_000, "x")
+    other = learning.parse(["--env-id", "MountainCarContinuous-v0"])  # not listed: Gymnasium's threshold
+    assert (other.threshold, other.budget) == (90.0, learning.OTHER_ENV["budget"])
+
+
+def test_ppo_takes_the_zoo_hyperparameters_of_the_environment():
+    cartpole = learning.ppo_hyperparameters("CartPole-v1")
+    assert (cartpole["n_envs"], cartpole["n_steps"], cartpole["normalize"]) == (8, 32, False)
+    kwargs = learning.ppo_kwargs(cartpole)
+    assert "n_envs" not in kwargs and "normalize" not in kwargs and kwargs["batch_size"] == 256
+    assert kwargs["learning_rate"](0.5) == pytest.approx(0.0005) and kwargs["clip_range"](1.0) == pytest.approx(0.2)
+    acrobot = learning.ppo_hyperparameters("Acrobot-v1")
+    assert (acrobot["n_envs"], acrobot["n_steps"], acrobot["gae_lambda"], acrobot["normalize"]) == (16, 256, 0.94, True)
+    assert learning.ppo_hyperparameters("Pendulum-v1") == learning.PPO_DEFAULT
+
+
+def test_cost_only_compares_two_variants_for_a_fixed_number_of_env_steps_without_evaluations():
+    args = learning.parse(["--cost-only", "--variants", "emotion", "sims8", "--cost-steps", "500"])
+    assert args.variants == ["emotion", "sims8"] and args.seeds == [0]
+    assert args.budget == 500 and args.eval_every >= learning.NO_EVALUATION
+    adhoc = learning.parse(["--cost-only", "--variant", "fast=--model.num_simulations=8"])
+    assert adhoc.variants == ["emotion", "fast"]
+    with pytest.raises(SystemExit):
+        learning.parse(["--cost-only", "--variants", "emotion", "sims8", "sims25"])
+    cost = learning.cost_of("fast", 0, 500, 2.0, adhoc)
+    assert cost["s_per_env_step"] == pytest.approx(0.004) and cost["overrides"] == ["--model.num_simulations=8"]
+
+
+def test_earlier_cartpole_results_count_as_done_where_they_are(tmp_path, monkeypatch):
+    monkeypatch.setattr(learning, "RESULTS", tmp_path)
+    (tmp_path / "emotion_s0.json").write_text("{}")
+    (tmp_path / "CartPole-v1").mkdir()
+    (tmp_path / "CartPole-v1" / "ppo_s0.json").write_text("{}")
+    args = learning.parse([])
+    assert learning.result_path(args, "emotion", 0) == tmp_path / "emotion_s0.json"
+    assert learning.result_path(args, "ppo", 0) == tmp_path / "CartPole-v1" / "ppo_s0.json"
+    assert learning.result_path(args, "emotion", 1) is None
+    assert learning.result_path(learning.parse(["--env-id", "Acrobot-v1"]), "emotion", 0) is None
+
+
+def run(variant: str, seed: int, reached: int | None, final: float, wall: float, env: str | None = None) -> dict:
+    """A made-up result file: budget 5,000 env steps, threshold 475."""
+    args = Namespace(config="configs/cartpole.yaml", threshold=475.0, budget=5000, eval_episodes=20)
+    if env is not None:
+        args.env_id = env
+    curve = [point(reached, 480.0)] if reached is not None else [point(5000, 100.0)]
+    return learning.summarize(variant, seed, curve, reached or 5000, wall, [final], args)
+
+
+def test_the_table_shows_iqm_with_bootstrap_intervals_and_medians_counting_unreached_runs_as_the_budget():
+    runs = [
+        run("emotion", 0, 1000, 10.0, 30.0),
+        run("emotion", 1, 2000, 20.0, 10.0),
+        run("emotion", 2, None, 30.0, 50.0),
+        run("emotion", 3, 3000, 40.0, 20.0),
+        run("emotion", 4, None, 1000.0, 40.0),
+    ]
+    stats = plot_learning.seed_statistics(runs)
+    assert stats["final_iqm"][0] == pytest.approx(30.0)  # the middle three of 10, 20, 30, 40, 1000
+    assert stats["steps_iqm"][0] == pytest.approx((2000 + 3000 + 5000) / 3)  # unreached runs count as 5,000
+    assert stats["steps_median"] == 3000 and stats["wall_median"] == 30.0
+    for point_estimate, (low, high) in (stats["final_iqm"], stats["steps_iqm"]):
+        assert low < point_estimate < high
+    assert 10.0 <= stats["final_iqm"][1][0] and stats["final_iqm"][1][1] <= 1000.0
+    assert 1000 <= stats["steps_iqm"][1][0] and stats["steps_iqm"][1][1] <= 5000
+    assert plot_learning.seed_statistics(runs) == stats  # fixed bootstrap seed: the same table every time
+    same = [run("ppo", seed, 4000, 500.0, 5.0) for seed in range(3)]
+    assert plot_learning.seed_statistics(same)["final_iqm"] == (500.0, (500.0, 500.0))
+    single = [run("sims8", 0, None, 20.0, 60.0)]
+    assert plot_learning.seed_statistics(single)["steps_iqm"] == (5000.0, None)
+
+    rows = plot_learning.table({"emotion": runs, "ppo": same, "sims8": single}).splitlines()
+    assert len(rows[0].split("|")) == len(rows[2].split("|")) == 12  # ten columns
+    final_low, final_high = stats["final_iqm"][1]
+    steps_low, steps_high = stats["steps_iqm"][1]
+    assert rows[2].endswith(
+        f"| 30 [{final_low:,.0f}, {final_high:,.0f}] | 3,333 [{steps_low:,.0f}, {steps_high:,.0f}] | 3,000 | 30 |"
+    )
+    assert rows[3].endswith("| 500 [500, 500] | 4,000 [4,000, 4,000] | 4,000 | 5 |")
+    assert rows[4].endswith("| 20 (1 seed) | 5,000 (1 seed) | 5,000 | 60 |")
+
+
+def test_results_load_by_environment_from_the_folder_and_its_per_env_subfolders(tmp_path):
+    def write(path: Path, result: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result))
+
+    write(tmp_path / "emotion_s0.json", run("emotion", 0, 1000, 500.0, 9.0))  # earlier version: names no env
+    write(tmp_path / "emotion_s1.json", run("emotion", 1, 1000, 100.0, 9.0))
+    write(tmp_path / "CartPole-v1" / "emotion_s1.json", run("emotion", 1, 2000, 490.0, 9.0, "CartPole-v1"))
+    write(tmp_path / "CartPole-v1" / "cost" / "x.json", {"runs": []})
+    write(tmp_path / "CartPole-v1" / "emotion_vs_ppo_s0.json", {"runs": [], "seed": 0})  # not a run
+    assert [r["final_return_mean"] for r in plot_learning.load(tmp_path)["emotion"]] == [500.0, 490.0]
+    write(tmp_path / "Acrobot-v1" / "ppo_s0.json", run("ppo", 0, None, -120.0, 9.0, "Acrobot-v1"))
+    with pytest.raises(ValueError, match="several environments"):
+        plot_learning.load(tmp_path)
+    assert set(plot_learning.load(tmp_path, env_id="CartPole-v1")) == {"emotion"}
+    acrobot = plot_learning.load(tmp_path, env_id="Acrobot-v1")
+    assert list(acrobot) == ["ppo"] and plot_learning.load(tmp_path / "Acrobot-v1") == acrobot
+    assert plot_learning.load(tmp_path, seeds=[1], env_id="CartPole-v1")["emotion"][0]["reached_env_steps"] == 2000
+
+
+def test_an_ad_hoc_variant_is_labelled_by_its_overrides():
+    args = Namespace(config="c.yaml", threshold=475.0, budget=3000, eval_episodes=20)
+    args.adhoc = {"fast": ["--model.num_simulations=8"]}
+    fast = learning.summarize("fast", 0, [point(1000, 480.0)], 1000, 9.0, [490.0], args)
+    assert plot_learning.label("fast", [fast]) == "fast: --model.num_simulations=8"
+    assert plot_learning.label("sims8", [fast]) == plot_learning.LABELS["sims8"]
+    assert plot_learning.table({"fast": [fast]}).splitlines()[-1].startswith("| fast: --model.num_simulations=8 |")
 
 
 def test_the_speed_benchmark_imports_and_builds_its_inputs_with_the_tests_layouts(monkeypatch):

@@ -27,7 +27,7 @@ PHASES = ("dynamics", "action", "value", "policy")
 
 def make_model() -> EmotionModel:
     torch.manual_seed(0)
-    return EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=1, n_heads=2, context_length=13).double()
+    return EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=1, n_heads=2, context_window=12).double()
 
 
 def make_losses(model: EmotionModel, dynamics_action="action_head", phase2="max_value", return_scale=1.0) -> dict:
@@ -266,14 +266,16 @@ def test_unknown_settings_are_refused_naming_them():
 # ---------------------------------------------------------------------------------------------------- options
 def _full_windows(k: int = 4, seed: int = 5, done_at_end: bool = False) -> TensorDict:
     """Windows of exactly ``k`` valid steps (the last step at position k - 1, the imagined slot at position k)."""
-    batch = random_episodes([k, k, k], max_len=k, seed=seed, dtype=torch.float64)
+    batch = random_episodes([k, k, k], max_len=k, seed=seed, dtype=torch.float64).exclude(
+        "terminated", "truncated"
+    )  # `done` alone: terminated
     batch["done"][:, -1] = done_at_end
     return batch
 
 
 def _windowed_model(k: int = 4) -> EmotionModel:
     torch.manual_seed(0)
-    return EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=1, n_heads=2, context_length=k + 1).double()
+    return EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=1, n_heads=2, context_window=k).double()
 
 
 def test_no_phase_trains_the_imagined_slot_position_by_default():
@@ -301,7 +303,9 @@ def test_imagined_value_errors_are_those_of_the_model_evaluating_the_next_state(
     """Error at step t = (V at "real 0..t + imagined s" - y_{t+1})^2: V^{e_{t+1}} inside a row, the mean of the
     V^e at a row's end (target (y_t - r_t) / gamma for monte_carlo), every V^e on 0 after a termination."""
     model = make_model()
-    batch = random_episodes([6, 4], max_len=6, seed=2, dtype=torch.float64)
+    batch = random_episodes([6, 4], max_len=6, seed=2, dtype=torch.float64).exclude(
+        "terminated", "truncated"
+    )  # `done` alone: terminated
     batch["done"][1, 3] = True  # row 1 terminated at its last step; row 0 ends unterminated (a window)
     loss_module = ValueLoss(model, return_scale=0.5, gamma=0.9, imagined_weight=1.0)
     encoding = model.encode(batch)
@@ -406,7 +410,9 @@ def test_n_step_targets_bootstrap_from_the_target_model_and_stop_at_termination(
     with torch.no_grad():
         for p in target.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    batch = random_episodes([6, 4, 5], max_len=6, seed=4, dtype=torch.float64)
+    batch = random_episodes([6, 4, 5], max_len=6, seed=4, dtype=torch.float64).exclude(
+        "terminated", "truncated"
+    )  # `done` alone: terminated
     batch["done"][1, 3] = True
     loss_module = ValueLoss(model, return_scale=0.5, target="n_step", gamma=0.9, n=n, target_model=target)
     y, y_next = loss_module.targets(batch)
@@ -420,7 +426,9 @@ def test_n_step_targets_bootstrap_from_the_target_model_and_stop_at_termination(
 
 def test_td_lambda_spans_one_step_and_monte_carlo_with_bootstrap():
     model = make_model()
-    batch = random_episodes([6, 4, 5], max_len=6, seed=4, dtype=torch.float64)
+    batch = random_episodes([6, 4, 5], max_len=6, seed=4, dtype=torch.float64).exclude(
+        "terminated", "truncated"
+    )  # `done` alone: terminated
     batch["done"][1, 3] = True
 
     def targets(**kwargs):
@@ -434,7 +442,9 @@ def test_td_lambda_spans_one_step_and_monte_carlo_with_bootstrap():
 
 def test_terminated_and_truncated_keys_decide_the_bootstrap_and_done_alone_means_terminated():
     model = make_model()
-    batch = random_episodes([4, 4], max_len=4, seed=6, dtype=torch.float64)
+    batch = random_episodes([4, 4], max_len=4, seed=6, dtype=torch.float64).exclude(
+        "terminated", "truncated"
+    )  # `done` alone: terminated
     batch["done"][:, 3] = True
     loss_module = ValueLoss(model, target="n_step", n=2, gamma=0.9)
     done_only = loss_module.targets(batch)[0]

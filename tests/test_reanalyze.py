@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -32,15 +30,11 @@ def test_reanalyze_is_the_search_on_each_real_prefix():
     assert torch.equal(agent.reanalyze(episodes, chunk=4), fresh), "chunking changed the result"
 
 
-class _Trainer(SimpleNamespace):
-    """The two things the datamodule reads from its trainer."""
-
-
 @pytest.mark.parametrize("fraction", [0.5, 1.0])
 def test_datamodule_refreshes_that_share_of_each_batch_and_writes_it_back_to_the_replay(fraction):
     agent = _agent()
     data = EmotionDataModule(ENV, num_envs=1, batch_size=4, reanalyze_fraction=fraction, seed=3)
-    data.trainer = _Trainer(lightning_module=agent, global_rank=0)
+    data.connect(agent)
     stored = random_episodes([6, 12, 3, 8, 10], max_len=12, seed=2)
     data.replay.extend(stored)
     batch = data._sample_batch()

@@ -21,7 +21,8 @@ from tensordict import TensorDict
 
 from emotion_rl import EmotionAgent, EmotionMCTS, cli, viz
 from emotion_rl.cli import add_tensorboard, tensorboard_available
-from emotion_rl.data import discounted_returns, make_env
+from emotion_rl.envs import make_env
+from emotion_rl.episodes import discounted_returns
 from emotion_rl.rollout import play
 from emotion_rl.viz import (
     draw_search_tree,
@@ -283,11 +284,6 @@ def test_play_episode_records_the_packages_own_rollout_of_the_policy():
     torch.testing.assert_close(record.reward, steps["next", "reward"].reshape(-1))
     assert torch.equal(record.action, steps["action"]) and torch.equal(record.emotion, steps["emotion"])
     assert record.terminated == bool(steps["next", "terminated"][-1])
-
-
-def test_play_episode_refuses_more_steps_than_the_context():
-    with pytest.raises(ValueError, match="context"):
-        play_episode(tiny_agent(max_episode_steps=10), "CartPole-v1", max_steps=50)
 
 
 def test_episode_outputs_are_the_model_outputs_at_each_real_step():

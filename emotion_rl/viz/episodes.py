@@ -23,7 +23,8 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError(f"emotion_rl.viz needs pillow ({error}); install it with: pip install -e '.[viz]'") from error
 
-from emotion_rl.data import discounted_returns, make_env
+from emotion_rl.envs import make_env
+from emotion_rl.episodes import discounted_returns
 from emotion_rl.history import NONE, window_index
 from emotion_rl.rollout import play
 from emotion_rl.viz.style import CARTPOLE_OBSERVATION, Figure, emotion_color
@@ -126,18 +127,12 @@ def play_episode(
 
     ``greedy``: argmax emotion and action (the evaluation policy); otherwise the agent's temperature and action
     sampling, seeded by ``seed``. The episode ends at termination, at the env's time limit, or after
-    ``max_steps`` (default: the env's limit, capped at what the model's context holds unless the policy plans on
-    a window of recent steps). ``render`` keeps one ``rgb_array`` frame per step (the state the step acted in).
+    ``max_steps`` (default: the env's limit; a policy plans on its last ``context_window`` steps, decision 15).
+    ``render`` keeps one ``rgb_array`` frame per step (the state the step acted in).
     """
     policy = _as_policy(agent, greedy, seed)
-    context = getattr(policy, "context_length", None)  # real steps the policy's history holds
-    if getattr(policy, "history_window", False):
-        context = None  # a windowed policy (context_window) plays episodes of any length
-    limit = gymnasium.spec(env_id).max_episode_steps
     if max_steps is None:
-        max_steps = min(x for x in (limit, context) if x is not None)
-    elif context is not None and max_steps > context:
-        raise ValueError(f"max_steps={max_steps} does not fit the model's context ({context} real steps at most)")
+        max_steps = gymnasium.spec(env_id).max_episode_steps
     env = make_env(env_id, 1, seed=seed, categorical_action_encoding=True)
     frames: list[np.ndarray] = []
     try:
@@ -215,12 +210,12 @@ def episode_outputs(model: torch.nn.Module, record: EpisodeRecord) -> TensorDict
     ``values`` ``[T, E]``, ``action_logits`` ``[T, E, A]``, ``dynamics`` ``[T, E, obs]``; one causal pass gives
     ``h_t`` for every step (decision 11), the same ``h_t`` the search saw. An episode longer than the model's
     context (an agent with ``context_window``) is read as the policy read it: ``h_t`` from the window of the last
-    ``context_length - 1`` real steps ending at ``t``, all windows in one batch."""
+    ``context_window`` real steps ending at ``t``, all windows in one batch."""
     was_training = model.training
     model.eval()
     try:
         dtype = next(model.parameters()).dtype
-        length, window = record.length, model.context_length - 1
+        length, window = record.length, model.context_window
         steps = torch.arange(length)
         if length <= window:  # the whole episode; entry t's action, emotion and reward only feed token t + 1
             index, valid = steps.unsqueeze(0), torch.ones(1, length, dtype=torch.bool)

@@ -16,9 +16,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from conftest import CONFIG, TINY  # noqa: E402
-
 from emotion_rl.cli import main  # noqa: E402
+
+from conftest import CONFIG, TINY  # noqa: E402
 
 RUNS = {
     "shipped": [],

@@ -1,0 +1,358 @@
+"""EmotionDataModule: the Lightning face of the data side (self-play stream, replay, evaluation, checkpoints)."""
+
+from __future__ import annotations
+
+import atexit
+from collections.abc import Callable, Iterator
+
+import torch
+from lightning import LightningDataModule
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModuleBase
+from torch.utils.data import DataLoader, IterableDataset
+from torchrl.collectors import MultiCollector
+from torchrl.envs import EnvBase
+
+from emotion_rl.checkpoint import CheckpointError, rng_state, set_rng_state
+from emotion_rl.envs import make_env, probe_env
+from emotion_rl.episodes import EpisodeAssembler
+from emotion_rl.replay import WINDOW_WEIGHTINGS, EpisodeReplay
+from emotion_rl.rollout import evaluate_policy
+from emotion_rl.selfplay import (
+    Reanalyzer,
+    SelfPlayAgent,
+    SelfPlayCounters,
+    make_collector,
+    self_play,
+    shutdown_collector,
+)
+
+__all__ = ["EmotionDataModule"]
+
+
+class _Stream(IterableDataset):
+    """An IterableDataset whose iterator is produced by a callable (so it reads the datamodule's live state)."""
+
+    def __init__(self, make_iterator: Callable[[], Iterator[TensorDict]]) -> None:
+        super().__init__()
+        self._make_iterator = make_iterator
+
+    def __iter__(self) -> Iterator[TensorDict]:
+        return self._make_iterator()
+
+
+def _identity(batch: TensorDict) -> TensorDict:
+    return batch
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"EmotionDataModule: {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class EmotionDataModule(LightningDataModule):
+    """Self-play data for the emotion MCTS agent (spec 5); the data flow is described in docs/data.md.
+
+    Args:
+        env_id: gymnasium env id (1-D Box observations, Discrete actions).
+        num_envs: envs stepped together (one batched search per step).
+        frames_per_batch: env steps per collection over all envs (rounded up to a multiple of ``num_envs``).
+        batch_size: episodes (windows, with ``context_window``) per training batch.
+        updates_per_collection: training batches after each collection (spec 5 steps 8-9, decision 16).
+        replay_capacity: episodes kept (FIFO).
+        warmup_episodes: finished episodes needed before the first training batch (at least 1).
+        gamma: discount of the returns (spec 2.2.2).
+        seed: env and stream seed; rank r uses ``seed + r``; evaluation envs ``seed + 10_000``.
+        val_episodes: greedy episodes per validation / test (one env each, its first episode).
+        time_limit: overrides the env's registered episode limit (and the stored episode length).
+        collector_workers: 0 collects in this process; N collects in N worker processes (no exact resume).
+        reanalyze_fraction: share of each whole-episode batch whose search targets are recomputed by the agent
+            (``Reanalyzer``) and written back to the replay; 0 (off) by default.
+        context_window: ``None``: whole episodes (spec 1.3). ``K``: batches of windows of up to ``K`` steps, the
+            history a policy with ``context_window=K`` planned on (decision 15); the CLI links it into the agent.
+        window_weighting: ``"end"`` (default): window ends uniform over stored steps, every valid step weighs 1, so
+            an episode's last steps weigh less. ``"uniform"``: windows also carry ``weight`` (every stored step the
+            same expected weight; :meth:`EpisodeReplay.sample_windows`). Whole episodes are uniform already.
+
+    The agent is handed over with :meth:`connect` (the CLI does), or taken from the trainer's LightningModule in
+    :meth:`setup`. Training batch: ``{"episodes": [B, L] (EPISODE_KEYS), "stats": []}``; validation / test batch:
+    ``{"episode_return": [val_episodes], "episode_length": [val_episodes]}``.
+    """
+
+    def __init__(
+        self,
+        env_id: str = "CartPole-v1",
+        num_envs: int = 8,
+        frames_per_batch: int = 256,
+        batch_size: int = 16,
+        updates_per_collection: int = 4,
+        replay_capacity: int = 1000,
+        warmup_episodes: int = 16,
+        gamma: float = 0.99,
+        seed: int = 0,
+        val_episodes: int = 10,
+        time_limit: int | None = None,
+        collector_workers: int = 0,
+        reanalyze_fraction: float = 0.0,
+        context_window: int | None = None,
+        window_weighting: str = "end",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.env_id = env_id
+        self.num_envs = _check_int("num_envs", num_envs, 1)
+        self.frames_per_batch = _check_int("frames_per_batch", frames_per_batch, 1)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.updates_per_collection = _check_int("updates_per_collection", updates_per_collection, 1)
+        self.replay_capacity = _check_int("replay_capacity", replay_capacity, 1)
+        self.warmup_episodes = _check_int("warmup_episodes", warmup_episodes, 0)
+        if not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"EmotionDataModule: gamma must be in [0, 1], got {gamma!r}")
+        self.gamma = float(gamma)
+        self.seed = _check_int("seed", seed, 0)
+        self.val_episodes = _check_int("val_episodes", val_episodes, 1)
+        self.collector_workers = _check_int("collector_workers", collector_workers, 0)
+        if isinstance(reanalyze_fraction, bool) or not isinstance(reanalyze_fraction, (int, float)):
+            raise ValueError(
+                f"EmotionDataModule: reanalyze_fraction must be a number in [0, 1], got {reanalyze_fraction!r}"
+            )
+        if not 0.0 <= reanalyze_fraction <= 1.0:
+            raise ValueError(f"EmotionDataModule: reanalyze_fraction must be in [0, 1], got {reanalyze_fraction!r}")
+        self.reanalyze_fraction = float(reanalyze_fraction)
+        self.context_window = None if context_window is None else _check_int("context_window", context_window, 1)
+        if self.context_window is not None and self.reanalyze_fraction:
+            raise ValueError(
+                "EmotionDataModule: reanalyze_fraction > 0 needs whole episodes (it re-searches every real prefix "
+                "from step 0); set context_window: null or reanalyze_fraction: 0"
+            )
+        if window_weighting not in WINDOW_WEIGHTINGS:
+            raise ValueError(
+                f"EmotionDataModule: window_weighting must be one of {WINDOW_WEIGHTINGS}, got {window_weighting!r}"
+            )
+        self.window_weighting = window_weighting
+        if self.collector_workers and self.num_envs % self.collector_workers:
+            raise ValueError(
+                f"EmotionDataModule: num_envs ({num_envs}) must be a multiple of collector_workers "
+                f"({collector_workers}): each worker process runs num_envs / collector_workers envs"
+            )
+        self.env_info = probe_env(env_id, time_limit)
+        self.time_limit = time_limit
+        self.agent: SelfPlayAgent | None = None
+        self._connected_explicitly = False
+        self.reanalysed_steps = 0
+        self.policy_rng = torch.Generator()  # the training policy's emotion and action draws
+        self.replay = EpisodeReplay(self.replay_capacity)
+        self._seed_generators(rank=0)
+        self.counters = SelfPlayCounters()
+        self._resumed_rng: dict | None = None
+        self._worker_collectors: list[MultiCollector] = []
+
+    # -------------------------------------------------------------- env facts (linked into the agent by the CLI)
+    @property
+    def obs_dim(self) -> int:
+        return self.env_info.obs_dim
+
+    @property
+    def n_actions(self) -> int:
+        return self.env_info.n_actions
+
+    @property
+    def max_episode_steps(self) -> int:
+        return self.env_info.max_episode_steps
+
+    @property
+    def env_steps(self) -> int:
+        return self.counters.env_steps
+
+    @property
+    def episodes(self) -> int:
+        return self.counters.episodes
+
+    @property
+    def stream_starts(self) -> int:
+        return self.counters.stream_starts
+
+    # -------------------------------------------------------------- the agent
+    def connect(self, agent: SelfPlayAgent) -> EmotionDataModule:
+        """Hand over the agent whose policies play (``make_policy(greedy)``) and, with ``reanalyze_fraction``,
+        which reanalyses (``Reanalyzer``). Returns ``self``."""
+        self._connect(agent, "the connected agent")
+        self._connected_explicitly = True
+        return self
+
+    def _connect(self, agent: object, name: str) -> None:
+        if not isinstance(agent, SelfPlayAgent):
+            raise TypeError(f"EmotionDataModule: {name} ({type(agent).__name__}) has no make_policy(greedy)")
+        if self.reanalyze_fraction and not isinstance(agent, Reanalyzer):
+            raise TypeError(
+                f"EmotionDataModule: reanalyze_fraction > 0 needs an agent with reanalyze(episodes) and device; "
+                f"{name} ({type(agent).__name__}) lacks them. Set reanalyze_fraction: 0"
+            )
+        self.agent = agent
+
+    def _rank(self) -> int:
+        trainer = self.trainer
+        return int(getattr(trainer, "global_rank", 0) or 0) if trainer is not None else 0
+
+    def _seed_generators(self, rank: int) -> None:
+        self.policy_rng.manual_seed(self.seed + rank)
+        self.replay.seed(self.seed + rank + 1_000_003)
+
+    def setup(self, stage: str) -> None:
+        """Seed the stream's generators for this rank (a checkpoint loaded afterwards replaces them). Without an
+        explicitly connected agent, connect the trainer's LightningModule (it must be a ``SelfPlayAgent``)."""
+        self._seed_generators(self._rank())
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        if module is None:
+            return
+        if not self._connected_explicitly:
+            self._connect(module, "the trainer's LightningModule")
+        elif module is not self.agent:
+            raise ValueError(
+                "EmotionDataModule: the trainer fits another LightningModule than the agent connected with "
+                "connect(); connect the module you fit"
+            )
+
+    def make_policy(self, greedy: bool) -> TensorDictModuleBase:
+        """A fresh policy from the connected agent (one per stream: each keeps its own histories)."""
+        if self.agent is None:
+            raise RuntimeError(
+                "EmotionDataModule has no agent: call connect(agent) or fit it with a Trainer whose "
+                "LightningModule has make_policy(greedy)"
+            )
+        return self.agent.make_policy(greedy=greedy)
+
+    def _check_context(self, policy: TensorDictModuleBase) -> None:
+        """Refuse a policy that plans on other histories than the batches hold (decision 15)."""
+        keeps = getattr(policy, "context_window", None)
+        if keeps is None:
+            return
+        if self.context_window is not None and keeps != self.context_window:
+            raise ValueError(
+                f"the datamodule trains on windows of context_window={self.context_window} steps but the policy "
+                f"plans on {keeps}; give the agent the same context_window (the CLI links data.context_window into "
+                "the model)"
+            )
+        if self.context_window is None and keeps < self.max_episode_steps:
+            raise ValueError(
+                f"the policy plans on histories of up to {keeps} steps but {self.env_id}'s episodes last up to "
+                f"{self.max_episode_steps} steps (time limit), and the datamodule trains on whole episodes; give the "
+                f"agent max_episode_steps={self.max_episode_steps} and context_window: null, or set "
+                f"data.context_window: {keeps} (windows)"
+            )
+
+    def make_env(self, num_envs: int, seed: int) -> EnvBase:
+        """``num_envs`` envs of this datamodule's env id and time limit (:func:`~emotion_rl.envs.make_env`)."""
+        return make_env(self.env_id, num_envs, seed=seed, max_episode_steps=self.time_limit)
+
+    # -------------------------------------------------------------- training stream
+    def _training_batches(self) -> Iterator[TensorDict]:
+        env_seed = self.seed + self._rank() + 100_003 * self.counters.stream_starts
+        self.counters.stream_starts += 1
+        policy = self.make_policy(greedy=False)
+        self._check_context(policy)
+        policy_rng_state = self.policy_rng.get_state()
+        collector = make_collector(
+            policy,
+            self.env_id,
+            self.num_envs,
+            self.frames_per_batch,
+            env_seed,
+            workers=self.collector_workers,
+            time_limit=self.time_limit,
+            generator=self.policy_rng,
+        )
+        if isinstance(collector, MultiCollector):
+            self._worker_collectors.append(collector)  # the workers are not daemons: shut down at teardown or exit
+            if len(self._worker_collectors) == 1:
+                atexit.register(self._shutdown_workers)
+        # Undo the policy call the collector makes at construction (docs/data.md, "Resuming").
+        policy.frames.fill_(self.counters.env_steps)
+        self.policy_rng.set_state(policy_rng_state)
+        if self._resumed_rng is not None:
+            set_rng_state(self._resumed_rng)
+            self._resumed_rng = None
+        assembler = EpisodeAssembler(self.max_episode_steps, self.gamma)
+        yield from self_play(
+            collector,
+            policy,
+            assembler,
+            self.replay,
+            self.counters,
+            self._sample_batch,
+            self.warmup_episodes,
+            self.updates_per_collection,
+        )
+
+    def _sample_batch(self) -> TensorDict:
+        """A training batch: windows (``context_window``) or whole episodes, ``reanalyze_fraction`` of them
+        reanalysed by the agent first (and written back to the replay)."""
+        if self.context_window is not None:
+            return self.replay.sample_windows(self.batch_size, self.context_window, self.window_weighting)
+        if not self.reanalyze_fraction:
+            return self.replay.sample(self.batch_size)
+        sampled = self.replay.sample(self.batch_size, with_index=True)
+        episodes, index = sampled["episodes"], sampled["index"]
+        count = max(1, round(self.reanalyze_fraction * self.batch_size))
+        if not isinstance(self.agent, Reanalyzer):
+            raise RuntimeError("EmotionDataModule: reanalyze_fraction > 0 needs a connected agent with reanalyze()")
+        fresh = self.agent.reanalyze(episodes[:count].to(self.agent.device)).to(episodes.device)
+        episodes.get("visit_distribution")[:count] = fresh
+        self.replay.refresh(index[:count], "visit_distribution", fresh)
+        self.reanalysed_steps += int(episodes.get("mask")[:count].sum())
+        return episodes
+
+    def _shutdown_workers(self) -> None:
+        while self._worker_collectors:
+            shutdown_collector(self._worker_collectors.pop())
+
+    def teardown(self, stage: str) -> None:
+        self._shutdown_workers()
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Stream(self._training_batches), batch_size=None, collate_fn=_identity)
+
+    # -------------------------------------------------------------- evaluation stream
+    def _evaluation(self) -> Iterator[TensorDict]:
+        policy = self.make_policy(greedy=True)
+        self._check_context(policy)
+        env = self.make_env(self.val_episodes, self.seed + 10_000)
+        try:
+            result = evaluate_policy(env, policy, self.max_episode_steps)
+        finally:
+            env.close()
+        yield result
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Stream(self._evaluation), batch_size=None, collate_fn=_identity)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(_Stream(self._evaluation), batch_size=None, collate_fn=_identity)
+
+    # -------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict:
+        """What the stream needs to continue (docs/data.md, "Resuming"); loads with ``weights_only=True``."""
+        return {
+            "replay": self.replay.state_dict(),
+            "policy_rng": self.policy_rng.get_state(),
+            "env_steps": self.counters.env_steps,
+            "episodes": self.counters.episodes,
+            "stream_starts": self.counters.stream_starts,
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        missing = {"replay", "policy_rng", "env_steps", "episodes", "stream_starts", "rng"} - set(state_dict)
+        if missing:
+            raise CheckpointError(
+                f"the checkpoint's EmotionDataModule state lacks {sorted(missing)}: it was written by another version "
+                "of emotion_rl or another datamodule. Start a new run, or load only the model weights with "
+                "EmotionAgent.load_from_checkpoint."
+            )
+        self.replay.load_state_dict(state_dict["replay"])
+        self.policy_rng.set_state(state_dict["policy_rng"])
+        self.counters = SelfPlayCounters(
+            int(state_dict["env_steps"]), int(state_dict["episodes"]), int(state_dict["stream_starts"])
+        )
+        self._resumed_rng = state_dict["rng"]  # restored when the training stream starts (_training_batches)

@@ -1,0 +1,140 @@
+"""Episodes: collector batches cut into whole stored episodes with their returns (spec 2.2.2, 3.3)."""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+
+__all__ = ["EpisodeAssembler", "discounted_returns"]
+
+
+def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``G_t = sum_{t' >= t} gamma^(t' - t) r_t'`` over one whole episode ``[L]`` (spec 2.2.2), float64 sums.
+
+    Literal: the sum stops at the episode's last step, also when it was truncated (no bootstrap).
+    """
+    values = rewards.detach().to("cpu", torch.float64).tolist()
+    out = [0.0] * len(values)
+    running = 0.0
+    for t in range(len(values) - 1, -1, -1):
+        running = values[t] + gamma * running
+        out[t] = running
+    return torch.tensor(out, dtype=torch.float32, device=rewards.device)
+
+
+class EpisodeAssembler:
+    """Cut collector batches into whole episodes (spec 3.3: states, actions, emotions, rewards, search targets).
+
+    ``ingest(batch)`` takes a collector batch ``[n_envs, steps]`` (or ``[steps]``) and returns the episodes that
+    ended in it, ``[K, max_len]`` with :data:`~emotion_rl.history.EPISODE_KEYS` (right-padded with zeros, ``mask``
+    True on the valid prefix, ``action`` categorical), or ``None``. An episode runs from a step with ``is_init`` to
+    a step with ``next/done``; each env's unfinished tail is continued by the next batch. Steps whose start was
+    never seen, or cut by a reset without ``done``, are dropped and counted in ``dropped_steps``. ``terminated``
+    and ``truncated`` come from ``next/terminated`` and ``next/truncated`` (absent: ``done & ~truncated``, False).
+    """
+
+    def __init__(self, max_len: int, gamma: float = 0.99) -> None:
+        if int(max_len) < 1:
+            raise ValueError(f"EpisodeAssembler: max_len must be >= 1, got {max_len}")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"EpisodeAssembler: gamma must be in [0, 1], got {gamma}")
+        self.max_len = int(max_len)
+        self.gamma = float(gamma)
+        self._open: dict[int, list[TensorDict] | None] = {}
+        self.dropped_steps = 0
+        self.finished_returns: list[float] = []  # undiscounted returns of episodes emitted since the last drain
+        self.finished_lengths: list[int] = []
+
+    def reset(self) -> None:
+        """Forget unfinished episodes (e.g. when the env is rebuilt)."""
+        self._open.clear()
+
+    def drain_finished(self) -> tuple[list[float], list[int]]:
+        """Undiscounted returns and lengths of the episodes emitted since the previous call."""
+        returns, lengths = self.finished_returns, self.finished_lengths
+        self.finished_returns, self.finished_lengths = [], []
+        return returns, lengths
+
+    @staticmethod
+    def _steps(batch: TensorDictBase) -> TensorDict:
+        n_dims = batch.batch_dims
+        action = batch.get("action")
+        if action.ndim > n_dims:  # one-hot encoded
+            action = action.argmax(-1)
+
+        def flat(key, default=None):
+            value = batch.get(key, default)
+            return value.reshape(batch.batch_size) if value.ndim > n_dims else value
+
+        done = flat(("next", "done")).bool()
+        truncated = flat(("next", "truncated"), torch.zeros_like(done)).bool()
+        terminated = flat(("next", "terminated"), done & ~truncated).bool()
+
+        return TensorDict(
+            {
+                "observation": batch.get("observation").float(),
+                "next_observation": batch.get(("next", "observation")).float(),
+                "action": action.long(),
+                "emotion": batch.get("emotion").long(),
+                "reward": flat(("next", "reward")).float(),
+                "done": done,
+                "terminated": terminated,
+                "truncated": truncated,
+                "visit_distribution": batch.get("visit_distribution").float(),
+                "is_init": flat("is_init").bool(),
+            },
+            batch_size=batch.batch_size,
+        ).clone()  # own memory: unfinished episodes outlive the collector's batch
+
+    def ingest(self, batch: TensorDictBase) -> TensorDict | None:
+        if batch.batch_dims == 1:
+            batch = batch.unsqueeze(0)
+        if batch.batch_dims != 2:
+            raise ValueError(f"EpisodeAssembler.ingest expects [n_envs, steps] batches, got {tuple(batch.batch_size)}")
+        steps = self._steps(batch).to("cpu")
+        n_envs, n_steps = steps.batch_size
+        episodes: list[TensorDict] = []
+        starts = steps.get("is_init").tolist()
+        ends = steps.get("done").tolist()
+        for env in range(n_envs):
+            chunks = self._open.get(env)
+            begin = 0  # first step of the current piece in this batch
+            for t in range(n_steps):
+                if starts[env][t]:
+                    if chunks is not None or t > begin:  # unfinished episode cut by a reset, or an unseen start
+                        self.dropped_steps += sum(c.batch_size[0] for c in chunks or []) + (t - begin)
+                    chunks, begin = [], t
+                if ends[env][t]:
+                    if chunks is None:  # its start was never seen
+                        self.dropped_steps += t + 1 - begin
+                    else:
+                        chunks.append(steps[env, begin : t + 1])
+                        episodes.append(self._finish(torch.cat(chunks, 0)))
+                    chunks, begin = None, t + 1
+            if chunks is not None:
+                if n_steps > begin:
+                    chunks.append(steps[env, begin:])
+            elif n_steps > begin:
+                self.dropped_steps += n_steps - begin
+            self._open[env] = chunks
+        if not episodes:
+            return None
+        return torch.stack(episodes, 0)
+
+    def _finish(self, episode: TensorDict) -> TensorDict:
+        length = episode.batch_size[0]
+        if length > self.max_len:
+            raise RuntimeError(
+                f"EpisodeAssembler: an episode of {length} steps exceeds max_len {self.max_len} "
+                "(max_episode_steps of the env); raise max_episode_steps or check the env's time limit"
+            )
+        reward = episode.get("reward")
+        self.finished_returns.append(float(reward.double().sum()))
+        self.finished_lengths.append(length)
+        out = episode.exclude("is_init")
+        out.set("return", discounted_returns(reward, self.gamma))
+        out.set("mask", torch.ones(length, dtype=torch.bool))
+        pad = self.max_len - length
+        if pad:
+            out = out.apply(lambda x: torch.cat([x, x.new_zeros((pad, *x.shape[1:]))], 0), batch_size=[self.max_len])
+        return out

@@ -1,0 +1,174 @@
+"""The self-play training stream (spec 5): collect with the policy, store whole episodes, yield training batches."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModuleBase
+from torchrl.collectors import Collector, MultiCollector
+
+from emotion_rl.envs import make_env
+from emotion_rl.episodes import EpisodeAssembler
+from emotion_rl.replay import EpisodeReplay
+
+__all__ = [
+    "CollectionStats",
+    "Reanalyzer",
+    "SelfPlayAgent",
+    "SelfPlayCounters",
+    "make_collector",
+    "self_play",
+    "shutdown_collector",
+]
+
+
+@runtime_checkable
+class SelfPlayAgent(Protocol):
+    """What the data side needs from the learner: a fresh policy to act with (``EmotionAgent`` is one)."""
+
+    def make_policy(self, greedy: bool = False) -> TensorDictModuleBase: ...
+
+
+@runtime_checkable
+class Reanalyzer(Protocol):
+    """A learner that can recompute the search targets of stored episodes (``reanalyze_fraction > 0``)."""
+
+    device: torch.device
+
+    def reanalyze(self, episodes: TensorDict) -> torch.Tensor: ...
+
+
+@dataclass
+class SelfPlayCounters:
+    """Totals of this process, saved in checkpoints: env steps (they place the temperature schedule), finished
+    episodes, and training streams started (they offset the env seeds of the next stream)."""
+
+    env_steps: int = 0
+    episodes: int = 0
+    stream_starts: int = 0
+
+
+class CollectionStats:
+    """What was collected since the previous training batch: emotion usage, finished episodes' mean return."""
+
+    def __init__(self) -> None:
+        self.emotion_counts: torch.Tensor | None = None
+        self.n_emotions = 0
+
+    def add(self, batch: TensorDict) -> None:
+        """Count the emotions of a collector batch ``[n_envs, steps]``."""
+        self.n_emotions = batch.get("visit_distribution").shape[-1]
+        counts = torch.bincount(batch.get("emotion").reshape(-1).to("cpu"), minlength=self.n_emotions).double()
+        self.emotion_counts = counts if self.emotion_counts is None else self.emotion_counts + counts
+
+    def take(self, returns: list[float], counters: SelfPlayCounters, temperature: float) -> TensorDict:
+        """The ``stats`` of a training batch (NaN where nothing new was collected); starts a new tally."""
+        episode_return = sum(returns) / len(returns) if returns else math.nan
+        if self.emotion_counts is not None and self.emotion_counts.sum() > 0:
+            usage = (self.emotion_counts / self.emotion_counts.sum()).float()
+        else:
+            usage = torch.full((self.n_emotions,), math.nan)
+        self.emotion_counts = None
+        return TensorDict(
+            {
+                "env_steps": torch.tensor(counters.env_steps, dtype=torch.long),
+                "episodes": torch.tensor(counters.episodes, dtype=torch.long),
+                "episode_return": torch.tensor(episode_return, dtype=torch.float32),
+                "emotion_usage": usage,
+                "temperature": torch.tensor(temperature, dtype=torch.float32),
+            },
+            batch_size=[],
+        )
+
+
+def make_collector(
+    policy: TensorDictModuleBase,
+    env_id: str,
+    num_envs: int,
+    frames_per_batch: int,
+    env_seed: int,
+    workers: int = 0,
+    time_limit: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Collector | MultiCollector:
+    """The training collector over ``num_envs`` envs: a ``Collector`` in this process (``workers=0``; the policy
+    draws from ``generator``), or a synchronous ``MultiCollector`` over ``workers`` processes (``num_envs /
+    workers`` envs each, seeded from ``env_seed``; their draws come from their own torch RNG)."""
+    frames_per_batch = -(-frames_per_batch // num_envs) * num_envs
+    if not workers:
+        env = make_env(env_id, num_envs, seed=env_seed, max_episode_steps=time_limit)
+        policy.action_spec = env.action_spec
+        if hasattr(policy, "generator"):
+            policy.generator = generator
+        return Collector(env, policy, frames_per_batch=frames_per_batch, total_frames=-1)
+    make_worker_env = functools.partial(make_env, env_id, num_envs // workers, max_episode_steps=time_limit)
+    probe = make_worker_env()
+    policy.action_spec = probe.action_spec.clone()
+    if not probe.is_closed:
+        probe.close()
+    if hasattr(policy, "generator"):
+        policy.generator = None  # each worker draws from its own seeded torch RNG
+    collector = MultiCollector(
+        [make_worker_env] * workers, policy, frames_per_batch=frames_per_batch, total_frames=-1, sync=True
+    )
+    collector.set_seed(env_seed)
+    return collector
+
+
+def shutdown_collector(collector: Collector | MultiCollector) -> None:
+    """Best-effort shutdown at teardown or interpreter exit, weight-sync schemes included (see docs/data.md)."""
+    try:
+        collector.shutdown(raise_on_error=False)
+        for scheme in (getattr(collector, "_weight_sync_schemes", None) or {}).values():
+            scheme.shutdown()
+    except Exception:  # noqa: BLE001 - best effort at teardown / interpreter exit
+        pass
+
+
+def self_play(
+    collector: Collector | MultiCollector,
+    policy: TensorDictModuleBase,
+    assembler: EpisodeAssembler,
+    replay: EpisodeReplay,
+    counters: SelfPlayCounters,
+    sample_batch: Callable[[], TensorDict],
+    warmup_episodes: int,
+    updates_per_collection: int,
+) -> Iterator[TensorDict]:
+    """The training stream (spec 5 steps 1-9): after every collection, once the replay holds ``warmup_episodes``
+    episodes (at least one), ``updates_per_collection`` batches ``{"episodes": sample_batch(), "stats"}``.
+
+    A ``MultiCollector``'s workers get the learner's weights (and temperature) after each collection's updates.
+    The collector is shut down when the stream ends.
+    """
+    stats = CollectionStats()
+    try:
+        for batch in collector:
+            if batch.batch_dims > 2:  # MultiCollector: [workers, envs per worker, steps] -> [envs, steps]
+                batch = batch.reshape(-1, batch.batch_size[-1])
+            stats.add(batch)
+            counters.env_steps += batch.numel()
+            episodes = assembler.ingest(batch)
+            if episodes is not None:
+                replay.extend(episodes)
+                counters.episodes += episodes.batch_size[0]
+            if len(replay) < max(warmup_episodes, 1):
+                continue
+            for _ in range(updates_per_collection):
+                returns, _lengths = assembler.drain_finished()
+                batch_stats = stats.take(returns, counters, policy.temperature)
+                yield TensorDict({"episodes": sample_batch(), "stats": batch_stats}, batch_size=[])
+            if isinstance(collector, MultiCollector):
+                policy.frames.fill_(counters.env_steps)
+                collector.update_policy_weights_()
+    finally:
+        try:
+            collector.shutdown()
+        except ImportError:  # the stream was dropped at interpreter exit: nothing left to release
+            pass
