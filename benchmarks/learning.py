@@ -10,26 +10,44 @@ Every run, emotion agent or baseline, follows one protocol:
 2. Evaluate the final agent greedily on ``--final-episodes`` fresh episodes (other start states).
 
 It reports, per run: environment steps and wall time to reach the threshold (wall time of training: collection
-and updates, the evaluations excluded; ``wall_with_evals_s`` in the curve includes them), and the final mean
-return. A run "solves" the task when its final
-evaluation is at or above the threshold.
+and updates, the evaluations excluded; ``wall_with_evals_s`` in the curve includes them), the training wall time
+per env step, and the final mean return. A run "solves" the task when its final evaluation is at or above the
+threshold.
 
     python benchmarks/learning.py --seeds 0 1 2 3 4 --variants emotion ppo
     python benchmarks/learning.py --seeds 0 1 2 --variants literal one_emotion sims8 sims25
+    python benchmarks/learning.py --env-id Acrobot-v1 --seeds 0 1 2 --variants emotion ppo
+    python benchmarks/learning.py --seeds 0 1 2 --variant fast=--model.num_simulations=8,--model.max_depth=2
+    python benchmarks/learning.py --cost-only --variants emotion sims8          # seconds per env step, side by side
     python benchmarks/plot_learning.py benchmarks/results/learning   # README table and learning-curve image
 
+Environment: the config's ``data.env_id`` (``--env-id`` overrides it, for the agent and the baseline). The
+threshold, budget and evaluation interval default per environment (``ENVS``: CartPole-v1 475 within 30k env
+steps, Acrobot-v1 -100 within 50k, ...; an env not listed takes Gymnasium's registered reward threshold); the
+flags override them. Results go to ``benchmarks/results/learning/<env id>/`` unless ``--out`` says otherwise
+(CartPole-v1 results of earlier versions, directly in ``benchmarks/results/learning/``, still count as done).
+
 Variants: ``emotion`` is the config as shipped; ``literal``, ``one_emotion``, ``sims8``, ``sims25``, ``sims50``
-are the config with one setting changed (the ablations); ``ppo`` is stable-baselines3 PPO with the RL Zoo's
-CartPole-v1 hyperparameters (``pip install -e .[benchmark]``). Runs go ``--jobs`` at a time, each in its own
-process on one torch thread; every finished run writes ``<out>/<variant>_s<seed>.json``, and a rerun skips the
-runs whose result exists (``--force`` redoes them).
+are the config with one setting changed (the ablations, ``ABLATIONS``); ``--variant NAME=--a.b=1,--c.d=2``
+(repeatable) adds a variant of the config with those command-line overrides, without editing this file; ``ppo``
+is stable-baselines3 PPO with the RL Zoo's hyperparameters for the environment (``PPO_ZOO``, from the
+DLR-RM/rl-baselines3-zoo repository's ``hyperparams/ppo.yml``; ``pip install -e .[benchmark]``). Runs go
+``--jobs`` at a time, each in its own process on one torch thread; every finished run writes
+``<out>/<variant>_s<seed>.json`` (with the variant's overrides), and a rerun skips the runs whose result exists
+(``--force`` redoes them).
+
+``--cost-only`` measures the cost of an env step instead: the two variants given run side by side (two processes
+at once, same seed) for ``--cost-steps`` env steps, with no evaluation, and ``<out>/cost/<a>_vs_<b>_s<seed>.json``
+records each one's training wall seconds per env step (collection and updates).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -37,6 +55,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "learning"
+LEGACY_ENV = "CartPole-v1"
+"""The env of result files written directly in ``RESULTS`` (and of result files that name no env)."""
 
 ABLATIONS: dict[str, list[str]] = {
     "emotion": [],
@@ -50,6 +71,107 @@ ABLATIONS: dict[str, list[str]] = {
 
 BASELINES = ("ppo",)
 
+ENVS: dict[str, dict] = {
+    "CartPole-v1": {"threshold": 475.0, "budget": 30_000, "eval_every": 1_000},
+    "Acrobot-v1": {"threshold": -100.0, "budget": 50_000, "eval_every": 2_000},
+    "MountainCar-v0": {"threshold": -110.0, "budget": 200_000, "eval_every": 5_000},
+    "LunarLander-v3": {"threshold": 200.0, "budget": 500_000, "eval_every": 10_000},
+}
+"""Protocol defaults per environment: the threshold is Gymnasium's registered reward threshold."""
+OTHER_ENV = {"budget": 100_000, "eval_every": 1_000}
+"""Defaults for an environment not in ``ENVS`` (its threshold: Gymnasium's registered one, or ``--threshold``)."""
+
+PPO_ZOO: dict[str, dict] = {
+    "CartPole-v1": {
+        "n_envs": 8,
+        "n_timesteps": 100_000,
+        "normalize": False,
+        "n_steps": 32,
+        "batch_size": 256,
+        "gae_lambda": 0.8,
+        "gamma": 0.98,
+        "n_epochs": 20,
+        "ent_coef": 0.0,
+        "learning_rate": "lin_0.001",
+        "clip_range": "lin_0.2",
+    },
+    "Acrobot-v1": {
+        "n_envs": 16,
+        "n_timesteps": 1_000_000,
+        "normalize": True,
+        "n_steps": 256,
+        "gae_lambda": 0.94,
+        "gamma": 0.99,
+        "n_epochs": 4,
+        "ent_coef": 0.0,
+    },
+    "MountainCar-v0": {
+        "n_envs": 16,
+        "n_timesteps": 1_000_000,
+        "normalize": True,
+        "n_steps": 16,
+        "gae_lambda": 0.98,
+        "gamma": 0.99,
+        "n_epochs": 4,
+        "ent_coef": 0.0,
+    },
+    "LunarLander-v3": {
+        "n_envs": 16,
+        "n_timesteps": 1_000_000,
+        "normalize": False,
+        "n_steps": 1024,
+        "batch_size": 64,
+        "gae_lambda": 0.98,
+        "gamma": 0.999,
+        "n_epochs": 4,
+        "ent_coef": 0.01,
+    },
+}
+"""The RL Zoo's PPO hyperparameters per env (DLR-RM/rl-baselines3-zoo, ``hyperparams/ppo.yml``): ``n_envs``
+vectorized copies of the env, linear schedules written ``lin_<initial value>`` over the Zoo's ``n_timesteps``,
+``normalize`` = a ``VecNormalize`` of observations and rewards (discounted with the run's ``gamma``; the evaluation
+envs normalize observations only, with the training statistics). Unlisted settings are stable-baselines3's
+defaults. An env not listed here gets the Zoo's ``default`` entry: stable-baselines3's PPO defaults, one env."""
+PPO_DEFAULT = {"n_envs": 1, "n_timesteps": 1_000_000, "normalize": False}
+
+NO_EVALUATION = 10**12
+"""``--eval-every`` of a cost run: no evaluation happens within its budget."""
+
+
+# ---------------------------------------------------------------------------------------------------- variants
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+    """``NAME=--a.b=1,--c.d=2`` -> ``("NAME", ["--a.b=1", "--c.d=2"])``: an ad-hoc variant of the config.
+
+    Overrides are separated by the commas that start a new ``--`` option, so a value may hold commas
+    (``--model.x=[1,2]``). The name names the result files: letters, digits, ``_``, ``.`` and ``-``.
+    """
+    name, equals, rest = spec.partition("=")
+    if not equals or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise argparse.ArgumentTypeError(
+            f"--variant {spec!r}: expected NAME=--option=value[,--option=value...] with a NAME of letters, digits, "
+            "'_', '.' or '-'"
+        )
+    if name in ABLATIONS or name in BASELINES:
+        raise argparse.ArgumentTypeError(f"--variant {name!r}: the name is taken by a named variant (--variants)")
+    overrides = [token for token in re.split(r",(?=--)", rest) if token]
+    if not overrides or any(not token.startswith("--") for token in overrides):
+        raise argparse.ArgumentTypeError(f"--variant {spec!r}: give one or more --option=value overrides after '='")
+    for token in overrides:
+        option = token.split("=", 1)[0]
+        if option in ("--data.env_id", "--seed_everything", "--data.seed"):
+            raise argparse.ArgumentTypeError(
+                f"--variant {name!r}: {option} is set by the benchmark (--env-id, --seeds), not by a variant"
+            )
+    return name, overrides
+
+
+def overrides_of(args: argparse.Namespace, variant: str) -> list[str]:
+    """The command-line overrides of the config that make ``variant`` (empty for the baselines)."""
+    adhoc = getattr(args, "adhoc", {})
+    if variant in adhoc:
+        return list(adhoc[variant])
+    return list(ABLATIONS.get(variant, []))
+
 
 # ---------------------------------------------------------------------------------------------------- emotion agent
 def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
@@ -58,7 +180,11 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
     from lightning.pytorch.callbacks import Callback, EarlyStopping
 
     from emotion_rl.cli import main
-    from emotion_rl.data import evaluate_policy
+
+    try:
+        from emotion_rl.rollout import evaluate_policy
+    except ImportError:  # before the data package split
+        from emotion_rl.data import evaluate_policy
 
     torch.set_num_threads(1)
 
@@ -94,10 +220,13 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
                 }
             )
 
+    name = f"{variant}_s{seed}" + ("_cost" if args.cost_only else "")
     overrides = [
         "--config",
         args.config,
-        *ABLATIONS[variant],
+        "--data.env_id",
+        args.env_id,
+        *overrides_of(args, variant),
         "--seed_everything",
         str(seed),
         "--data.val_episodes",
@@ -107,7 +236,7 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
         "--trainer.logger.init_args.save_dir",
         str(Path(args.out) / "logs"),
         "--trainer.logger.init_args.name",
-        f"{variant}_s{seed}",
+        name,
         "--trainer.enable_checkpointing",
         "false",
         "--trainer.callbacks",
@@ -122,53 +251,72 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
         1, round(args.eval_every * data.updates_per_collection / data.frames_per_batch)
     )
     record = Record()
-    stop = EarlyStopping("val/return_mean", mode="max", stopping_threshold=args.threshold, patience=10**9)
-    cli.trainer.callbacks.extend([record, stop])
+    cli.trainer.callbacks.append(record)
+    if not args.cost_only:
+        stop = EarlyStopping("val/return_mean", mode="max", stopping_threshold=args.threshold, patience=10**9)
+        cli.trainer.callbacks.append(stop)
     record.start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    train_wall = time.perf_counter() - record.start - record.evaluating_s
-    env_steps = int(data.env_steps)
-    env = data.make_env(args.final_episodes, seed + 20_000)
     try:
-        final = evaluate_policy(env, cli.model.make_policy(greedy=True), data.max_episode_steps)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        train_wall = time.perf_counter() - record.start - record.evaluating_s
+        env_steps = int(data.env_steps)
+        if args.cost_only:
+            return cost_of(variant, seed, env_steps, train_wall, args)
+        env = data.make_env(args.final_episodes, seed + 20_000)
+        try:
+            final = evaluate_policy(env, cli.model.make_policy(greedy=True), data.max_episode_steps)
+        finally:
+            env.close()
     finally:
-        env.close()
         data._shutdown_workers()
     return summarize(variant, seed, record.curve, env_steps, train_wall, final["episode_return"].tolist(), args)
 
 
 # ---------------------------------------------------------------------------------------------------- PPO baseline
+def ppo_hyperparameters(env_id: str) -> dict:
+    """The RL Zoo's PPO settings for ``env_id`` (``PPO_ZOO``), or its default entry for an env it does not tune."""
+    return dict(PPO_ZOO.get(env_id, PPO_DEFAULT))
+
+
+def ppo_kwargs(hyperparameters: dict) -> dict:
+    """``PPO(...)`` keyword arguments of Zoo settings: ``lin_<x>`` strings become linear schedules from ``x``."""
+
+    def linear(initial: float):
+        return lambda progress_remaining: progress_remaining * initial
+
+    kwargs = {}
+    for key, value in hyperparameters.items():
+        if key in ("n_envs", "n_timesteps", "normalize"):
+            continue
+        if isinstance(value, str) and value.startswith("lin_"):
+            value = linear(float(value[len("lin_") :]))
+        kwargs[key] = value
+    return kwargs
+
+
 def run_ppo(args: argparse.Namespace, seed: int) -> dict:
-    """stable-baselines3 PPO with the RL Zoo's CartPole-v1 hyperparameters, under the same protocol."""
+    """stable-baselines3 PPO with the RL Zoo's hyperparameters for the env, under the same protocol."""
     import gymnasium as gym
     import numpy as np
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
 
     torch.set_num_threads(1)
 
-    def linear(initial: float):
-        return lambda progress_remaining: progress_remaining * initial
-
-    env_id = env_id_of(args.config)
-    env = make_vec_env(env_id, n_envs=8, seed=seed)
-    model = PPO(
-        "MlpPolicy",
-        env,
-        n_steps=32,
-        batch_size=256,
-        gae_lambda=0.8,
-        gamma=0.98,
-        n_epochs=20,
-        ent_coef=0.0,
-        learning_rate=linear(0.001),
-        clip_range=linear(0.2),
-        seed=seed,
-        device="cpu",
-        verbose=0,
-    )
+    env_id = args.env_id
+    hyperparameters = ppo_hyperparameters(env_id)
+    n_envs = hyperparameters["n_envs"]
+    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
+    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
+    if hyperparameters["normalize"]:
+        gamma = hyperparameters.get("gamma", 0.99)
+        env = VecNormalize(env, gamma=gamma)
+        # EvalCallback copies the training statistics into it before each evaluation
+        eval_env = VecNormalize(eval_env, gamma=gamma, training=False, norm_reward=False)
+    model = PPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **ppo_kwargs(hyperparameters))
     curve: list[dict] = []
     start = time.perf_counter()
 
@@ -199,18 +347,19 @@ def run_ppo(args: argparse.Namespace, seed: int) -> dict:
                 )
             return keep_going
 
-    eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000)
     evaluation = Evaluate(
         eval_env,
         callback_on_new_best=StopTrainingOnRewardThreshold(reward_threshold=args.threshold, verbose=0),
-        eval_freq=max(1, args.eval_every // 8),  # calls of the callback: one per step of the 8 envs
+        eval_freq=max(1, args.eval_every // n_envs),  # calls of the callback: one per step of the n_envs envs
         n_eval_episodes=args.eval_episodes,
         deterministic=True,
         verbose=0,
     )
-    # The Zoo's linear schedules run over its 100k steps; the budget stops the run (same protocol as the agent).
-    model.learn(total_timesteps=max(args.budget, 100_000), callback=evaluation)
+    # The Zoo's linear schedules run over its n_timesteps; the budget stops the run (same protocol as the agent).
+    model.learn(total_timesteps=max(args.budget, int(hyperparameters["n_timesteps"])), callback=evaluation)
     train_wall = time.perf_counter() - start - evaluation.evaluating_s
+    if args.cost_only:
+        return cost_of("ppo", seed, int(model.num_timesteps), train_wall, args)
 
     returns = []
     final_env = gym.make(env_id)
@@ -218,19 +367,37 @@ def run_ppo(args: argparse.Namespace, seed: int) -> dict:
         obs, _ = final_env.reset(seed=seed + 20_000 + episode)
         total, done = 0.0, False
         while not done:
-            action, _ = model.predict(obs, deterministic=True)
+            seen = env.normalize_obs(obs) if hyperparameters["normalize"] else obs
+            action, _ = model.predict(seen, deterministic=True)
             obs, reward, terminated, truncated, _ = final_env.step(int(np.asarray(action)))
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
-    return summarize("ppo", seed, curve, int(model.num_timesteps), train_wall, returns, args)
+    final_env.close()
+    result = summarize("ppo", seed, curve, int(model.num_timesteps), train_wall, returns, args)
+    result["ppo_hyperparameters"] = hyperparameters
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------- results
 def env_id_of(config: str) -> str:
+    """The config's ``data.env_id`` (the datamodule's default, CartPole-v1, when it names none)."""
     from omegaconf import OmegaConf
 
-    return str(OmegaConf.load(config).data.env_id)
+    return str(OmegaConf.select(OmegaConf.load(config), "data.env_id", default="CartPole-v1"))
+
+
+def env_defaults(env_id: str) -> dict:
+    """Threshold, env-step budget and evaluation interval of the protocol for ``env_id`` (``ENVS``)."""
+    if env_id in ENVS:
+        return dict(ENVS[env_id])
+    import gymnasium
+
+    try:
+        threshold = gymnasium.spec(env_id).reward_threshold
+    except gymnasium.error.Error:
+        threshold = None
+    return {"threshold": threshold, **OTHER_ENV}
 
 
 def summarize(
@@ -241,14 +408,17 @@ def summarize(
     final_mean = sum(final) / len(final)
     return {
         "variant": variant,
+        "overrides": overrides_of(args, variant) if variant not in BASELINES else [],
         "seed": seed,
         "config": args.config,
+        "env_id": getattr(args, "env_id", LEGACY_ENV),
         "threshold": args.threshold,
         "budget": args.budget,
         "eval_episodes": args.eval_episodes,
         "curve": curve,
         "env_steps": env_steps,
         "train_wall_s": wall,
+        "train_s_per_env_step": wall / env_steps if env_steps else None,
         "reached_env_steps": reached["env_steps"] if reached else None,
         "reached_wall_s": reached["wall_s"] if reached else None,
         "final_episodes": len(final),
@@ -258,53 +428,126 @@ def summarize(
     }
 
 
+def cost_of(variant: str, seed: int, env_steps: int, wall: float, args: argparse.Namespace) -> dict:
+    """One cost run's result: training wall seconds (collection and updates) per env step."""
+    return {
+        "variant": variant,
+        "overrides": overrides_of(args, variant) if variant not in BASELINES else [],
+        "seed": seed,
+        "env_steps": env_steps,
+        "train_wall_s": wall,
+        "s_per_env_step": wall / env_steps if env_steps else None,
+    }
+
+
 def print_table(results: list[dict]) -> None:
-    print(f"{'variant':<12} {'seed':>4} {'steps to thr':>12} {'wall to thr':>11} {'trained':>8} {'final mean':>10}")
+    print(
+        f"{'variant':<12} {'seed':>4} {'steps to thr':>12} {'wall to thr':>11} {'trained':>8} {'ms/step':>7} "
+        f"{'final mean':>10}"
+    )
     for r in sorted(results, key=lambda r: (r["variant"], r["seed"])):
         steps = r["reached_env_steps"]
         wall = r["reached_wall_s"]
+        per_step = r["train_wall_s"] / r["env_steps"] * 1000 if r["env_steps"] else float("nan")
         print(
             f"{r['variant']:<12} {r['seed']:>4} {steps if steps is not None else '-':>12} "
-            f"{f'{wall:.0f} s' if wall is not None else '-':>11} {r['env_steps']:>8} {r['final_return_mean']:>10.1f}"
+            f"{f'{wall:.0f} s' if wall is not None else '-':>11} {r['env_steps']:>8} {per_step:>7.2f} "
+            f"{r['final_return_mean']:>10.1f}"
         )
 
 
 # ---------------------------------------------------------------------------------------------------- driver
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the flags and fill the environment's defaults (``ENVS``) for those not given."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "cartpole.yaml"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--variants", nargs="+", default=["emotion", "ppo"], choices=[*ABLATIONS, *BASELINES])
-    parser.add_argument("--budget", type=int, default=30_000, help="env steps at most per run")
+    parser.add_argument("--env-id", help="Gymnasium env of every run (default: the config's data.env_id)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 3 4 (0 with --cost-only)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=[*ABLATIONS, *BASELINES],
+        help="named variants to run (default: emotion ppo; emotion only when --variant is given)",
+    )
+    parser.add_argument(
+        "--variant",
+        dest="adhoc_specs",
+        type=parse_variant,
+        action="append",
+        default=[],
+        metavar="NAME=--OPTION=VALUE[,...]",
+        help="an ad-hoc variant: the config with these overrides (repeatable)",
+    )
+    parser.add_argument("--budget", type=int, help="env steps at most per run (default: per env)")
     parser.add_argument("--max-minutes", type=float, default=10.0, help="training wall time at most per run")
-    parser.add_argument("--threshold", type=float, default=475.0, help="evaluation mean return that solves the task")
-    parser.add_argument("--eval-every", type=int, default=1_000, help="env steps between evaluations")
+    parser.add_argument(
+        "--threshold", type=float, help="evaluation mean return that solves the task (default: per env)"
+    )
+    parser.add_argument("--eval-every", type=int, help="env steps between evaluations (default: per env)")
     parser.add_argument("--eval-episodes", type=int, default=20, help="episodes per evaluation during training")
     parser.add_argument("--final-episodes", type=int, default=100, help="episodes of the final evaluation")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one CPU core each)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learning"))
+    parser.add_argument("--out", help="result folder (default: benchmarks/results/learning/<env id>)")
     parser.add_argument("--force", action="store_true", help="rerun runs whose result file exists")
+    parser.add_argument(
+        "--cost-only", action="store_true", help="measure seconds per env step of two variants side by side"
+    )
+    parser.add_argument("--cost-steps", type=int, default=3_000, help="env steps of each --cost-only run")
     parser.add_argument("--run-one", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+
+    args.adhoc = {}
+    for name, overrides in args.adhoc_specs:
+        if name in args.adhoc:
+            parser.error(f"--variant {name!r} given twice")
+        args.adhoc[name] = overrides
+    if args.variants is None:
+        args.variants = ["emotion"] if args.adhoc else ["emotion", "ppo"]
+    args.variants = [*args.variants, *(v for v in args.adhoc if v not in args.variants)]
+    if args.seeds is None:
+        args.seeds = [0] if args.cost_only else [0, 1, 2, 3, 4]
+    args.env_id = args.env_id or env_id_of(args.config)
+    for key, value in env_defaults(args.env_id).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.threshold is None:
+        parser.error(f"{args.env_id} has no registered reward threshold: pass --threshold")
+    if args.cost_only:
+        if len(args.variants) != 2:
+            parser.error(f"--cost-only compares two variants, got {args.variants}")
+        args.budget, args.eval_every, args.threshold = args.cost_steps, NO_EVALUATION, math.inf
+    args.default_out = args.out is None
+    if args.out is None:
+        args.out = str(RESULTS / args.env_id)
+    return args
+
+
+def result_path(args: argparse.Namespace, variant: str, seed: int) -> Path | None:
+    """The run's result file, if it exists: in ``--out``, or for CartPole-v1 with the default ``--out`` where earlier
+    versions of this script wrote it (directly in ``benchmarks/results/learning``)."""
+    candidates = [Path(args.out) / f"{variant}_s{seed}.json"]
+    if args.default_out and args.env_id == LEGACY_ENV:
+        candidates.append(RESULTS / f"{variant}_s{seed}.json")
+    return next((path for path in candidates if path.exists()), None)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    cost_out = out / "cost"
+    (cost_out if args.cost_only else out).mkdir(parents=True, exist_ok=True)
     if args.run_one:  # one run, in this process (the driver starts one process per run)
         variant, seed = args.run_one[0], int(args.run_one[1])
         result = run_ppo(args, seed) if variant in BASELINES else run_emotion(args, variant, seed)
-        (out / f"{variant}_s{seed}.json").write_text(json.dumps(result, indent=1))
+        target = cost_out / f"{variant}_s{seed}.part.json" if args.cost_only else out / f"{variant}_s{seed}.json"
+        target.write_text(json.dumps(result, indent=1))
         return
 
-    runs = [(v, s) for v in args.variants for s in args.seeds]
-    todo = [(v, s) for v, s in runs if args.force or not (out / f"{v}_s{s}.json").exists()]
     passthrough = sys.argv[1:] if argv is None else argv
 
     def launch(run: tuple[str, int]) -> int:
         variant, seed = run
-        log = out / f"{variant}_s{seed}.log"
+        log = (cost_out / f"{variant}_s{seed}.log") if args.cost_only else (out / f"{variant}_s{seed}.log")
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         command = [sys.executable, __file__, *passthrough, "--run-one", variant, str(seed)]
         with open(log, "w") as handle:
@@ -313,12 +556,56 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{variant} seed {seed}: {status}", flush=True)
         return code
 
+    if args.cost_only:
+        raise SystemExit(1 if measure_cost(args, launch) else 0)
+
+    runs = [(v, s) for v in args.variants for s in args.seeds]
+    todo = [(v, s) for v, s in runs if args.force or result_path(args, v, s) is None]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         codes = list(pool.map(launch, todo))
-    results = [json.loads((out / f"{v}_s{s}.json").read_text()) for v, s in runs if (out / f"{v}_s{s}.json").exists()]
-    print_table(results)
+    paths = [result_path(args, v, s) for v, s in runs]
+    print_table([json.loads(path.read_text()) for path in paths if path is not None])
     if any(codes):
         raise SystemExit(1)
+
+
+def measure_cost(args: argparse.Namespace, launch) -> bool:  # noqa: ANN001
+    """``--cost-only``: per seed, the two variants side by side; writes and prints seconds per env step.
+    True when a run failed."""
+    first, second = args.variants
+    cost_out = Path(args.out) / "cost"
+    failed = False
+    for seed in args.seeds:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            codes = list(pool.map(launch, [(first, seed), (second, seed)]))
+        if any(codes):
+            failed = True
+            continue
+        parts = [cost_out / f"{variant}_s{seed}.part.json" for variant in (first, second)]
+        runs = [json.loads(part.read_text()) for part in parts]
+        report = {
+            "env_id": args.env_id,
+            "config": args.config,
+            "seed": seed,
+            "cost_steps": args.cost_steps,
+            "max_minutes": args.max_minutes,
+            "runs": runs,
+            "ratio": runs[1]["s_per_env_step"] / runs[0]["s_per_env_step"]
+            if runs[0]["s_per_env_step"] and runs[1]["s_per_env_step"]
+            else None,
+        }
+        target = cost_out / f"{first}_vs_{second}_s{seed}.json"
+        target.write_text(json.dumps(report, indent=1))
+        for part in parts:
+            part.unlink()
+        for run in runs:
+            print(
+                f"{run['variant']:<12} seed {seed}: {run['env_steps']:>7} env steps, "
+                f"{1000 * (run['s_per_env_step'] or math.nan):.2f} ms per env step"
+            )
+        ratio = f"{report['ratio']:.2f}x" if report["ratio"] is not None else "-"
+        print(f"{second} / {first}: {ratio}  ({target})")
+    return failed
 
 
 if __name__ == "__main__":
