@@ -519,7 +519,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args.default_out = args.out is None
     if args.out is None:
         args.out = str(RESULTS / args.env_id)
+    args.config, args.out = in_checkout(args.config), in_checkout(args.out)
     return args
+
+
+def in_checkout(path: str) -> str:
+    """``path`` relative to the checkout when it lies inside it (runs execute there): results name no machine path."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
 
 
 def result_path(args: argparse.Namespace, variant: str, seed: int) -> Path | None:
@@ -533,6 +540,7 @@ def result_path(args: argparse.Namespace, variant: str, seed: int) -> Path | Non
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    os.chdir(ROOT)  # the paths in args are relative to the checkout
     out = Path(args.out)
     cost_out = out / "cost"
     (cost_out if args.cost_only else out).mkdir(parents=True, exist_ok=True)

@@ -1,31 +1,44 @@
 """emotion_rl: MuZero-family planning over abstract emotions, as a PyTorch Lightning plugin.
 
-Public API:
+The public API, by layer (docs/index.md):
 
-- :class:`EmotionModel` - the causal transformer with four outputs (spec 2.1).
-- :class:`EmotionMCTS` - batched MCTS over emotions (spec 1).
-- :class:`EmotionPolicy` - the planner as a TorchRL policy module; :class:`TemperatureSchedule` (spec 3.4).
-- :class:`EmotionAgent` - the LightningModule with the four training phases (spec 2.3).
-- :class:`EmotionDataModule` - TorchRL collector and replay buffer of whole episodes (spec 3.3, 5).
-- :class:`AtomicCheckpointIO` - Lightning checkpoint plugin: atomic writes, ``weights_only`` loads (README, "Resuming").
+- data types: :class:`History` (the real history the model reads, spec 1.3), :data:`NONE`;
+- the network and the planner: :class:`EmotionModel` (spec 2.1), :class:`EmotionMCTS` (spec 1);
+- acting: :class:`EmotionPolicy` (a TorchRL policy module), :class:`TemperatureSchedule` (spec 3.4), :func:`make_env`,
+  :func:`play`;
+- learning: the four phase losses (:class:`DynamicsLoss`, :class:`MaxValueActionLoss`, :class:`LiteralActionLoss`,
+  :class:`ValueLoss`, :class:`PolicyLoss`; spec 2.2), :class:`EmotionAgent` (LightningModule, spec 2.3),
+  :class:`EmotionDataModule` (collector and replay, spec 3.3, 5);
+- checkpoints: :class:`AtomicCheckpointIO`.
 """
 
 from emotion_rl.agent import EmotionAgent
 from emotion_rl.checkpoint import AtomicCheckpointIO
 from emotion_rl.datamodule import EmotionDataModule
 from emotion_rl.envs import make_env
+from emotion_rl.history import NONE, History
+from emotion_rl.losses import DynamicsLoss, LiteralActionLoss, MaxValueActionLoss, PolicyLoss, ValueLoss
 from emotion_rl.model import EmotionModel
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
+from emotion_rl.rollout import play
 from emotion_rl.search import EmotionMCTS
 
 __all__ = [
+    "NONE",
     "AtomicCheckpointIO",
+    "DynamicsLoss",
     "EmotionAgent",
     "EmotionDataModule",
     "EmotionMCTS",
     "EmotionModel",
     "EmotionPolicy",
+    "History",
+    "LiteralActionLoss",
+    "MaxValueActionLoss",
+    "PolicyLoss",
     "TemperatureSchedule",
+    "ValueLoss",
     "make_env",
+    "play",
 ]
 __version__ = "0.1.0"
