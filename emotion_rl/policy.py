@@ -104,8 +104,10 @@ class EmotionPolicy(TensorDictModuleBase):
     Args:
         model: the :class:`~emotion_rl.model.EmotionModel` (anything with a ``context_window`` attribute, unless
             ``context_window`` is given, that the planner knows how to call).
-        planner: ``search(model, history, generator=None) -> TensorDict[*B]`` with at least ``visit_distribution``
-            [*B, E], ``visit_counts`` [*B, E] and ``action_logits`` [*B, E, A].
+        planner: ``search(model, history, generator=None, explore=False) -> TensorDict[*B]`` with at least
+            ``visit_distribution`` [*B, E], ``visit_counts`` [*B, E] and ``action_logits`` [*B, E, A]; when it also
+            returns ``selected_emotion`` [*B] (the Gumbel root), that is the emotion acted on. ``explore`` is
+            ``not greedy``: root noise only while acting for training.
         temperature: a constant float (>= 0) or a :class:`TemperatureSchedule` driven by :attr:`frames`.
         greedy: temperature 0 and argmax action (evaluation).
         action_spec: the env's action spec (settable later as ``policy.action_spec``): ``OneHot`` gives one-hot
@@ -285,7 +287,7 @@ class EmotionPolicy(TensorDictModuleBase):
         self.model.eval()
         try:
             with torch.no_grad():
-                result = self.planner.search(self.model, history, generator=self.generator)
+                result = self.planner.search(self.model, history, generator=self.generator, explore=not self.greedy)
         finally:
             self.model.train(was_training)
 
@@ -293,7 +295,10 @@ class EmotionPolicy(TensorDictModuleBase):
         visit_counts = result.get("visit_counts")
         action_logits = result.get("action_logits")
         rows = torch.arange(n_envs, device=device)
-        emotion = select_emotion(visit_distribution, self.temperature, generator=self.generator).to(device)
+        if "selected_emotion" in result.keys():  # the search chose (Gumbel root): no temperature draw
+            emotion = result.get("selected_emotion").to(device)
+        else:
+            emotion = select_emotion(visit_distribution, self.temperature, generator=self.generator).to(device)
         logits = action_logits[rows, emotion].float()
         if self.greedy:
             action = logits.argmax(-1)
