@@ -23,12 +23,8 @@ __all__ = ["EmotionPolicy", "TemperatureSchedule", "select_emotion"]
 
 
 class TemperatureSchedule:
-    """Linear temperature schedule for emotion sampling (spec 3.4).
-
-    High temperature early (exploration), low temperature late (exploitation): the temperature goes linearly
-    from ``start`` to ``end`` over the first ``decay_frames`` environment steps, then stays at ``end``.
-    The spec's example values are the defaults (1.0 early, 0.1 late). ``decay_frames=0`` means "``end`` from the
-    first step on"; ``start == end`` gives a constant temperature. A temperature of 0 means argmax.
+    """Emotion sampling temperature (spec 3.4): linear from ``start`` to ``end`` over the first ``decay_frames``
+    env steps, then ``end`` (the spec's 1.0 and 0.1 by default; ``decay_frames=0``: ``end`` throughout; 0: argmax).
     """
 
     def __init__(self, start: float = 1.0, end: float = 0.1, decay_frames: int = 20_000) -> None:
@@ -63,14 +59,11 @@ def select_emotion(
     temperature: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Pick one emotion per row of ``visit_distribution`` [*B, E] (spec 3.4); returns long [*B].
+    """One emotion per row of ``visit_distribution`` ``[*B, E]`` (spec 3.4), long ``[*B]``.
 
-    ``temperature == 0``: argmax, ties to the lowest emotion index. Otherwise the spec's
-    ``probs = dist ** (1 / T); probs /= probs.sum()`` followed by a draw from ``probs``. It is computed in log
-    space, ``softmax((log dist - log max dist) / T)``, which is the same distribution without overflow for tiny T
-    (the largest entries get logit 0, the others tend to -inf, so ``T -> 0`` approaches a uniform draw among the
-    tied maxima). Emotions with zero visits get probability exactly zero at every temperature. Rows need not be
-    normalised (raw visit counts give the same result).
+    ``temperature == 0``: argmax, ties to the lowest index. Otherwise a draw from ``dist ** (1 / T)`` normalised,
+    computed as ``softmax((log dist - log max dist) / T)`` (no overflow for tiny ``T``); zero-visit emotions keep
+    probability 0; rows need not be normalised.
     """
     if isinstance(temperature, torch.Tensor):
         temperature = float(temperature)

@@ -48,12 +48,8 @@ class Path:
 
     def store(self, rows: np.ndarray, other: Path, which: np.ndarray) -> None:
         """Keep ``other``'s paths ``which`` as the paths of environments ``rows``."""
-        self.nodes[rows], self.emotions[rows], self.depth[rows] = (
-            other.nodes[which],
-            other.emotions[which],
-            other.depth[which],
-        )
-        self.parent[rows], self.emotion[rows] = other.parent[which], other.emotion[which]
+        for name in ("nodes", "emotions", "depth", "parent", "emotion"):
+            getattr(self, name)[rows] = getattr(other, name)[which]
 
 
 def simulate(
