@@ -23,12 +23,8 @@ __all__ = ["EmotionPolicy", "TemperatureSchedule", "select_emotion"]
 
 
 class TemperatureSchedule:
-    """Linear temperature schedule for emotion sampling (spec 3.4).
-
-    High temperature early (exploration), low temperature late (exploitation): the temperature goes linearly
-    from ``start`` to ``end`` over the first ``decay_frames`` environment steps, then stays at ``end``.
-    The spec's example values are the defaults (1.0 early, 0.1 late). ``decay_frames=0`` means "``end`` from the
-    first step on"; ``start == end`` gives a constant temperature. A temperature of 0 means argmax.
+    """Emotion sampling temperature (spec 3.4): linear from ``start`` to ``end`` over the first ``decay_frames``
+    env steps, then ``end`` (the spec's 1.0 and 0.1 by default; ``decay_frames=0``: ``end`` throughout; 0: argmax).
     """
 
     def __init__(self, start: float = 1.0, end: float = 0.1, decay_frames: int = 20_000) -> None:
@@ -63,14 +59,11 @@ def select_emotion(
     temperature: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Pick one emotion per row of ``visit_distribution`` [*B, E] (spec 3.4); returns long [*B].
+    """One emotion per row of ``visit_distribution`` ``[*B, E]`` (spec 3.4), long ``[*B]``.
 
-    ``temperature == 0``: argmax, ties to the lowest emotion index. Otherwise the spec's
-    ``probs = dist ** (1 / T); probs /= probs.sum()`` followed by a draw from ``probs``. It is computed in log
-    space, ``softmax((log dist - log max dist) / T)``, which is the same distribution without overflow for tiny T
-    (the largest entries get logit 0, the others tend to -inf, so ``T -> 0`` approaches a uniform draw among the
-    tied maxima). Emotions with zero visits get probability exactly zero at every temperature. Rows need not be
-    normalised (raw visit counts give the same result).
+    ``temperature == 0``: argmax, ties to the lowest index. Otherwise a draw from ``dist ** (1 / T)`` normalised,
+    computed as ``softmax((log dist - log max dist) / T)`` (no overflow for tiny ``T``); zero-visit emotions keep
+    probability 0; rows need not be normalised.
     """
     if isinstance(temperature, torch.Tensor):
         temperature = float(temperature)
@@ -104,8 +97,10 @@ class EmotionPolicy(TensorDictModuleBase):
     Args:
         model: the :class:`~emotion_rl.model.EmotionModel` (anything with a ``context_window`` attribute, unless
             ``context_window`` is given, that the planner knows how to call).
-        planner: ``search(model, history, generator=None) -> TensorDict[*B]`` with at least ``visit_distribution``
-            [*B, E], ``visit_counts`` [*B, E] and ``action_logits`` [*B, E, A].
+        planner: ``search(model, history, generator=None, explore=False) -> TensorDict[*B]`` with at least
+            ``visit_distribution`` [*B, E], ``visit_counts`` [*B, E] and ``action_logits`` [*B, E, A]; when it also
+            returns ``selected_emotion`` [*B] (the Gumbel root), that is the emotion acted on. ``explore`` is
+            ``not greedy``: root noise only while acting for training.
         temperature: a constant float (>= 0) or a :class:`TemperatureSchedule` driven by :attr:`frames`.
         greedy: temperature 0 and argmax action (evaluation).
         action_spec: the env's action spec (settable later as ``policy.action_spec``): ``OneHot`` gives one-hot
@@ -285,7 +280,7 @@ class EmotionPolicy(TensorDictModuleBase):
         self.model.eval()
         try:
             with torch.no_grad():
-                result = self.planner.search(self.model, history, generator=self.generator)
+                result = self.planner.search(self.model, history, generator=self.generator, explore=not self.greedy)
         finally:
             self.model.train(was_training)
 
@@ -293,7 +288,10 @@ class EmotionPolicy(TensorDictModuleBase):
         visit_counts = result.get("visit_counts")
         action_logits = result.get("action_logits")
         rows = torch.arange(n_envs, device=device)
-        emotion = select_emotion(visit_distribution, self.temperature, generator=self.generator).to(device)
+        if "selected_emotion" in result.keys():  # the search chose (Gumbel root): no temperature draw
+            emotion = result.get("selected_emotion").to(device)
+        else:
+            emotion = select_emotion(visit_distribution, self.temperature, generator=self.generator).to(device)
         logits = action_logits[rows, emotion].float()
         if self.greedy:
             action = logits.argmax(-1)

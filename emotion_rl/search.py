@@ -20,7 +20,7 @@ from torch import Tensor
 from emotion_rl.fused import as_search_model
 from emotion_rl.history import History
 from emotion_rl.model import EmotionModel
-from emotion_rl.search_rules import Rules
+from emotion_rl.search_rules import GumbelRoot, Rules, dirichlet_noise, make_rules
 from emotion_rl.tree import NodeOutputs, SearchModel, Tree
 
 __all__ = ["EmotionMCTS"]
@@ -48,25 +48,30 @@ class Path:
 
     def store(self, rows: np.ndarray, other: Path, which: np.ndarray) -> None:
         """Keep ``other``'s paths ``which`` as the paths of environments ``rows``."""
-        self.nodes[rows], self.emotions[rows], self.depth[rows] = (
-            other.nodes[which],
-            other.emotions[which],
-            other.depth[which],
-        )
-        self.parent[rows], self.emotion[rows] = other.parent[which], other.emotion[which]
+        for name in ("nodes", "emotions", "depth", "parent", "emotion"):
+            getattr(self, name)[rows] = getattr(other, name)[which]
 
 
 def simulate(
-    tree: Tree, roots: np.ndarray, max_depth: int, rules: Rules, generator: np.random.Generator | None
+    tree: Tree,
+    roots: np.ndarray,
+    max_depth: int,
+    rules: Rules,
+    generator: np.random.Generator | None,
+    root_emotion: np.ndarray | None = None,
 ) -> Path:
-    """spec 1.4 selection: descend by the selection rule from each root until an unexpanded child or
-    ``max_depth``; past its leaf a path walks in the sink, so every path takes ``max_depth`` steps."""
+    """spec 1.4 selection: descend by the selection rule from each root (or take ``root_emotion`` there) until an
+    unexpanded child or ``max_depth``; past its leaf a path walks in the sink, so every path takes ``max_depth``
+    steps."""
     n = roots.shape[0]
     nodes = np.empty((n, max_depth), dtype=np.int64)
     emotions = np.empty_like(nodes)
     node = roots
     for d in range(max_depth):
-        emotion = rules.select(tree, node, generator)
+        if d == 0 and root_emotion is not None:
+            emotion = root_emotion
+        else:
+            emotion = rules.select(tree, node, generator)
         nodes[:, d] = node
         emotions[:, d] = emotion
         node = tree.children[node, emotion]
@@ -119,22 +124,69 @@ class EmotionMCTS:
         num_simulations: simulations per search (spec 5: 50).
         c_puct: exploration coefficient (spec 1.2: 1.0).
         max_depth: MAX_DEPTH of spec 1.4 (3).
+
+    Options beyond the specification (docs/search.md), each off by default:
+        q_transform: ``"literal"`` (decision 2), ``"completed"`` (unvisited children get ``completed_value``),
+            ``"minmax"`` (Q normalised by the tree's bounds, MuZero) or ``"minmax_completed"``.
+        completed_value: ``"child"`` (the child's stored value prediction) or ``"parent"`` (the node's value).
+        tie_break: ``"lowest"`` (decision 3) or ``"random"`` (by the search's generator).
+        dirichlet_alpha, dirichlet_fraction: root noise ``(1 - f) P + f Dir(alpha)`` when exploring; 0 = off.
+        root_rule: ``"puct"`` or ``"gumbel"`` (Gumbel MuZero root: Gumbel-top-k, sequential halving, improved
+            policy as ``visit_distribution``, the halving winner as ``selected_emotion``).
+        gumbel_considered, gumbel_c_visit, gumbel_c_scale: ``m`` sampled emotions; ``sigma(q) = (c_visit +
+            max N) * c_scale * q``.
     """
 
-    def __init__(self, num_simulations: int = 50, c_puct: float = 1.0, max_depth: int = 3) -> None:
+    def __init__(
+        self,
+        num_simulations: int = 50,
+        c_puct: float = 1.0,
+        max_depth: int = 3,
+        q_transform: str = "literal",
+        completed_value: str = "child",
+        tie_break: str = "lowest",
+        dirichlet_alpha: float = 0.3,
+        dirichlet_fraction: float = 0.0,
+        root_rule: str = "puct",
+        gumbel_considered: int = 8,
+        gumbel_c_visit: float = 50.0,
+        gumbel_c_scale: float = 0.1,
+    ) -> None:
         if num_simulations < 1:
             raise ValueError(f"num_simulations must be >= 1, got {num_simulations}")
         if max_depth < 1:
             raise ValueError(f"max_depth must be >= 1, got {max_depth}")
         if c_puct < 0:
             raise ValueError(f"c_puct must be >= 0, got {c_puct}")
+        if dirichlet_alpha <= 0 or not 0.0 <= dirichlet_fraction <= 1.0:
+            raise ValueError(
+                f"need dirichlet_alpha > 0 and 0 <= dirichlet_fraction <= 1: {dirichlet_alpha}, {dirichlet_fraction}"
+            )
+        if root_rule not in ("puct", "gumbel"):
+            raise ValueError(f"root_rule={root_rule!r} is not supported; choose one of ['puct', 'gumbel']")
+        if gumbel_considered < 1 or gumbel_c_visit < 0 or gumbel_c_scale < 0:
+            raise ValueError("need gumbel_considered >= 1, gumbel_c_visit >= 0 and gumbel_c_scale >= 0")
         self.num_simulations = num_simulations
         self.c_puct = float(c_puct)
         self.max_depth = max_depth
-        self.rules = Rules()
+        self.rules = make_rules(q_transform, completed_value, tie_break)
+        self.options = dict(
+            q_transform=q_transform,
+            completed_value=completed_value,
+            tie_break=tie_break,
+            dirichlet_alpha=float(dirichlet_alpha),
+            dirichlet_fraction=float(dirichlet_fraction),
+            root_rule=root_rule,
+            gumbel_considered=int(gumbel_considered),
+            gumbel_c_visit=float(gumbel_c_visit),
+            gumbel_c_scale=float(gumbel_c_scale),
+        )
 
     def __repr__(self) -> str:
-        return f"EmotionMCTS(num_simulations={self.num_simulations}, c_puct={self.c_puct}, max_depth={self.max_depth})"
+        defaults = EmotionMCTS.__init__.__defaults__[3:]
+        changed = [f"{k}={v!r}" for (k, v), d in zip(self.options.items(), defaults, strict=True) if v != d]
+        args = [f"num_simulations={self.num_simulations}", f"c_puct={self.c_puct}", f"max_depth={self.max_depth}"]
+        return f"EmotionMCTS({', '.join(args + changed)})"
 
     @torch.no_grad()
     def search(
@@ -142,23 +194,45 @@ class EmotionMCTS:
         model: EmotionModel | SearchModel,
         history: History | TensorDictBase,
         generator: torch.Generator | None = None,
+        explore: bool = False,
     ) -> TensorDict:
         """spec 1.3 MCTS_SEARCH for every history ``[*B, T]`` at once (only read, decision 6).
 
-        ``generator`` drives the options that draw (default: the global torch RNG); the literal search draws
-        nothing. Returns ``[*B]``: ``visit_counts`` (long ``[*B, E]``), ``visit_distribution``, the root's model
-        outputs ``prior``, ``values``, ``action_logits``, ``dynamics``, and the tree arrays under ``tree``.
+        ``explore``: acting in training; turns on the configured root noise (Dirichlet, Gumbel), never wanted in
+        evaluation or reanalyze. ``generator`` drives every draw (default: the global torch RNG); the literal
+        search draws nothing. Returns ``[*B]``: ``visit_counts`` (long ``[*B, E]``), ``visit_distribution``
+        (normalised counts; the improved policy with the Gumbel root), the root's model outputs ``prior``,
+        ``values``, ``action_logits``, ``dynamics``, the tree arrays under ``tree``, and with the Gumbel root
+        ``selected_emotion`` (long ``[*B]``).
         """
+        options = self.options
         model = as_search_model(model)
         batch_shape = history.batch_size[:-1]
         root, state = model.root(history)
-        tree = Tree.from_root(root, self.num_simulations + 1, self.c_puct)
-        rng = self._numpy_generator(generator) if self.rules.random else None
+        tree = Tree.from_root(root, self.num_simulations + 1, self.c_puct, track_bounds=self.rules.min_max)
+        gumbel = options["root_rule"] == "gumbel"
+        noise = explore and options["dirichlet_fraction"] > 0
+        rng = self._numpy_generator(generator) if self.rules.random or noise or (gumbel and explore) else None
+        if noise:
+            alpha, fraction = options["dirichlet_alpha"], options["dirichlet_fraction"]
+            tree.set_prior(tree.roots, dirichlet_noise(tree.prior[tree.roots], alpha, fraction, rng))
+        root_rule = None
+        if gumbel:
+            root_rule = GumbelRoot.start(
+                tree,
+                options["gumbel_considered"],
+                self.num_simulations,
+                options["completed_value"],
+                options["gumbel_c_visit"],
+                options["gumbel_c_scale"],
+                rng if explore else None,
+            )
         # a root child can be expanded only from its second visit on, and only below max_depth
         prefetch = self.max_depth > 1 and self.num_simulations > 1
         root_children = prefetch_root(tree, model, state, root.values) if prefetch else None
-        self.run_simulations(tree, model, state, root.values, root_children, rng)
-        out = tree.to_tensordict(root.values.device)
+        self.run_simulations(tree, model, state, root.values, root_children, rng, root_rule)
+        device = root.values.device
+        out = tree.to_tensordict(device)
         visit_counts = out["child_visits"][:, 0]
         result = TensorDict(
             visit_counts=visit_counts,
@@ -170,6 +244,10 @@ class EmotionMCTS:
             tree=out,
             batch_size=root.values.shape[:1],
         )
+        if root_rule is not None:
+            improved = torch.from_numpy(root_rule.improved_policy(tree))
+            result["visit_distribution"] = improved.to(device, root.values.dtype)
+            result["selected_emotion"] = torch.from_numpy(root_rule.winner(tree)).to(device)
         return result.reshape(batch_shape)
 
     @staticmethod
@@ -185,11 +263,13 @@ class EmotionMCTS:
         like: Tensor,
         root_children: NodeOutputs | None = None,
         generator: np.random.Generator | None = None,
+        root_rule: GumbelRoot | None = None,
     ) -> None:
         """spec 1.3 step 3: ``num_simulations`` simulations per environment, each environment in its own order.
 
         A root child's expansion uses ``root_children`` when prefetched; any other expansion waits until the
         next batched model call, made once ``WAIT_FRACTION`` of the environments still searching wait.
+        ``root_rule`` chooses each simulation's root emotion (the Gumbel root) instead of the selection rule.
         """
         batch, max_depth, sink = tree.batch, self.max_depth, tree.sink
         roots = tree.roots
@@ -200,7 +280,9 @@ class EmotionMCTS:
         while True:
             active = np.flatnonzero((remaining > 0) & ~waiting)
             if active.shape[0]:
-                path = simulate(tree, roots[active], max_depth, self.rules, generator)
+                simulation = self.num_simulations - remaining[active]
+                first = None if root_rule is None else root_rule.select(tree, active, simulation)
+                path = simulate(tree, roots[active], max_depth, self.rules, generator, first)
                 expanding = needs_expansion(tree, path, max_depth)
                 leaf_value = tree.child_value[path.parent, path.emotion]
                 if root_children is not None and expanding.any():

@@ -143,6 +143,8 @@ class Tree:
     node_depth: np.ndarray  # [G] depth, -1 for unused slots and the sink (int64)
     num_nodes: np.ndarray  # [B] nodes in use per environment (int64)
     c_puct: float
+    q_low: np.ndarray | None = None  # [B] smallest Q backed up so far, when tracked (min-max Q transform)
+    q_high: np.ndarray | None = None  # [B] largest
 
     # ------------------------------------------------------------------ named views
     @property
@@ -174,13 +176,14 @@ class Tree:
         return np.arange(self.batch) * self.max_nodes
 
     def environment(self, node: np.ndarray) -> np.ndarray:
-        """The environment each global node belongs to."""
-        return node // self.max_nodes
+        """The environment each global node belongs to (the sink: the last one; what is read there is unused)."""
+        return np.minimum(node // self.max_nodes, self.batch - 1)
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_root(cls, root: Expansion, num_nodes: int, c_puct: float) -> Tree:
-        """A tree whose roots are expanded with the model's outputs on the real histories (spec 1.3 step 2)."""
+    def from_root(cls, root: Expansion, num_nodes: int, c_puct: float, track_bounds: bool = False) -> Tree:
+        """A tree whose roots are expanded with the model's outputs on the real histories (spec 1.3 step 2);
+        ``track_bounds``: keep each environment's smallest and largest backed-up ``Q``."""
         batch, n_emotions = root.policy.shape
         obs_dim = root.dynamics.shape[-1]
         dtype = numpy_dtype(root.values.dtype)
@@ -199,6 +202,8 @@ class Tree:
             num_nodes=np.zeros(batch, dtype=np.int64),
             c_puct=c_puct,
         )
+        if track_bounds:
+            tree.q_low, tree.q_high = np.full(batch, np.inf, dtype=dtype), np.full(batch, -np.inf, dtype=dtype)
         rows = np.arange(batch)
         tree.add_node(rows, rows * num_nodes, 0, NodeOutputs.from_model(root, c_puct))
         return tree
@@ -244,7 +249,14 @@ class Tree:
         value_sum = flat.take(value_index) + leaf_value[:, None]
         flat.put(visits_index, visits_plus_one)
         flat.put(value_index, value_sum)
-        flat.put(q, value_sum / (visits_plus_one - 1))
+        q_value = value_sum / (visits_plus_one - 1)
+        flat.put(q, q_value)
+        if self.q_low is not None:  # one path per environment: no two rows share a bound
+            real = nodes != self.sink
+            rows = real[:, 0]  # paths held back for an expansion are all sink
+            env, real, q_value = self.environment(nodes[rows, 0]), real[rows], q_value[rows]
+            self.q_low[env] = np.minimum(self.q_low[env], np.where(real, q_value, np.inf).min(axis=1))
+            self.q_high[env] = np.maximum(self.q_high[env], np.where(real, q_value, -np.inf).max(axis=1))
         node_visits = self.node_visits.take(nodes) + 1
         self.node_visits.put(nodes, node_visits)
         planes = self.edges.data.reshape(-1, n_emotions)  # row g * SLOTS + slot

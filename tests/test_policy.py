@@ -176,7 +176,7 @@ def test_policy_keeps_real_per_env_histories_and_restarts_them_on_is_init():
 
 def test_planner_cannot_write_imagined_states_into_the_real_history():
     class ScribblingPlanner(RecordingPlanner):
-        def search(self, model, history, generator=None):
+        def search(self, model, history, generator=None, explore=False):
             result = super().search(model, history)
             history.observation.fill_(-99.0)  # a planner that (wrongly) writes into its input
             history.action.fill_(0)
@@ -293,7 +293,7 @@ def test_histories_match_the_collected_data_in_a_real_collector(categorical):
 
 def test_history_follows_the_model_dtype_and_eval_mode_is_restored():
     class ModeRecordingPlanner(RecordingPlanner):
-        def search(self, model, history, generator=None):
+        def search(self, model, history, generator=None, explore=False):
             self.training_during_search = model.training
             return super().search(model, history)
 

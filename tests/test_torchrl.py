@@ -39,9 +39,9 @@ class LengthRecorder(EmotionMCTS):
         super().__init__(num_simulations=3)
         self.lengths: list[torch.Tensor] = []
 
-    def search(self, model, history, generator=None) -> TensorDict:
+    def search(self, model, history, generator=None, explore=False) -> TensorDict:
         self.lengths.append(history.get("mask").sum(-1).reshape(-1).clone())
-        return super().search(model, history, generator)
+        return super().search(model, history, generator, explore)
 
 
 def tiny_model() -> EmotionModel:
