@@ -142,7 +142,7 @@ class EmotionDataModule(LightningDataModule):
         self._connected_explicitly = False
         self.reanalysed_steps = 0
         self.policy_rng = torch.Generator()  # the training policy's emotion and action draws
-        self.replay = EpisodeReplay(self.replay_capacity)
+        self.replay = EpisodeReplay(self.replay_capacity, max_episode_steps=self.env_info.max_episode_steps)
         self._seed_generators(rank=0)
         self.counters = SelfPlayCounters()
         self._resumed_rng: dict | None = None

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import torch
 from tensordict import TensorDict, TensorDictBase
+from torchrl.objectives.value.functional import reward2go
 
 __all__ = ["EpisodeAssembler", "discounted_returns"]
 
 
 def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
-    """``G_t = sum_{t' >= t} gamma^(t' - t) r_t'`` over one whole episode ``[L]`` (spec 2.2.2), float64 sums.
+    """``G_t = sum_{t' >= t} gamma^(t' - t) r_t'`` over one whole episode ``[L]`` (spec 2.2.2), float32 ``[L]``.
 
-    Literal: the sum stops at the episode's last step, also when it was truncated (no bootstrap).
+    TorchRL's ``reward2go`` on float64 (its discount series stops at ``gamma^k < 1e-7``; docs/data.md). Literal:
+    the sum stops at the episode's last step, also when it was truncated (no bootstrap).
     """
-    values = rewards.detach().to("cpu", torch.float64).tolist()
-    out = [0.0] * len(values)
-    running = 0.0
-    for t in range(len(values) - 1, -1, -1):
-        running = values[t] + gamma * running
-        out[t] = running
-    return torch.tensor(out, dtype=torch.float32, device=rewards.device)
+    values = rewards.detach().to("cpu", torch.float64).reshape(-1)
+    if gamma == 0.0 or values.numel() == 0:  # reward2go's series needs gamma > 0
+        out = values
+    else:
+        done = torch.zeros((1, values.numel()), dtype=torch.bool)
+        done[0, -1] = True
+        out = reward2go(values.unsqueeze(0), done, float(gamma), time_dim=-1).reshape(-1)
+    return out.to(torch.float32).to(rewards.device)
 
 
 class EpisodeAssembler:

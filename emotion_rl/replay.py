@@ -1,99 +1,241 @@
-"""Replay of whole episodes, sampled as whole episodes or as context windows (spec 1.3, 5 step 8; decision 15)."""
+"""Replay of whole episodes as a flat storage of steps, sampled as whole episodes or as context windows
+(spec 1.3, 5 step 8; decision 15)."""
 
 from __future__ import annotations
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
 
-from emotion_rl.history import EPISODE_KEYS, window_index
+from emotion_rl.history import EPISODE_KEYS
 
 __all__ = ["WINDOW_WEIGHTINGS", "EpisodeReplay"]
 
 WINDOW_WEIGHTINGS = ("end", "uniform")
 """How steps of windowed batches are weighted: ``"end"`` (every valid step 1), ``"uniform"`` (a ``weight`` key)."""
 
+STORED_KEYS = tuple(key for key in EPISODE_KEYS if key != "mask") + ("episode", "step")
+"""A stored step: the episode keys (``mask`` is implied) plus the episode id (the trajectory key) and its step."""
+
+
+class _EpisodeSlices(SliceSampler):
+    """TorchRL's ``SliceSampler`` over the stored episodes (trajectory key ``episode``), drawing only among the
+    newest ``replay.capacity`` episodes, uniformly or in proportion to their length, and always padding slices to
+    ``slice_len`` (``("collector", "mask")`` marks the real steps). ``last_lengths``: the drawn episodes' lengths."""
+
+    def __init__(self, replay: EpisodeReplay, slice_len: int, windows: bool) -> None:
+        super().__init__(
+            slice_len=slice_len,
+            traj_key="episode",
+            strict_length=False,
+            pad_output=True,
+            truncated_key=None,
+            span=(windows, False),  # windows: starts before step 0 are cut there, so the end step is uniform
+        )
+        self.replay = replay
+        self.proportional = windows
+        self.last_lengths = torch.zeros(0, dtype=torch.long)
+
+    def _sample_slices(
+        self, lengths, start_idx, stop_idx, seq_length, num_slices, storage_length, traj_idx=None, *, storage
+    ):  # noqa: ANN001, ANN202, E501 - SliceSampler's hook
+        episode = storage[start_idx[:, 0]].get("episode")
+        valid = (episode >= max(self.replay.oldest_episode, 0)).nonzero().squeeze(-1)
+        valid = valid[episode[valid].argsort()]  # canonical order: the draw does not depend on the storage layout
+        weights = lengths[valid].double() if self.proportional else torch.ones(valid.numel(), dtype=torch.float64)
+        traj_idx = valid[torch.multinomial(weights, num_slices, replacement=True, generator=self._rng)]
+        self.last_lengths = lengths[traj_idx]
+        return super()._sample_slices(
+            lengths, start_idx, stop_idx, seq_length, num_slices, storage_length, traj_idx, storage=storage
+        )
+
+    def _get_index(self, *args, target_seq_length=None, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        return super()._get_index(*args, target_seq_length=target_seq_length or self.slice_len, **kwargs)
+
 
 class EpisodeReplay:
-    """FIFO replay of whole episodes: ``TensorDictReplayBuffer(LazyTensorStorage(capacity_episodes))``.
+    """FIFO replay of the newest ``capacity_episodes`` whole episodes, stored flat: a ``LazyTensorStorage`` of steps
+    (``STORED_KEYS``) sampled by TorchRL's ``SliceSampler`` with the episode id as trajectory key.
 
     Whole episodes, because ``h_t`` reads the episode from step 0 (spec 1.3); windows (:meth:`sample_windows`) are
-    cut from them. Sampling draws from the buffer's generator and :attr:`window_rng`, both in :meth:`state_dict`.
+    slices ending at a stored step. The storage holds ``(capacity_episodes + 1) * max_episode_steps`` steps (taken
+    from the width of the first :meth:`extend` when not given); an episode never wraps around its end, and older
+    steps are overwritten in order, so the newest ``capacity_episodes`` episodes are always whole. Memory and
+    checkpoints grow with the steps stored, not with ``capacity * time limit`` (docs/data.md, "Replay").
     """
 
-    def __init__(self, capacity_episodes: int, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        capacity_episodes: int,
+        generator: torch.Generator | None = None,
+        max_episode_steps: int | None = None,
+    ) -> None:
         if int(capacity_episodes) < 1:
             raise ValueError(f"EpisodeReplay: capacity_episodes must be >= 1, got {capacity_episodes}")
         self.capacity = int(capacity_episodes)
-        self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(self.capacity), generator=generator)
-        self.window_rng = torch.Generator()  # end steps of sample_windows
+        self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
+        self.generator = generator if generator is not None else torch.Generator()
+        self.storage: LazyTensorStorage | None = None
+        self._buffers: dict[tuple[bool, int], TensorDictReplayBuffer] = {}
+        self.cursor = 0  # next storage slot
+        self.next_episode = 0  # id of the next episode added
+
+    @property
+    def oldest_episode(self) -> int:
+        """Id of the oldest episode still sampled."""
+        return self.next_episode - self.capacity
 
     def __len__(self) -> int:
-        return len(self.buffer)
+        return min(self.next_episode, self.capacity)
 
     def seed(self, seed: int) -> None:
-        """Sample from fresh generators seeded with ``seed`` from now on."""
-        self.buffer.set_rng(torch.Generator().manual_seed(int(seed)))
-        self.window_rng.manual_seed(int(seed) + 1)
+        """Sample from a generator seeded with ``seed`` from now on."""
+        self.generator.manual_seed(int(seed))
+
+    def _make_storage(self, template: TensorDictBase) -> None:
+        """Allocate the storage from one stored step, every slot marked empty (episode -1: never sampled)."""
+        size = (self.capacity + 1) * self.max_episode_steps
+        self.storage = LazyTensorStorage(size)
+        empty = template[:1].expand(size).clone().zero_()
+        empty.get("episode").fill_(-1)
+        self.storage.set(torch.arange(size), empty)
 
     def extend(self, episodes: TensorDictBase) -> None:
-        """Add ``[K, max_len]`` episodes (the oldest are overwritten once the buffer is full)."""
-        self.buffer.extend(episodes.select(*EPISODE_KEYS).clone())
+        """Add ``[K, max_len]`` episodes (right-padded, ``mask`` True on the valid prefix), oldest first."""
+        self.max_episode_steps = self.max_episode_steps or episodes.batch_size[1]
+        size = (self.capacity + 1) * self.max_episode_steps
+        lengths = episodes.get("mask").sum(-1).tolist()
+        for k, length in enumerate(lengths):
+            if length > self.max_episode_steps:
+                raise ValueError(f"EpisodeReplay: an episode of {length} steps exceeds {self.max_episode_steps}")
+            if self.cursor + length > size:  # never wrap inside an episode
+                self.cursor = 0
+            steps = episodes[k, :length].select(*EPISODE_KEYS).exclude("mask").clone()
+            steps.set("episode", torch.full((length,), self.next_episode, dtype=torch.long))
+            steps.set("step", torch.arange(length))
+            if self.storage is None:
+                self._make_storage(steps)
+            self.storage.set(torch.arange(self.cursor, self.cursor + length), steps)
+            self.cursor += length
+            self.next_episode += 1
+
+    def _buffer(self, windows: bool, slice_len: int) -> TensorDictReplayBuffer:
+        key = (windows, slice_len)
+        if key not in self._buffers:
+            sampler = _EpisodeSlices(self, slice_len, windows)
+            self._buffers[key] = TensorDictReplayBuffer(storage=self.storage, sampler=sampler, generator=self.generator)
+        return self._buffers[key]
+
+    def _slices(self, batch_size: int, windows: bool, slice_len: int) -> tuple[TensorDict, torch.Tensor]:
+        if len(self) == 0:
+            raise RuntimeError("EpisodeReplay: the replay buffer is empty")
+        buffer = self._buffer(windows, slice_len)
+        sampled, info = buffer.sample(batch_size * slice_len, return_info=True)
+        mask = info.get(("collector", "mask"))
+        mask = torch.ones(sampled.batch_size, dtype=torch.bool) if mask is None else mask
+        index = torch.where(mask, info["index"][0], -1)
+        batch = sampled.select(*STORED_KEYS).reshape(batch_size, slice_len)
+        batch.set("mask", mask.reshape(batch_size, slice_len))
+        return batch, index.reshape(batch_size, slice_len)
+
+    @staticmethod
+    def _trim(batch: TensorDict, index: torch.Tensor) -> tuple[TensorDict, torch.Tensor]:
+        longest = max(int(batch.get("mask").sum(-1).max()), 1)
+        return batch[:, :longest].clone(), index[:, :longest].clone()
 
     def sample(self, batch_size: int, trim: bool = True, with_index: bool = False) -> TensorDict:
-        """``[B, L]`` episodes drawn uniformly with replacement, cut to the longest valid one (``trim``);
-        ``with_index``: ``{"episodes", "index"}``, with their storage slots for :meth:`refresh`."""
-        if len(self) == 0:
-            raise RuntimeError("EpisodeReplay.sample: the replay buffer is empty")
-        sampled = self.buffer.sample(batch_size)
-        batch = sampled.select(*EPISODE_KEYS)
+        """``[B, L]`` episodes (``EPISODE_KEYS``) drawn uniformly with replacement, right-padded to the time limit
+        (``mask`` False on padding) and cut to the longest drawn (``trim``); ``with_index``: ``{"episodes",
+        "index"}``, ``index`` long ``[B, L]`` the storage slot of each step (-1 on padding) for :meth:`refresh`."""
+        batch, index = self._slices(batch_size, False, self.max_episode_steps or 1)
+        batch = batch.select(*EPISODE_KEYS)
+        for key in batch.keys():
+            if key != "mask":
+                value = batch.get(key)
+                batch.set(key, torch.where(_expand(batch.get("mask"), value), value, value.new_zeros(())))
         if trim:
-            longest = max(int(batch.get("mask").sum(-1).max()), 1)
-            batch = batch[:, :longest].clone()
+            batch, index = self._trim(batch, index)
         if with_index:
-            index = sampled.get("index")  # repeated along each episode's steps: [B, max_len]
-            return TensorDict({"episodes": batch, "index": index[:, 0]}, batch_size=[batch.shape[0]])
+            return TensorDict({"episodes": batch, "index": index}, batch_size=[batch.shape[0]])
         return batch
 
     def sample_windows(self, batch_size: int, window: int, weighting: str = "end") -> TensorDict:
-        """``[B, <= window]`` windows: ``B`` end steps ``t`` drawn uniformly among all stored steps (with
-        replacement), each with the window ending there (:func:`~emotion_rl.history.window_index`: left-aligned,
-        ``mask`` False after ``t``). A window is the history the windowed policy planned on at ``t``.
+        """``[B, <= window]`` windows: an episode drawn in proportion to its length, then an end step ``t``
+        uniformly in it (so ``t`` is uniform over all stored steps, with replacement), and the window ending there
+        (``max(0, t - window + 1) .. t``, left-aligned, ``mask`` False after ``t``): the history the windowed policy
+        planned on at ``t``.
 
         ``weighting="uniform"`` adds ``weight`` float ``[B, L]``: ``window / min(window, length - s)`` at step ``s``
         of an episode of ``length`` steps (0 where ``mask`` is False), so that every stored step has the same
         expected loss weight; ``"end"`` (default) adds nothing (docs/data.md, "Window weighting")."""
         if weighting not in WINDOW_WEIGHTINGS:
             raise ValueError(f"EpisodeReplay: weighting must be one of {WINDOW_WEIGHTINGS}, got {weighting!r}")
-        if len(self) == 0:
-            raise RuntimeError("EpisodeReplay.sample_windows: the replay buffer is empty")
-        stored = self.buffer[: len(self)]
-        lengths = stored.get("mask").sum(-1)
-        index = torch.multinomial(lengths.double(), batch_size, replacement=True, generator=self.window_rng)
-        lengths = lengths[index]
-        end = (torch.rand(batch_size, generator=self.window_rng) * lengths).long().clamp(max=lengths - 1)
-        steps, valid = window_index(end, window, stored.shape[1])
-        windows = stored.select(*EPISODE_KEYS)[index.unsqueeze(-1).expand_as(steps), steps]
-        windows.set("mask", windows.get("mask") & valid)
+        batch, index = self._slices(batch_size, True, int(window))
+        mask = batch.get("mask")
         if weighting == "uniform":
-            covering = (lengths.unsqueeze(-1) - steps).clamp(min=1, max=window)  # windows that hold each step
-            windows.set("weight", torch.where(windows.get("mask"), window / covering.float(), 0.0))
-        longest = max(int(windows.get("mask").sum(-1).max()), 1)
-        return windows[:, :longest].clone()
+            lengths = self._buffer(True, int(window))._sampler.last_lengths
+            covering = (lengths.unsqueeze(-1) - batch.get("step")).clamp(min=1, max=window)  # windows holding it
+            batch.set("weight", torch.where(mask, window / covering.float(), 0.0))
+        keys = (*EPISODE_KEYS, "weight") if weighting == "uniform" else EPISODE_KEYS
+        batch, _ = self._trim(batch.select(*keys), index)
+        return batch
 
     def refresh(self, index: torch.Tensor, key: str, values: torch.Tensor) -> None:
-        """Overwrite ``key`` of the stored episodes at ``index`` on their first ``values.shape[1]`` steps."""
-        stored = self.buffer[index]
-        stored.get(key)[:, : values.shape[1]] = values.to(stored.get(key).dtype)
-        self.buffer[index] = stored
+        """Overwrite ``key`` at the storage slots ``index`` ``[B, L]`` (from ``sample(with_index=True)``; -1
+        skipped) with ``values`` ``[B, >= L, ...]``."""
+        index = index[:, : values.shape[1]]
+        valid = index >= 0
+        slots = index[valid]
+        stored = self.storage[slots]
+        stored.set(key, values[:, : index.shape[1]][valid].to(stored.get(key).dtype))
+        self.storage.set(slots, stored)
+
+    def episodes(self) -> TensorDict:
+        """The stored episodes, oldest first, as ``[len(self), max_episode_steps]`` (right-padded, ``mask``)."""
+        if self.storage is None:
+            return TensorDict({}, batch_size=[0])
+        steps = self.storage[:]
+        out = []
+        for episode in range(max(self.oldest_episode, 0), self.next_episode):
+            rows = steps[steps.get("episode") == episode]
+            rows = rows[rows.get("step").argsort()].select(*EPISODE_KEYS[:-1])
+            rows.set("mask", torch.ones(rows.batch_size, dtype=torch.bool))
+            out.append(_pad(rows, self.max_episode_steps))
+        return torch.stack(out)
 
     def state_dict(self) -> dict:
-        """Contents, write cursor and both generators; loads with ``torch.load(weights_only=True)``."""
-        return {**self.buffer.state_dict(), "window_rng": self.window_rng.get_state()}
+        """The newest ``capacity`` episodes' steps with their slots (not the stale ones), the cursor, the episode
+        counter and the generator; loads with ``torch.load(weights_only=True)``."""
+        state = {
+            "cursor": self.cursor,
+            "next_episode": self.next_episode,
+            "max_episode_steps": self.max_episode_steps,
+            "generator": self.generator.get_state(),
+        }
+        if self.storage is not None:
+            steps = self.storage[:]
+            keep = steps.get("episode") >= max(self.oldest_episode, 0)
+            state["steps"] = steps[keep].to_dict()
+            state["slots"] = keep.nonzero().squeeze(-1)
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        window_rng = state_dict.pop("window_rng", None)
-        if window_rng is not None:
-            self.window_rng.set_state(window_rng)
-        self.buffer.load_state_dict(state_dict)
+        self.cursor, self.next_episode = int(state_dict["cursor"]), int(state_dict["next_episode"])
+        self.generator.set_state(state_dict["generator"])
+        self._buffers.clear()
+        self.storage = None
+        if state_dict.get("max_episode_steps") is not None:
+            self.max_episode_steps = int(state_dict["max_episode_steps"])
+        if "steps" in state_dict:
+            kept = TensorDict(state_dict["steps"], batch_size=[state_dict["slots"].numel()])
+            self._make_storage(kept)
+            self.storage.set(state_dict["slots"], kept)
+
+
+def _pad(steps: TensorDict, length: int) -> TensorDict:
+    pad = length - steps.batch_size[0]
+    return steps.apply(lambda x: torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]), batch_size=[length])
+
+
+def _expand(mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(*mask.shape, *([1] * (value.ndim - mask.ndim)))

@@ -95,7 +95,7 @@ class RankReport(Callback):
         replay = trainer.datamodule.replay
         report = {
             "parameters": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
-            "observations": replay.buffer[: len(replay)]["observation"].clone(),
+            "observations": replay.episodes()["observation"].clone(),
             "global_step": trainer.global_step,
             "world_size": trainer.world_size,
         }

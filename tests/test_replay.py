@@ -22,7 +22,7 @@ def test_replay_samples_whole_episodes_trimmed_to_the_longest():
     assert replay.sample(4, trim=False).batch_size == (4, 6)
     replay.extend(make_episodes([1, 1]))  # FIFO: the oldest is overwritten
     assert len(replay) == 3
-    assert sorted(replay.buffer[:]["mask"].sum(-1).tolist()) == [1, 1, 3]
+    assert sorted(replay.episodes()["mask"].sum(-1).tolist()) == [1, 1, 3]
 
 
 def test_replay_state_dict_round_trip_loads_with_weights_only():
@@ -34,16 +34,16 @@ def test_replay_state_dict_round_trip_loads_with_weights_only():
     restored = EpisodeReplay(capacity_episodes=4)
     restored.load_state_dict(torch.load(buffer, weights_only=True))
     assert len(restored) == 3
-    assert (restored.buffer[:].select(*EPISODE_KEYS) == replay.buffer[:].select(*EPISODE_KEYS)).all()
+    assert (restored.episodes().select(*EPISODE_KEYS) == replay.episodes().select(*EPISODE_KEYS)).all()
     restored.extend(make_episodes([5, 1]))  # the write cursor was restored too
-    assert sorted(restored.buffer[:]["mask"].sum(-1).tolist()) == [1, 3, 4, 5]
+    assert sorted(restored.episodes()["mask"].sum(-1).tolist()) == [1, 3, 4, 5]
 
 
 def test_replay_windows_are_the_recent_history_of_a_uniformly_drawn_step():
     replay = EpisodeReplay(capacity_episodes=4)
     replay.extend(make_episodes([2, 5]))
     replay.seed(3)
-    stored = {int(ep["mask"].sum()): ep for ep in replay.buffer[:]}
+    stored = {int(ep["mask"].sum()): ep for ep in replay.episodes()}
     ends = set()
     for _ in range(40):
         windows = replay.sample_windows(8, window=3)
@@ -108,3 +108,30 @@ def test_uniform_window_weighting_gives_every_stored_step_the_same_expected_weig
     assert torch.equal(windows["weight"] > 0, windows["mask"]) and "weight" not in replay.sample_windows(8, 3).keys()
     with pytest.raises(ValueError, match="weighting must be one of"):
         replay.sample_windows(8, 3, weighting="steps")
+
+
+def test_replay_keeps_the_newest_episodes_whole_when_the_storage_wraps():
+    replay = EpisodeReplay(capacity_episodes=2, max_episode_steps=6)  # room for (2 + 1) * 6 steps
+    for lengths in ([5, 6], [4, 6], [6, 3], [2, 5]):
+        replay.extend(make_episodes(lengths))
+    assert replay.cursor < replay.storage.max_size and len(replay) == 2
+    assert sorted(replay.episodes()["mask"].sum(-1).tolist()) == [2, 5]
+    replay.seed(0)
+    for _ in range(20):  # never a remnant of an overwritten episode: every drawn episode starts at step 0
+        batch = replay.sample(8)
+        assert set(batch["mask"].sum(-1).tolist()) <= {2, 5}
+        assert (batch["observation"][:, 0, 0] == 0).all()
+
+
+def test_replay_state_grows_with_the_steps_stored_not_with_capacity_times_time_limit():
+    def size(lengths: list[int]) -> int:
+        replay = EpisodeReplay(capacity_episodes=1000, max_episode_steps=500)
+        replay.extend(make_episodes(lengths, max_len=500))
+        buffer = io.BytesIO()
+        torch.save(replay.state_dict(), buffer)
+        return buffer.tell()
+
+    small, large = size([10] * 10), size([10] * 40)
+    per_step = (large - small) / 300
+    assert per_step < 200, "a stored step costs more than its fields"
+    assert small < 20_000 + 100 * per_step, "the checkpoint holds more than the steps stored (padding is back?)"

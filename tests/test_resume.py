@@ -122,10 +122,11 @@ def test_the_data_stream_continues_exactly(runs):
     (_, data), (_, resumed, _) = runs["full"], runs["resumed"]
     assert (resumed.env_steps, resumed.episodes) == (data.env_steps, data.episodes)
     assert len(resumed.replay) == len(data.replay)
-    full_replay, resumed_replay = data.replay.buffer[:], resumed.replay.buffer[:]
-    assert (full_replay == resumed_replay).all(), "the replay buffers hold different episodes"
+    full_replay, resumed_replay = data.replay.storage[:], resumed.replay.storage[:]
+    assert (full_replay == resumed_replay).all(), "the replay storages hold different steps"
+    assert data.replay.cursor == resumed.replay.cursor
     assert torch.equal(data.policy_rng.get_state(), resumed.policy_rng.get_state())
-    assert torch.equal(data.replay.buffer._rng.get_state(), resumed.replay.buffer._rng.get_state())
+    assert torch.equal(data.replay.generator.get_state(), resumed.replay.generator.get_state())
 
 
 def test_the_checkpoint_holds_what_resuming_needs(runs):
@@ -133,7 +134,7 @@ def test_the_checkpoint_holds_what_resuming_needs(runs):
     state = checkpoint["EmotionDataModule"]
     assert state["env_steps"] == 4 * (BATCHES // 2)  # one collection per batch (the first also fills the warm-up)
     assert len(checkpoint["optimizer_states"]) == 4
-    assert state["replay"]["_rng"] is not None, "the replay's sampling generator is not saved"
+    assert state["replay"]["generator"] is not None, "the replay's sampling generator is not saved"
     assert {"python", "numpy", "torch"} <= set(state["rng"])
     assert checkpoint["global_step"] == 4 * (BATCHES // 2)
 
@@ -197,10 +198,11 @@ def test_a_run_killed_with_sigkill_resumes_with_ckpt_path_last_and_loses_nothing
     assert now["env_steps"] > data["env_steps"] and now["episodes"] > data["episodes"]
     assert now["stream_starts"] == data["stream_starts"] + 1  # the resumed stream seeded its envs afresh
     # Every episode in the replay at the kill's last checkpoint is still there, in place.
-    kept = int(data["replay"]["_storage"]["_len"])
-    before, after = data["replay"]["_storage"]["_storage"], now["replay"]["_storage"]["_storage"]
-    for key, value in before.items():
-        assert torch.equal(after[key][:kept], value[:kept]), key
+    before, after = data["replay"], now["replay"]  # far below replay_capacity: nothing was evicted
+    position = {slot: row for row, slot in enumerate(after["slots"].tolist())}
+    rows = torch.tensor([position[slot] for slot in before["slots"].tolist()])
+    for key, value in before["steps"].items():
+        assert torch.equal(after["steps"][key][rows], value), key
     # The optimizers went on from their saved state (Adam's step count), not from scratch.
     assert resumed["optimizer_states"][0]["state"][0]["step"] == saved["optimizer_states"][0]["state"][0]["step"] + 4
 
