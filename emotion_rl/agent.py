@@ -55,6 +55,8 @@ class EmotionAgent(L.LightningModule):
             imagined state), so an episode never outgrows it, unless ``context_window`` is set.
         n_emotions, d_model, n_layers, n_heads, head_hidden: model size (:class:`~emotion_rl.EmotionModel`).
         num_simulations, c_puct, max_depth: planner (:class:`~emotion_rl.EmotionMCTS`; spec 1.2, 1.4).
+        q_transform, completed_value, tie_break, dirichlet_alpha, dirichlet_fraction, root_rule, gumbel_considered,
+            gumbel_c_visit, gumbel_c_scale: the planner's search options, literal by default (docs/search.md).
         temperature_start, temperature_end, temperature_decay_frames: emotion sampling temperature (spec 3.4),
             linear in environment steps.
         head_lr, transformer_lr: learning rates of each head group and of the shared transformer (spec 2.5:
@@ -98,6 +100,15 @@ class EmotionAgent(L.LightningModule):
         num_simulations: int = 50,
         c_puct: float = 1.0,
         max_depth: int = 3,
+        q_transform: str = "literal",
+        completed_value: str = "child",
+        tie_break: str = "lowest",
+        dirichlet_alpha: float = 0.3,
+        dirichlet_fraction: float = 0.0,
+        root_rule: str = "puct",
+        gumbel_considered: int = 8,
+        gumbel_c_visit: float = 50.0,
+        gumbel_c_scale: float = 0.1,
         temperature_start: float = 1.0,
         temperature_end: float = 0.1,
         temperature_decay_frames: int = 20_000,
@@ -143,7 +154,20 @@ class EmotionAgent(L.LightningModule):
             head_hidden=head_hidden,
             context_window=context_window or max_episode_steps,
         )
-        self.planner = EmotionMCTS(num_simulations=num_simulations, c_puct=c_puct, max_depth=max_depth)
+        self.planner = EmotionMCTS(
+            num_simulations=num_simulations,
+            c_puct=c_puct,
+            max_depth=max_depth,
+            q_transform=q_transform,
+            completed_value=completed_value,
+            tie_break=tie_break,
+            dirichlet_alpha=dirichlet_alpha,
+            dirichlet_fraction=dirichlet_fraction,
+            root_rule=root_rule,
+            gumbel_considered=gumbel_considered,
+            gumbel_c_visit=gumbel_c_visit,
+            gumbel_c_scale=gumbel_c_scale,
+        )
         self.temperature = TemperatureSchedule(temperature_start, temperature_end, temperature_decay_frames)
         if value_target != "monte_carlo" and target_tau < 1:  # the EMA target network (saved with the agent)
             self.target_model = copy.deepcopy(self.model).requires_grad_(False)

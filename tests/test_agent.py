@@ -308,3 +308,20 @@ def test_gradient_clip_val_clips_every_phase_before_its_step(monkeypatch, episod
     monkeypatch.setattr(agent, "clip_gradients", clip_gradients)
     agent.train_batch(_batch(episodes))
     assert clipped == [([], 0.5), (["dynamics"], 0.5), (["dynamics", "action"], 0.5), (list(PHASES[:3]), 0.5)]
+
+
+def test_the_agent_hands_every_search_option_to_its_planner():
+    options = dict(
+        q_transform="minmax_completed",
+        completed_value="parent",
+        tie_break="random",
+        dirichlet_alpha=0.25,
+        dirichlet_fraction=0.2,
+        root_rule="gumbel",
+        gumbel_considered=4,
+        gumbel_c_visit=30.0,
+        gumbel_c_scale=0.5,
+    )
+    agent = EmotionAgent(obs_dim=4, n_actions=2, max_episode_steps=10, d_model=8, n_layers=1, n_heads=2, **options)
+    for name, value in options.items():
+        assert agent.planner.options[name] == value, name
