@@ -341,6 +341,8 @@ class EmotionAgent(L.LightningModule):
             logs = {k: torch.stack([s[k] for s in per_step]).mean() for k in per_step[0]}
         self.log_dict(logs, batch_size=episodes.shape[0])
         self._log_collection(batch["stats"])
+        if self._trainer is not None and bool(batch["stats"].get("total_frames_reached", torch.tensor(False))):
+            self.trainer.should_stop = True  # data.total_frames env steps were collected and trained on
 
     def _log_collection(self, stats: TensorDict) -> None:
         """Episode returns (on the progress bar), environment steps, temperature and emotion usage: logged on the

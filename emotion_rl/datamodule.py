@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import functools
+import math
+import time
 from collections.abc import Callable, Iterator
 
 import torch
 from lightning import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModuleBase
 from torch.utils.data import DataLoader, IterableDataset
@@ -55,7 +59,14 @@ class EmotionDataModule(LightningDataModule):
     """Self-play data for the emotion MCTS agent (spec 5); the data flow is described in docs/data.md.
 
     Args:
-        env_id: gymnasium env id (1-D Box observations, Discrete actions).
+        env_id: gymnasium env id (1-D Box observations, Discrete actions), or gymnasium's ``module:EnvId`` (the
+            module is imported first, to register the env).
+        env_kwargs: keyword arguments of ``gymnasium.make`` (or of ``env_factory``), e.g. ``{"max_episode_steps":
+            100}`` or an env's own options.
+        env_wrappers: gymnasium wrapper classes by import path (``"pkg.module.Wrapper"``), applied innermost first.
+        env_factory: ``"pkg.module:function"`` (or ``"pkg.module.Class"``) returning one unbatched TorchRL
+            ``EnvBase``; replaces ``env_id`` (sizes from its specs; its time limit: ``time_limit``, or a
+            ``StepCounter(max_steps)`` among its transforms).
         num_envs: envs stepped together (one batched search per step).
         frames_per_batch: env steps per collection over all envs (rounded up to a multiple of ``num_envs``).
         batch_size: episodes (windows, with ``context_window``) per training batch.
@@ -71,6 +82,9 @@ class EmotionDataModule(LightningDataModule):
             (``Reanalyzer``) and written back to the replay; 0 (off) by default.
         context_window: ``None``: whole episodes (spec 1.3). ``K``: batches of windows of up to ``K`` steps, the
             history a policy with ``context_window=K`` planned on (decision 15); the CLI links it into the agent.
+        total_frames: env steps to collect before training stops (TorchRL's name); -1 (default): no budget. The
+            batches of the collection that reaches it are trained, then ``stats["total_frames_reached"]`` tells
+            the agent to stop (``EmotionAgent.train_batch`` sets ``trainer.should_stop``).
         window_weighting: ``"end"`` (default): window ends uniform over stored steps, every valid step weighs 1, so
             an episode's last steps weigh less. ``"uniform"``: windows also carry ``weight`` (every stored step the
             same expected weight; :meth:`EpisodeReplay.sample_windows`). Whole episodes are uniform already.
@@ -97,10 +111,14 @@ class EmotionDataModule(LightningDataModule):
         reanalyze_fraction: float = 0.0,
         context_window: int | None = None,
         window_weighting: str = "end",
+        env_kwargs: dict | None = None,
+        env_wrappers: list[str] | None = None,
+        env_factory: str | None = None,
+        total_frames: int = -1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.env_id = env_id
+        self.env_id = self._make_id = env_id
         self.num_envs = _check_int("num_envs", num_envs, 1)
         self.frames_per_batch = _check_int("frames_per_batch", frames_per_batch, 1)
         self.batch_size = _check_int("batch_size", batch_size, 1)
@@ -136,7 +154,16 @@ class EmotionDataModule(LightningDataModule):
                 f"EmotionDataModule: num_envs ({num_envs}) must be a multiple of collector_workers "
                 f"({collector_workers}): each worker process runs num_envs / collector_workers envs"
             )
-        self.env_info = probe_env(env_id, time_limit)
+        if total_frames != -1:
+            _check_int("total_frames (-1: no budget)", total_frames, 1)
+        self.total_frames = total_frames
+        self.env_options = {
+            "env_kwargs": dict(env_kwargs or {}),
+            "env_wrappers": list(env_wrappers or []),
+            "env_factory": env_factory,
+        }
+        self.env_info = probe_env(env_id, time_limit, **self.env_options)
+        self.env_id = self.env_info.env_id
         self.time_limit = time_limit
         self.agent: SelfPlayAgent | None = None
         self._connected_explicitly = False
@@ -147,6 +174,7 @@ class EmotionDataModule(LightningDataModule):
         self.counters = SelfPlayCounters()
         self._resumed_rng: dict | None = None
         self._worker_collectors: list[MultiCollector] = []
+        self._last_warmup_log = -math.inf
 
     # -------------------------------------------------------------- env facts (linked into the agent by the CLI)
     @property
@@ -242,12 +270,18 @@ class EmotionDataModule(LightningDataModule):
                 f"data.context_window: {keeps} (windows)"
             )
 
-    def make_env(self, num_envs: int, seed: int) -> EnvBase:
-        """``num_envs`` envs of this datamodule's env id and time limit (:func:`~emotion_rl.envs.make_env`)."""
-        return make_env(self.env_id, num_envs, seed=seed, max_episode_steps=self.time_limit)
+    def make_env(self, num_envs: int, seed: int | None = None) -> EnvBase:
+        """``num_envs`` envs of this datamodule's env and time limit (:func:`~emotion_rl.envs.make_env`)."""
+        return self._env_maker()(num_envs, seed=seed)
+
+    def _env_maker(self) -> Callable[..., EnvBase]:
+        """``make_env`` with this datamodule's env settings bound (picklable: collector workers call it)."""
+        return functools.partial(make_env, self._make_id, max_episode_steps=self.time_limit, **self.env_options)
 
     # -------------------------------------------------------------- training stream
     def _training_batches(self) -> Iterator[TensorDict]:
+        if 0 < self.total_frames <= self.counters.env_steps:
+            return  # the budget was spent (e.g. a run resumed after it): nothing more to collect
         env_seed = self.seed + self._rank() + 100_003 * self.counters.stream_starts
         self.counters.stream_starts += 1
         policy = self.make_policy(greedy=False)
@@ -255,12 +289,11 @@ class EmotionDataModule(LightningDataModule):
         policy_rng_state = self.policy_rng.get_state()
         collector = make_collector(
             policy,
-            self.env_id,
+            self._env_maker(),
             self.num_envs,
             self.frames_per_batch,
             env_seed,
             workers=self.collector_workers,
-            time_limit=self.time_limit,
             generator=self.policy_rng,
         )
         if isinstance(collector, MultiCollector):
@@ -283,7 +316,16 @@ class EmotionDataModule(LightningDataModule):
             self._sample_batch,
             self.warmup_episodes,
             self.updates_per_collection,
+            self.total_frames,
+            self._warmup_progress,
         )
+
+    def _warmup_progress(self, stored: int, needed: int) -> None:
+        """One log line per collection while the replay fills (at most every 2 seconds, and the first)."""
+        now = time.monotonic()
+        if now - self._last_warmup_log >= 2.0:
+            self._last_warmup_log = now
+            rank_zero_info(f"emotion_rl: warm-up: {stored}/{needed} episodes stored ({self.env_steps} env steps)")
 
     def _sample_batch(self) -> TensorDict:
         """A training batch: windows (``context_window``) or whole episodes, ``reanalyze_fraction`` of them

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium
 import torch
@@ -12,6 +15,7 @@ from torchrl.envs import (
     Compose,
     EnvBase,
     GymEnv,
+    GymWrapper,
     InitTracker,
     RewardSum,
     SerialEnv,
@@ -20,7 +24,7 @@ from torchrl.envs import (
 )
 from torchrl.envs.transforms import Transform
 
-__all__ = ["EnvInfo", "PreviousReward", "make_env", "probe_env"]
+__all__ = ["EnvInfo", "MissingDependencyError", "PreviousReward", "make_env", "probe_env"]
 
 
 class PreviousReward(Transform):
@@ -51,6 +55,16 @@ class PreviousReward(Transform):
         raise NotImplementedError("PreviousReward only works inside an environment (TransformedEnv)")
 
 
+class MissingDependencyError(ValueError):
+    """An environment needs an optional dependency: one line naming the extra that installs it."""
+
+
+EXTRAS = {"box2d": "box2d"}
+"""Words of gymnasium's ``DependencyNotInstalled`` message -> the emotion_rl extra that installs the package."""
+
+SUPPORTED = "supported: a 1-D continuous Box observation space and a Discrete action space"
+
+
 @dataclass(frozen=True)
 class EnvInfo:
     """What the model needs to know about an env (decision 12: dimensions come from the env)."""
@@ -61,43 +75,133 @@ class EnvInfo:
     max_episode_steps: int
 
 
-def probe_env(env_id: str, max_episode_steps: int | None = None) -> EnvInfo:
-    """Check that ``env_id`` is supported and read its sizes and episode limit (one ``gymnasium.make``).
+def _import(path: str) -> Any:  # noqa: ANN401 - a class or a function
+    """``"pkg.module:attr"`` or ``"pkg.module.attr"`` -> the object."""
+    module, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"cannot import {path!r}: {err}") from err
 
-    Supported: a 1-D continuous ``Box`` observation, a ``Discrete`` action space starting at 0, and a bounded
-    episode (``max_episode_steps`` given, or in the gymnasium registration). Raises ``ValueError`` otherwise.
+
+def _gym_id(env_id: str) -> str:
+    """Gymnasium's ``module:EnvId`` form: import ``module`` (it registers the env), return ``EnvId``."""
+    if ":" not in env_id:
+        return env_id
+    module, _, name = env_id.partition(":")
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        raise ValueError(f"env id {env_id!r}: cannot import {module!r} ({err})") from err
+    return name
+
+
+def _missing(env_id: str, err: Exception) -> MissingDependencyError:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    for word, extra in EXTRAS.items():
+        if word in text.lower():
+            return MissingDependencyError(
+                f'env {env_id!r} needs the {extra!r} extra: pip install -e ".[{extra}]" (or pip install {extra})'
+            )
+    return MissingDependencyError(f"env {env_id!r} needs a package that is not installed: {text}")
+
+
+def _base_env(
+    env_id: str,
+    device: str | torch.device = "cpu",
+    max_episode_steps: int | None = None,
+    categorical_action_encoding: bool = False,
+    env_kwargs: dict | None = None,
+    env_wrappers: Sequence[str] | None = None,
+    env_factory: str | None = None,
+) -> EnvBase:
+    """One unbatched TorchRL env: ``env_factory(**env_kwargs)``, or gymnasium's ``env_id`` made with ``env_kwargs``
+    and wrapped by ``env_wrappers`` (gymnasium wrapper classes, innermost first)."""
+    kwargs = dict(env_kwargs or {})
+    if env_factory is not None:
+        env = _import(env_factory)(**kwargs)
+        if not isinstance(env, EnvBase):
+            raise ValueError(f"env_factory {env_factory!r} returned a {type(env).__name__}, not a TorchRL EnvBase")
+        if env.batch_size != torch.Size([]):
+            raise ValueError(
+                f"env_factory {env_factory!r} returned a batched env {tuple(env.batch_size)}; return one env"
+            )
+        return env
+    gym_id = _gym_id(env_id)
+    if max_episode_steps is not None:
+        kwargs["max_episode_steps"] = max_episode_steps
+    encoding = {"categorical_action_encoding": bool(categorical_action_encoding), "device": device}
+    try:
+        if not env_wrappers:
+            return GymEnv(gym_id, **encoding, **kwargs)
+        env = gymnasium.make(gym_id, **kwargs)
+        for path in env_wrappers:
+            env = _import(path)(env)
+        return GymWrapper(env, **encoding)
+    except gymnasium.error.DependencyNotInstalled as err:
+        raise _missing(env_id, err) from None
+
+
+def _time_limit(env: EnvBase) -> int | None:
+    """``max_steps`` of a ``StepCounter`` among the env's transforms, if any."""
+    transforms = env.transform if isinstance(env, TransformedEnv) else []
+    for transform in transforms if isinstance(transforms, Compose) else [transforms]:
+        if isinstance(transform, StepCounter) and transform.max_steps is not None:
+            return int(transform.max_steps)
+    return None
+
+
+def probe_env(
+    env_id: str,
+    max_episode_steps: int | None = None,
+    env_kwargs: dict | None = None,
+    env_wrappers: Sequence[str] | None = None,
+    env_factory: str | None = None,
+) -> EnvInfo:
+    """Check that the env is supported and read its sizes from its TorchRL specs and its episode limit.
+
+    Supported: a 1-D float ``observation``, a one-hot or categorical action over ``n`` actions (from 0), and a bounded
+    episode: ``max_episode_steps`` given, else the gymnasium registration's (or ``env_kwargs``'), else a
+    ``StepCounter(max_steps)`` of a factory's env. Raises ``ValueError`` otherwise (:class:`MissingDependencyError`
+    for a missing optional package).
     """
+    name = env_factory or env_id
+    if max_episode_steps is not None and (
+        isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or max_episode_steps < 1
+    ):
+        raise ValueError(f"max_episode_steps must be a positive integer, got {max_episode_steps!r}")
+    registered = None
+    if env_factory is None:
+        try:
+            registered = gymnasium.spec(_gym_id(env_id)).max_episode_steps
+        except gymnasium.error.Error as err:
+            raise ValueError(f"unknown gymnasium env id {env_id!r}: {err}") from err
+        registered = (env_kwargs or {}).get("max_episode_steps", registered)
+    env = _base_env(env_id, env_kwargs=env_kwargs, env_wrappers=env_wrappers, env_factory=env_factory)
     try:
-        registration = gymnasium.spec(env_id)
-    except gymnasium.error.Error as err:
-        raise ValueError(f"unknown gymnasium env id {env_id!r}: {err}") from err
-    env = gymnasium.make(env_id)
-    try:
-        obs_space, act_space = env.observation_space, env.action_space
+        obs_spec = env.observation_spec.get("observation", None)
+        action_spec = env.action_spec
+        start = getattr(getattr(getattr(env, "_env", None), "action_space", None), "start", 0)
+        limit = _time_limit(env) if env_factory is not None else registered
     finally:
         env.close()
-    supported = "supported: a 1-D continuous Box observation space and a Discrete action space"
-    box = gymnasium.spaces.Box
-    if not (
-        isinstance(obs_space, box) and len(obs_space.shape) == 1 and obs_space.dtype.kind == "f" and obs_space.shape[0]
-    ):
-        raise ValueError(f"env {env_id!r} has observation space {obs_space}; {supported}")
-    if not isinstance(act_space, gymnasium.spaces.Discrete) or int(act_space.start) != 0:
-        raise ValueError(f"env {env_id!r} has action space {act_space}; {supported} (starting at 0)")
-    if max_episode_steps is not None:
-        if isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps must be a positive integer, got {max_episode_steps!r}")
-        steps = max_episode_steps
-    else:
-        steps = registration.max_episode_steps
-        if steps is None:
-            raise ValueError(
-                f"env {env_id!r} has no max_episode_steps in its gymnasium registration; pass max_episode_steps "
-                "(episodes must be bounded so that a whole episode fits the model's context)"
-            )
-    return EnvInfo(
-        env_id=env_id, obs_dim=int(obs_space.shape[0]), n_actions=int(act_space.n), max_episode_steps=int(steps)
-    )
+    if obs_spec is None or len(obs_spec.shape) != 1 or not obs_spec.dtype.is_floating_point or not obs_spec.shape[0]:
+        shown = "none" if obs_spec is None else f"{tuple(obs_spec.shape)} {obs_spec.dtype}"
+        raise ValueError(f"env {name!r} has observation {shown}; {SUPPORTED} (a 1-D continuous Box observation)")
+    n_actions = getattr(action_spec.space, "n", None)
+    if n_actions is None or int(start) != 0 or action_spec.shape[-1:] not in (torch.Size([n_actions]), torch.Size([])):
+        raise ValueError(
+            f"env {name!r} has action spec {type(action_spec).__name__}{tuple(action_spec.shape)}; "
+            f"{SUPPORTED} (starting at 0)"
+        )
+    steps = max_episode_steps if max_episode_steps is not None else limit
+    if steps is None:
+        raise ValueError(
+            f"env {name!r} has no time limit (max_episode_steps in its gymnasium registration, or a StepCounter with "
+            "max_steps); pass max_episode_steps (data.time_limit): episodes must be bounded so that a whole episode "
+            "fits the model's context"
+        )
+    return EnvInfo(env_id=name, obs_dim=int(obs_spec.shape[0]), n_actions=int(n_actions), max_episode_steps=int(steps))
 
 
 def make_env(
@@ -107,22 +211,34 @@ def make_env(
     device: str | torch.device = "cpu",
     max_episode_steps: int | None = None,
     categorical_action_encoding: bool = False,
+    env_kwargs: dict | None = None,
+    env_wrappers: Sequence[str] | None = None,
+    env_factory: str | None = None,
 ) -> EnvBase:
-    """A batched ``[num_envs]`` TorchRL env for ``env_id`` with the transforms the policy needs.
+    """A batched ``[num_envs]`` TorchRL env with the transforms the policy needs.
 
-    ``SerialEnv`` of ``GymEnv`` (not gymnasium's vector env: see docs/data.md, "Environments"), transformed by
-    ``InitTracker`` (``is_init``), :class:`PreviousReward` (``prev_reward``), ``StepCounter`` and ``RewardSum``.
-    Actions are one-hot, or categorical with ``categorical_action_encoding``. Raises ``ValueError`` for
-    unsupported envs (:func:`probe_env`).
+    ``SerialEnv`` of gymnasium's ``env_id`` (``GymEnv``, with ``env_kwargs`` and ``env_wrappers``; ``module:EnvId``
+    accepted) or of ``env_factory(**env_kwargs)`` (a ``"pkg.module:function"`` returning an unbatched TorchRL
+    ``EnvBase``); not gymnasium's vector env (docs/data.md, "Environments"). Transformed by ``InitTracker``
+    (``is_init``), :class:`PreviousReward` (``prev_reward``), ``StepCounter`` (with ``max_episode_steps`` as its
+    ``max_steps`` for a factory's env: the time limit) and ``RewardSum``. Actions are one-hot, or categorical with
+    ``categorical_action_encoding``. Raises ``ValueError`` for unsupported envs (:func:`probe_env`).
     """
-    probe_env(env_id, max_episode_steps)
+    options = {"env_kwargs": env_kwargs, "env_wrappers": env_wrappers, "env_factory": env_factory}
+    info = probe_env(env_id, max_episode_steps, **options)
     if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
         raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
-    make_kwargs = {"categorical_action_encoding": bool(categorical_action_encoding)}
-    if max_episode_steps is not None:
-        make_kwargs["max_episode_steps"] = max_episode_steps
-    base = SerialEnv(num_envs, functools.partial(GymEnv, env_id, device=device, **make_kwargs), device=device)
-    env = TransformedEnv(base, Compose(InitTracker(), PreviousReward(), StepCounter(), RewardSum()))
+    make_one = functools.partial(
+        _base_env,
+        env_id,
+        device=device,
+        max_episode_steps=max_episode_steps,
+        categorical_action_encoding=categorical_action_encoding,
+        **options,
+    )
+    base = SerialEnv(num_envs, make_one, device=device)
+    counter = StepCounter(max_steps=info.max_episode_steps) if env_factory is not None else StepCounter()
+    env = TransformedEnv(base, Compose(InitTracker(), PreviousReward(), counter, RewardSum()))
     if seed is not None:
         env.set_seed(int(seed))
     return env

@@ -63,7 +63,7 @@ class EpisodeAssembler:
         n_dims = batch.batch_dims
         action = batch.get("action")
         if action.ndim > n_dims:  # one-hot encoded
-            action = action.argmax(-1)
+            action = action.long().argmax(-1)
 
         def flat(key, default=None):
             value = batch.get(key, default)

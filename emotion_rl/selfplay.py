@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import torch
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModuleBase
 from torchrl.collectors import Collector, MultiCollector
+from torchrl.envs import EnvBase
 
-from emotion_rl.envs import make_env
 from emotion_rl.episodes import EpisodeAssembler
 from emotion_rl.replay import EpisodeReplay
 
@@ -22,10 +23,14 @@ __all__ = [
     "Reanalyzer",
     "SelfPlayAgent",
     "SelfPlayCounters",
+    "closing_collector",
     "make_collector",
     "self_play",
     "shutdown_collector",
 ]
+
+
+CollectorT = TypeVar("CollectorT", Collector, MultiCollector)
 
 
 @runtime_checkable
@@ -89,25 +94,25 @@ class CollectionStats:
 
 def make_collector(
     policy: TensorDictModuleBase,
-    env_id: str,
+    make_env: Callable[..., EnvBase],
     num_envs: int,
     frames_per_batch: int,
     env_seed: int,
     workers: int = 0,
-    time_limit: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Collector | MultiCollector:
-    """The training collector over ``num_envs`` envs: a ``Collector`` in this process (``workers=0``; the policy
-    draws from ``generator``), or a synchronous ``MultiCollector`` over ``workers`` processes (``num_envs /
-    workers`` envs each, seeded from ``env_seed``; their draws come from their own torch RNG)."""
+    """The training collector over ``num_envs`` envs made by ``make_env(num_envs, seed=None)`` (picklable with
+    ``workers``): a ``Collector`` in this process (``workers=0``; the policy draws from ``generator``), or a
+    synchronous ``MultiCollector`` over ``workers`` processes (``num_envs / workers`` envs each, seeded from
+    ``env_seed``; their draws come from their own torch RNG)."""
     frames_per_batch = -(-frames_per_batch // num_envs) * num_envs
     if not workers:
-        env = make_env(env_id, num_envs, seed=env_seed, max_episode_steps=time_limit)
+        env = make_env(num_envs, seed=env_seed)
         policy.action_spec = env.action_spec
         if hasattr(policy, "generator"):
             policy.generator = generator
         return Collector(env, policy, frames_per_batch=frames_per_batch, total_frames=-1)
-    make_worker_env = functools.partial(make_env, env_id, num_envs // workers, max_episode_steps=time_limit)
+    make_worker_env = functools.partial(make_env, num_envs // workers)
     probe = make_worker_env()
     policy.action_spec = probe.action_spec.clone()
     if not probe.is_closed:
@@ -122,13 +127,31 @@ def make_collector(
 
 
 def shutdown_collector(collector: Collector | MultiCollector) -> None:
-    """Best-effort shutdown at teardown or interpreter exit, weight-sync schemes included (see docs/data.md)."""
+    """Shut a collector down, its weight-sync schemes included; best effort (safe at teardown and at exit).
+
+    Why the schemes: TorchRL 0.14's ``MultiCollector`` leaves its weight-sync scheme to the scheme's finaliser,
+    which at interpreter exit starts a queue-feeder thread that never finishes, so a script that made a
+    ``MultiCollector`` and did not close its schemes hangs on exit. Call this (or use :func:`closing_collector`)
+    when done with any collector.
+    """
     try:
         collector.shutdown(raise_on_error=False)
-        for scheme in (getattr(collector, "_weight_sync_schemes", None) or {}).values():
-            scheme.shutdown()
     except Exception:  # noqa: BLE001 - best effort at teardown / interpreter exit
         pass
+    for scheme in list((getattr(collector, "_weight_sync_schemes", None) or {}).values()):
+        try:
+            scheme.shutdown()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+
+@contextlib.contextmanager
+def closing_collector(collector: CollectorT) -> Iterator[CollectorT]:
+    """``with closing_collector(MultiCollector(...)) as collector:`` -> :func:`shutdown_collector` on leaving."""
+    try:
+        yield collector
+    finally:
+        shutdown_collector(collector)
 
 
 def self_play(
@@ -140,14 +163,19 @@ def self_play(
     sample_batch: Callable[[], TensorDict],
     warmup_episodes: int,
     updates_per_collection: int,
+    total_frames: int = -1,
+    on_warmup: Callable[[int, int], None] | None = None,
 ) -> Iterator[TensorDict]:
     """The training stream (spec 5 steps 1-9): after every collection, once the replay holds ``warmup_episodes``
     episodes (at least one), ``updates_per_collection`` batches ``{"episodes": sample_batch(), "stats"}``.
 
-    A ``MultiCollector``'s workers get the learner's weights (and temperature) after each collection's updates.
-    The collector is shut down when the stream ends.
+    ``total_frames`` (> 0): the stream ends after the batches of the collection that reached that many env steps;
+    the last batch's ``stats["total_frames_reached"]`` is True (the learner stops there). ``on_warmup(stored,
+    needed)`` is called after each collection while the replay fills. A ``MultiCollector``'s workers get the
+    learner's weights (and temperature) after each collection's updates. The collector is shut down at the end.
     """
     stats = CollectionStats()
+    needed = max(warmup_episodes, 1)
     try:
         for batch in collector:
             if batch.batch_dims > 2:  # MultiCollector: [workers, envs per worker, steps] -> [envs, steps]
@@ -158,12 +186,19 @@ def self_play(
             if episodes is not None:
                 replay.extend(episodes)
                 counters.episodes += episodes.batch_size[0]
-            if len(replay) < max(warmup_episodes, 1):
+            reached = 0 < total_frames <= counters.env_steps
+            if len(replay) < needed and not (reached and len(replay)):  # the budget ends the warm-up too
+                if on_warmup is not None:
+                    on_warmup(len(replay), needed)
                 continue
-            for _ in range(updates_per_collection):
+            for update in range(updates_per_collection):
                 returns, _lengths = assembler.drain_finished()
                 batch_stats = stats.take(returns, counters, policy.temperature)
+                last = reached and update == updates_per_collection - 1
+                batch_stats.set("total_frames_reached", torch.tensor(last))
                 yield TensorDict({"episodes": sample_batch(), "stats": batch_stats}, batch_size=[])
+            if reached:
+                return
             if isinstance(collector, MultiCollector):
                 policy.frames.fill_(counters.env_steps)
                 collector.update_policy_weights_()

@@ -10,6 +10,8 @@ from lightning.pytorch.callbacks import Callback
 from tensordict import TensorDict
 from torch import nn
 from torchrl.collectors import Collector
+from torchrl.data import Composite, OneHot, Unbounded
+from torchrl.envs import EnvBase
 
 from emotion_rl.envs import make_env
 from emotion_rl.episodes import EpisodeAssembler
@@ -120,6 +122,54 @@ IMAGE_ID = "EmotionRLTest/Image-v0"
 register_counter(COUNTER_ID, 6, n_actions=A, max_length=8)  # 7-step episodes get truncated at 6
 register_counter(UNBOUNDED_ID, None, n_actions=A)
 register_counter(IMAGE_ID, 6, n_actions=A, image=True)
+MODULE_ID = "fakes:EmotionRLTest/ModuleCounter-v0"  # gymnasium's module:EnvId form (this module registers it)
+register_counter(MODULE_ID.partition(":")[2], 6, n_actions=A, max_length=8)
+
+
+class CountdownEnv(EnvBase):
+    """A small TorchRL env (no gymnasium): observation ``[t, length, 1]``, reward ``1 + action``; each episode lasts
+    a length drawn from ``2 .. max_length`` at reset (seeded), then terminates. Actions one-hot over ``n_actions``."""
+
+    def __init__(self, n_actions: int = 2, max_length: int = 6, device: str = "cpu") -> None:
+        super().__init__(device=device, batch_size=torch.Size([]))
+        self.n_actions, self.max_length = n_actions, max_length
+        self.observation_spec = Composite(observation=Unbounded(shape=(3,), dtype=torch.float32))
+        self.action_spec = OneHot(n_actions)
+        self.reward_spec = Unbounded(shape=(1,))
+        self.rng = torch.Generator().manual_seed(0)
+        self.t, self.length = 0, 2
+
+    def _observation(self) -> torch.Tensor:
+        return torch.tensor([self.t, self.length, 1.0])
+
+    def _reset(self, tensordict):
+        self.t, self.length = 0, int(torch.randint(2, self.max_length + 1, (), generator=self.rng))
+        done = torch.zeros(1, dtype=torch.bool)
+        return TensorDict({"observation": self._observation(), "done": done, "terminated": done.clone()}, [])
+
+    def _step(self, tensordict):
+        self.t += 1
+        reward = 1.0 + float(tensordict.get("action").long().argmax(-1))
+        done = torch.tensor([self.t >= self.length])
+        return TensorDict(
+            {"observation": self._observation(), "reward": torch.tensor([reward]), "done": done, "terminated": done},
+            [],
+        )
+
+    def _set_seed(self, seed: int | None) -> None:
+        self.rng.manual_seed(int(seed or 0))
+
+
+class DoubleObservation(gymnasium.ObservationWrapper):
+    """A gymnasium wrapper for the ``env_wrappers`` test: observations times two."""
+
+    def observation(self, observation):
+        return observation * 2
+
+
+def make_countdown(n_actions: int = 2, max_length: int = 6) -> CountdownEnv:
+    """The ``env_factory`` of the TorchRL-env tests: ``fakes:make_countdown``."""
+    return CountdownEnv(n_actions, max_length)
 
 
 def fake_policy(greedy: bool) -> EmotionPolicy:

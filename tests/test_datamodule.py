@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from emotion_rl.cli import main
 from emotion_rl.datamodule import EmotionDataModule
 from emotion_rl.history import EPISODE_KEYS
 from emotion_rl.policy import EmotionPolicy
 
+from conftest import CONFIG, TINY
 from fakes import COUNTER_ID, UNBOUNDED_ID, A, E, FakeAgent, FakeModel, FakePlanner, fake_policy, make_episodes
 
 
@@ -44,7 +47,8 @@ def test_training_stream_yields_episode_batches_and_stats():
         episodes = batch["episodes"]
         assert episodes.batch_size[0] == 5 and episodes.batch_size[1] <= 6 and set(episodes.keys()) == set(EPISODE_KEYS)
         assert episodes["mask"][:, 0].all()
-        assert set(batch["stats"].keys()) == {"env_steps", "episodes", "episode_return", "emotion_usage", "temperature"}
+        keys = {"env_steps", "episodes", "episode_return", "emotion_usage", "temperature", "total_frames_reached"}
+        assert set(batch["stats"].keys()) == keys and not batch["stats"]["total_frames_reached"]
     first, second = batches[0]["stats"], batches[1]["stats"]
     assert first["env_steps"].item() % 8 == 0 and first["episodes"].item() >= 2
     assert first["emotion_usage"].shape == (E,) and first["emotion_usage"].sum().item() == pytest.approx(1.0)
@@ -206,3 +210,46 @@ def test_window_weighting_is_off_by_default_and_uniform_batches_carry_a_weight()
     assert torch.equal(batch["weight"] > 0, batch["mask"]) and batch["weight"].max() > 1
     with pytest.raises(ValueError, match="window_weighting must be one of"):
         EmotionDataModule(COUNTER_ID, window_weighting="steps")
+
+
+def test_total_frames_ends_the_stream_after_the_collection_that_reaches_it_and_logs_the_warm_up(caplog):
+    dm = fake_datamodule(
+        COUNTER_ID,
+        num_envs=2,
+        frames_per_batch=8,
+        batch_size=2,
+        updates_per_collection=2,
+        warmup_episodes=3,
+        total_frames=20,
+    )
+    with caplog.at_level(logging.INFO):
+        batches = list(dm.train_dataloader())
+    assert "emotion_rl: warm-up: " in caplog.text and "/3 episodes stored" in caplog.text
+    flags = [bool(batch["stats"]["total_frames_reached"]) for batch in batches]
+    assert flags[-1] and not any(flags[:-1]) and len(batches) % 2 == 0  # the whole last collection is trained
+    assert dm.env_steps == 24 and batches[-1]["stats"]["env_steps"] == 24  # 3 collections of 8 reach 20
+    assert list(dm.train_dataloader()) == [], "a spent budget collects nothing more"
+    with pytest.raises(ValueError, match="total_frames"):
+        EmotionDataModule(COUNTER_ID, total_frames=0)
+
+
+def test_a_torchrl_env_factory_trains_end_to_end_through_the_cli_and_total_frames_stops_it(tmp_path):
+    cli = main(
+        [
+            "fit",
+            f"--config={CONFIG}",
+            *TINY,
+            "--data.env_factory=fakes:make_countdown",
+            "--data.env_kwargs={n_actions: 3, max_length: 6}",
+            "--data.time_limit=5",
+            "--data.total_frames=64",
+            "--trainer.max_steps=4000",
+            "--trainer.val_check_interval=1000",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
+    data, agent = cli.datamodule, cli.model
+    assert (data.obs_dim, data.n_actions, data.max_episode_steps) == (3, 3, 5)
+    assert (agent.hparams.obs_dim, agent.hparams.n_actions) == (3, 3)
+    assert data.env_steps == 64 and data.episodes > 0  # 4 collections of 16 steps
+    assert cli.trainer.global_step == 4 * 8 * 4  # 8 batches per collection (the first already stores 2 episodes)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 from torchrl.envs import Compose, GymEnv, InitTracker, TransformedEnv
 
-from emotion_rl.envs import PreviousReward, make_env, probe_env
+from emotion_rl.envs import MissingDependencyError, PreviousReward, make_env, probe_env
 
-from fakes import COUNTER_ID, IMAGE_ID, UNBOUNDED_ID
+from fakes import COUNTER_ID, IMAGE_ID, MODULE_ID, UNBOUNDED_ID
 
 
 def test_previous_reward_carries_the_last_reward_to_the_next_root_and_zero_after_reset():
@@ -79,3 +81,49 @@ def test_max_episode_steps_override_truncates_the_episodes():
     td = env.rollout(12, lambda td: td.set("action", torch.tensor([[1, 0]])), break_when_any_done=False)
     assert td["step_count"][..., 0].max() <= 4
     assert td["next", "truncated"].any()
+
+
+def test_env_kwargs_and_wrappers_reach_the_gymnasium_env():
+    # CounterEnv's observation[1] is the episode's planned length, drawn from 2 .. max_length - 1
+    short = make_env(COUNTER_ID, num_envs=2, seed=0, env_kwargs={"max_length": 3})
+    planned = short.rollout(20, break_when_any_done=False)["observation"][..., 1]
+    assert planned.eq(2).all(), "env_kwargs did not reach gymnasium.make"
+    doubled = make_env(
+        COUNTER_ID, num_envs=2, seed=0, env_kwargs={"max_length": 3}, env_wrappers=["fakes.DoubleObservation"]
+    )
+    assert doubled.rollout(20, break_when_any_done=False)["observation"][..., 1].eq(4).all(), (
+        "the wrapper was not applied"
+    )
+    assert probe_env("CartPole-v1", env_kwargs={"max_episode_steps": 7}).max_episode_steps == 7
+    steps = make_env("CartPole-v1", 1, seed=0, env_kwargs={"max_episode_steps": 7}).rollout(
+        20, lambda td: td.set("action", torch.tensor([[1, 0]])), break_when_any_done=False
+    )
+    assert steps["step_count"].max() <= 6 and steps["next", "truncated"].any()
+
+
+def test_module_colon_env_id_imports_the_module_that_registers_the_env():
+    info = probe_env(MODULE_ID)
+    assert (info.env_id, info.obs_dim, info.n_actions, info.max_episode_steps) == (MODULE_ID, 2, 2, 6)
+    assert make_env(MODULE_ID, num_envs=2, seed=0).rollout(3)["observation"].shape[-1] == 2
+    with pytest.raises(ValueError, match="cannot import 'no_such_module'"):
+        probe_env("no_such_module:Env-v0")
+
+
+def test_a_torchrl_env_factory_gives_sizes_from_its_specs_and_a_time_limit():
+    info = probe_env("ignored", 5, env_factory="fakes:make_countdown", env_kwargs={"n_actions": 3})
+    assert (info.env_id, info.obs_dim, info.n_actions, info.max_episode_steps) == ("fakes:make_countdown", 3, 3, 5)
+    with pytest.raises(ValueError, match=r"make_countdown.*no time limit"):
+        probe_env("ignored", env_factory="fakes:make_countdown")
+    env = make_env("ignored", 2, seed=0, max_episode_steps=3, env_factory="fakes:make_countdown")
+    steps = env.rollout(12, break_when_any_done=False)
+    assert steps["step_count"].max() <= 2 and steps["next", "truncated"].any()  # the time limit truncates
+    with pytest.raises(ValueError, match="not a TorchRL EnvBase"):
+        probe_env("ignored", 5, env_factory="fakes:CounterEnv")
+
+
+def test_a_missing_optional_dependency_names_the_extra_in_one_line():
+    if importlib.util.find_spec("Box2D") is not None:
+        pytest.skip("Box2D is installed")
+    with pytest.raises(MissingDependencyError, match=r'pip install -e "\.\[box2d\]"') as raised:
+        probe_env("LunarLander-v3")
+    assert isinstance(raised.value, ValueError) and "\n" not in str(raised.value)

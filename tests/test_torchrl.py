@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +129,16 @@ def test_the_torchrl_example_runs_outside_lightning():
     )
     assert metrics["frames"] == 96 and metrics["buffer"] == 96
     assert metrics["last_loss"] < metrics["first_loss"], "the distilling agent did not learn from the visit counts"
+
+
+def test_a_plain_script_with_a_multicollector_exits_when_it_closes_the_collector_with_the_helper():
+    """TorchRL 0.14's MultiCollector hangs interpreter exit unless its weight-sync schemes are shut down; the example
+    closes its collector with ``closing_collector`` and must exit on its own."""
+    script = ROOT / "examples" / "torchrl_loop.py"
+    args = ["--workers", "2", "--num-envs", "2", "--frames", "32", "--frames-per-batch", "16", "--simulations", "2"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--batch-size", "8"], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "frames     32" in done.stdout
