@@ -10,8 +10,9 @@ Sections (each measured in this one run, side by side):
    against the literal reference (``emotion_rl.reference.literal_search``, one environment at a time, a full
    ``model.evaluate`` per expansion), with the ratio and a check that the root visit counts are identical, both
    on the float32 model that is timed and on a float64 copy of it.
-2. Planner overhead: total search time over the time spent inside the model's own calls (``search_prefix``,
-   ``heads``, ``evaluate_children``, ``evaluate_expansion``; nested calls counted once). 1.0 is the physical limit.
+2. Planner overhead: total search time over the time spent inside its model calls (the fused adapter
+   ``emotion_rl.fused.FusedSearchModel``'s ``search_prefix``, ``children``, ``expand`` and the model's ``heads``;
+   nested calls counted once). 1.0 is the physical limit.
 3. Training timesteps per second: the ``timestep`` schedule (spec 2.3's loop) against the ``episode`` schedule,
    both through ``EmotionAgent.train_batch`` with the four Adam optimizers of ``configure_optimizers``.
 4. End-to-end ``fit`` on CartPole (``configs/cartpole.yaml``): environment steps per second and peak RSS, in a
@@ -84,7 +85,7 @@ def targets_table(sizes: Sizes, results: dict) -> Table:
             f"reading of the planner row: a search of 16 environments makes {planner['planner_calls']:.0f} batched "
             f"model calls (the prefix, the root's 8 children at once, then one per batch of waiting expansions), a "
             f"literal environment {planner['literal_calls']:.1f} (its root and its own expansions). A batched "
-            f"evaluate_expansion call costs {model_time['per_expansion_call'] * 1e3:.2f} ms (section 2) and a literal "
+            f"expand call costs {model_time['per_expansion_call'] * 1e3:.2f} ms (section 2) and a literal "
             f"environment {planner['literal_per_env'] * 1e3 / planner['literal_calls']:.2f} ms per model call, its "
             "tree code included."
         )

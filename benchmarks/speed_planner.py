@@ -9,6 +9,7 @@ import statistics
 import time
 from collections import Counter
 
+import numpy as np
 import torch
 from speed_common import (
     Sizes,
@@ -25,9 +26,11 @@ from speed_common import (
 )
 from tensordict import TensorDict
 
+from emotion_rl.fused import FusedSearchModel
 from emotion_rl.model import EmotionModel
 from emotion_rl.reference import literal_search
 from emotion_rl.search import EmotionMCTS
+from emotion_rl.tree import EdgeArrays, Tree
 
 
 def bench_planner(sizes: Sizes, results: dict) -> Table:
@@ -53,8 +56,8 @@ def bench_planner(sizes: Sizes, results: dict) -> Table:
             "the same machine conditions.",
             "literal: emotion_rl.reference.literal_search once per environment; 'literal timed' = environments "
             "actually timed (k/N: timed on the first k of N rows and scaled per environment to N).",
-            "model calls: batched model calls per planner search (the root's search_prefix, one evaluate_children "
-            "for the root's 8 children, one evaluate_expansion per batch of waiting expansions) / full "
+            "model calls: batched model calls per planner search (the fused adapter's search_prefix at the root, "
+            "one children call for the root's 8 children, one expand call per batch of waiting expansions) / full "
             "model.evaluate calls per literal environment (root + its expansions).",
             "identical f32: root visit counts of the timed float32 runs, planner row vs literal row, for every "
             "literal-timed row. identical f64: the same on a float64 copy of the model and history (first rows).",
@@ -89,9 +92,8 @@ def bench_planner(sizes: Sizes, results: dict) -> Table:
             t_planner = statistics.median(planner_times)
             per_env = t_literal / k
             counter = ModelCallTimer(copy.deepcopy(model))
-            planner.search(counter.model, history)
-            planner_calls = sum(counter.calls[name] for name in ("search_prefix", "evaluate_children"))
-            planner_calls += counter.calls["evaluate_expansion"]
+            planner.search(counter.search_model, history)
+            planner_calls = sum(counter.calls[name] for name in ("search_prefix", "children", "expand"))
             # float64 copy: both implementations on the same double model, first rows
             k64 = min(envs, sizes.f64_rows)
             history64 = make_history(envs, length, seed=length, dtype=torch.float64)
@@ -130,21 +132,28 @@ def bench_planner(sizes: Sizes, results: dict) -> Table:
 
 
 class ModelCallTimer:
-    """Wrap a model instance's entry points with wall-clock timers.
+    """Wall-clock timers around the planner's model calls: the fused adapter's entry points and the model's own.
 
-    The wrappers are instance attributes, so the model's own internal calls go through them too; only the
-    outermost call is timed, nested ones are only counted.
+    ``search_model`` is a :class:`~emotion_rl.fused.FusedSearchModel` of ``model`` (what ``EmotionMCTS.search``
+    builds for an :class:`EmotionModel`) whose ``search_prefix``, ``children`` and ``expand`` are wrapped; the
+    model's ``heads`` (the root's, after the prefix) and ``encode_imagined`` are wrapped too. The wrappers are
+    instance attributes, so internal calls (``root`` -> ``search_prefix`` + ``heads``, ``children`` ->
+    ``encode_imagined`` + ``heads``) go through them as well; only the outermost call is timed, nested ones are
+    only counted. Pass ``search_model`` to ``EmotionMCTS.search``.
     """
 
-    NAMES = ("search_prefix", "heads", "evaluate_children", "evaluate_expansion", "encode", "evaluate_imagined")
+    ADAPTER = ("search_prefix", "children", "expand")
+    MODEL = ("heads", "encode_imagined")
 
     def __init__(self, model: EmotionModel) -> None:
         self.seconds: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
         self._depth = 0
         self.model = model
-        for name in self.NAMES:
-            setattr(model, name, self._wrap(name, getattr(model, name)))
+        self.search_model = FusedSearchModel(model)
+        for owner, names in ((self.search_model, self.ADAPTER), (model, self.MODEL)):
+            for name in names:
+                setattr(owner, name, self._wrap(name, getattr(owner, name)))
 
     def _wrap(self, name, method):
         def wrapper(*args, **kwargs):
@@ -187,31 +196,31 @@ def bench_overhead(sizes: Sizes, results: dict) -> Table:
             "overhead",
         ],
         notes=[
-            "model s = wall time inside model.search_prefix (history encoding and expansion cache) + model.heads "
-            "(root) + model.evaluate_children (the root's 8 children, one call) + model.evaluate_expansion (the "
-            "batched expansions); overhead = search s / model s (1.0 = the physical limit); sums over the timed "
-            "searches, per search.",
+            "model s = wall time inside the fused adapter's calls (emotion_rl.fused.FusedSearchModel): "
+            "search_prefix (history encoding and expansion cache) + model.heads (root) + children (the root's 8 "
+            "children, one call) + expand (the batched expansions); overhead = search s / model s (1.0 = the "
+            "physical limit); sums over the timed searches, per search.",
         ],
     )
-    model = make_model()
-    timer = ModelCallTimer(model)
+    timer = ModelCallTimer(make_model())
+    search_model = timer.search_model
     planner = make_planner(sims)
     for length in sizes.overhead_histories:
         for envs in sizes.overhead_envs:
             history = make_history(envs, length, seed=length)
-            planner.search(model, history)  # warm-up
+            planner.search(search_model, history)  # warm-up
             gc.collect()
             timer.reset()
             total, reps = 0.0, 0
             while reps < sizes.min_reps or total < sizes.min_time:
-                seconds, _ = timed(planner.search, model, history)
+                seconds, _ = timed(planner.search, search_model, history)
                 total += seconds
                 reps += 1
             ratio = total / timer.total
             results["overhead"][(envs, length)] = ratio
             results["model_time"][(envs, length)] = dict(
                 model=timer.total / reps,
-                per_expansion_call=timer.seconds["evaluate_expansion"] / max(timer.calls["evaluate_expansion"], 1),
+                per_expansion_call=timer.seconds["expand"] / max(timer.calls["expand"], 1),
             )
             table.add(
                 envs,
@@ -220,9 +229,9 @@ def bench_overhead(sizes: Sizes, results: dict) -> Table:
                 fmt(timer.total / reps),
                 fmt(timer.seconds["search_prefix"] / reps),
                 fmt(timer.seconds["heads"] / reps),
-                fmt(timer.seconds["evaluate_children"] / reps),
-                fmt(timer.seconds["evaluate_expansion"] / reps),
-                f"{timer.calls['evaluate_expansion'] / reps:.1f}",
+                fmt(timer.seconds["children"] / reps),
+                fmt(timer.seconds["expand"] / reps),
+                f"{timer.calls['expand'] / reps:.1f}",
                 f"{ratio:.2f}x",
             )
     return table
@@ -241,39 +250,44 @@ def worker_rss(envs: int, sims: int, length: int) -> dict:
     return dict(growth_mib=after - before, before_mib=before, peak_mib=after, reset=reset)
 
 
+def tree_numpy_bytes(tree: Tree) -> int:
+    """Bytes of a search tree's numpy arrays (the packed edge statistics included)."""
+    arrays = [v.data if isinstance(v, EdgeArrays) else v for v in vars(tree).values()]
+    return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
+
+
 def profiled_memory(model: EmotionModel, planner: EmotionMCTS, history: TensorDict) -> dict[str, int]:
     """Live tensor bytes during one search, from the torch profiler's memory events (allocations and frees).
 
     ``peak``: the maximum over the whole search. ``after_encode``: the maximum during the rest of the search (root
-    heads, tree, simulations) above the level live when ``model.search_prefix`` returned (the history's encoding:
-    its key/value cache). ``tree``: bytes of the returned tree arrays. The search tree's own arrays are numpy
-    arrays, which the profiler does not see: their bytes (``numpy``) are added to ``peak`` and ``after_encode``.
+    heads, tree, simulations) above the level live when the fused adapter's ``search_prefix`` returned (the
+    history's encoding: its key/value cache). ``tree``: bytes of the returned tree arrays. The search tree's own
+    arrays are numpy arrays (:class:`emotion_rl.tree.Tree`), which the profiler does not see: their bytes
+    (``numpy``) are added to ``peak`` and ``after_encode``.
     """
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    import emotion_rl.search as search_module
-
-    prefix = model.search_prefix
-    trees = []
-    from_root = search_module.Tree.from_root
+    search_model = FusedSearchModel(model)
+    prefix = search_model.search_prefix
+    trees: list[Tree] = []
+    from_root = Tree.__dict__["from_root"]  # the classmethod itself, restored afterwards
 
     def marked_prefix(*args, **kwargs):
         with record_function("speed:encode"):
             return prefix(*args, **kwargs)
 
-    def recorded_from_root(*args, **kwargs):
-        trees.append(from_root(*args, **kwargs))
+    def recorded_from_root(cls, *args, **kwargs):
+        trees.append(from_root.__func__(cls, *args, **kwargs))
         return trees[-1]
 
-    model.search_prefix = marked_prefix
-    search_module.Tree.from_root = recorded_from_root
+    search_model.search_prefix = marked_prefix
+    Tree.from_root = classmethod(recorded_from_root)
     try:
         with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            result = planner.search(model, history)
+            result = planner.search(search_model, history)
     finally:
-        del model.search_prefix
-        search_module.Tree.from_root = from_root
-    numpy_bytes = sum(v.nbytes for v in vars(trees[0]).values() if hasattr(v, "nbytes"))
+        Tree.from_root = from_root
+    numpy_bytes = tree_numpy_bytes(trees[0])
     events = prof.profiler.kineto_results.events()
     encode_end = max(e.end_ns() for e in events if e.name() == "speed:encode")
     live = peak = level = after = 0
@@ -299,8 +313,8 @@ def bench_memory(sizes: Sizes, threads: int, results: dict) -> Table:
             "peak = maximum of live tensor bytes allocated inside search() (profiler memory events; the model's "
             "parameters and the history are allocated before and not counted) plus the search tree's numpy arrays "
             "(not seen by the profiler; their nbytes). after-encode = maximum during the rest of the search (root "
-            "heads, tree, simulations) above what was live when model.search_prefix returned (the encoding: its "
-            "key/value cache), plus the numpy tree. tree = the returned tree arrays.",
+            "heads, tree, simulations) above what was live when the fused adapter's search_prefix returned (the "
+            "encoding: its key/value cache), plus the numpy tree. tree = the returned tree arrays.",
             "per-node-sequence = envs x (sims + 1) x (history + 1) x d_model x 4 bytes: what a planner that kept "
             "one imagined sequence's hidden states per node would hold (the product that must not appear).",
         ],

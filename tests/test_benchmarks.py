@@ -220,22 +220,101 @@ def test_an_ad_hoc_variant_is_labelled_by_its_overrides():
     assert plot_learning.table({"fast": [fast]}).splitlines()[-1].startswith("| fast: --model.num_simulations=8 |")
 
 
-def test_the_speed_benchmark_imports_and_builds_its_inputs_with_the_tests_layouts(monkeypatch):
+SPEED_MODULES = ("speed_common", "speed_planner", "speed_training", "speed", "collection")
+
+
+@pytest.fixture
+def speed(monkeypatch):
+    """The speed benchmark's modules, imported by name as when run as a script (its sections import each other)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    for name in SPEED_MODULES:
+        sys.modules.pop(name, None)
+    try:
+        yield Namespace(**{name: importlib.import_module(name) for name in SPEED_MODULES})
+    finally:
+        for name in SPEED_MODULES:
+            sys.modules.pop(name, None)
+
+
+def tiny_sizes(common):
+    """Every section's sizes cut to a few environments, steps and simulations (no subprocesses)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        common.QUICK,
+        planner_envs=(2,),
+        histories=(5,),
+        simulations=6,
+        literal_envs=1,
+        f64_rows=1,
+        min_time=0.0,
+        min_reps=1,
+        overhead_envs=(2,),
+        overhead_histories=(5,),
+        train_episodes=1,
+        train_length=4,
+        timestep_steps=2,
+        episode_reps=1,
+        memory_envs=(1, 2),
+        memory_sims=(2, 4),
+        memory_histories=(4,),
+        rss_points=(),
+    )
+
+
+def test_the_speed_benchmark_imports_and_builds_its_inputs_with_the_tests_layouts(speed):
     from emotion_rl.history import EPISODE_KEYS, HISTORY_KEYS
 
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # its sections import each other by name, as when run as a script
     names = {"speed_common": "make_model", "speed_planner": "bench_planner", "speed_training": "bench_fit"}
-    names["speed"] = "main"
-    try:
-        modules = {name: importlib.import_module(name) for name in names}
-        for name, function in names.items():
-            assert callable(getattr(modules[name], function))
-        common = modules["speed_common"]
-        history = common.make_history(3, 5)
-        assert tuple(history.keys()) == HISTORY_KEYS and history.batch_size == (3, 5)
-        assert int(history["action"].max()) < common.N_ACTIONS
-        episodes = common.make_episodes(2, 7)
-        assert set(episodes.keys()) == set(EPISODE_KEYS) and bool(episodes["mask"].all())
-    finally:
-        for name in names:
-            sys.modules.pop(name, None)
+    names.update(speed="main", collection="measure")
+    for name, function in names.items():
+        assert callable(getattr(getattr(speed, name), function))
+    common = speed.speed_common
+    history = common.make_history(3, 5)
+    assert tuple(history.keys()) == HISTORY_KEYS and history.batch_size == (3, 5)
+    assert int(history["action"].max()) < common.N_ACTIONS
+    episodes = common.make_episodes(2, 7)
+    assert set(episodes.keys()) == set(EPISODE_KEYS) and bool(episodes["mask"].all())
+    assert common.make_model(context_window=8).context_window == 8
+
+
+def test_the_model_call_timer_wraps_the_fused_adapter_without_changing_the_search(speed):
+    import torch
+
+    common, planner_module = speed.speed_common, speed.speed_planner
+    model, history, planner = common.make_model(16), common.make_history(3, 6), common.make_planner(50)
+    timer = planner_module.ModelCallTimer(common.make_model(16))
+    timed_out, plain = planner.search(timer.search_model, history), planner.search(model, history)
+    assert torch.equal(timed_out["visit_counts"], plain["visit_counts"])
+    assert timer.calls["search_prefix"] == 1 and timer.calls["children"] == 1 and timer.calls["expand"] >= 1
+    assert timer.calls["heads"] >= 2  # the root's, and inside the children call (nested: counted, not timed)
+    assert set(timer.seconds) == {"search_prefix", "heads", "children", "expand"} and timer.total > 0
+    timer.reset()
+    assert timer.total == 0 and not timer.calls
+
+
+def test_every_speed_section_runs_at_tiny_sizes_and_the_targets_table_reads_them(speed):
+    common, planner, training = speed.speed_common, speed.speed_planner, speed.speed_training
+    sizes = tiny_sizes(common)
+    results: dict = {"planner": {}, "overhead": {}, "model_time": {}}
+    tables = [
+        planner.bench_planner(sizes, results),
+        planner.bench_overhead(sizes, results),
+        training.bench_training(sizes, results),
+        planner.bench_memory(sizes, 1, results),
+    ]
+    row = results["planner"][(2, 5)]
+    assert row["same32"] == (1, 1) and row["same64"] == (1, 1)  # the literal reference agrees
+    assert row["planner_calls"] >= 2 and results["overhead"][(2, 5)] >= 1.0
+    assert results["training"]["k"] == 2
+    memory = results["memory"][(2, 4, 4)]
+    assert memory["peak"] >= memory["after_encode"] > 0 and memory["tree"] > 0
+    for table in tables:
+        assert table.rows and table.markdown().startswith("### ")
+    targets = speed.speed.targets_table(sizes, results)
+    assert [r[0] for r in targets.rows][0].startswith("planner vs literal")
+
+
+def test_the_collection_benchmark_measures_an_in_process_collector(speed):
+    args = Namespace(env="CartPole-v1", envs=2, simulations=2, frames=4, steps_per_batch=2)
+    assert speed.collection.measure(0, args) > 0
