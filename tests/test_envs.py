@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
 from torchrl.envs import Compose, GymEnv, InitTracker, TransformedEnv
 
+from emotion_rl.cli import main
 from emotion_rl.envs import MissingDependencyError, PreviousReward, make_env, probe_env
 
 from fakes import COUNTER_ID, IMAGE_ID, MODULE_ID, UNBOUNDED_ID
@@ -127,3 +129,18 @@ def test_a_missing_optional_dependency_names_the_extra_in_one_line():
     with pytest.raises(MissingDependencyError, match=r'pip install -e "\.\[box2d\]"') as raised:
         probe_env("LunarLander-v3")
     assert isinstance(raised.value, ValueError) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("name", ["acrobot", "mountaincar", "lunarlander"])
+def test_the_shipped_configs_build_their_env_and_a_missing_extra_is_one_line_from_the_cli(name, capsys):
+    config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    if name == "lunarlander" and importlib.util.find_spec("Box2D") is None:
+        with pytest.raises(SystemExit) as exited:
+            main([f"--config={config}"], run=False)
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err
+        assert 'pip install -e ".[box2d]"' in err
+        return
+    cli = main([f"--config={config}", "--trainer.logger=false"], run=False)
+    env_id = {"acrobot": "Acrobot-v1", "mountaincar": "MountainCar-v0", "lunarlander": "LunarLander-v3"}[name]
+    assert cli.datamodule.env_id == env_id and cli.model.hparams.obs_dim == cli.datamodule.obs_dim
