@@ -140,3 +140,38 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     torch.manual_seed(9)
     set_rng_state(load_checkpoint(path)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item(), random.gauss(0, 1)) == expected
+
+
+def test_checkpoint_size_follows_the_steps_stored_not_capacity_times_time_limit(tmp_path):
+    """The replay is stored flat: a checkpoint holds the collected steps, not ``replay_capacity`` episodes padded
+    to the time limit (1000 x 40 steps here); fails if padding comes back."""
+    from emotion_rl.cli import main
+
+    from conftest import CONFIG, TINY
+
+    cli = main(
+        [
+            "fit",
+            f"--config={CONFIG}",
+            *TINY,
+            "--trainer.max_steps=16",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
+    path = tmp_path / "manual.ckpt"
+    cli.trainer.save_checkpoint(path)
+    state = load_checkpoint(path)["EmotionDataModule"]
+    stored = int(state["replay"]["slots"].numel())
+    assert 0 < stored <= state["env_steps"]
+    replay_bytes = len(_serialised(state["replay"]))
+    assert replay_bytes < 20_000 + 200 * stored, f"{replay_bytes} bytes for {stored} stored steps"
+    padded = cli.datamodule.replay_capacity * cli.datamodule.max_episode_steps
+    assert replay_bytes * 50 < padded * 100, "the checkpoint grows with capacity x time limit again"
+
+
+def _serialised(value: object) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
