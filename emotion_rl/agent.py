@@ -55,8 +55,9 @@ class EmotionAgent(L.LightningModule):
             imagined state), so an episode never outgrows it, unless ``context_window`` is set.
         n_emotions, d_model, n_layers, n_heads, head_hidden: model size (:class:`~emotion_rl.EmotionModel`).
         num_simulations, c_puct, max_depth: planner (:class:`~emotion_rl.EmotionMCTS`; spec 1.2, 1.4).
-        q_transform, completed_value, tie_break, dirichlet_alpha, dirichlet_fraction, root_rule, gumbel_considered,
-            gumbel_c_visit, gumbel_c_scale: the planner's search options, literal by default (docs/search.md).
+        q_transform, completed_value, tie_break: the planner's selection options, literal by default (docs/search.md).
+        dirichlet_alpha, dirichlet_fraction: Dirichlet noise at the root when acting (off at fraction 0).
+        root_rule, gumbel_considered, gumbel_c_visit, gumbel_c_scale: ``"puct"`` (spec 1.2) or a Gumbel MuZero root.
         temperature_start, temperature_end, temperature_decay_frames: emotion sampling temperature (spec 3.4),
             linear in environment steps.
         head_lr, transformer_lr: learning rates of each head group and of the shared transformer (spec 2.5:

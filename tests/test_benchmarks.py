@@ -104,10 +104,10 @@ def test_protocol_defaults_follow_the_environment_and_flags_override_them():
     cartpole = learning.parse([])
     assert cartpole.env_id == "CartPole-v1"  # the config's env
     assert (cartpole.threshold, cartpole.budget, cartpole.eval_every) == (475.0, 30_000, 1_000)
-    assert cartpole.seeds == [0, 1, 2, 3, 4] and Path(cartpole.out) == learning.RESULTS / "CartPole-v1"
+    assert cartpole.seeds == [0, 1, 2, 3, 4] and learning.ROOT / cartpole.out == learning.RESULTS / "CartPole-v1"
     acrobot = learning.parse(["--env-id", "Acrobot-v1"])
     assert (acrobot.threshold, acrobot.budget) == (-100.0, 50_000)
-    assert Path(acrobot.out) == learning.RESULTS / "Acrobot-v1"
+    assert learning.ROOT / acrobot.out == learning.RESULTS / "Acrobot-v1"
     flagged = learning.parse(["--env-id", "Acrobot-v1", "--threshold", "-150", "--budget", "9000", "--out", "x"])
     assert (flagged.threshold, flagged.budget, flagged.eval_every, flagged.out) == (-150.0, 9000, 2_000, "x")
     other = learning.parse(["--env-id", "MountainCarContinuous-v0"])  # not listed: Gymnasium's threshold

@@ -35,7 +35,9 @@ def test_no_committed_text_points_outside_the_repository():
     offenders = []
     for name in tracked:
         path = ROOT / name
-        if path.suffix not in {".py", ".md", ".yaml", ".yml", ".toml"} or not path.is_file():
+        if path.suffix not in {".py", ".md", ".yaml", ".yml", ".toml", ".json", ".log", ".csv"} or not path.is_file():
+            continue
+        if name == "tests/test_docs.py":  # this file spells the patterns it looks for
             continue
         if pattern.search(path.read_text(errors="ignore")):
             offenders.append(name)
