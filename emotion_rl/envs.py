@@ -181,19 +181,20 @@ def probe_env(
     try:
         obs_spec = env.observation_spec.get("observation", None)
         action_spec = env.action_spec
-        start = getattr(getattr(getattr(env, "_env", None), "action_space", None), "start", 0)
+        gym_env = getattr(env, "_env", None)  # a gymnasium env's spaces name the refusal in its own terms
+        obs_space, action_space = getattr(gym_env, "observation_space", None), getattr(gym_env, "action_space", None)
+        start = getattr(action_space, "start", 0)
         limit = _time_limit(env) if env_factory is not None else registered
     finally:
         env.close()
     if obs_spec is None or len(obs_spec.shape) != 1 or not obs_spec.dtype.is_floating_point or not obs_spec.shape[0]:
         shown = "none" if obs_spec is None else f"{tuple(obs_spec.shape)} {obs_spec.dtype}"
+        shown = f"space {obs_space}" if obs_space is not None else shown
         raise ValueError(f"env {name!r} has observation {shown}; {SUPPORTED} (a 1-D continuous Box observation)")
     n_actions = getattr(action_spec.space, "n", None)
     if n_actions is None or int(start) != 0 or action_spec.shape[-1:] not in (torch.Size([n_actions]), torch.Size([])):
-        raise ValueError(
-            f"env {name!r} has action spec {type(action_spec).__name__}{tuple(action_spec.shape)}; "
-            f"{SUPPORTED} (starting at 0)"
-        )
+        shown = f"space {action_space}" if action_space is not None else f"spec {type(action_spec).__name__}"
+        raise ValueError(f"env {name!r} has action {shown}; {SUPPORTED} (starting at 0)")
     steps = max_episode_steps if max_episode_steps is not None else limit
     if steps is None:
         raise ValueError(
