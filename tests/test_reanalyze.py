@@ -41,7 +41,7 @@ def test_datamodule_refreshes_that_share_of_each_batch_and_writes_it_back_to_the
     count = round(fraction * 4)
     fresh = agent.reanalyze(batch[:count])
     torch.testing.assert_close(batch["visit_distribution"][:count], fresh)
-    replay, length = data.replay.buffer[:], batch.shape[1]
+    replay, length = data.replay.episodes(), batch.shape[1]
 
     def slot(row: int) -> int:  # sampling is with replacement: find the stored episode a row came from
         return next(i for i in range(5) if torch.equal(replay["observation"][i, :length], batch["observation"][row]))
