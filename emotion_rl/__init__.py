@@ -5,7 +5,7 @@ The public API, by layer (docs/index.md):
 - data types: :class:`History` (the real history the model reads, spec 1.3), :data:`NONE`;
 - the network and the planner: :class:`EmotionModel` (spec 2.1), :class:`EmotionMCTS` (spec 1);
 - acting: :class:`EmotionPolicy` (a TorchRL policy module), :class:`TemperatureSchedule` (spec 3.4), :func:`make_env`,
-  :func:`play`;
+  :func:`play`, :func:`closing_collector` / :func:`shutdown_collector` (collectors that exit cleanly);
 - learning: the four phase losses (:class:`DynamicsLoss`, :class:`MaxValueActionLoss`, :class:`LiteralActionLoss`,
   :class:`ValueLoss`, :class:`PolicyLoss`; spec 2.2), :class:`EmotionAgent` (LightningModule, spec 2.3),
   :class:`EmotionDataModule` (collector and replay, spec 3.3, 5);
@@ -22,6 +22,7 @@ from emotion_rl.model import EmotionModel
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
 from emotion_rl.rollout import play
 from emotion_rl.search import EmotionMCTS
+from emotion_rl.selfplay import closing_collector, shutdown_collector
 
 __all__ = [
     "NONE",
@@ -38,7 +39,9 @@ __all__ = [
     "PolicyLoss",
     "TemperatureSchedule",
     "ValueLoss",
+    "closing_collector",
     "make_env",
     "play",
+    "shutdown_collector",
 ]
 __version__ = "0.1.0"

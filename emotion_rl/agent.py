@@ -319,13 +319,13 @@ class EmotionAgent(L.LightningModule):
         Lightning's default fetcher would pull the next batch before this step runs (it prefetches one to detect
         the end of an unsized stream): that batch's collection would land in the checkpoint's replay and counters
         before it was trained on, and a resumed run would skip it. Pulling the batch here keeps every checkpoint at
-        a batch boundary (exact resume, README).
+        a batch boundary (exact resume, docs/resuming.md).
         """
         batch, _batch_idx, _dataloader_idx = next(dataloader_iter)
         self.train_batch(batch.to(self.device))
 
     def train_batch(self, batch: TensorDict) -> None:
-        """One training batch (README, "Data flow"): the four phases (spec 2.3) and the collection's logs."""
+        """One training batch (docs/data.md): the four phases (spec 2.3) and the collection's logs."""
         episodes = batch["episodes"]
         if self.hparams.schedule == "episode":
             logs = self.update(episodes)

@@ -129,7 +129,7 @@ def tensorboard_available() -> bool:
 
 
 def add_tensorboard(trainer: Trainer) -> Trainer:
-    """Give the config's single ``CSVLogger`` a ``TensorBoardLogger`` twin when tensorboard is installed (issue 6).
+    """Give the config's single ``CSVLogger`` a ``TensorBoardLogger`` twin when tensorboard is installed.
 
     The twin writes its event file into the CSV logger's folder (same ``save_dir``, ``name`` and ``version``), so
     ``runs/cartpole/version_0`` holds ``metrics.csv``, the TensorBoard events and the checkpoints; the CSV logger

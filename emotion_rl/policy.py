@@ -16,6 +16,7 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 from torchrl.data import Binary, Categorical, MultiCategorical, MultiOneHot, OneHot
+from torchrl.envs.utils import ExplorationType, exploration_type
 
 from emotion_rl.history import NONE, History
 
@@ -91,6 +92,10 @@ def select_emotion(
     return choice.reshape(batch_shape)
 
 
+GREEDY_EXPLORATION = (ExplorationType.DETERMINISTIC, ExplorationType.MODE, ExplorationType.MEAN)
+"""TorchRL exploration types under which the policy acts greedily (argmax emotion and action, no root noise)."""
+
+
 class EmotionPolicy(TensorDictModuleBase):
     """Collector-facing policy: per-env real history -> planner -> emotion -> action (spec 5, steps 1-3 and 6).
 
@@ -102,7 +107,8 @@ class EmotionPolicy(TensorDictModuleBase):
             returns ``selected_emotion`` [*B] (the Gumbel root), that is the emotion acted on. ``explore`` is
             ``not greedy``: root noise only while acting for training.
         temperature: a constant float (>= 0) or a :class:`TemperatureSchedule` driven by :attr:`frames`.
-        greedy: temperature 0 and argmax action (evaluation).
+        greedy: temperature 0 and argmax action (evaluation). Also in effect, whatever this flag says, inside
+            TorchRL's ``set_exploration_type(ExplorationType.DETERMINISTIC)`` (or ``MODE``, ``MEAN``).
         action_spec: the env's action spec (settable later as ``policy.action_spec``): ``OneHot`` gives one-hot
             actions, any other spec categorical actions in its dtype, ``None`` categorical long actions. Never
             stored as ``spec`` (a collector reads that as the policy's output spec).
@@ -178,9 +184,14 @@ class EmotionPolicy(TensorDictModuleBase):
 
     # ------------------------------------------------------------------ temperature
     @property
+    def acting_greedily(self) -> bool:
+        """True when the next call acts greedily: ``greedy``, or TorchRL's exploration type asks for it."""
+        return self.greedy or exploration_type() in GREEDY_EXPLORATION
+
+    @property
     def temperature(self) -> float:
         """The temperature the next emotion draw uses (0 when greedy)."""
-        if self.greedy:
+        if self.acting_greedily:
             return 0.0
         if isinstance(self.temperature_schedule, TemperatureSchedule):
             return self.temperature_schedule(int(self.frames))
@@ -280,7 +291,8 @@ class EmotionPolicy(TensorDictModuleBase):
         self.model.eval()
         try:
             with torch.no_grad():
-                result = self.planner.search(self.model, history, generator=self.generator, explore=not self.greedy)
+                greedy = self.acting_greedily
+                result = self.planner.search(self.model, history, generator=self.generator, explore=not greedy)
         finally:
             self.model.train(was_training)
 
@@ -293,7 +305,7 @@ class EmotionPolicy(TensorDictModuleBase):
         else:
             emotion = select_emotion(visit_distribution, self.temperature, generator=self.generator).to(device)
         logits = action_logits[rows, emotion].float()
-        if self.greedy:
+        if greedy:
             action = logits.argmax(-1)
         else:
             action = torch.multinomial(logits.softmax(-1), 1, generator=self.generator).squeeze(-1)

@@ -305,3 +305,25 @@ def test_history_follows_the_model_dtype_and_eval_mode_is_restored():
     assert planner.histories[-1]["reward"].dtype == torch.float64
     assert planner.training_during_search is False and model.training
     assert out["observation"].dtype == torch.float32
+
+
+def test_torchrl_deterministic_exploration_makes_any_policy_act_greedily():
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    n = 64
+    obs, init, reward = torch.zeros(n, 2), torch.ones(n, dtype=torch.bool), torch.zeros(n)
+    greedy = EmotionPolicy(FakeModel(), RecordingPlanner(), greedy=True)(step_input(obs, init, reward))
+    exploring = EmotionPolicy(
+        FakeModel(), RecordingPlanner(), temperature=1.0, generator=torch.Generator().manual_seed(0)
+    )
+    assert exploring.temperature == 1.0 and not exploring.acting_greedily
+    sampled = exploring(step_input(obs, init, reward))
+    assert not torch.equal(sampled["emotion"], greedy["emotion"]), "temperature 1 should draw other emotions"
+    for kind in (ExplorationType.DETERMINISTIC, ExplorationType.MODE):
+        policy = EmotionPolicy(FakeModel(), RecordingPlanner(), temperature=1.0, generator=torch.Generator())
+        with set_exploration_type(kind):
+            assert policy.acting_greedily and policy.temperature == 0.0
+            out = policy(step_input(obs, init, reward))
+        assert torch.equal(out["emotion"], greedy["emotion"]) and torch.equal(out["action"], greedy["action"])
+    with set_exploration_type(ExplorationType.RANDOM):
+        assert not exploring.acting_greedily

@@ -64,7 +64,7 @@ class EpisodeRecord:
 
     def history(self, t: int | None = None, window: int | None = None) -> TensorDict:
         """The real history the agent saw at step ``t`` (default: the last step), ``[1, T]`` in the public
-        layout (README "Python API"): entries ``0..t``, with ``a_t = e_t = NONE`` and ``r_t = 0`` not yet known.
+        layout (emotion_rl.history): entries ``0..t``, with ``a_t = e_t = NONE`` and ``r_t = 0`` not yet known.
         ``window``: an agent with a context window (``context_window``) saw only the last ``window`` entries."""
         t = self.length - 1 if t is None else int(t)
         if not 0 <= t < self.length:
