@@ -346,9 +346,11 @@ class EmotionAgent(L.LightningModule):
             self.trainer.should_stop = True  # data.total_frames env steps were collected and trained on
 
     def _log_collection(self, stats: TensorDict) -> None:
-        """Episode returns (on the progress bar), environment steps, temperature and emotion usage: logged on the
-        first batch after each collection (the later batches of one collection carry nothing new, and Lightning's
-        ``log`` costs milliseconds a call)."""
+        """Episode returns (on the progress bar), environment steps, temperature, emotion usage and the search's
+        improvement over the prior (``search/kl_visits_prior``: mean KL(visits || prior) at the root;
+        ``search/argmax_agreement``: share of states whose most visited emotion is the prior's favourite): logged on
+        the first batch after each collection (the later batches of one collection carry nothing new, and
+        Lightning's ``log`` costs milliseconds a call)."""
         if bool(stats["emotion_usage"].isnan().all()):
             return
         episode_return = stats["episode_return"]
@@ -359,6 +361,10 @@ class EmotionAgent(L.LightningModule):
         self.log("train/temperature", stats["temperature"].float(), batch_size=1)
         for k, usage in enumerate(stats["emotion_usage"].unbind(-1)):
             self.log(f"emotion/usage_{k}", usage, batch_size=1)
+        for key in ("kl_visits_prior", "argmax_agreement"):
+            value = stats.get(key, None)
+            if value is not None and bool(torch.isfinite(value)):
+                self.log(f"search/{key}", value.float(), batch_size=1)
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: TensorDict, batch_idx: int) -> None:

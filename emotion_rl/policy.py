@@ -103,7 +103,8 @@ class EmotionPolicy(TensorDictModuleBase):
         model: the :class:`~emotion_rl.model.EmotionModel` (anything with a ``context_window`` attribute, unless
             ``context_window`` is given, that the planner knows how to call).
         planner: ``search(model, history, generator=None, explore=False) -> TensorDict[*B]`` with at least
-            ``visit_distribution`` [*B, E], ``visit_counts`` [*B, E] and ``action_logits`` [*B, E, A]; when it also
+            ``visit_distribution`` [*B, E], ``visit_counts`` [*B, E], ``prior`` [*B, E] (the policy head's
+            probabilities at the root, before any root noise) and ``action_logits`` [*B, E, A]; when it also
             returns ``selected_emotion`` [*B] (the Gumbel root), that is the emotion acted on. ``explore`` is
             ``not greedy``: root noise only while acting for training.
         temperature: a constant float (>= 0) or a :class:`TemperatureSchedule` driven by :attr:`frames`.
@@ -117,14 +118,16 @@ class EmotionPolicy(TensorDictModuleBase):
         generator: ``torch.Generator`` for the emotion and action draws and the search's (default: global RNG).
 
     In keys: ``observation``, ``is_init`` (``InitTracker``), ``prev_reward`` (:class:`~emotion_rl.envs.PreviousReward`).
-    Out keys: ``action``, ``emotion`` (long [*B]), ``visit_distribution`` (float [*B, E]), ``visit_counts``.
+    Out keys: ``action``, ``emotion`` (long [*B]), ``visit_distribution`` (float [*B, E]), ``visit_counts``,
+    ``prior`` (float [*B, E]; the self-play stream compares it with the visits, see
+    :class:`~emotion_rl.selfplay.CollectionStats`).
     Input batch ``[]`` or ``[n_envs]``. Histories are plain attributes (not in checkpoints), allocated on first use
     on the model's device and dtype; outputs go back to the observation's device. The buffer ``frames`` counts the
     env steps acted on (it drives the temperature schedule and is checkpointed with its owner).
     """
 
     in_keys = ["observation", "is_init", "prev_reward"]
-    out_keys = ["action", "emotion", "visit_distribution", "visit_counts"]
+    out_keys = ["action", "emotion", "visit_distribution", "visit_counts", "prior"]
 
     def __init__(
         self,
@@ -298,6 +301,7 @@ class EmotionPolicy(TensorDictModuleBase):
 
         visit_distribution = result.get("visit_distribution").float()
         visit_counts = result.get("visit_counts")
+        prior = result.get("prior").float()
         action_logits = result.get("action_logits")
         rows = torch.arange(n_envs, device=device)
         if "selected_emotion" in result.keys():  # the search chose (Gumbel root): no temperature draw
@@ -321,6 +325,7 @@ class EmotionPolicy(TensorDictModuleBase):
             "emotion": emotion,
             "visit_distribution": visit_distribution,
             "visit_counts": visit_counts,
+            "prior": prior,
         }
         for key, value in out.items():
             value = value.to(out_device)

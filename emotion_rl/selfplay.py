@@ -25,6 +25,7 @@ __all__ = [
     "SelfPlayCounters",
     "closing_collector",
     "make_collector",
+    "search_improvement",
     "self_play",
     "shutdown_collector",
 ]
@@ -59,27 +60,58 @@ class SelfPlayCounters:
     stream_starts: int = 0
 
 
+def search_improvement(
+    visits: torch.Tensor, prior: torch.Tensor, eps: float = 1e-12
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per state, how far the search moved from the policy head: ``KL(visits || prior)`` and whether
+    ``argmax(visits) == argmax(prior)``, both float ``[*B]`` from ``[*B, E]`` inputs.
+
+    Zero-visit emotions add nothing (``0 * log 0 = 0``); the prior is clamped to ``eps`` so the KL stays finite.
+    """
+    visits = visits.detach().to(torch.float64)
+    prior = prior.detach().to(torch.float64)
+    kl = (torch.xlogy(visits, visits) - visits * prior.clamp_min(eps).log()).sum(-1)
+    agree = (visits.argmax(-1) == prior.argmax(-1)).to(torch.float64)
+    return kl, agree
+
+
 class CollectionStats:
-    """What was collected since the previous training batch: emotion usage, finished episodes' mean return."""
+    """What was collected since the previous training batch: emotion usage, finished episodes' mean return, and
+    how much the search changed the policy head's prior (when the batches carry ``prior``)."""
 
     def __init__(self) -> None:
         self.emotion_counts: torch.Tensor | None = None
         self.n_emotions = 0
+        self._search_sums = torch.zeros(2, dtype=torch.float64)  # KL(visits || prior), argmax agreement
+        self._search_states = 0
 
     def add(self, batch: TensorDict) -> None:
-        """Count the emotions of a collector batch ``[n_envs, steps]``."""
+        """Count the emotions of a collector batch ``[n_envs, steps]``, and sum its search-improvement numbers."""
         self.n_emotions = batch.get("visit_distribution").shape[-1]
         counts = torch.bincount(batch.get("emotion").reshape(-1).to("cpu"), minlength=self.n_emotions).double()
         self.emotion_counts = counts if self.emotion_counts is None else self.emotion_counts + counts
+        if "prior" in batch.keys():
+            kl, agree = search_improvement(batch.get("visit_distribution").cpu(), batch.get("prior").cpu())
+            self._search_sums += torch.stack([kl.sum(), agree.sum()])
+            self._search_states += kl.numel()
 
     def take(self, returns: list[float], counters: SelfPlayCounters, temperature: float) -> TensorDict:
-        """The ``stats`` of a training batch (NaN where nothing new was collected); starts a new tally."""
+        """The ``stats`` of a training batch (NaN where nothing new was collected); starts a new tally.
+
+        ``kl_visits_prior`` and ``argmax_agreement`` are means over the states collected since the last call.
+        """
         episode_return = sum(returns) / len(returns) if returns else math.nan
         if self.emotion_counts is not None and self.emotion_counts.sum() > 0:
             usage = (self.emotion_counts / self.emotion_counts.sum()).float()
         else:
             usage = torch.full((self.n_emotions,), math.nan)
+        if self._search_states:
+            kl, agreement = (self._search_sums / self._search_states).float()
+        else:
+            kl = agreement = torch.tensor(math.nan)
         self.emotion_counts = None
+        self._search_sums = torch.zeros(2, dtype=torch.float64)
+        self._search_states = 0
         return TensorDict(
             {
                 "env_steps": torch.tensor(counters.env_steps, dtype=torch.long),
@@ -87,6 +119,8 @@ class CollectionStats:
                 "episode_return": torch.tensor(episode_return, dtype=torch.float32),
                 "emotion_usage": usage,
                 "temperature": torch.tensor(temperature, dtype=torch.float32),
+                "kl_visits_prior": kl,
+                "argmax_agreement": agreement,
             },
             batch_size=[],
         )

@@ -63,7 +63,8 @@ class FakePlanner:
     """A planner with recognisable outputs that records the histories it is given.
 
     Row ``b`` of a history of length ``t`` gets ``peak`` visits on emotion ``(t + row_shift * b) % n_emotions`` and 1
-    on the others; emotion e's action logits favour action ``e % n_actions`` by ``+-logit``.
+    on the others; emotion e's action logits favour action ``e % n_actions`` by ``+-logit``; the ``prior`` is
+    uniform.
     """
 
     def __init__(self, n_actions: int, n_emotions: int = 8, peak: int = 10, row_shift: int = 1, logit: float = 5.0):
@@ -82,6 +83,7 @@ class FakePlanner:
         return TensorDict(
             visit_counts=counts,
             visit_distribution=counts.float() / counts.sum(-1, keepdim=True),
+            prior=torch.full((n, e), 1.0 / e),
             action_logits=logits,
             batch_size=[n],
         )

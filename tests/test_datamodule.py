@@ -9,11 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tensordict import TensorDict
 
 from emotion_rl.cli import main
 from emotion_rl.datamodule import EmotionDataModule
 from emotion_rl.history import EPISODE_KEYS
 from emotion_rl.policy import EmotionPolicy
+from emotion_rl.selfplay import CollectionStats, SelfPlayCounters, search_improvement
 
 from conftest import CONFIG, TINY
 from fakes import COUNTER_ID, UNBOUNDED_ID, A, E, FakeAgent, FakeModel, FakePlanner, fake_policy, make_episodes
@@ -22,6 +24,44 @@ from fakes import COUNTER_ID, UNBOUNDED_ID, A, E, FakeAgent, FakeModel, FakePlan
 def fake_datamodule(*args, **kwargs) -> EmotionDataModule:
     """A datamodule connected to an agent whose policies plan with :class:`FakePlanner` (fakes.fake_policy)."""
     return EmotionDataModule(*args, **kwargs).connect(FakeAgent(fake_policy))
+
+
+def _kl_of_fake_planner() -> float:
+    """KL(visits || uniform) of fakes.fake_policy's planner: 13 visits on one emotion, 1 on each of the others."""
+    visits = torch.tensor([13.0] + [1.0] * (E - 1))
+    visits /= visits.sum()
+    return float((visits * (visits * E).log()).sum())
+
+
+def test_collection_stats_measure_how_far_the_search_moved_from_the_prior():
+    """Hand-made batch [2 envs, 2 steps]: KL(visits || prior) with 0 * log 0 = 0, and argmax agreement."""
+    visits = torch.tensor([[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]], [[0.0, 0.0, 1.0], [0.2, 0.3, 0.5]]])
+    prior = torch.tensor([[[0.5, 0.25, 0.25], [0.25, 0.5, 0.25]], [[0.0, 0.5, 0.5], [0.2, 0.3, 0.5]]])
+    batch = TensorDict(
+        visit_distribution=visits,
+        prior=prior,
+        emotion=torch.tensor([[0, 1], [2, 2]]),
+        batch_size=[2, 2],
+    )
+    kl, agree = search_improvement(visits, prior)
+    expected_kl = [[math.log(2), 0.5 * math.log(2) + 0.5 * math.log(1.0)], [math.log(2), 0.0]]
+    assert kl.flatten().tolist() == pytest.approx(sum(expected_kl, []), abs=1e-9)
+    assert agree.tolist() == [[1.0, 0.0], [0.0, 1.0]]  # argmax ties go to the first: [.5, .5, 0] -> 0, [0, .5, .5] -> 1
+
+    stats = CollectionStats()
+    stats.add(batch)
+    stats.add(batch[:1])  # a second collector batch before the training batch: means over all six states
+    counters = SelfPlayCounters(env_steps=6)
+    taken = stats.take([], counters, temperature=1.0)
+    flat_kl = kl.flatten().tolist() + kl[0].tolist()
+    assert taken["kl_visits_prior"].item() == pytest.approx(sum(flat_kl) / 6, rel=1e-6)
+    assert taken["argmax_agreement"].item() == pytest.approx(3 / 6)
+    again = stats.take([], counters, temperature=1.0)  # nothing new collected
+    assert again["kl_visits_prior"].isnan() and again["argmax_agreement"].isnan()
+    # a zero prior where the visits are positive stays finite (epsilon), and a batch without prior counts nothing
+    assert math.isfinite(search_improvement(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))[0].item())
+    stats.add(batch.exclude("prior"))
+    assert stats.take([], counters, temperature=1.0)["kl_visits_prior"].isnan()
 
 
 def test_datamodule_exposes_env_sizes_and_validates_settings():
@@ -48,12 +88,17 @@ def test_training_stream_yields_episode_batches_and_stats():
         assert episodes.batch_size[0] == 5 and episodes.batch_size[1] <= 6 and set(episodes.keys()) == set(EPISODE_KEYS)
         assert episodes["mask"][:, 0].all()
         keys = {"env_steps", "episodes", "episode_return", "emotion_usage", "temperature", "total_frames_reached"}
+        keys |= {"kl_visits_prior", "argmax_agreement"}
         assert set(batch["stats"].keys()) == keys and not batch["stats"]["total_frames_reached"]
     first, second = batches[0]["stats"], batches[1]["stats"]
     assert first["env_steps"].item() % 8 == 0 and first["episodes"].item() >= 2
     assert first["emotion_usage"].shape == (E,) and first["emotion_usage"].sum().item() == pytest.approx(1.0)
     assert math.isfinite(first["episode_return"].item())
     assert second["emotion_usage"].isnan().all() and second["episode_return"].isnan()  # nothing new since
+    # FakePlanner: uniform prior, 13 of 20 visits on one emotion -> a known KL, and argmax ties go to emotion 0
+    assert first["kl_visits_prior"].item() == pytest.approx(_kl_of_fake_planner(), rel=1e-5)
+    assert 0.0 <= first["argmax_agreement"].item() <= 1.0
+    assert second["kl_visits_prior"].isnan() and second["argmax_agreement"].isnan()
     assert second["env_steps"] == first["env_steps"]
     assert batches[2]["stats"]["env_steps"] == first["env_steps"] + 8
     # temperature follows the env steps collected: TemperatureSchedule(1.0, 0.5, 100)

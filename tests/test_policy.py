@@ -237,6 +237,20 @@ def test_action_encoding_follows_the_action_spec():
     assert out["visit_distribution"].shape == (2, E) and out["visit_counts"].shape == (2, E)
 
 
+def test_the_policy_writes_the_planners_prior():
+    class PriorPlanner(RecordingPlanner):
+        def search(self, model, history, generator=None, explore=False):
+            result = super().search(model, history)
+            result["prior"] = torch.arange(1.0, E + 1, dtype=torch.float64).expand(2, E) / (E * (E + 1) / 2)
+            return result
+
+    policy = EmotionPolicy(FakeModel(), PriorPlanner(), temperature=1.0)
+    assert "prior" in policy.out_keys
+    out = policy(step_input([[1, 1], [2, 2]], [True, True], [0.0, 0.0]))
+    assert out["prior"].dtype == torch.float32 and out["prior"].shape == (2, E)
+    assert out["prior"][0].tolist() == pytest.approx([(k + 1) / (E * (E + 1) / 2) for k in range(E)])
+
+
 def test_frames_drive_the_temperature_and_greedy_is_temperature_zero():
     schedule = TemperatureSchedule(1.0, 0.0, decay_frames=8)
     policy = EmotionPolicy(FakeModel(), RecordingPlanner(), temperature=schedule)

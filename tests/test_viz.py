@@ -28,6 +28,7 @@ from emotion_rl.viz import (
     draw_search_tree,
     episode_outputs,
     play_episode,
+    plot_diagnostics,
     plot_emotion_actions,
     plot_emotion_map,
     plot_emotion_values,
@@ -145,6 +146,78 @@ def test_plot_command_writes_a_png_with_the_named_panels(tmp_path, capsys):
     np.testing.assert_allclose(evaluation.lines[0].get_xydata(), [[256, 42.0]])
     # phase 1 shows its loss per batch
     np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), [1 / (s + 1) for s in range(6)])
+
+
+def write_diagnostics(path: Path, with_search: bool = True) -> None:
+    """A metrics.csv with diagnostics every batch and, optionally, the search metrics at each collection."""
+    rows = write_metrics(path)
+    for row in rows:
+        if "train/phase1_dynamics_loss" not in row:
+            continue
+        step = row["step"]
+        row.update(
+            {
+                "diagnostics/action_entropy_0": 0.6 - 0.05 * step,
+                "diagnostics/action_entropy_1": 0.3,
+                "diagnostics/action_agreement": 0.5,
+                "diagnostics/imagined_value_bias": 0.01 * step,
+                "diagnostics/imagined_value_error_true": 0.2,
+            }
+        )
+        if with_search:
+            row.update({"search/kl_visits_prior": 0.1 * step, "search/argmax_agreement": 1.0 - 0.1 * step})
+    header = sorted({key for row in rows for key in row})
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, header)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_diagnostics_figure_has_its_panels_and_notes_what_is_missing(tmp_path):
+    metrics = tmp_path / "metrics.csv"
+    write_diagnostics(metrics)
+    fig = plot_diagnostics(metrics)
+    assert [ax.get_title() for ax in fig.axes] == [
+        "Action-head entropy per emotion",
+        "Action agreement between emotions",
+        "Imagined value bias",
+        "Imagined value errors",
+        "Search vs prior: KL(visits || prior)",
+        "Search vs prior: argmax agreement",
+    ]
+    assert_labelled(fig)
+    entropy, _, _, errors, kl, agreement = fig.axes
+    assert [line.get_label() for line in entropy.lines] == ["e0", "e1"]
+    np.testing.assert_allclose(entropy.lines[0].get_xdata(), [64 * (s + 1) for s in range(6)])  # env steps
+    np.testing.assert_allclose(kl.lines[0].get_ydata(), [0.1 * s for s in range(6)])
+    np.testing.assert_allclose(agreement.lines[0].get_ydata(), [1.0 - 0.1 * s for s in range(6)])
+    assert len(errors.lines) == 1  # only the error on the true next state was logged
+    by_batch = plot_diagnostics(metrics, x="batch")
+    np.testing.assert_allclose(by_batch.axes[4].lines[0].get_xdata(), range(6))
+    assert by_batch.axes[4].get_xlabel().startswith("training batch")
+
+    write_diagnostics(metrics, with_search=False)
+    notes = texts(plot_diagnostics(metrics))
+    assert "search/kl_visits_prior not logged" in notes and "search/argmax_agreement not logged" in notes
+    write_metrics(metrics)  # neither diagnostics nor search metrics
+    with pytest.raises(ValueError, match="none of the diagnostics"):
+        plot_diagnostics(metrics)
+
+
+def test_plot_command_writes_the_diagnostics_figure_next_to_the_curves_when_logged(tmp_path, capsys):
+    metrics = tmp_path / "metrics.csv"
+    write_diagnostics(metrics)
+    out = tmp_path / "curves.png"
+    assert viz.main(["plot", str(metrics), "--out", str(out)]) == 0
+    extra = tmp_path / "curves_diagnostics.png"
+    for path in (out, extra):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 600
+    assert str(extra) in capsys.readouterr().out
+    write_metrics(metrics)  # no diagnostics: only the curves
+    plain = tmp_path / "plain.png"
+    assert viz.main(["plot", str(metrics), "--out", str(plain)]) == 0
+    assert plain.exists() and not (tmp_path / "plain_diagnostics.png").exists()
 
 
 def test_plot_command_errors_for_a_missing_csv(tmp_path, capsys):
@@ -398,6 +471,10 @@ def test_plot_command_reads_a_real_fit(fitted_run, tmp_path):
     fig = plot_metrics(fitted_run / "metrics.csv")
     for ax in fig.axes:  # every panel found its metric under the name the agent logs
         assert not any("not logged" in t.get_text() for t in ax.texts), ax.get_title()
+    assert (tmp_path / "curves_diagnostics.png").is_file()  # the shipped config logs diagnostics/* and search/*
+    diagnostics = plot_diagnostics(fitted_run / "metrics.csv")
+    noted = [ax.get_title() for ax in diagnostics.axes if any("not logged" in t.get_text() for t in ax.texts)]
+    assert not noted, noted
 
 
 def test_render_and_tree_commands_read_a_checkpoint(fitted_run, tmp_path, capsys):

@@ -17,7 +17,13 @@ from emotion_rl.viz.episodes import (
     plot_emotion_values,
     render_episode,
 )
-from emotion_rl.viz.metrics import plot_emotion_usage, plot_metrics, plot_run_comparison, read_metrics
+from emotion_rl.viz.metrics import (
+    plot_diagnostics,
+    plot_emotion_usage,
+    plot_metrics,
+    plot_run_comparison,
+    read_metrics,
+)
 from emotion_rl.viz.style import CARTPOLE_OBSERVATION, emotion_color, inline_figures, show_gif
 from emotion_rl.viz.tree import SearchEdge, draw_search_tree, plot_search_sweep, plot_visits_vs_prior, search_edges
 
@@ -32,6 +38,7 @@ __all__ = [
     "load_agent",
     "main",
     "play_episode",
+    "plot_diagnostics",
     "plot_emotion_actions",
     "plot_emotion_map",
     "plot_emotion_usage",

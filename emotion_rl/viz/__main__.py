@@ -1,6 +1,6 @@
 """``python -m emotion_rl.viz {plot,render,tree}``: a run's curves, a GIF of an episode, one search tree.
 
-    python -m emotion_rl.viz plot runs/cartpole/version_0/metrics.csv --out curves.png
+    python -m emotion_rl.viz plot runs/cartpole/version_0/metrics.csv --out curves.png   # + curves_diagnostics.png
     python -m emotion_rl.viz render --config configs/cartpole.yaml --ckpt_path runs/.../last.ckpt --out episode.gif
     python -m emotion_rl.viz tree --config configs/cartpole.yaml --ckpt_path runs/.../last.ckpt --out tree.png
 
@@ -19,10 +19,16 @@ import torch
 
 from emotion_rl.search import EmotionMCTS
 from emotion_rl.viz.episodes import play_episode, render_episode
-from emotion_rl.viz.metrics import plot_metrics
+from emotion_rl.viz.metrics import has_diagnostics, plot_diagnostics, plot_metrics, read_metrics
 from emotion_rl.viz.tree import draw_search_tree
 
-__all__ = ["load_agent", "main"]
+__all__ = ["diagnostics_path", "load_agent", "main"]
+
+
+def diagnostics_path(out: str | os.PathLike) -> Path:
+    """Where ``plot`` writes the diagnostics figure: next to ``out``, ``curves.png`` -> ``curves_diagnostics.png``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_diagnostics{out.suffix or '.png'}")
 
 
 def load_agent(ckpt_path: str | os.PathLike):  # noqa: ANN201 - EmotionAgent (imported lazily)
@@ -57,9 +63,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m emotion_rl.viz {plot,render,tree}``; a missing or unreadable input exits with status 2."""
     parser = argparse.ArgumentParser(prog="python -m emotion_rl.viz", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    plot = commands.add_parser("plot", help="plot a run's metrics.csv to PNG (no TensorBoard needed)")
+    plot = commands.add_parser(
+        "plot",
+        help="plot a run's metrics.csv to PNG (no TensorBoard needed); with diagnostics/* or search/* metrics also "
+        "the diagnostics figure next to it (curves.png -> curves_diagnostics.png)",
+        description="Plot a run's metrics.csv to PNG: the learning curves to --out and, when the CSV holds any "
+        "diagnostics/* or search/* metric, the diagnostics figure next to it (curves.png -> curves_diagnostics.png).",
+    )
     plot.add_argument("metrics", help="metrics.csv written by the CSVLogger (runs/cartpole/version_N/metrics.csv)")
-    plot.add_argument("--out", default="curves.png", help="output image (default: curves.png)")
+    plot.add_argument(
+        "--out",
+        default="curves.png",
+        help="output image (default: curves.png); the diagnostics figure, when written, goes to <stem>_diagnostics"
+        "<suffix> in the same folder",
+    )
     plot.add_argument("--dpi", type=int, default=80)
     plot.add_argument("--title", default=None)
     for name, text in (
@@ -89,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "plot":
             plot_metrics(args.metrics, title=args.title).savefig(args.out, dpi=args.dpi)
             print(f"wrote {args.out}")
+            if has_diagnostics(read_metrics(args.metrics)):
+                extra = diagnostics_path(args.out)
+                plot_diagnostics(args.metrics, title=args.title).savefig(extra, dpi=args.dpi)
+                print(f"wrote {extra}")
             return 0
         agent = load_agent(args.ckpt_path)
         env_id = _env_id(args.config, args.ckpt_path, args.env_id)

@@ -1,4 +1,5 @@
-"""Learning curves from a run's ``metrics.csv`` (``CSVLogger``): return, the four phase losses, emotion usage.
+"""Learning curves from a run's ``metrics.csv`` (``CSVLogger``): return, the four phase losses, emotion usage, and
+the diagnostics (``diagnostics/*``: the action heads and imagined values; ``search/*``: the search against the prior).
 
 Units: returns are sums of environment rewards; losses and values are in the agent's value units,
 ``return_scale * G``.
@@ -16,7 +17,15 @@ import numpy as np
 
 from emotion_rl.viz.style import Figure, emotion_color, empty_panel
 
-__all__ = ["plot_emotion_usage", "plot_metrics", "plot_run_comparison", "read_metrics"]
+__all__ = [
+    "DIAGNOSTIC_PREFIXES",
+    "has_diagnostics",
+    "plot_diagnostics",
+    "plot_emotion_usage",
+    "plot_metrics",
+    "plot_run_comparison",
+    "read_metrics",
+]
 
 PHASE_PANELS = (
     ("train/phase1_dynamics_loss", "Phase 1: dynamics loss", "||Z - s_next||^2 (observation units^2)"),
@@ -182,4 +191,143 @@ def plot_emotion_usage(csv_path: str | os.PathLike) -> Figure:
     """Emotion usage over training (``emotion/usage_k`` against environment steps), stacked to 1."""
     fig = Figure(figsize=(8, 3.6), layout="constrained")
     _usage_panel(fig.subplots(), read_metrics(csv_path))
+    return fig
+
+
+DIAGNOSTIC_PREFIXES = ("diagnostics/", "search/")
+"""Metric names :func:`plot_diagnostics` draws start with one of these."""
+
+
+def has_diagnostics(rows: Sequence[Mapping[str, float]]) -> bool:
+    """True when any row of :func:`read_metrics`'s output holds a ``diagnostics/*`` or ``search/*`` metric."""
+    return any(key.startswith(DIAGNOSTIC_PREFIXES) for row in rows for key in row)
+
+
+def _diagnostic_series(rows: Sequence[Mapping[str, float]], key: str, x: str) -> tuple[np.ndarray, np.ndarray]:
+    """``key`` against the training batch (``x="batch"``) or the environment steps collected by then."""
+    batches, values = _series(rows, key)
+    if x == "env_steps" and len(batches):
+        at = _env_steps_at(rows, batches)
+        if at is not None:
+            return at, values
+    return batches, values
+
+
+def _line_panel(
+    ax,  # noqa: ANN001 - matplotlib Axes
+    rows: Sequence[Mapping[str, float]],
+    lines: Sequence[tuple[str, str]],
+    title: str,
+    ylabel: str,
+    x: str,
+    xlabel: str,
+    unit_interval: bool = False,
+) -> None:
+    """One panel with a line per ``(key, label)``; a grey note names the keys when none was logged."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    drawn = 0
+    for key, label in lines:
+        xs, ys = _diagnostic_series(rows, key, x)
+        if len(xs):
+            ax.plot(xs, ys, lw=1.2, label=label)
+            drawn += 1
+    if not drawn:
+        empty_panel(ax, f"{', '.join(key for key, _ in lines)} not logged")
+        return
+    if unit_interval:
+        ax.set_ylim(-0.02, 1.02)
+    if len(lines) > 1:
+        ax.legend(fontsize=7)
+
+
+def _entropy_panel(ax, rows: Sequence[Mapping[str, float]], x: str, xlabel: str) -> None:  # noqa: ANN001
+    prefix = "diagnostics/action_entropy_"
+    keys = sorted({key for row in rows for key in row if key.startswith(prefix)}, key=_k_index)
+    ax.set_title("Action-head entropy per emotion")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("entropy (nats)")
+    drawn = False
+    for key in keys:
+        xs, ys = _diagnostic_series(rows, key, x)
+        if len(xs):
+            k = _k_index(key)
+            ax.plot(xs, ys, lw=1.2, color=emotion_color(k), label=f"e{k}")
+            drawn = True
+    if not drawn:
+        empty_panel(ax, f"{prefix}<e> not logged")
+        return
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="emotion", title_fontsize=7)
+
+
+def plot_diagnostics(csv_path: str | os.PathLike, title: str | None = None, x: str = "env_steps") -> Figure:
+    """What shows whether learning works, from a run's ``metrics.csv``, in six panels.
+
+    ``diagnostics/*`` (logged per training batch with ``log_diagnostics``): each emotion's action-head entropy, the
+    share of emotion pairs whose action heads agree, the imagined-value bias, and the imagined-value errors on the
+    true and the predicted next state. ``search/*`` (logged per collection): the mean ``KL(visits || prior)`` at
+    the root and the share of states whose most visited emotion is the prior's favourite. Everything is drawn
+    against the environment steps collected by then (``x="env_steps"``; the training batch when
+    ``episode/env_steps`` was not logged) or against the training batch (``x="batch"``). A metric missing from the
+    file leaves its panel with a note; a file with none of them raises ``ValueError``.
+    """
+    if x not in ("env_steps", "batch"):
+        raise ValueError(f"plot_diagnostics: x must be 'env_steps' or 'batch', got {x!r}")
+    rows = read_metrics(csv_path)
+    if not has_diagnostics(rows):
+        raise ValueError(
+            f"{csv_path} holds none of the diagnostics ({', '.join(p + '*' for p in DIAGNOSTIC_PREFIXES)})"
+        )
+    if x == "env_steps" and not len(_series(rows, "episode/env_steps")[0]):  # not logged: batches it is
+        x = "batch"
+    xlabel = "environment steps" if x == "env_steps" else BATCH_AXIS
+    fig = Figure(figsize=(15, 8), layout="constrained")
+    axes = fig.subplots(2, 3)
+    _entropy_panel(axes[0, 0], rows, x, xlabel)
+    panels = (
+        (
+            axes[0, 1],
+            [("diagnostics/action_agreement", "action agreement")],
+            "Action agreement between emotions",
+            "share of emotion pairs with the same argmax action",
+            True,
+        ),
+        (
+            axes[0, 2],
+            [("diagnostics/imagined_value_bias", "imagined - real")],
+            "Imagined value bias",
+            "value at imagined s_t+1 - value at real t+1 (value units)",
+            False,
+        ),
+        (
+            axes[1, 0],
+            [
+                ("diagnostics/imagined_value_error_true", "true next state"),
+                ("diagnostics/imagined_value_error_predicted", "predicted next state"),
+            ],
+            "Imagined value errors",
+            "squared error on y_t+1 (value units^2)",
+            False,
+        ),
+        (
+            axes[1, 1],
+            [("search/kl_visits_prior", "KL(visits || prior)")],
+            "Search vs prior: KL(visits || prior)",
+            "mean KL at the root (nats)",
+            False,
+        ),
+        (
+            axes[1, 2],
+            [("search/argmax_agreement", "argmax agreement")],
+            "Search vs prior: argmax agreement",
+            "share of states, argmax visits = argmax prior",
+            True,
+        ),
+    )
+    for ax, lines, panel_title, ylabel, unit_interval in panels:
+        _line_panel(ax, rows, lines, panel_title, ylabel, x, xlabel, unit_interval)
+    axes[0, 2].axhline(0.0, color="0.6", lw=0.8, ls=":")
+    fig.suptitle(title if title is not None else f"Diagnostics: {csv_path}")
     return fig
