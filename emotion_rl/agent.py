@@ -58,6 +58,8 @@ class EmotionAgent(L.LightningModule):
         q_transform, completed_value, tie_break: the planner's selection options, literal by default (docs/search.md).
         dirichlet_alpha, dirichlet_fraction: Dirichlet noise at the root when acting (off at fraction 0).
         root_rule, gumbel_considered, gumbel_c_visit, gumbel_c_scale: ``"puct"`` (spec 1.2) or a Gumbel MuZero root.
+        value_readout: the value of a state, for the planner and phases 2 and 3: ``"mean"`` of the ``E`` values
+            (spec 1.4) or ``"policy"`` (``sum_e pi(e | s) V^e(s)``; beyond the specification, docs/search.md).
         temperature_start, temperature_end, temperature_decay_frames: emotion sampling temperature (spec 3.4),
             linear in environment steps.
         head_lr, transformer_lr: learning rates of each head group and of the shared transformer (spec 2.5:
@@ -110,6 +112,7 @@ class EmotionAgent(L.LightningModule):
         gumbel_considered: int = 8,
         gumbel_c_visit: float = 50.0,
         gumbel_c_scale: float = 0.1,
+        value_readout: str = "mean",
         temperature_start: float = 1.0,
         temperature_end: float = 0.1,
         temperature_decay_frames: int = 20_000,
@@ -168,6 +171,7 @@ class EmotionAgent(L.LightningModule):
             gumbel_considered=gumbel_considered,
             gumbel_c_visit=gumbel_c_visit,
             gumbel_c_scale=gumbel_c_scale,
+            value_readout=value_readout,
         )
         self.temperature = TemperatureSchedule(temperature_start, temperature_end, temperature_decay_frames)
         if value_target != "monte_carlo" and target_tau < 1:  # the EMA target network (saved with the agent)
@@ -182,6 +186,7 @@ class EmotionAgent(L.LightningModule):
                 awr_coef=action_awr_coef,
                 awr_beta=action_awr_beta,
                 return_scale=return_scale,
+                value_readout=value_readout,
             ),
             ValueLoss(
                 self.model,
@@ -192,6 +197,7 @@ class EmotionAgent(L.LightningModule):
                 lam=value_lambda,
                 target_model=getattr(self, "target_model", None),
                 imagined_weight=imagined_value_weight,
+                value_readout=value_readout,
             ),
             PolicyLoss(self.model),
         )

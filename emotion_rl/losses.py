@@ -27,7 +27,7 @@ from torch import Tensor
 from torchrl.objectives import LossModule
 
 from emotion_rl.history import HISTORY_KEYS
-from emotion_rl.model import EmotionModel, Encoding
+from emotion_rl.model import EmotionModel, Encoding, ValueReadout, check_value_readout, state_value
 
 __all__ = [
     "ACTION_LOSSES",
@@ -179,7 +179,8 @@ class ActionLoss(PhaseLoss):
     the action heads only); ``normalize_value`` divides the objective by the batch's spread of imagined values;
     ``entropy_coef`` subtracts ``coef * H(A^e(h_t))``; ``awr_coef`` adds the advantage-weighted log-likelihood of
     the taken action, ``-coef * min(exp(adv / awr_beta), 20) * log A^e(a_t | h_t)``, ``adv = return_scale * G_t -
-    V^e(s_t)`` (beyond the specification; reads ``return``).
+    V^e(s_t)`` (beyond the specification; reads ``return``). ``value_readout``: how the critic reads the value of
+    the imagined state (``"mean"`` of its values, or ``"policy"``: ``sum_e pi(e | s) V^e(s)``, docs/training.md).
     """
 
     name = "action"
@@ -194,8 +195,10 @@ class ActionLoss(PhaseLoss):
         awr_coef: float = 0.0,
         awr_beta: float = 1.0,
         return_scale: float = 1.0,
+        value_readout: ValueReadout = "mean",
     ) -> None:
         super().__init__(model)
+        self.value_readout = check_value_readout(value_readout)
         if entropy_coef < 0 or awr_coef < 0 or awr_beta <= 0:
             raise ValueError("action loss: entropy_coef and awr_coef must be >= 0 and awr_beta > 0")
         self.update_transformer, self.normalize_value = update_transformer, normalize_value
@@ -232,14 +235,17 @@ class ActionLoss(PhaseLoss):
 
 
 class MaxValueActionLoss(ActionLoss):
-    """Section 4.3 (decision 7): ``-V(Z^e(stopgrad(h_t), a))``, V the mean of the E values the frozen model gives
-    the imagined next state appended to the real steps ``0..t`` (as the search's leaf reads it, spec 1.4)."""
+    """Section 4.3 (decision 7): ``-V(Z^e(stopgrad(h_t), a))``, V the value the frozen model gives the imagined
+    next state appended to the real steps ``0..t``, read as the search's leaf reads it: the mean of the E values
+    (spec 1.4) or, with ``value_readout="policy"``, ``sum_e pi(e | z) V^e(z)`` (the gradient to ``a`` then flows
+    through both the frozen policy and value heads)."""
 
     def objective(self, encoding: Encoding, action: Tensor, emotion: Tensor) -> tuple[Tensor, Tensor]:
-        with frozen(self.model):  # the critic: dynamics, transformer and value heads all held fixed
+        with frozen(self.model):  # the critic: dynamics, transformer, value and policy heads all held fixed
             z_pred = self.model.dynamics(encoding.hidden.detach(), action, emotion)
             (imagined,) = imagined_next(self.model, encoding.detach(), z_pred)
-            value = self.model.emotion_values(imagined).mean(-1)
+            policy = torch.softmax(self.model.policy_logits(imagined), -1) if self.value_readout == "policy" else None
+            value = state_value(self.model.emotion_values(imagined), policy, self.value_readout)
         return -value, value
 
 
@@ -295,8 +301,11 @@ class ValueLoss(PhaseLoss):
 
     ``imagined_weight`` > 0 also trains the values read at imagined tokens ``(none, none, 0, s)`` after each step
     ``t`` (position ``t + 1``, the slot the search reads), for ``s`` the true ``s_{t+1}`` and the dynamics head's
-    ``Z^{e_t}(h_t, a_t)`` (detached), on ``y_{t+1}``: ``V^{e_{t+1}}``; at a row's end (``e_{t+1}`` unseen) the mean
-    of the ``V^e`` (the search's leaf value); after a termination every ``V^e`` on 0.
+    ``Z^{e_t}(h_t, a_t)`` (detached), on ``y_{t+1}``: ``V^{e_{t+1}}``; at a row's end (``e_{t+1}`` unseen) the
+    search's leaf value, read by ``value_readout``: the mean of the ``V^e`` (``"mean"``) or ``sum_e pi(e | s)
+    V^e(s)`` with ``pi`` the policy head's detached output at that token (``"policy"``); after a termination every
+    ``V^e`` on 0. The bootstrap past a row's end is the policy-weighted value under either readout (it was before
+    the option existed; ``"mean"`` keeps every default bit for bit).
     """
 
     name = "value"
@@ -311,8 +320,10 @@ class ValueLoss(PhaseLoss):
         lam: float = 0.95,
         target_model: EmotionModel | None = None,
         imagined_weight: float = 0.0,
+        value_readout: ValueReadout = "mean",
     ) -> None:
         super().__init__(model)
+        self.value_readout = check_value_readout(value_readout)
         if return_scale <= 0:
             raise ValueError(f"return_scale must be > 0, got {return_scale}")
         if target not in ValueTarget.__args__:
@@ -374,14 +385,19 @@ class ValueLoss(PhaseLoss):
                 y[:, t] = g
         return y, torch.cat([y[:, 1:], y.new_zeros(batch_size, 1)], 1).index_put((rows, last), boot)
 
-    def imagined_values(self, batch: TensorDictBase, encoding: Encoding) -> tuple[Tensor, Tensor]:
-        """Every ``V^e`` ``[B, L, E]`` at the imagined token after step ``t`` of the true ``s_{t+1}`` and of the
+    def imagined_hidden(self, batch: TensorDictBase, encoding: Encoding) -> tuple[Tensor, Tensor]:
+        """Hidden states ``[B, L, d]`` of the imagined token after step ``t`` of the true ``s_{t+1}`` and of the
         predicted ``Z^{e_t}(h_t, a_t)`` (stopgrad: the dynamics head does not learn here)."""
         emotion = batch["emotion"]
         with torch.no_grad():
             taken = F.one_hot(batch["action"].clamp(min=0), self.model.n_actions).to(encoding.hidden.dtype)
             predicted = self.model.dynamics(encoding.hidden, taken, emotion)
         true, pred = imagined_next(self.model, encoding, batch["next_observation"], predicted)
+        return true, pred
+
+    def imagined_values(self, batch: TensorDictBase, encoding: Encoding) -> tuple[Tensor, Tensor]:
+        """Every ``V^e`` ``[B, L, E]`` at the imagined tokens of :meth:`imagined_hidden` (true, predicted)."""
+        true, pred = self.imagined_hidden(batch, encoding)
         return self.model.emotion_values(true), self.model.emotion_values(pred)
 
     def imagined_errors(self, batch: TensorDictBase, encoding: Encoding, next_targets: Tensor) -> Tensor:
@@ -391,8 +407,13 @@ class ValueLoss(PhaseLoss):
         terminal = terminated_steps(batch).bool() & mask & ~has_next
         next_emotion = torch.cat([batch["emotion"][:, 1:], batch["emotion"][:, :1]], 1).clamp(min=0).unsqueeze(-1)
         errors = []
-        for values in self.imagined_values(batch, encoding):
-            read = torch.where(has_next, values.gather(-1, next_emotion).squeeze(-1), values.mean(-1))
+        for hidden in self.imagined_hidden(batch, encoding):
+            values = self.model.emotion_values(hidden)
+            policy = None
+            if self.value_readout == "policy":  # readout weights only: the policy head does not learn in phase 3
+                policy = torch.softmax(self.model.policy_logits(hidden), -1).detach()
+            row_end = state_value(values, policy, self.value_readout)
+            read = torch.where(has_next, values.gather(-1, next_emotion).squeeze(-1), row_end)
             error = torch.where(terminal, values.pow(2).mean(-1), (read - next_targets).pow(2))
             errors.append(error * mask)
         return torch.stack(errors)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,25 @@ from torch import Tensor, nn
 from emotion_rl.history import NONE, History
 
 OUTPUT_KEYS = ("policy", "values", "action_logits", "dynamics")
+
+ValueReadout = Literal["mean", "policy"]
+"""How "the value of a state" is read from its ``E`` values (docs/search.md, "Value readout")."""
+
+
+def check_value_readout(readout: str) -> str:
+    """``readout`` when it names a :data:`ValueReadout`, else a ``ValueError`` naming the choices."""
+    if readout not in ValueReadout.__args__:
+        raise ValueError(f"value_readout={readout!r} is not supported; choose one of {list(ValueReadout.__args__)}")
+    return readout
+
+
+def state_value(values: Tensor, policy: Tensor | None, readout: str = "mean") -> Tensor:
+    """The value of a state ``[...]`` from its values ``V^e(s)`` ``[..., E]``: ``"mean"``, their mean (spec 1.4);
+    ``"policy"``, ``sum_e pi(e | s) V^e(s)`` with ``policy`` the policy head's probabilities at that same state
+    (MuZero's state value under the prior; beyond the specification)."""
+    if check_value_readout(readout) == "mean":
+        return values.mean(dim=-1)
+    return (policy * values).sum(dim=-1)
 
 
 class PerEmotionMLP(nn.Module):

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from emotion_rl.fused import as_search_model
 from emotion_rl.history import History
-from emotion_rl.model import EmotionModel
+from emotion_rl.model import EmotionModel, check_value_readout
 from emotion_rl.search_rules import GumbelRoot, Rules, dirichlet_noise, make_rules
 from emotion_rl.tree import NodeOutputs, SearchModel, Tree
 
@@ -89,7 +89,8 @@ def expand(
     tree: Tree, model: SearchModel, state, observation: np.ndarray, rows: np.ndarray, pending: Path, like: Tensor
 ) -> np.ndarray:
     """spec 1.4 expansion for environments ``rows``: evaluate each pending leaf child on "real history + its
-    predicted state" (spec 1.5), add it to the tree, return its leaf value (the mean of its values) ``[rows]``.
+    predicted state" (spec 1.5), add it to the tree, return its leaf value ``[rows]`` (the mean of its values, or
+    ``sum_e pi V^e`` with ``tree.value_readout == "policy"``).
 
     One model call over every environment: ``observation`` ``[B, obs]`` is a buffer whose other rows keep their
     last state (outputs ignored), so the call needs no gather of the key/value cache.
@@ -97,7 +98,7 @@ def expand(
     parent, emotion = pending.parent[rows], pending.emotion[rows]
     observation[rows] = tree.child_state[parent, emotion]
     outputs = model.expand(state, torch.from_numpy(observation).to(like.device, like.dtype))
-    outputs = NodeOutputs.from_model(outputs, tree.c_puct).take(rows)
+    outputs = NodeOutputs.from_model(outputs, tree.c_puct, tree.value_readout).take(rows)
     tree.expand(rows, parent, emotion, pending.depth[rows], outputs)
     return outputs.leaf_value
 
@@ -109,7 +110,7 @@ def prefetch_root(tree: Tree, model: SearchModel, state, like: Tensor) -> NodeOu
     root child still becomes a node when a simulation expands it).
     """
     states = torch.from_numpy(tree.child_state[tree.roots]).to(like.device, like.dtype)  # [B, E, obs]
-    return NodeOutputs.from_model(model.children(state, states), tree.c_puct)
+    return NodeOutputs.from_model(model.children(state, states), tree.c_puct, tree.value_readout)
 
 
 def backward(tree: Tree, nodes: np.ndarray, emotions: np.ndarray, leaf_value: np.ndarray) -> None:
@@ -135,6 +136,9 @@ class EmotionMCTS:
             policy as ``visit_distribution``, the halving winner as ``selected_emotion``).
         gumbel_considered, gumbel_c_visit, gumbel_c_scale: ``m`` sampled emotions; ``sigma(q) = (c_visit +
             max N) * c_scale * q``.
+        value_readout: the value of a node (an expansion's backed-up leaf value, the ``"parent"`` completion):
+            ``"mean"`` of its ``E`` values (spec 1.4) or ``"policy"``, ``sum_e pi(e | s) V^e(s)`` with ``pi`` the
+            policy head's output at that node (before any root noise).
     """
 
     def __init__(
@@ -151,6 +155,7 @@ class EmotionMCTS:
         gumbel_considered: int = 8,
         gumbel_c_visit: float = 50.0,
         gumbel_c_scale: float = 0.1,
+        value_readout: str = "mean",
     ) -> None:
         if num_simulations < 1:
             raise ValueError(f"num_simulations must be >= 1, got {num_simulations}")
@@ -180,6 +185,7 @@ class EmotionMCTS:
             gumbel_considered=int(gumbel_considered),
             gumbel_c_visit=float(gumbel_c_visit),
             gumbel_c_scale=float(gumbel_c_scale),
+            value_readout=check_value_readout(value_readout),
         )
 
     def __repr__(self) -> str:
@@ -209,7 +215,13 @@ class EmotionMCTS:
         model = as_search_model(model)
         batch_shape = history.batch_size[:-1]
         root, state = model.root(history)
-        tree = Tree.from_root(root, self.num_simulations + 1, self.c_puct, track_bounds=self.rules.min_max)
+        tree = Tree.from_root(
+            root,
+            self.num_simulations + 1,
+            self.c_puct,
+            track_bounds=self.rules.min_max,
+            value_readout=options["value_readout"],
+        )
         gumbel = options["root_rule"] == "gumbel"
         noise = explore and options["dirichlet_fraction"] > 0
         rng = self._numpy_generator(generator) if self.rules.random or noise or (gumbel and explore) else None

@@ -17,6 +17,8 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 
+from emotion_rl.model import state_value
+
 __all__ = ["EdgeArrays", "Expansion", "NodeOutputs", "SearchModel", "Tree"]
 
 
@@ -105,7 +107,8 @@ def to_numpy(tensor: Tensor) -> np.ndarray:
 @dataclass
 class NodeOutputs:
     """What an expansion stores, one row per new node (numpy): ``policy``, ``c_prior`` (``c_puct * policy``,
-    computed in torch as the reference does), ``values``, ``dynamics`` and the leaf value (mean of the values)."""
+    computed in torch as the reference does), ``values``, ``dynamics`` and the leaf value (the node's value read
+    by ``value_readout``: the mean of its values, spec 1.4, or ``sum_e policy * values``)."""
 
     policy: np.ndarray  # [n, E]
     c_prior: np.ndarray  # [n, E]
@@ -114,14 +117,15 @@ class NodeOutputs:
     leaf_value: np.ndarray  # [n]
 
     @classmethod
-    def from_model(cls, outputs: Expansion, c_puct: float) -> NodeOutputs:
-        """From model outputs ``[*, E, ...]`` (any leading shape), in the tree's float type."""
+    def from_model(cls, outputs: Expansion, c_puct: float, value_readout: str = "mean") -> NodeOutputs:
+        """From model outputs ``[*, E, ...]`` (any leading shape), in the tree's float type; the leaf value is
+        computed in torch by :func:`~emotion_rl.model.state_value` from the same outputs, whatever the adapter."""
         return cls(
             policy=to_numpy(outputs.policy),
             c_prior=to_numpy(c_puct * outputs.policy),
             values=to_numpy(outputs.values),
             dynamics=to_numpy(outputs.dynamics),
-            leaf_value=to_numpy(outputs.values.mean(dim=-1)),
+            leaf_value=to_numpy(state_value(outputs.values, outputs.policy, value_readout)),
         )
 
     def take(self, *index: np.ndarray) -> NodeOutputs:
@@ -139,12 +143,13 @@ class Tree:
     child_state: np.ndarray  # [G, E, obs] Z^e predicted at node n: the child's imagined state
     children: np.ndarray  # [G, E] global index of the expanded child node, the sink if none (int64)
     node_visits: np.ndarray  # [G] N(n) = sum of the children's visit counts (decision 1)
-    node_value: np.ndarray  # [G] the node's leaf value at its expansion (mean of its E values, spec 1.4)
+    node_value: np.ndarray  # [G] the node's leaf value at its expansion (its E values read by value_readout)
     node_depth: np.ndarray  # [G] depth, -1 for unused slots and the sink (int64)
     num_nodes: np.ndarray  # [B] nodes in use per environment (int64)
     c_puct: float
     q_low: np.ndarray | None = None  # [B] smallest Q backed up so far, when tracked (min-max Q transform)
     q_high: np.ndarray | None = None  # [B] largest
+    value_readout: str = "mean"  # how a node's value is read from its outputs (NodeOutputs.from_model)
 
     # ------------------------------------------------------------------ named views
     @property
@@ -181,9 +186,12 @@ class Tree:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_root(cls, root: Expansion, num_nodes: int, c_puct: float, track_bounds: bool = False) -> Tree:
+    def from_root(
+        cls, root: Expansion, num_nodes: int, c_puct: float, track_bounds: bool = False, value_readout: str = "mean"
+    ) -> Tree:
         """A tree whose roots are expanded with the model's outputs on the real histories (spec 1.3 step 2);
-        ``track_bounds``: keep each environment's smallest and largest backed-up ``Q``."""
+        ``track_bounds``: keep each environment's smallest and largest backed-up ``Q``; ``value_readout``: how
+        every node's value is read (``"mean"``, spec 1.4, or ``"policy"``), the roots' included."""
         batch, n_emotions = root.policy.shape
         obs_dim = root.dynamics.shape[-1]
         dtype = numpy_dtype(root.values.dtype)
@@ -201,11 +209,12 @@ class Tree:
             node_depth=np.full(size, -1, dtype=np.int64),
             num_nodes=np.zeros(batch, dtype=np.int64),
             c_puct=c_puct,
+            value_readout=value_readout,
         )
         if track_bounds:
             tree.q_low, tree.q_high = np.full(batch, np.inf, dtype=dtype), np.full(batch, -np.inf, dtype=dtype)
         rows = np.arange(batch)
-        tree.add_node(rows, rows * num_nodes, 0, NodeOutputs.from_model(root, c_puct))
+        tree.add_node(rows, rows * num_nodes, 0, NodeOutputs.from_model(root, c_puct, value_readout))
         return tree
 
     def add_node(self, rows: np.ndarray, node: np.ndarray, depth: np.ndarray | int, outputs: NodeOutputs) -> None:
