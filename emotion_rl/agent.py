@@ -253,8 +253,11 @@ class EmotionAgent(L.LightningModule):
         if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
             optimizer.zero_grad(set_to_none=True)
             raise FloatingPointError(f"phase '{phase}' produced a non-finite gradient (loss {loss.item():.4g}); {fix}")
-        if self.hparams.gradient_clip_val:
+        if self.hparams.gradient_clip_val and self._trainer is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val)
+        elif self.hparams.gradient_clip_val:  # no Trainer (a plain loop or a benchmark): the same norm clip
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.hparams.gradient_clip_val)
         if not max_update:
             optimizer.step()
             return loss.detach()

@@ -38,30 +38,33 @@ def completion(tree: Tree, node: np.ndarray, by: str) -> np.ndarray:
     return np.broadcast_to(tree.node_value[node][:, None], tree.child_value[node].shape)
 
 
-def completed_q(by: str = "child") -> QTransform:
-    """``Q`` where visited, :func:`completion` where not (instead of decision 2's 0)."""
+@dataclass(frozen=True)
+class completed_q:  # noqa: N801 - a Q transform, named like the functions it stands beside
+    """``Q`` where visited, :func:`completion` where not (instead of decision 2's 0). A class, not a closure, so a
+    planner pickles (worker processes of a ``MultiCollector``)."""
 
-    def transform(tree: Tree, edges: EdgeArrays, node: np.ndarray) -> np.ndarray:
-        return np.where(edges.visits_plus_one > 1, edges.q, completion(tree, node, by))
+    by: str = "child"
 
-    return transform
+    def __call__(self, tree: Tree, edges: EdgeArrays, node: np.ndarray) -> np.ndarray:
+        return np.where(edges.visits_plus_one > 1, edges.q, completion(tree, node, self.by))
 
 
-def min_max(inner: QTransform) -> QTransform:
+@dataclass(frozen=True)
+class min_max:  # noqa: N801 - a Q transform, named like the functions it stands beside
     """``inner``'s values normalised to ``[0, 1]`` by the smallest and largest ``Q`` backed up so far in the
     node's tree (MuZero), clipped; all 0 until two different ``Q`` were seen, so the rule is invariant to any
     increasing affine change of the values. Unvisited children read 0 under :func:`literal_q`."""
 
-    def transform(tree: Tree, edges: EdgeArrays, node: np.ndarray) -> np.ndarray:
-        q = inner(tree, edges, node)
+    inner: QTransform
+
+    def __call__(self, tree: Tree, edges: EdgeArrays, node: np.ndarray) -> np.ndarray:
+        q = self.inner(tree, edges, node)
         env = tree.environment(node)
         low, high = tree.q_low[env][:, None], tree.q_high[env][:, None]
         spread = high - low
         known = spread > 0
         scaled = np.where(known, np.clip((q - low) / np.where(known, spread, 1.0), 0.0, 1.0), 0.0)
-        return np.where(edges.visits_plus_one > 1, scaled, 0.0) if inner is literal_q else scaled
-
-    return transform
+        return np.where(edges.visits_plus_one > 1, scaled, 0.0) if self.inner is literal_q else scaled
 
 
 # ---------------------------------------------------------------------------------------------- scores and ties

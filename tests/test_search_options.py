@@ -206,3 +206,13 @@ def test_options_are_validated_and_shown():
         EmotionMCTS(dirichlet_fraction=1.5)
     assert repr(EmotionMCTS()) == "EmotionMCTS(num_simulations=50, c_puct=1.0, max_depth=3)"
     assert "root_rule='gumbel'" in repr(EmotionMCTS(root_rule="gumbel"))
+
+
+def test_a_planner_with_any_option_pickles_for_worker_processes():
+    import pickle
+
+    for q_transform in ("literal", "completed", "minmax", "minmax_completed"):
+        for root_rule in ("puct", "gumbel"):
+            planner = EmotionMCTS(q_transform=q_transform, root_rule=root_rule, tie_break="random")
+            copy = pickle.loads(pickle.dumps(planner))
+            assert copy.options == planner.options and type(copy.rules.q_transform) is type(planner.rules.q_transform)
