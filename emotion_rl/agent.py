@@ -87,7 +87,8 @@ class EmotionAgent(L.LightningModule):
         value_target, value_n_step, value_lambda, value_gamma: phase 3's targets (``ValueLoss``); ``value_gamma``
             must be the datamodule's ``gamma``. target_tau: EMA rate of the target network the bootstrapped targets
             read (1: the model itself).
-        log_diagnostics: log action-head entropies and agreement and imagined-token value errors every batch.
+        log_diagnostics: log action-head entropies and agreement and imagined-token value errors once per collection
+            (on its first training batch: one extra forward pass per collection).
     """
 
     def __init__(
@@ -293,8 +294,6 @@ class EmotionAgent(L.LightningModule):
             with torch.no_grad():
                 target, online = list(self.target_model.parameters()), list(self.model.parameters())
                 torch._foreach_lerp_(target, online, self.hparams.target_tau)
-        if self.hparams.log_diagnostics:
-            logs.update(self.diagnostics(batch))
         return logs
 
     @torch.no_grad()
@@ -351,6 +350,8 @@ class EmotionAgent(L.LightningModule):
             logs = {k: torch.stack([s[k] for s in per_step]).mean() for k in per_step[0]}
         self.log_dict(logs, batch_size=episodes.shape[0])
         self._log_collection(batch["stats"])
+        if self.hparams.log_diagnostics and not bool(batch["stats"]["emotion_usage"].isnan().all()):
+            self.log_dict(self.diagnostics(episodes), batch_size=episodes.shape[0])  # once per collection
         if self._trainer is not None and bool(batch["stats"].get("total_frames_reached", torch.tensor(False))):
             self.trainer.should_stop = True  # data.total_frames env steps were collected and trained on
 

@@ -250,7 +250,7 @@ def test_bounded_actor_step_limits_the_change_of_each_phase2_step(monkeypatch, e
     assert action_change(action_max_update=10 * free) == pytest.approx(free, rel=1e-9)
 
 
-def test_diagnostics_are_off_by_default_and_logged_every_batch_when_on(monkeypatch, episodes):
+def test_diagnostics_are_off_by_default_and_logged_once_per_collection_when_on(monkeypatch, episodes):
     logged = {}
     agent, _ = _manual_agent(monkeypatch)
     monkeypatch.setattr(agent, "log_dict", lambda logs, **k: logged.update(logs))
@@ -267,6 +267,11 @@ def test_diagnostics_are_off_by_default_and_logged_every_batch_when_on(monkeypat
     }
     assert keys <= set(logged) and all(torch.isfinite(logged[k]) for k in keys)
     assert 0 <= logged["diagnostics/action_agreement"] <= 1
+    later = _batch(episodes)  # a later batch of the same collection: its stats carry nothing new
+    later["stats", "emotion_usage"] = torch.full((N_EMOTIONS,), float("nan"))
+    logged.clear()
+    agent.train_batch(later)
+    assert "train/phase1_dynamics_loss" in logged and not any(key.startswith("diagnostics/") for key in logged)
 
 
 def test_diagnostics_measure_entropy_agreement_and_imagined_bias(episodes):
@@ -302,10 +307,10 @@ def test_gradient_clip_val_clips_every_phase_before_its_step(monkeypatch, episod
     agent, log = _manual_agent(monkeypatch, gradient_clip_val=0.5)
     clipped = []
 
-    def clip_gradients(optimizer, gradient_clip_val):
-        clipped.append((log.copy(), gradient_clip_val))
+    def clip_grad_norm_(parameters, max_norm):  # no Trainer attached: the agent clips with torch directly
+        clipped.append((log.copy(), max_norm))
 
-    monkeypatch.setattr(agent, "clip_gradients", clip_gradients)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_grad_norm_)
     agent.train_batch(_batch(episodes))
     assert clipped == [([], 0.5), (["dynamics"], 0.5), (["dynamics", "action"], 0.5), (list(PHASES[:3]), 0.5)]
 
