@@ -8,6 +8,7 @@ once per batch of whole episodes or windows; ``schedule="timestep"`` is spec 2.3
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
@@ -30,6 +31,9 @@ from emotion_rl.losses import (
 from emotion_rl.model import EmotionModel
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
 from emotion_rl.search import EmotionMCTS
+
+PLANNER_ARGUMENTS = tuple(inspect.signature(EmotionMCTS).parameters)
+"""The agent's hyper-parameters that configure its planner: every argument of :class:`EmotionMCTS`."""
 
 PHASES = ("dynamics", "action", "value", "policy")
 """Optimizer order (spec 2.3): phase 1 dynamics, 2 action, 3 value, 4 policy."""
@@ -159,21 +163,7 @@ class EmotionAgent(L.LightningModule):
             head_hidden=head_hidden,
             context_window=context_window or max_episode_steps,
         )
-        self.planner = EmotionMCTS(
-            num_simulations=num_simulations,
-            c_puct=c_puct,
-            max_depth=max_depth,
-            q_transform=q_transform,
-            completed_value=completed_value,
-            tie_break=tie_break,
-            dirichlet_alpha=dirichlet_alpha,
-            dirichlet_fraction=dirichlet_fraction,
-            root_rule=root_rule,
-            gumbel_considered=gumbel_considered,
-            gumbel_c_visit=gumbel_c_visit,
-            gumbel_c_scale=gumbel_c_scale,
-            value_readout=value_readout,
-        )
+        self.planner = EmotionMCTS(**{name: self.hparams[name] for name in PLANNER_ARGUMENTS})
         self.temperature = TemperatureSchedule(temperature_start, temperature_end, temperature_decay_frames)
         if value_target != "monte_carlo" and target_tau < 1:  # the EMA target network (saved with the agent)
             self.target_model = copy.deepcopy(self.model).requires_grad_(False)
