@@ -9,6 +9,10 @@ Every run, emotion agent or baseline, follows one protocol:
    or after ``--max-minutes`` of training wall time (evaluations excluded), whichever comes first.
 2. Evaluate the final agent greedily on ``--final-episodes`` fresh episodes (other start states).
 
+After the final evaluation an emotion run saves its weights (``<out>/models/<variant>_s<seed>.ckpt``, not
+committed) and measures its search gain (``--search-gain`` episodes per row of ``benchmarks/search_gain.py``: the
+search against the prior's argmax emotion and each emotion alone, on start states of their own).
+
 It reports, per run: environment steps and wall time to reach the threshold (wall time of training: collection
 and updates, the evaluations excluded; ``wall_with_evals_s`` in the curve includes them), the training wall time
 per env step, and the final mean return. A run "solves" the task when its final evaluation is at or above the
@@ -268,9 +272,31 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
             final = evaluate_policy(env, cli.model.make_policy(greedy=True), data.max_episode_steps)
         finally:
             env.close()
+        model_path = Path(args.out) / "models" / f"{name}.ckpt"  # the final weights, to look inside (not committed)
+        model_path.parent.mkdir(parents=True, exist_ok=True)
+        cli.trainer.save_checkpoint(model_path, weights_only=True)
+        gain = search_gain_of(cli.model, data, seed, args) if args.search_gain else None
     finally:
         data._shutdown_workers()
-    return summarize(variant, seed, record.curve, env_steps, train_wall, final["episode_return"].tolist(), args)
+    result = summarize(variant, seed, record.curve, env_steps, train_wall, final["episode_return"].tolist(), args)
+    if gain is not None:
+        result["search_gain"] = gain
+    return result
+
+
+def search_gain_of(agent, data, seed: int, args: argparse.Namespace) -> dict:  # noqa: ANN001
+    """``benchmarks/search_gain.py``'s measurement of the trained agent: ``--search-gain`` greedy episodes per row
+    (the search, the prior's argmax emotion, each emotion alone) on start states of their own (env seed + 30,000).
+    Per-episode lists are dropped; the means, the search's changes and the gain are kept."""
+    from search_gain import measure
+
+    settings = {"env_id": args.env_id, "time_limit": data.hparams.time_limit}
+    settings.update({key: data.hparams.get(key) for key in ("env_kwargs", "env_wrappers", "env_factory")})
+    report = measure(agent, settings, args.search_gain, seed + 30_000, log=lambda *_: None)
+    for row in report["rows"].values():
+        row.pop("returns", None)
+        row.pop("lengths", None)
+    return report
 
 
 # ---------------------------------------------------------------------------------------------------- PPO baseline
@@ -385,7 +411,9 @@ def env_id_of(config: str) -> str:
     """The config's ``data.env_id`` (the datamodule's default, CartPole-v1, when it names none)."""
     from omegaconf import OmegaConf
 
-    return str(OmegaConf.select(OmegaConf.load(config), "data.env_id", default="CartPole-v1"))
+    from emotion_rl.cli import load_config
+
+    return str(OmegaConf.select(load_config(config), "data.env_id", default="CartPole-v1"))
 
 
 def env_defaults(env_id: str) -> dict:
@@ -444,7 +472,7 @@ def cost_of(variant: str, seed: int, env_steps: int, wall: float, args: argparse
 def print_table(results: list[dict]) -> None:
     print(
         f"{'variant':<12} {'seed':>4} {'steps to thr':>12} {'wall to thr':>11} {'trained':>8} {'ms/step':>7} "
-        f"{'final mean':>10}"
+        f"{'final mean':>10} {'gain':>7}"
     )
     for r in sorted(results, key=lambda r: (r["variant"], r["seed"])):
         steps = r["reached_env_steps"]
@@ -453,7 +481,7 @@ def print_table(results: list[dict]) -> None:
         print(
             f"{r['variant']:<12} {r['seed']:>4} {steps if steps is not None else '-':>12} "
             f"{f'{wall:.0f} s' if wall is not None else '-':>11} {r['env_steps']:>8} {per_step:>7.2f} "
-            f"{r['final_return_mean']:>10.1f}"
+            f"{r['final_return_mean']:>10.1f} {r['search_gain']['gain'] if 'search_gain' in r else math.nan:>7.1f}"
         )
 
 
@@ -487,6 +515,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, help="env steps between evaluations (default: per env)")
     parser.add_argument("--eval-episodes", type=int, default=20, help="episodes per evaluation during training")
     parser.add_argument("--final-episodes", type=int, default=100, help="episodes of the final evaluation")
+    parser.add_argument(
+        "--search-gain",
+        type=int,
+        default=20,
+        metavar="EPISODES",
+        help="after each emotion run, greedy episodes per row of benchmarks/search_gain.py (0: skip)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one CPU core each)")
     parser.add_argument("--out", help="result folder (default: benchmarks/results/learning/<env id>)")
     parser.add_argument("--force", action="store_true", help="rerun runs whose result file exists")

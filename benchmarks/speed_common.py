@@ -103,10 +103,13 @@ QUICK = Sizes(
 
 
 def cartpole_model_config() -> dict:
-    """The ``model:`` section of configs/cartpole.yaml (the agent's arguments, without the env-linked sizes)."""
+    """The ``model:`` section of configs/cartpole.yaml, its base included (the agent's arguments, without the
+    env-linked sizes)."""
     from omegaconf import OmegaConf
 
-    return dict(OmegaConf.to_container(OmegaConf.load(CONFIG).model, resolve=True))
+    from emotion_rl.cli import load_config
+
+    return dict(OmegaConf.to_container(load_config(CONFIG).model, resolve=True))
 
 
 def make_model(context_window: int = CARTPOLE_MAX_STEPS) -> EmotionModel:

@@ -3,7 +3,8 @@
 The public API, by layer (docs/index.md):
 
 - data types: :class:`History` (the real history the model reads, spec 1.3), :data:`NONE`;
-- the network and the planner: :class:`EmotionModel` (spec 2.1), :class:`EmotionMCTS` (spec 1);
+- the network and the planner: :class:`EmotionModel` (spec 2.1), :class:`EmotionMCTS` (spec 1), and the planners
+  without search it is measured against, :class:`PriorPlanner` and :class:`FixedEmotionPlanner`;
 - acting: :class:`EmotionPolicy` (a TorchRL policy module), :class:`TemperatureSchedule` (spec 3.4), :func:`make_env`,
   :func:`play`, :func:`closing_collector` / :func:`shutdown_collector` (collectors that exit cleanly);
 - learning: the four phase losses (:class:`DynamicsLoss`, :class:`MaxValueActionLoss`, :class:`LiteralActionLoss`,
@@ -19,6 +20,7 @@ from emotion_rl.envs import make_env
 from emotion_rl.history import NONE, History
 from emotion_rl.losses import DynamicsLoss, LiteralActionLoss, MaxValueActionLoss, PolicyLoss, ValueLoss
 from emotion_rl.model import EmotionModel
+from emotion_rl.planners import FixedEmotionPlanner, PriorPlanner
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
 from emotion_rl.rollout import play
 from emotion_rl.search import EmotionMCTS
@@ -33,10 +35,12 @@ __all__ = [
     "EmotionMCTS",
     "EmotionModel",
     "EmotionPolicy",
+    "FixedEmotionPlanner",
     "History",
     "LiteralActionLoss",
     "MaxValueActionLoss",
     "PolicyLoss",
+    "PriorPlanner",
     "TemperatureSchedule",
     "ValueLoss",
     "closing_collector",

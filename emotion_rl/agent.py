@@ -17,19 +17,21 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
+from emotion_rl.diagnostics import learning_diagnostics
 from emotion_rl.losses import (
     ActionLoss,
     DynamicsAction,
     DynamicsLoss,
+    ImprovementActionLoss,
     PolicyLoss,
     ValueLoss,
     ValueTarget,
     action_loss_class,
-    masked_mean,
     step_weight,
 )
 from emotion_rl.model import EmotionModel
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
+from emotion_rl.reanalyze import reanalyze
 from emotion_rl.search import EmotionMCTS
 
 PLANNER_ARGUMENTS = tuple(inspect.signature(EmotionMCTS).parameters)
@@ -93,6 +95,18 @@ class EmotionAgent(L.LightningModule):
             read (1: the model itself).
         log_diagnostics: log action-head entropies and agreement and imagined-token value errors once per collection
             (on its first training batch: one extra forward pass per collection).
+        shared_update: spec 2.5's alternative to the alternating phases: one forward and one backward of the four
+            losses together, the transformer updated once per batch (:meth:`shared_update`).
+
+    Emotions that differ (beyond the specification, all off by default; docs/training.md):
+        imagined_action: the action vector behind the dynamics the search imagines (``EmotionModel``):
+            ``"softmax"`` (spec 2.1) or ``"one_hot"`` of the head's argmax (what phase 1 learns from with ``taken``).
+        action_coverage_coef: phase 2 also raises ``I(e; a | s)`` over every head (``ActionLoss.coverage_coef``).
+        improvement_scale, improvement_mixture: ``phase2_objective="improvement"``'s settings
+            (``ImprovementActionLoss``); ``"assigned"`` is the fixed assignment of action ``e mod A`` to emotion e.
+        policy_balance_coef: phase 4's load balancing of emotion usage (``PolicyLoss.balance_coef``).
+        value_all_emotions: phase 3 trains every ``V^e`` on each step, weighted by its head's probability of the
+            action taken (``ValueLoss.all_emotions``).
     """
 
     def __init__(
@@ -143,6 +157,13 @@ class EmotionAgent(L.LightningModule):
         value_gamma: float = 0.99,
         target_tau: float = 0.005,
         log_diagnostics: bool = False,
+        shared_update: bool = False,
+        imagined_action: str = "softmax",
+        action_coverage_coef: float = 0.0,
+        improvement_scale: float = 2.0,
+        improvement_mixture: str = "prior",
+        policy_balance_coef: float = 0.0,
+        value_all_emotions: bool = False,
     ) -> None:
         super().__init__()
         if schedule not in Schedule.__args__:
@@ -162,14 +183,17 @@ class EmotionAgent(L.LightningModule):
             n_heads=n_heads,
             head_hidden=head_hidden,
             context_window=context_window or max_episode_steps,
+            imagined_action=imagined_action,
         )
         self.planner = EmotionMCTS(**{name: self.hparams[name] for name in PLANNER_ARGUMENTS})
         self.temperature = TemperatureSchedule(temperature_start, temperature_end, temperature_decay_frames)
         if value_target != "monte_carlo" and target_tau < 1:  # the EMA target network (saved with the agent)
             self.target_model = copy.deepcopy(self.model).requires_grad_(False)
+        action_loss = action_loss_class(phase2_objective)
+        improvement = dict(scale=improvement_scale, mixture=improvement_mixture)
         self.losses = PhaseLosses(
             DynamicsLoss(self.model, action_input=dynamics_action, all_emotions=dynamics_all_emotions),
-            action_loss_class(phase2_objective)(
+            action_loss(
                 self.model,
                 update_transformer=phase2_updates_transformer,
                 normalize_value=action_value_norm,
@@ -178,6 +202,8 @@ class EmotionAgent(L.LightningModule):
                 awr_beta=action_awr_beta,
                 return_scale=return_scale,
                 value_readout=value_readout,
+                coverage_coef=action_coverage_coef,
+                **(improvement if issubclass(action_loss, ImprovementActionLoss) else {}),
             ),
             ValueLoss(
                 self.model,
@@ -189,8 +215,9 @@ class EmotionAgent(L.LightningModule):
                 target_model=getattr(self, "target_model", None),
                 imagined_weight=imagined_value_weight,
                 value_readout=value_readout,
+                all_emotions=value_all_emotions,
             ),
-            PolicyLoss(self.model),
+            PolicyLoss(self.model, balance_coef=policy_balance_coef),
         )
 
     # ------------------------------------------------------------------ acting (spec 5 steps 1-3)
@@ -199,117 +226,136 @@ class EmotionAgent(L.LightningModule):
         temperature = 0.0 if greedy else self.temperature
         return EmotionPolicy(self.model, self.planner, temperature=temperature, greedy=greedy, **kwargs)
 
-    @torch.no_grad()
     def reanalyze(self, episodes: TensorDict, chunk: int = 256) -> Tensor:
-        """Reanalyze (as in MuZero): fresh MCTS visit distributions for stored real histories. ``[B, L, E]``.
-
-        Step ``t`` of episode ``b`` gets ``planner.search(model, history_b[0..t])["visit_distribution"]`` with the
-        current model: the same search the policy ran when it acted there (spec 1.3 - 1.6, the real prefix only;
-        nothing imagined is stored). Steps beyond an episode's ``mask`` get zeros. All prefixes are searched as one
-        batch, in chunks of ``chunk`` histories cut to their longest prefix.
-        """
-        batch, length = episodes.shape
-        rows = episodes["mask"].nonzero()  # [R, 2]: (episode, step), in step order within each episode
-        rows = rows[rows[:, 1].argsort(stable=True)]  # group short prefixes together
-        out = torch.zeros(batch, length, self.hparams.n_emotions, device=episodes.device)
-        real = episodes.select("observation", "action", "emotion", "reward")
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for start in range(0, rows.shape[0], chunk):
-                b, t = rows[start : start + chunk].unbind(-1)
-                longest = int(t.max()) + 1
-                history = real[b, :longest].clone()
-                history.set("mask", torch.arange(longest, device=t.device) <= t.unsqueeze(-1))
-                out[b, t] = self.planner.search(self.model, history)["visit_distribution"].to(out.dtype)
-        finally:
-            self.model.train(was_training)
-        return out
+        """Fresh search targets ``[B, L, E]`` for stored episodes with the current model
+        (:func:`~emotion_rl.reanalyze.reanalyze`)."""
+        return reanalyze(self.planner, self.model, episodes, chunk)
 
     # ------------------------------------------------------------------ one update (spec 2.3)
-    def _step(
-        self, optimizer: torch.optim.Optimizer, phase: str, loss: Tensor, max_update: float | None = None
-    ) -> Tensor:
-        """Backward and step ``optimizer``. A non-finite loss or gradient stops the run before this step changes a
-        parameter (and so before any checkpoint could hold damaged weights)."""
-        fix = (
-            "the update was stopped before this phase changed any parameter. Lower the learning rates, set "
-            "gradient_clip_val, or check the environment's observations and rewards."
-        )
+    FIX = (
+        "the update was stopped before this phase changed any parameter. Lower the learning rates, set "
+        "gradient_clip_val, or check the environment's observations and rewards."
+    )
+
+    def _backward(self, phase: str, loss: Tensor, params: list[torch.nn.Parameter]) -> None:
+        """Gradients of ``loss`` on ``params`` (cleared first). A non-finite loss or gradient stops the run before
+        any parameter changes (and so before any checkpoint could hold damaged weights)."""
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"phase '{phase}' produced a non-finite loss ({loss.item()}); {fix}")
-        optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(f"phase '{phase}' produced a non-finite loss ({loss.item()}); {self.FIX}")
+        for p in params:
+            p.grad = None
         self.manual_backward(loss)
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params if p.grad is not None]
         if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
-            optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(f"phase '{phase}' produced a non-finite gradient (loss {loss.item():.4g}); {fix}")
-        if self.hparams.gradient_clip_val and self._trainer is not None:
+            for p in params:
+                p.grad = None
+            raise FloatingPointError(
+                f"phase '{phase}' produced a non-finite gradient (loss {loss.item():.4g}); {self.FIX}"
+            )
+
+    def _clip(self, optimizer: torch.optim.Optimizer | None, params: list[torch.nn.Parameter]) -> None:
+        """``gradient_clip_val``: one norm clip over ``params`` (through ``optimizer`` under a Trainer)."""
+        if not self.hparams.gradient_clip_val:
+            return
+        if optimizer is not None and self._trainer is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val)
-        elif self.hparams.gradient_clip_val:  # no Trainer (a plain loop or a benchmark): the same norm clip
-            params = [p for group in optimizer.param_groups for p in group["params"]]
+        else:  # no Trainer (a plain loop or a benchmark), or a clip over several optimizers' parameters
             torch.nn.utils.clip_grad_norm_(params, self.hparams.gradient_clip_val)
+
+    @staticmethod
+    def _bounded_step(optimizer: torch.optim.Optimizer, max_update: float | None = None) -> None:
+        """``optimizer.step()``, scaled back to a parameter change of L2 norm ``max_update`` at most when given."""
         if not max_update:
             optimizer.step()
-            return loss.detach()
+            return
         params = [p for group in optimizer.param_groups for p in group["params"]]
         before = [p.detach().clone() for p in params]
         optimizer.step()
-        with torch.no_grad():  # scale this step back to a change of norm max_update at most
+        with torch.no_grad():
             change = torch._foreach_sub([p.detach() for p in params], before)
             scale = max_update / torch.linalg.vector_norm(torch.stack(torch._foreach_norm(change))).clamp(min=1e-12)
             if scale < 1:
                 torch._foreach_lerp_([p.detach() for p in params], before, float(1 - scale))
+
+    def _step(
+        self, optimizer: torch.optim.Optimizer, phase: str, loss: Tensor, max_update: float | None = None
+    ) -> Tensor:
+        """One phase of the alternating update: backward, clip and step ``optimizer``."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._backward(phase, loss, params)
+        self._clip(optimizer, params)
+        self._bounded_step(optimizer, max_update)
         return loss.detach()
 
     def update(self, batch: TensorDict) -> dict[str, Tensor]:
-        """The four phases of spec 2.3 in order, each a fresh forward and a step of its own optimizer.
+        """The four phases of spec 2.3 in order, each a step of its own optimizer (or, with ``shared_update``,
+        spec 2.5's single update: :meth:`shared_update`).
 
         ``batch`` ``[B, L]``: the steps whose losses count are its ``weight`` (when present) or its ``mask``.
+        Each phase reads the model as the previous phases left it. The one forward two phases share: phase 2 does
+        not move the transformer when ``phase2_updates_transformer`` is off, so its encoding of the batch is the
+        one phase 3 would compute, and phase 3 reuses it.
         """
-        opt_dynamics, opt_action, opt_value, opt_policy = self.optimizers()
-        logs = {}
-        out = self.losses.dynamics(batch)  # phase 1: dynamics heads + transformer
-        logs["train/phase1_dynamics_loss"] = self._step(opt_dynamics, "dynamics", out["loss_dynamics"])
-        out = self.losses.action(batch)  # phase 2: action heads + transformer, through the frozen critic
-        logs["train/phase2_action_loss"] = self._step(
-            opt_action, "action", out["loss_action"], max_update=self.hparams.action_max_update
-        )
-        logs["train/phase2_imagined_value"] = out["imagined_value"]
-        out = self.losses.value(batch)  # phase 3: value heads + transformer
-        logs["train/phase3_value_loss"] = self._step(opt_value, "value", out["loss_value"])
-        out = self.losses.policy(batch)  # phase 4: policy head + transformer
-        logs["train/phase4_policy_loss"] = self._step(opt_policy, "policy", out["loss_policy"])
+        if self.hparams.shared_update:
+            logs = self.shared_update(batch)
+        else:
+            opt_dynamics, opt_action, opt_value, opt_policy = self.optimizers()
+            logs = {}
+            out = self.losses.dynamics(batch)  # phase 1: dynamics heads + transformer
+            logs["train/phase1_dynamics_loss"] = self._step(opt_dynamics, "dynamics", out["loss_dynamics"])
+            shared = None if self.hparams.phase2_updates_transformer else self.model.encode(batch)
+            out = self.losses.action(batch, shared)  # phase 2: action heads (+ transformer), frozen critic
+            logs["train/phase2_action_loss"] = self._step(
+                opt_action, "action", out["loss_action"], max_update=self.hparams.action_max_update
+            )
+            logs["train/phase2_imagined_value"] = out["imagined_value"]
+            out = self.losses.value(batch, shared)  # phase 3: value heads + transformer
+            logs["train/phase3_value_loss"] = self._step(opt_value, "value", out["loss_value"])
+            out = self.losses.policy(batch)  # phase 4: policy head + transformer
+            logs["train/phase4_policy_loss"] = self._step(opt_policy, "policy", out["loss_policy"])
         if hasattr(self, "target_model"):  # EMA of the model, read by the bootstrapped value targets
             with torch.no_grad():
                 target, online = list(self.target_model.parameters()), list(self.model.parameters())
                 torch._foreach_lerp_(target, online, self.hparams.target_tau)
         return logs
 
-    @torch.no_grad()
-    def diagnostics(self, batch: TensorDict) -> dict[str, Tensor]:
-        """Per batch: each action head's entropy and how often the heads' argmax actions agree (pairs of emotions);
-        the values read at imagined tokens: their error on ``y_{t+1}`` (true and predicted next state) and their
-        bias against the value at the real next token (mean over emotions)."""
-        mask, weight = batch["mask"], step_weight(batch)
+    def shared_update(self, batch: TensorDict) -> dict[str, Tensor]:
+        """spec 2.5's alternative to four transformer updates: one forward of the transformer, the four losses on
+        it with the same stop-gradients as the alternating phases, one backward of their sum; each optimizer then
+        steps its own head group, and the transformer moves once, by the summed gradient (through the dynamics
+        optimizer, which holds its Adam state). ``gradient_clip_val`` clips that one gradient over every parameter.
+        """
+        optimizers = self.optimizers()
         encoding = self.model.encode(batch)
-        log_probs = torch.log_softmax(self.model.action_logits(encoding.hidden), dim=-1)  # [B, L, E, A]
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-        n = self.hparams.n_emotions
-        logs = {f"diagnostics/action_entropy_{e}": masked_mean(entropy[..., e], weight) for e in range(n)}
-        best = log_probs.argmax(-1)
-        pairs = ((best.unsqueeze(-1) == best.unsqueeze(-2)).sum((-1, -2)) - n).to(entropy.dtype)
-        logs["diagnostics/action_agreement"] = masked_mean(pairs / max(n * (n - 1), 1), weight)
-        value_loss = self.losses.value
-        _, next_targets = value_loss.targets(batch)
-        errors = value_loss.imagined_errors(batch, encoding, next_targets)
-        logs["diagnostics/imagined_value_error_true"] = masked_mean(errors[0], weight)
-        logs["diagnostics/imagined_value_error_predicted"] = masked_mean(errors[1], weight)
-        imagined, _ = value_loss.imagined_values(batch, encoding)
-        real_next = self.model.emotion_values(encoding.hidden[:, 1:]).mean(-1)
-        has_next = mask[:, 1:] & mask[:, :-1]
-        logs["diagnostics/imagined_value_bias"] = masked_mean(imagined[:, :-1].mean(-1) - real_next, has_next)
+        outs = [
+            self.losses.dynamics(batch, encoding),
+            self.losses.action(batch, encoding),  # detaches h_t itself unless phase2_updates_transformer
+            self.losses.value(batch, encoding),
+            self.losses.policy(batch, encoding),
+        ]
+        losses = [out[f"loss_{phase}"] for out, phase in zip(outs, PHASES, strict=True)]
+        params = list(self.model.parameters())
+        for phase, loss in zip(PHASES, losses, strict=True):  # name the phase of a non-finite loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"phase '{phase}' produced a non-finite loss ({loss.item()}); {self.FIX}")
+        self._backward("shared", torch.stack(losses).sum(), params)
+        self._clip(None, params)
+        transformer = self.model.transformer_parameters()
+        for index, optimizer in enumerate(optimizers):
+            self._bounded_step(optimizer, self.hparams.action_max_update if PHASES[index] == "action" else None)
+            if index == 0:  # the transformer moved once; the other optimizers step their heads only
+                for p in transformer:
+                    p.grad = None
+        logs = {
+            f"train/phase{i + 1}_{phase}_loss": loss.detach()
+            for i, (phase, loss) in enumerate(zip(PHASES, losses, strict=True))
+        }
+        logs["train/phase2_imagined_value"] = outs[1]["imagined_value"]
         return logs
+
+    def diagnostics(self, batch: TensorDict) -> dict[str, Tensor]:
+        """:func:`~emotion_rl.diagnostics.learning_diagnostics` of this agent's model on ``batch``."""
+        return learning_diagnostics(self.model, self.losses.value, batch)
 
     def training_step(self, dataloader_iter: Iterator) -> None:
         """Lightning's step: exactly one batch from the data iterator, then :meth:`train_batch`.
@@ -361,7 +407,7 @@ class EmotionAgent(L.LightningModule):
         self.log("train/temperature", stats["temperature"].float(), batch_size=1)
         for k, usage in enumerate(stats["emotion_usage"].unbind(-1)):
             self.log(f"emotion/usage_{k}", usage, batch_size=1)
-        for key in ("kl_visits_prior", "argmax_agreement"):
+        for key in ("kl_visits_prior", "argmax_agreement", "action_changed", "emotion_changed"):
             value = stats.get(key, None)
             if value is not None and bool(torch.isfinite(value)):
                 self.log(f"search/{key}", value.float(), batch_size=1)

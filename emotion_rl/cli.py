@@ -5,6 +5,12 @@ config files and the command line are merged, so ``data.seed: ${..seed_everythin
 ``--seed_everything 7``. Interpolations are relative (``${..key}``) because the merged tree is rooted at the
 subcommand (``fit.data.seed``); the same file then serves ``fit``, ``validate`` and ``test``.
 
+A config file may build on others: its top-level ``__include__`` (:data:`INCLUDE_KEY`) names a config file, or a
+list of them, relative to the including file; they are applied first and the file's own settings on top, exactly
+as if each had been given before it with ``--config``. ``configs/cartpole.yaml`` is ``configs/base.yaml`` plus
+what CartPole changes, yet stays one ``--config``; ``--print_config`` and the run's saved ``config.yaml`` show the
+merged result (:class:`ComposingConfigFile`).
+
 The environment's sizes (observation size, number of actions, longest episode) are read from the datamodule
 and linked into the agent, so a config never repeats them; so is the datamodule's ``context_window``. The agent
 is then connected to the datamodule (``EmotionDataModule.connect``): its policies play the self-play episodes.
@@ -17,24 +23,105 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import lightning.pytorch as pl
 import torch
+import yaml
+from jsonargparse import ActionConfigFile, get_loader
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from emotion_rl.agent import EmotionAgent
 from emotion_rl.checkpoint import AtomicCheckpointIO, CheckpointError, find_last_checkpoint, load_checkpoint
 from emotion_rl.datamodule import EmotionDataModule
 
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 
 class ConfigurationError(ValueError):
-    """A setting the user can fix, found while a subcommand runs: printed as one line, without a traceback."""
+    """A setting the user can fix (a config's ``__include__``, or one found while a subcommand runs): printed as one
+    line, without a traceback."""
 
 
 USER_ERRORS = (CheckpointError, ConfigurationError)
 """Errors raised while a subcommand runs that are the user's to fix; any other error there keeps its traceback."""
+
+
+INCLUDE_KEY = "__include__"
+"""Top-level key of a config file that names the config files it builds on: a path, or a list of paths, relative to
+the including file. jsonargparse 4.53 has no such key: its maintainers advise repeating ``--config``, and an opt-in
+``__include__`` at any level is planned for its 5.0 (unreleased when this was written). This one is top-level only
+and is read by :func:`config_layers`."""
+
+
+def config_layers(path: str | os.PathLike) -> list[tuple[Path, dict | None]]:
+    """The config files that the config file ``path`` is made of, in the order they apply: what each includes (its
+    own layers, depth first) before it. Each comes with the settings it gives itself, without :data:`INCLUDE_KEY`, or
+    ``None`` for a file that includes nothing (read as it is, also when it cannot be read: jsonargparse then reports
+    it).
+
+    Raises :class:`ConfigurationError` (one line naming the including file) when an included file does not exist,
+    when a file includes itself through the chain, or when ``__include__`` is not a path or a list of paths.
+    """
+    return _layers(Path(path), ())
+
+
+def _layers(path: Path, chain: tuple[Path, ...]) -> list[tuple[Path, dict | None]]:
+    try:
+        settings = get_loader("yaml")(path.read_text())  # jsonargparse's own YAML reading
+    except Exception:  # noqa: BLE001 - unreadable or not YAML: jsonargparse reads it and reports the problem
+        return [(path, None)]
+    if not isinstance(settings, dict) or INCLUDE_KEY not in settings:
+        return [(path, None)]
+    settings = dict(settings)
+    included = settings.pop(INCLUDE_KEY)
+    names = included if isinstance(included, list) else [included]
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise ConfigurationError(f"config '{path}': {INCLUDE_KEY} must be a path or a list of paths, not {included!r}")
+    trail = (*chain, path)
+    layers: list[tuple[Path, dict | None]] = []
+    for name in names:
+        base = path.parent / name
+        if not base.is_file():
+            raise ConfigurationError(
+                f"config '{path}': {INCLUDE_KEY} '{name}' does not exist (looked for '{base}': relative to that config)"
+            )
+        if any(base.resolve() == seen.resolve() for seen in trail):
+            cycle = " -> ".join(str(p) for p in (*trail, base))
+            raise ConfigurationError(f"config '{path}': circular {INCLUDE_KEY}: {cycle}")
+        layers += _layers(base, trail)
+    return [*layers, (path, settings)]
+
+
+class ComposingConfigFile(ActionConfigFile):
+    """``--config``/``-c``: jsonargparse's config-file argument, which first applies the files a config file names
+    under :data:`INCLUDE_KEY` (:func:`config_layers`), then the file's own settings: the same as one ``--config`` per
+    layer. Values given as YAML strings, and files without the key, are read as jsonargparse reads them. A file's own
+    settings are applied as a YAML string, so a relative path *value* in a file that has ``__include__`` is read from
+    the working directory, not from the file's folder (the shipped configs have none)."""
+
+    def __call__(self, parser, cfg, values, option_string=None) -> None:  # noqa: ANN001 - argparse's signature
+        layers = config_layers(values) if isinstance(values, str) and os.path.isfile(values) else [(values, None)]
+        for path, settings in layers:
+            if settings is None:
+                self.apply_config(parser, cfg, self.dest, str(path))
+            elif settings:  # the file's own settings, as a YAML string (the include key is not a setting)
+                self.apply_config(parser, cfg, self.dest, yaml.safe_dump(settings, sort_keys=False))
+
+
+def load_config(path: str | os.PathLike) -> DictConfig:
+    """The config file ``path`` with its includes merged (:func:`config_layers`), as an OmegaConf ``DictConfig``,
+    interpolations unresolved: for code that reads a config's values without the command line (benchmarks, viz).
+    Merged as OmegaConf merges (mappings key by key, lists replaced), which for these configs is what ``--config``
+    gives; the command line's parser remains the reference (``--print_config``)."""
+    from omegaconf import OmegaConf
+
+    layers = [OmegaConf.load(p) if s is None else OmegaConf.create(s) for p, s in config_layers(path)]
+    return OmegaConf.merge(*layers)
 
 
 class BatchProgressBar(TQDMProgressBar):
@@ -55,6 +142,19 @@ class EmotionCLI(LightningCLI):
     Subcommands: ``fit``, ``validate``, ``test`` (an agent acts through environments, so ``predict`` has nothing to
     predict). No ``--optimizer``/``--lr_scheduler``: the agent owns its four optimizers (spec 3.2).
     """
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:  # noqa: ANN003 - the parser's arguments
+        """LightningCLI's parser with :class:`ComposingConfigFile` as its ``--config`` (for the subcommands too)."""
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl.__version__}"])
+        parser = self.parser_class(**kwargs)
+        parser.add_argument(
+            "-c",
+            "--config",
+            action=ComposingConfigFile,
+            help=f"Path to a configuration file in json or yaml format. Its top-level {INCLUDE_KEY} names config "
+            "files (relative to it) that apply first.",
+        )
+        return parser
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

@@ -211,7 +211,7 @@ class FusedSearchModel:
         first = torch.addmm(cache.head_bias, h, cache.head_weight)  # [n, E + E * 3 * hidden]
         va = torch.addmm(cache.va_bias, F.gelu(first.narrow(1, e, width)), cache.va_weight).view(n, e, -1)
         values, action_logits = va.select(2, 0), va.narrow(2, 1, n_actions)
-        action_probs = torch.softmax(action_logits, dim=-1).view(n, -1)  # [n, E * n_actions]
+        action_probs = self.model.imagined_action_vector(action_logits).reshape(n, -1)  # [n, E * n_actions]
         dyn_first = first.narrow(1, e + width, first.shape[1] - e - width)
         dyn_hidden = F.gelu(torch.addmm(dyn_first, action_probs, cache.dyn_action_weight))
         dynamics = torch.addmm(cache.dyn_bias, dyn_hidden, cache.dyn_weight).view(n, e, -1)

@@ -21,6 +21,10 @@ from emotion_rl.history import NONE, History
 
 OUTPUT_KEYS = ("policy", "values", "action_logits", "dynamics")
 
+ImaginedAction = Literal["softmax", "one_hot"]
+"""The action vector the dynamics heads read when the model imagines a next state in :meth:`EmotionModel.heads`
+(the search's children): ``"softmax"`` of the action head (spec 2.1) or ``"one_hot"`` of its argmax."""
+
 ValueReadout = Literal["mean", "policy"]
 """How "the value of a state" is read from its ``E`` values (docs/search.md, "Value readout")."""
 
@@ -161,6 +165,9 @@ class EmotionModel(nn.Module):
         d_model, n_layers, n_heads: transformer size; head_hidden: per-emotion head width (default d_model).
         context_window: ``K``, the most real steps a history may hold (decision 15); the position table has
             ``K + 1`` rows, the extra one for the imagined state.
+        imagined_action: the action vector behind the ``dynamics`` output of :meth:`heads` (:data:`ImaginedAction`):
+            ``"softmax"`` (spec 2.1) or ``"one_hot"`` of the head's argmax, the form phase 1 learns from when it
+            feeds the taken action (beyond the specification; docs/search.md).
     """
 
     def __init__(
@@ -173,8 +180,14 @@ class EmotionModel(nn.Module):
         n_heads: int = 4,
         head_hidden: int | None = None,
         context_window: int = 511,
+        imagined_action: ImaginedAction = "softmax",
     ) -> None:
         super().__init__()
+        if imagined_action not in ImaginedAction.__args__:
+            raise ValueError(
+                f"imagined_action={imagined_action!r} is not supported; choose one of {list(ImaginedAction.__args__)}"
+            )
+        self.imagined_action = imagined_action
         sizes = dict(obs_dim=obs_dim, n_actions=n_actions, n_emotions=n_emotions, d_model=d_model)
         sizes.update(n_layers=n_layers, n_heads=n_heads, context_window=context_window)
         for name, value in sizes.items():
@@ -317,15 +330,21 @@ class EmotionModel(nn.Module):
         hidden = hidden.unsqueeze(-2).expand(*action.shape[:-1], hidden.shape[-1])
         return self.dynamics_heads(torch.cat([hidden, action], dim=-1))
 
+    def imagined_action_vector(self, action_logits: Tensor) -> Tensor:
+        """The action vector ``[..., A]`` the dynamics heads read when imagining (``imagined_action``)."""
+        if self.imagined_action == "one_hot":
+            return F.one_hot(action_logits.argmax(-1), action_logits.shape[-1]).to(action_logits.dtype)
+        return torch.softmax(action_logits, dim=-1)
+
     def heads(self, hidden: Tensor) -> TensorDict:
         """The four outputs of spec 2.1 from ``h``, every emotion: ``policy`` (probabilities), ``values``,
-        ``action_logits``, ``dynamics`` (at the action head's softmax)."""
+        ``action_logits``, ``dynamics`` (at :meth:`imagined_action_vector` of each head)."""
         action_logits = self.action_logits(hidden)
         return TensorDict(
             policy=torch.softmax(self.policy_logits(hidden), dim=-1),
             values=self.emotion_values(hidden),
             action_logits=action_logits,
-            dynamics=self.dynamics(hidden, torch.softmax(action_logits, dim=-1)),
+            dynamics=self.dynamics(hidden, self.imagined_action_vector(action_logits)),
             batch_size=hidden.shape[:-1],
         )
 

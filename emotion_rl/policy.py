@@ -120,14 +120,18 @@ class EmotionPolicy(TensorDictModuleBase):
     In keys: ``observation``, ``is_init`` (``InitTracker``), ``prev_reward`` (:class:`~emotion_rl.envs.PreviousReward`).
     Out keys: ``action``, ``emotion`` (long [*B]), ``visit_distribution`` (float [*B, E]), ``visit_counts``,
     ``prior`` (float [*B, E]; the self-play stream compares it with the visits, see
-    :class:`~emotion_rl.selfplay.CollectionStats`).
+    :class:`~emotion_rl.selfplay.CollectionStats`), ``action_changed`` (bool [*B]): the greedy action of the
+    emotion acted on, ``argmax_a action_logits[emotion, a]``, differs from the greedy action of the prior's argmax
+    emotion, ``argmax_a action_logits[argmax_e prior[e], a]`` (both at the root, ties to the lowest index). It says
+    whether choosing the emotion (search and temperature draw) changed what the agent would do, whatever action
+    was then drawn; :class:`~emotion_rl.selfplay.CollectionStats` averages it into ``search/action_changed``.
     Input batch ``[]`` or ``[n_envs]``. Histories are plain attributes (not in checkpoints), allocated on first use
     on the model's device and dtype; outputs go back to the observation's device. The buffer ``frames`` counts the
     env steps acted on (it drives the temperature schedule and is checkpointed with its owner).
     """
 
     in_keys = ["observation", "is_init", "prev_reward"]
-    out_keys = ["action", "emotion", "visit_distribution", "visit_counts", "prior"]
+    out_keys = ["action", "emotion", "visit_distribution", "visit_counts", "prior", "action_changed"]
 
     def __init__(
         self,
@@ -309,6 +313,9 @@ class EmotionPolicy(TensorDictModuleBase):
         else:
             emotion = select_emotion(visit_distribution, self.temperature, generator=self.generator).to(device)
         logits = action_logits[rows, emotion].float()
+        greedy_actions = action_logits.float().argmax(-1)  # [n_envs, E]: each emotion's argmax action (root)
+        prior_emotion = prior.argmax(-1)  # ties to the lowest index, as the greedy emotion choice
+        action_changed = greedy_actions[rows, emotion] != greedy_actions[rows, prior_emotion]
         if greedy:
             action = logits.argmax(-1)
         else:
@@ -326,6 +333,7 @@ class EmotionPolicy(TensorDictModuleBase):
             "visit_distribution": visit_distribution,
             "visit_counts": visit_counts,
             "prior": prior,
+            "action_changed": action_changed,
         }
         for key, value in out.items():
             value = value.to(out_device)

@@ -23,6 +23,7 @@ __all__ = [
     "Reanalyzer",
     "SelfPlayAgent",
     "SelfPlayCounters",
+    "acting_changes",
     "closing_collector",
     "make_collector",
     "search_improvement",
@@ -75,15 +76,37 @@ def search_improvement(
     return kl, agree
 
 
+def acting_changes(batch: TensorDict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per acted state of a collector batch, whether choosing the emotion changed the agent's choice: float
+    ``(action_changed, emotion_changed)`` ``[*B]``, or None when the batch lacks ``prior`` or ``action_changed``.
+
+    ``emotion_changed``: the emotion acted on (``emotion``, spec 5 step 2: the search's, drawn with the
+    temperature) is not the prior's argmax emotion (``argmax prior``, ties to the lowest index).
+    ``action_changed``: :class:`~emotion_rl.policy.EmotionPolicy`'s ``action_changed``, the greedy action of the
+    emotion acted on differs from the greedy action of the prior's argmax emotion (spec 5 step 3). A changed
+    emotion whose action head agrees with the prior emotion's changes nothing the environment sees.
+    """
+    keys = batch.keys()
+    if "prior" not in keys or "action_changed" not in keys:
+        return None
+    prior_emotion = batch.get("prior").cpu().argmax(-1)
+    emotion_changed = (batch.get("emotion").cpu().reshape(prior_emotion.shape) != prior_emotion).to(torch.float64)
+    action_changed = batch.get("action_changed").cpu().reshape(prior_emotion.shape).to(torch.float64)
+    return action_changed, emotion_changed
+
+
 class CollectionStats:
     """What was collected since the previous training batch: emotion usage, finished episodes' mean return, and
-    how much the search changed the policy head's prior (when the batches carry ``prior``)."""
+    how much the search changed the policy head's prior and the agent's actions (when the batches carry ``prior``
+    and ``action_changed``)."""
 
     def __init__(self) -> None:
         self.emotion_counts: torch.Tensor | None = None
         self.n_emotions = 0
         self._search_sums = torch.zeros(2, dtype=torch.float64)  # KL(visits || prior), argmax agreement
         self._search_states = 0
+        self._change_sums = torch.zeros(2, dtype=torch.float64)  # action changed, emotion changed
+        self._change_states = 0
 
     def add(self, batch: TensorDict) -> None:
         """Count the emotions of a collector batch ``[n_envs, steps]``, and sum its search-improvement numbers."""
@@ -94,11 +117,16 @@ class CollectionStats:
             kl, agree = search_improvement(batch.get("visit_distribution").cpu(), batch.get("prior").cpu())
             self._search_sums += torch.stack([kl.sum(), agree.sum()])
             self._search_states += kl.numel()
+        changes = acting_changes(batch)
+        if changes is not None:
+            self._change_sums += torch.stack([changes[0].sum(), changes[1].sum()])
+            self._change_states += changes[0].numel()
 
     def take(self, returns: list[float], counters: SelfPlayCounters, temperature: float) -> TensorDict:
         """The ``stats`` of a training batch (NaN where nothing new was collected); starts a new tally.
 
-        ``kl_visits_prior`` and ``argmax_agreement`` are means over the states collected since the last call.
+        ``kl_visits_prior``, ``argmax_agreement``, ``action_changed`` and ``emotion_changed``
+        (:func:`acting_changes`) are means over the states collected since the last call.
         """
         episode_return = sum(returns) / len(returns) if returns else math.nan
         if self.emotion_counts is not None and self.emotion_counts.sum() > 0:
@@ -109,9 +137,15 @@ class CollectionStats:
             kl, agreement = (self._search_sums / self._search_states).float()
         else:
             kl = agreement = torch.tensor(math.nan)
+        if self._change_states:
+            action_changed, emotion_changed = (self._change_sums / self._change_states).float()
+        else:
+            action_changed = emotion_changed = torch.tensor(math.nan)
         self.emotion_counts = None
         self._search_sums = torch.zeros(2, dtype=torch.float64)
         self._search_states = 0
+        self._change_sums = torch.zeros(2, dtype=torch.float64)
+        self._change_states = 0
         return TensorDict(
             {
                 "env_steps": torch.tensor(counters.env_steps, dtype=torch.long),
@@ -121,6 +155,8 @@ class CollectionStats:
                 "temperature": torch.tensor(temperature, dtype=torch.float32),
                 "kl_visits_prior": kl,
                 "argmax_agreement": agreement,
+                "action_changed": action_changed,
+                "emotion_changed": emotion_changed,
             },
             batch_size=[],
         )

@@ -164,7 +164,7 @@ def test_non_finite_gradient_of_a_finite_loss_stops_before_the_phase_steps(monke
     """sqrt at 0 has an infinite derivative: phase 3's loss is 0 (finite) and its gradient is inf."""
     agent, log = _manual_agent(monkeypatch)
 
-    def infinite_slope(batch):
+    def infinite_slope(batch, encoding=None):
         value = agent.model.emotion_values(agent.model.encode(batch).hidden)[..., 0]
         return TensorDict(loss_value=(value - value.detach()).abs().sqrt().mean())
 
@@ -330,3 +330,59 @@ def test_the_agent_hands_every_search_option_to_its_planner():
     agent = EmotionAgent(obs_dim=4, n_actions=2, max_episode_steps=10, d_model=8, n_layers=1, n_heads=2, **options)
     for name, value in options.items():
         assert agent.planner.options[name] == value, name
+
+
+def test_phase3_reuses_phase2s_forward_only_when_phase2_leaves_the_transformer_alone(monkeypatch, episodes):
+    """With phase 2 off the transformer, phase 3 reads the encoding phase 2 made (one forward fewer): the update
+    leaves every parameter exactly where four fresh forwards would."""
+    shared, _ = _manual_agent(monkeypatch, phase2_updates_transformer=False, imagined_value_weight=1.0)
+    fresh, _ = _manual_agent(monkeypatch, phase2_updates_transformer=False, imagined_value_weight=1.0)
+    encodes = []
+    original = shared.model.encode
+    monkeypatch.setattr(shared.model, "encode", lambda batch: encodes.append(1) or original(batch))
+    shared.update(episodes)
+    assert len(encodes) == 3  # phases 1, 2 + 3, 4
+    optimizers = fresh.optimizers()
+    for optimizer, phase, loss in zip(optimizers, PHASES, fresh.losses, strict=True):
+        out = loss(episodes)
+        fresh._step(optimizer, phase, out[f"loss_{phase}"], fresh.hparams.action_max_update)
+    for (name, a), b in zip(shared.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_shared_update_steps_each_head_group_once_and_the_transformer_once(monkeypatch, episodes):
+    """spec 2.5's single update: one backward of the summed losses; every optimizer steps its own heads with
+    those gradients; the transformer moves in the first step only (its Adam state lives there alone)."""
+    agent, log = _manual_agent(monkeypatch, shared_update=True)
+    transformer = agent.model.transformer_parameters()
+    moved = []
+    original_step = _RecordingOptimizer.step
+
+    def step_and_watch(self):
+        before = [p.detach().clone() for p in transformer]
+        original_step(self)
+        moved.append(any(not torch.equal(b, p) for b, p in zip(before, transformer, strict=True)))
+
+    monkeypatch.setattr(_RecordingOptimizer, "step", step_and_watch)
+    reference = make_agent(shared_update=True)
+    outs = [loss(episodes) for loss in reference.losses]
+    total = sum(out[f"loss_{phase}"] for out, phase in zip(outs, PHASES, strict=True))
+    total.backward()
+    expected = {name: p.grad.clone() for name, p in reference.model.named_parameters() if p.grad is not None}
+    grads = {}
+    original_apply = agent._bounded_step
+
+    def record(optimizer, max_update=None):
+        if not grads:
+            grads.update({n: p.grad.clone() for n, p in agent.model.named_parameters() if p.grad is not None})
+        original_apply(optimizer, max_update)
+
+    monkeypatch.setattr(agent, "_bounded_step", record)
+    logs = agent.update(episodes)
+    assert log == list(PHASES) and moved == [True, False, False, False]
+    assert set(grads) == set(expected)
+    for name, grad in expected.items():
+        torch.testing.assert_close(grads[name], grad, msg=name)
+    states = [agent.optimizers()[i].inner.state for i in range(4)]
+    assert all(p in states[0] for p in transformer) and not any(p in s for s in states[1:] for p in transformer)
+    assert {"train/phase1_dynamics_loss", "train/phase4_policy_loss", "train/phase2_imagined_value"} <= set(logs)

@@ -36,6 +36,8 @@ def test_fit_writes_finite_losses_and_a_checkpoint_that_validate_reads_back(tmp_
         ]
     )
     version = Path(logs) / "cartpole" / "version_0"
+    saved = (version / "config.yaml").read_text()  # the run's config: merged with base.yaml, usable on its own
+    assert "__include__" not in saved and "q_transform: minmax_completed" in saved
     rows = _rows(version / "metrics.csv")
     for key in (
         "train/phase1_dynamics_loss",
@@ -53,6 +55,9 @@ def test_fit_writes_finite_losses_and_a_checkpoint_that_validate_reads_back(tmp_
     agreement = [float(r["search/argmax_agreement"]) for r in rows if r.get("search/argmax_agreement")]
     assert kl and all(math.isfinite(v) and v >= 0 for v in kl), "search/kl_visits_prior was not logged"
     assert agreement and all(0 <= v <= 1 for v in agreement), "search/argmax_agreement was not logged"
+    for key in ("search/action_changed", "search/emotion_changed"):
+        shares = [float(r[key]) for r in rows if r.get(key)]
+        assert shares and all(0 <= v <= 1 for v in shares), f"{key} was not logged"
 
     last = version / "checkpoints" / "last.ckpt"
     assert last.exists()

@@ -88,7 +88,7 @@ def test_training_stream_yields_episode_batches_and_stats():
         assert episodes.batch_size[0] == 5 and episodes.batch_size[1] <= 6 and set(episodes.keys()) == set(EPISODE_KEYS)
         assert episodes["mask"][:, 0].all()
         keys = {"env_steps", "episodes", "episode_return", "emotion_usage", "temperature", "total_frames_reached"}
-        keys |= {"kl_visits_prior", "argmax_agreement"}
+        keys |= {"kl_visits_prior", "argmax_agreement", "action_changed", "emotion_changed"}
         assert set(batch["stats"].keys()) == keys and not batch["stats"]["total_frames_reached"]
     first, second = batches[0]["stats"], batches[1]["stats"]
     assert first["env_steps"].item() % 8 == 0 and first["episodes"].item() >= 2
@@ -99,6 +99,11 @@ def test_training_stream_yields_episode_batches_and_stats():
     assert first["kl_visits_prior"].item() == pytest.approx(_kl_of_fake_planner(), rel=1e-5)
     assert 0.0 <= first["argmax_agreement"].item() <= 1.0
     assert second["kl_visits_prior"].isnan() and second["argmax_agreement"].isnan()
+    # uniform prior: its favourite is emotion 0, whose greedy action is 0; emotion e's is e % A
+    usage = first["emotion_usage"]
+    assert first["emotion_changed"].item() == pytest.approx(1.0 - usage[0].item(), abs=1e-6)
+    assert first["action_changed"].item() == pytest.approx(usage[torch.arange(E) % A != 0].sum().item(), abs=1e-6)
+    assert second["action_changed"].isnan() and second["emotion_changed"].isnan()
     assert second["env_steps"] == first["env_steps"]
     assert batches[2]["stats"]["env_steps"] == first["env_steps"] + 8
     # temperature follows the env steps collected: TemperatureSchedule(1.0, 0.5, 100)

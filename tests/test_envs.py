@@ -131,8 +131,9 @@ def test_a_missing_optional_dependency_names_the_extra_in_one_line():
     assert isinstance(raised.value, ValueError) and "\n" not in str(raised.value)
 
 
-@pytest.mark.parametrize("name", ["acrobot", "mountaincar", "lunarlander"])
+@pytest.mark.parametrize("name", ["cartpole", "acrobot", "mountaincar", "lunarlander"])
 def test_the_shipped_configs_build_their_env_and_a_missing_extra_is_one_line_from_the_cli(name, capsys):
+    """Each config merged with configs/base.yaml (its ``__include__``) builds: env, datamodule and agent."""
     config = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
     if name == "lunarlander" and importlib.util.find_spec("Box2D") is None:
         with pytest.raises(SystemExit) as exited:
@@ -142,5 +143,10 @@ def test_the_shipped_configs_build_their_env_and_a_missing_extra_is_one_line_fro
         assert 'pip install -e ".[box2d]"' in err
         return
     cli = main([f"--config={config}", "--trainer.logger=false"], run=False)
-    env_id = {"acrobot": "Acrobot-v1", "mountaincar": "MountainCar-v0", "lunarlander": "LunarLander-v3"}[name]
+    env_ids = {"cartpole": "CartPole-v1", "acrobot": "Acrobot-v1", "mountaincar": "MountainCar-v0"}
+    env_id = env_ids.get(name, "LunarLander-v3")
     assert cli.datamodule.env_id == env_id and cli.model.hparams.obs_dim == cli.datamodule.obs_dim
+    hparams = cli.model.hparams  # the base's learning options reach every environment's agent
+    assert (hparams.q_transform, hparams.imagined_value_weight, hparams.gradient_clip_val) == ("minmax_completed", 1, 1)
+    assert hparams.dynamics_all_emotions and not hparams.phase2_updates_transformer
+    assert cli.datamodule.window_weighting == "uniform"

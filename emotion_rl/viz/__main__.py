@@ -48,11 +48,11 @@ def _env_id(config: str | None, ckpt_path: str, env_id: str | None) -> str:
     if env_id:
         return env_id
     if config:
-        from omegaconf import OmegaConf
+        from emotion_rl.cli import load_config
 
         if not Path(config).is_file():
             raise FileNotFoundError(f"config not found: {config}")
-        data = OmegaConf.load(config).get("data") or {}
+        data = load_config(config).get("data") or {}  # with the files it includes (__include__)
         if data.get("env_id"):
             return str(data["env_id"])
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)

@@ -1,12 +1,17 @@
-"""Write the fixed-seed short `fit` metrics that tests/test_golden.py compares bit for bit.
+"""Write the fixed-seed short `fit` metrics that tests/test_golden.py compares (counts exactly, floats within
+``compare.RTOL``), or check this checkout against them.
 
-    OMP_NUM_THREADS=1 python tests/golden/make_golden.py          # rewrite tests/golden/*.csv from this checkout
+    OMP_NUM_THREADS=1 python tests/golden/make_golden.py            # rewrite tests/golden/*.csv from this checkout
+    OMP_NUM_THREADS=1 python tests/golden/make_golden.py --exact    # compare bit for bit (refactors, one machine)
+    OMP_NUM_THREADS=1 python tests/golden/make_golden.py DIR        # write the files into DIR instead
 
 Always with ``OMP_NUM_THREADS=1`` set before Python starts (tests/test_golden.py runs it so, in a subprocess): the
 last bits of a few kernels follow the thread environment torch was imported in, even at one torch thread.
 
 Run it only when a change is meant to alter the numbers (a new default, a new option turned on); a refactor must
-leave the files as they are. Each run is the shipped config shrunk by the tests' TINY overrides, plus its variant.
+leave the files as they are: ``--exact`` checks that bit for bit, on the machine that wrote them (another CPU may
+differ in the last bits, which tests/test_golden.py tolerates). Each run is the shipped config shrunk by the
+tests' TINY overrides, plus its variant.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from emotion_rl.cli import main  # noqa: E402
 
+from compare import differences  # noqa: E402
 from conftest import CONFIG, TINY  # noqa: E402
 
 RUNS = {
@@ -74,8 +80,20 @@ if __name__ == "__main__":
     if os.environ.get("OMP_NUM_THREADS") != "1":
         raise SystemExit("run with OMP_NUM_THREADS=1 (see the docstring)")
     torch.set_num_threads(1)
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
+    arguments = sys.argv[1:]
+    exact = "--exact" in arguments
+    arguments = [a for a in arguments if a != "--exact"]
+    out = Path(arguments[0]) if arguments else HERE
+    failed = False
     with tempfile.TemporaryDirectory() as tmp:
         for name in RUNS:
-            write(name, run_metrics(name, tmp), out / f"{name}.csv")
-            print(f"wrote {out / f'{name}.csv'}")
+            rows = run_metrics(name, tmp)
+            if exact:
+                with open(HERE / f"{name}.csv") as f:
+                    problems = differences(list(csv.DictReader(f)), rows, rtol=0.0, atol=0.0)
+                print(f"{name}: " + ("bit-identical" if not problems else "differs\n  " + "\n  ".join(problems)))
+                failed |= bool(problems)
+            else:
+                write(name, rows, out / f"{name}.csv")
+                print(f"wrote {out / f'{name}.csv'}")
+    raise SystemExit(1 if failed else 0)

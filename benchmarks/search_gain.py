@@ -1,0 +1,247 @@
+"""Search gain: does the agent's search act better than its own prior, or than any single emotion?
+
+One checkpoint, greedy play, the same fixed start states for every row (one env per episode, all episodes of a
+row played together, one planner call per step for all of them):
+
+- ``search``: the agent's configured planner (``agent.make_policy(greedy=True)``: spec 1.3's search, the most
+  visited emotion, its action head's argmax; spec 5 steps 1-3);
+- ``prior``: no search, :class:`emotion_rl.planners.PriorPlanner`: the policy head's argmax emotion at the root,
+  then that emotion's argmax action;
+- ``emotion_<e>``: :class:`emotion_rl.planners.FixedEmotionPlanner`: always emotion ``e``, its argmax action.
+
+For every row: mean, std (population), min and max return; over the states the ``search`` row visited, the share
+where the search's action differs from the one the prior's argmax emotion would have taken (``action_changed``),
+where its emotion differs from the prior's argmax (``emotion_changed``), and the mean ``KL(visits || prior)`` and
+argmax agreement the training logs as ``search/*``. The gain is ``search - max(prior, best single emotion)``: a
+search that does not beat the best of its fixed alternatives is not earning its cost, whatever the return.
+
+    python benchmarks/search_gain.py models/cartpole.ckpt --env-id CartPole-v1 --episodes 100 \\
+        --out benchmarks/results/search_gain/cartpole_shipped.json
+    python benchmarks/search_gain.py runs/cartpole/version_0/checkpoints/last.ckpt --episodes 20
+
+The env comes from the checkpoint's datamodule section (``env_id``, its options and ``time_limit``) when it has
+one; a weights-only checkpoint such as ``models/cartpole.ckpt`` has none, so ``--env-id`` is then required.
+``--time-limit`` caps every episode (default: the checkpoint's ``time_limit``, else the env's registered limit).
+Needs the ``viz`` or ``benchmark`` extra (the checkpoint is read with ``emotion_rl.viz.load_agent``).
+See docs/benchmarks.md, "Search gain".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from emotion_rl.envs import make_env, probe_env
+from emotion_rl.planners import FixedEmotionPlanner, PriorPlanner
+from emotion_rl.policy import EmotionPolicy
+from emotion_rl.rollout import play
+from emotion_rl.selfplay import acting_changes, search_improvement
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV_OPTIONS = ("env_kwargs", "env_wrappers", "env_factory")
+"""The datamodule settings, besides ``env_id`` and ``time_limit``, that make its env (EmotionDataModule)."""
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """The checkpoint path for the report: as given when relative, else relative to the working directory or the
+    checkout when inside one, else its file name (the report names no machine path)."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    for base in (Path.cwd(), ROOT):
+        if path.resolve().is_relative_to(base.resolve()):
+            return path.resolve().relative_to(base.resolve()).as_posix()
+    return path.name
+
+
+def env_settings(ckpt_path: str | os.PathLike, env_id: str | None, time_limit: int | None) -> dict:
+    """``{"env_id", "time_limit", "env_kwargs", "env_wrappers", "env_factory"}`` from ``--env-id`` /
+    ``--time-limit`` and the checkpoint's ``datamodule_hyper_parameters`` (whose env options apply only to its own
+    env). Raises ``ValueError`` when neither names an env."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    if env_id is None:
+        env_id = data.get("env_id")
+        if env_id is None:
+            raise ValueError(
+                f"{display_path(ckpt_path)} has no datamodule section (a weights-only checkpoint): pass --env-id"
+            )
+    same_env = env_id == data.get("env_id")
+    settings = {"env_id": str(env_id)}
+    settings.update({key: data.get(key) if same_env else None for key in ENV_OPTIONS})
+    settings["time_limit"] = time_limit if time_limit is not None else (data.get("time_limit") if same_env else None)
+    return settings
+
+
+def planners(agent) -> dict[str, object]:  # noqa: ANN001 - an EmotionAgent
+    """The rows: ``search`` (the agent's planner), ``prior``, and ``emotion_<e>`` for every emotion."""
+    rows: dict[str, object] = {"search": agent.planner, "prior": PriorPlanner()}
+    rows.update({f"emotion_{e}": FixedEmotionPlanner(e) for e in range(agent.model.n_emotions)})
+    return rows
+
+
+def play_row(agent, planner, settings: dict, episodes: int, seed: int, max_steps: int) -> dict:  # noqa: ANN001
+    """``episodes`` greedy episodes of ``planner`` over ``agent.model``, one env each, envs seeded by ``seed``.
+
+    Returns the per-episode returns and lengths (each env's first episode, as ``evaluate_policy`` counts them), the
+    first observations (the start states), and the per-state means over the visited states of ``action_changed``,
+    ``emotion_changed``, ``KL(visits || prior)`` and argmax agreement.
+    """
+    options = {key: settings[key] for key in ENV_OPTIONS}
+    env = make_env(settings["env_id"], episodes, seed=seed, max_episode_steps=settings["time_limit"], **options)
+    generator = torch.Generator().manual_seed(seed)  # the search draws only under random options (ties, noise)
+    policy = EmotionPolicy(agent.model, planner, greedy=True, generator=generator)
+    start = time.perf_counter()
+    try:
+        steps = play(env, policy, max_steps, break_when_any_done=False, break_when_all_done=True)
+    finally:
+        env.close()
+    seconds = time.perf_counter() - start
+    steps = steps.reshape(-1, steps.batch_size[-1]).to("cpu")
+    done = steps.get(("next", "done")).reshape(steps.batch_size).long()
+    first = (done.cumsum(-1) - done) == 0  # the steps of each env's first episode
+    reward = steps.get(("next", "reward")).reshape(steps.batch_size).to(torch.float64)
+    returns = torch.where(first, reward, torch.zeros_like(reward)).sum(-1)
+    action_changed, emotion_changed = acting_changes(steps)
+    kl, agreement = search_improvement(steps.get("visit_distribution"), steps.get("prior"))
+
+    def visited_mean(values: torch.Tensor) -> float:
+        return float(values[first].to(torch.float64).mean())
+
+    return {
+        "returns": returns.tolist(),
+        "lengths": first.sum(-1).tolist(),
+        "start_observations": steps.get("observation")[:, 0].tolist(),
+        "action_changed": visited_mean(action_changed),
+        "emotion_changed": visited_mean(emotion_changed),
+        "kl_visits_prior": visited_mean(kl),
+        "argmax_agreement": visited_mean(agreement),
+        "states": int(first.sum()),
+        "seconds": seconds,
+    }
+
+
+def summarize(row: dict) -> dict:
+    """Mean, std (population), min and max of a row's returns, next to the row."""
+    returns = torch.tensor(row["returns"], dtype=torch.float64)
+    stats = {
+        "mean": float(returns.mean()),
+        "std": float(returns.std(unbiased=False)),
+        "min": float(returns.min()),
+        "max": float(returns.max()),
+    }
+    return {**stats, **row}
+
+
+def measure(
+    agent,  # noqa: ANN001 - an EmotionAgent
+    settings: dict,
+    episodes: int,
+    seed: int,
+    rows: Sequence[str] | None = None,
+    log=print,  # noqa: ANN001
+) -> dict:
+    """Every row of :func:`planners` (or those named in ``rows``) on the same start states; the report without
+    the checkpoint's name (:func:`main` adds it)."""
+    info = probe_env(settings["env_id"], settings["time_limit"], **{key: settings[key] for key in ENV_OPTIONS})
+    max_steps = int(info.max_episode_steps)
+    results: dict[str, dict] = {}
+    starts = None
+    for name, planner in planners(agent).items():
+        if rows is not None and name not in rows and name != "search":
+            continue
+        row = summarize(play_row(agent, planner, settings, episodes, seed, max_steps))
+        if starts is None:
+            starts = row["start_observations"]
+        elif row["start_observations"] != starts:
+            raise RuntimeError(f"row {name!r} started from other states than the search row: the env seeding changed")
+        del row["start_observations"]
+        results[name] = row
+        log(f"{name:<10} mean {row['mean']:8.1f}  ({row['seconds']:.1f} s)")
+    baselines = {name: row["mean"] for name, row in results.items() if name != "search"}
+    best = max(baselines, key=baselines.get) if baselines else None
+    search = results["search"]
+    return {
+        "env_id": settings["env_id"],
+        "env_options": {key: settings[key] for key in ENV_OPTIONS if settings[key] is not None},
+        "time_limit": max_steps,
+        "seed": seed,
+        "episodes": episodes,
+        "planner": repr(agent.planner),
+        "rows": results,
+        "search_vs_prior": {
+            key: search[key] for key in ("action_changed", "emotion_changed", "kl_visits_prior", "argmax_agreement")
+        },
+        "best_baseline": best,
+        "gain": search["mean"] - baselines[best] if best is not None else math.nan,
+        "gain_over_prior": search["mean"] - results["prior"]["mean"] if "prior" in results else math.nan,
+    }
+
+
+def table(report: dict) -> str:
+    """The printed summary: one line per row, then the search's changes and its gain."""
+    lines = [f"{'row':<10} {'mean':>8} {'std':>7} {'min':>7} {'max':>7}  action_changed emotion_changed"]
+    for name, row in report["rows"].items():
+        lines.append(
+            f"{name:<10} {row['mean']:8.1f} {row['std']:7.1f} {row['min']:7.1f} {row['max']:7.1f}  "
+            f"{row['action_changed']:14.3f} {row['emotion_changed']:15.3f}"
+        )
+    versus = report["search_vs_prior"]
+    lines += [
+        "",
+        f"{report['env_id']}, {report['episodes']} episodes (env seed {report['seed']}, time limit "
+        f"{report['time_limit']}), {report['planner']}",
+        f"search vs prior over the search's {report['rows']['search']['states']} states: action changed "
+        f"{versus['action_changed']:.3f}, emotion changed {versus['emotion_changed']:.3f}, "
+        f"KL(visits || prior) {versus['kl_visits_prior']:.3f}, argmax agreement {versus['argmax_agreement']:.3f}",
+        f"gain = search - max(prior, best single emotion) = {report['gain']:+.1f} (best: {report['best_baseline']}); "
+        f"search - prior = {report['gain_over_prior']:+.1f}",
+    ]
+    return "\n".join(lines)
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("ckpt", help="a Lightning checkpoint of EmotionAgent (weights-only ones too)")
+    parser.add_argument("--env-id", default=None, help="default: the checkpoint's datamodule env_id")
+    parser.add_argument("--episodes", type=int, default=100, help="episodes per row (one env each)")
+    parser.add_argument("--seed", type=int, default=0, help="env seed: the same start states for every row")
+    parser.add_argument("--out", default=None, help="write the report as JSON here")
+    parser.add_argument("--time-limit", type=int, default=None, help="steps per episode at most")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    if args.time_limit is not None and args.time_limit < 1:
+        parser.error(f"--time-limit must be >= 1, got {args.time_limit}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the benchmark of ``argv`` (the command line when None); print the table, write ``--out``, return the
+    report."""
+    from emotion_rl.viz import load_agent
+
+    args = parse(argv)
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    settings = env_settings(args.ckpt, args.env_id, args.time_limit)
+    agent = load_agent(args.ckpt)
+    report = {"checkpoint": display_path(args.ckpt), **measure(agent, settings, args.episodes, args.seed)}
+    print(table(report))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Reanalyze (as in MuZero): fresh search targets for stored real histories, with the current model."""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+from torch import Tensor
+
+from emotion_rl.model import EmotionModel
+from emotion_rl.search import EmotionMCTS
+
+__all__ = ["reanalyze"]
+
+
+@torch.no_grad()
+def reanalyze(planner: EmotionMCTS, model: EmotionModel, episodes: TensorDict, chunk: int = 256) -> Tensor:
+    """Fresh MCTS visit distributions ``[B, L, E]`` for the stored episodes ``[B, L]``.
+
+    Step ``t`` of episode ``b`` gets ``planner.search(model, history_b[0..t])["visit_distribution"]``: the same
+    search the policy ran when it acted there (spec 1.3 - 1.6, the real prefix only; nothing imagined is stored).
+    Steps beyond an episode's ``mask`` get zeros. All prefixes are searched as one batch, in chunks of ``chunk``
+    histories cut to their longest prefix.
+    """
+    batch, length = episodes.shape
+    rows = episodes["mask"].nonzero()  # [R, 2]: (episode, step), in step order within each episode
+    rows = rows[rows[:, 1].argsort(stable=True)]  # group short prefixes together
+    out = torch.zeros(batch, length, model.n_emotions, device=episodes.device)
+    real = episodes.select("observation", "action", "emotion", "reward")
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, rows.shape[0], chunk):
+            b, t = rows[start : start + chunk].unbind(-1)
+            longest = int(t.max()) + 1
+            history = real[b, :longest].clone()
+            history.set("mask", torch.arange(longest, device=t.device) <= t.unsqueeze(-1))
+            out[b, t] = planner.search(model, history)["visit_distribution"].to(out.dtype)
+    finally:
+        model.train(was_training)
+    return out
