@@ -64,9 +64,16 @@ class PerEmotionMLP(nn.Module):
         return torch.einsum("...eh,eho->...eo", hidden, self.w2) + self.b2
 
     def forward_shared(self, x: Tensor) -> Tensor:
-        """One input for all emotions, ``[..., in]`` -> ``[..., E, out]``."""
-        hidden = F.gelu(torch.einsum("...i,eih->...eh", x, self.w1) + self.b1)
-        return torch.einsum("...eh,eho->...eo", hidden, self.w2) + self.b2
+        """One input for all emotions, ``[..., in]`` -> ``[..., E, out]``: the first layers of all heads as one
+        matrix product, the second as one batched product over emotions."""
+        n_emotions, in_dim, hidden_dim = self.w1.shape
+        flat = x.reshape(-1, in_dim)
+        first = (flat @ self.w1.permute(1, 0, 2).reshape(in_dim, n_emotions * hidden_dim)).view(
+            -1, n_emotions, hidden_dim
+        )
+        hidden = F.gelu(first + self.b1)
+        out = torch.bmm(hidden.transpose(0, 1), self.w2).transpose(0, 1) + self.b2
+        return out.reshape(*x.shape[:-1], n_emotions, -1)
 
     def forward_selected(self, x: Tensor, emotion: Tensor) -> Tensor:
         """Only emotion ``emotion[...]``'s head: ``[..., in]``, ``[...]`` -> ``[..., out]`` (padding < 0 reads 0).
