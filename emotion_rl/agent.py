@@ -363,10 +363,18 @@ class EmotionAgent(L.LightningModule):
         Lightning's default fetcher would pull the next batch before this step runs (it prefetches one to detect
         the end of an unsized stream): that batch's collection would land in the checkpoint's replay and counters
         before it was trained on, and a resumed run would skip it. Pulling the batch here keeps every checkpoint at
-        a batch boundary (exact resume, docs/resuming.md).
+        a batch boundary (exact resume, docs/resuming.md). The batch comes from the replay on the CPU in float32: it
+        moves to the model's device and float type (:meth:`batch_to_model`).
         """
         batch, _batch_idx, _dataloader_idx = next(dataloader_iter)
-        self.train_batch(batch.to(self.device))
+        self.train_batch(self.batch_to_model(batch))
+
+    def batch_to_model(self, batch: TensorDict) -> TensorDict:
+        """``batch`` on the model's device, its floating tensors in the model's float type (e.g. float64 under
+        ``--trainer.precision 64-true``); integer and bool tensors keep their type."""
+        dtype = next(p.dtype for p in self.model.parameters() if p.is_floating_point())
+        batch = batch.to(self.device)
+        return batch.apply(lambda x: x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x)
 
     def train_batch(self, batch: TensorDict) -> None:
         """One training batch (docs/data.md): the four phases (spec 2.3) and the collection's logs."""

@@ -46,8 +46,11 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be loaded safely: missing, truncated, corrupt, or holding arbitrary objects."""
 
 
-def load_checkpoint(path: _PATH, map_location: Any = None) -> dict[str, Any]:
+def load_checkpoint(path: _PATH, map_location: Any = "cpu") -> dict[str, Any]:
     """``torch.load(path, weights_only=True)``, with a :class:`CheckpointError` that says what is wrong and what to do.
+
+    ``map_location`` defaults to the CPU, as Lightning's own checkpoint reader: a checkpoint written on a GPU loads
+    on a machine without one, and restoring it copies each tensor to where its module or optimizer lives.
 
     Never unpickles arbitrary objects: a file whose pickle names anything but tensors, numbers, strings and
     containers is refused (torch's ``weights_only`` unpickler), and so is a truncated or corrupt archive.
@@ -111,9 +114,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         _fsync_directory(path.parent)
 
     def load_checkpoint(
-        self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None
+        self, path: _PATH, map_location: Any | None = "cpu", weights_only: bool | None = None
     ) -> dict[str, Any]:
-        """Always ``weights_only=True`` (:func:`load_checkpoint`); ``weights_only=False`` is refused."""
+        """Always ``weights_only=True`` (:func:`load_checkpoint`); ``weights_only=False`` is refused. Tensors load
+        on the CPU unless ``map_location`` says otherwise (Lightning's default; it resumes on any machine)."""
         if weights_only is False:
             raise CheckpointError(
                 "emotion_rl checkpoints load with weights_only=True only (they hold tensors, numbers and containers); "

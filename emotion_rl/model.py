@@ -73,7 +73,7 @@ class PerEmotionMLP(nn.Module):
         )
         hidden = F.gelu(first + self.b1)
         out = torch.bmm(hidden.transpose(0, 1), self.w2).transpose(0, 1) + self.b2
-        return out.reshape(*x.shape[:-1], n_emotions, -1)
+        return out.reshape(*x.shape[:-1], n_emotions, self.w2.shape[-1])
 
     def forward_selected(self, x: Tensor, emotion: Tensor) -> Tensor:
         """Only emotion ``emotion[...]``'s head: ``[..., in]``, ``[...]`` -> ``[..., out]`` (padding < 0 reads 0).

@@ -60,7 +60,8 @@ def select_emotion(
     temperature: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One emotion per row of ``visit_distribution`` ``[*B, E]`` (spec 3.4), long ``[*B]``.
+    """One emotion per row of ``visit_distribution`` ``[*B, E]`` (spec 3.4), long ``[*B]`` on its device (drawn on
+    ``generator``'s device, which may differ).
 
     ``temperature == 0``: argmax, ties to the lowest index. Otherwise a draw from ``dist ** (1 / T)`` normalised,
     computed as ``softmax((log dist - log max dist) / T)`` (no overflow for tiny ``T``); zero-visit emotions keep
@@ -87,9 +88,16 @@ def select_emotion(
         return flat.argmax(-1).reshape(batch_shape)
     log_dist = flat.log()  # log 0 = -inf: zero-visit emotions keep probability 0
     logits = (log_dist - log_dist.max(-1, keepdim=True).values) / temperature
-    probs = logits.softmax(-1)
+    # drawn where the generator lives (a CPU generator, e.g. the datamodule's, with a model on an accelerator)
+    probs = logits.softmax(-1).to(_draw_device(generator, logits))
     choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return choice.reshape(batch_shape)
+    return choice.reshape(batch_shape).to(dist.device)
+
+
+def _draw_device(generator: torch.Generator | None, like: torch.Tensor) -> torch.device:
+    """Where a draw from ``generator`` must happen: its own device (``torch.multinomial`` refuses a generator on
+    another device than its input), or ``like``'s when drawing from the global RNG."""
+    return like.device if generator is None else generator.device
 
 
 GREEDY_EXPLORATION = (ExplorationType.DETERMINISTIC, ExplorationType.MODE, ExplorationType.MEAN)
@@ -319,7 +327,8 @@ class EmotionPolicy(TensorDictModuleBase):
         if greedy:
             action = logits.argmax(-1)
         else:
-            action = torch.multinomial(logits.softmax(-1), 1, generator=self.generator).squeeze(-1)
+            probs = logits.softmax(-1).to(_draw_device(self.generator, logits))
+            action = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).to(device)
 
         position = self._length - 1
         self._history.action[rows, position] = action

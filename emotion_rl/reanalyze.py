@@ -19,13 +19,17 @@ def reanalyze(planner: EmotionMCTS, model: EmotionModel, episodes: TensorDict, c
     Step ``t`` of episode ``b`` gets ``planner.search(model, history_b[0..t])["visit_distribution"]``: the same
     search the policy ran when it acted there (spec 1.3 - 1.6, the real prefix only; nothing imagined is stored).
     Steps beyond an episode's ``mask`` get zeros. All prefixes are searched as one batch, in chunks of ``chunk``
-    histories cut to their longest prefix.
+    histories cut to their longest prefix. The histories are searched on the model's device and in its float type
+    (the replay stores float32 on the CPU); the result is where the episodes are.
     """
     batch, length = episodes.shape
-    rows = episodes["mask"].nonzero()  # [R, 2]: (episode, step), in step order within each episode
+    device, dtype = _device_dtype(model)
+    mask = episodes["mask"]
+    rows = mask.nonzero().to(device)  # [R, 2]: (episode, step), in step order within each episode
     rows = rows[rows[:, 1].argsort(stable=True)]  # group short prefixes together
-    out = torch.zeros(batch, length, model.n_emotions, device=episodes.device)
-    real = episodes.select("observation", "action", "emotion", "reward")
+    out = torch.zeros(batch, length, model.n_emotions, device=mask.device)
+    real = episodes.select("observation", "action", "emotion", "reward").to(device)
+    real = real.apply(lambda x: x.to(dtype) if x.is_floating_point() else x)
     was_training = model.training
     model.eval()
     try:
@@ -34,7 +38,14 @@ def reanalyze(planner: EmotionMCTS, model: EmotionModel, episodes: TensorDict, c
             longest = int(t.max()) + 1
             history = real[b, :longest].clone()
             history.set("mask", torch.arange(longest, device=t.device) <= t.unsqueeze(-1))
-            out[b, t] = planner.search(model, history)["visit_distribution"].to(out.dtype)
+            visits = planner.search(model, history)["visit_distribution"]
+            out[b.to(out.device), t.to(out.device)] = visits.to(out.device, out.dtype)
     finally:
         model.train(was_training)
     return out
+
+
+def _device_dtype(model: EmotionModel) -> tuple[torch.device, torch.dtype]:
+    """The device and floating type of the model's parameters."""
+    parameter = next(p for p in model.parameters() if p.is_floating_point())
+    return parameter.device, parameter.dtype

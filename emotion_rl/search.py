@@ -5,12 +5,15 @@ each environment not waiting for the model runs one selection (:func:`simulate`)
 an expansion is backed up at once (:func:`backward`), one that needs an expansion waits, and once most
 environments wait one batched model call expands them all (:func:`expand`). The rules a selection applies are
 plain functions (``search_rules.py``); the model is reached through the ``SearchModel`` protocol (``fused.py``).
-docs/search.md explains the schedule, the root prefetch and the cost model.
+The same rounds also run compiled (``search_kernel.py``, numba), with identical trees, whenever the rules are
+deterministic; the numpy loop here is the path for the others and the compiled loop's reference.
+docs/search.md explains the schedule, the root prefetch, the two loops and the cost model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +25,9 @@ from emotion_rl.history import History
 from emotion_rl.model import EmotionModel, check_value_readout
 from emotion_rl.search_rules import GumbelRoot, Rules, dirichlet_noise, make_rules
 from emotion_rl.tree import NodeOutputs, SearchModel, Tree
+
+if TYPE_CHECKING:  # numba is imported by the first search only
+    from emotion_rl.search_kernel import KernelRules
 
 __all__ = ["EmotionMCTS"]
 
@@ -139,7 +145,15 @@ class EmotionMCTS:
         value_readout: the value of a node (an expansion's backed-up leaf value, the ``"parent"`` completion):
             ``"mean"`` of its ``E`` values (spec 1.4) or ``"policy"``, ``sum_e pi(e | s) V^e(s)`` with ``pi`` the
             policy head's output at that node (before any root noise).
+
+    Attributes:
+        kernel: which simulation loop runs (not a constructor argument, so not an agent hyper-parameter). None
+            (default): the compiled one (``search_kernel.py``) whenever it computes the rules (pUCT, every Q
+            transform, the lowest-index tie break, the pUCT root) and numba imports, else numpy; True: the compiled
+            one (an error where it does not apply); False: numpy. Both give the same trees.
     """
+
+    kernel: bool | None = None
 
     def __init__(
         self,
@@ -265,7 +279,8 @@ class EmotionMCTS:
     @staticmethod
     def _numpy_generator(generator: torch.Generator | None) -> np.random.Generator:
         """The search's numpy generator, seeded by one draw from ``generator`` (the global RNG when None)."""
-        return np.random.default_rng(int(torch.randint(2**62, (), generator=generator)))
+        device = "cpu" if generator is None else generator.device  # a generator draws on its own device
+        return np.random.default_rng(int(torch.randint(2**62, (), generator=generator, device=device)))
 
     def run_simulations(
         self,
@@ -282,7 +297,12 @@ class EmotionMCTS:
         A root child's expansion uses ``root_children`` when prefetched; any other expansion waits until the
         next batched model call, made once ``WAIT_FRACTION`` of the environments still searching wait.
         ``root_rule`` chooses each simulation's root emotion (the Gumbel root) instead of the selection rule.
+        With deterministic rules the rounds run compiled (:attr:`kernel`, ``search_kernel.py``), the same trees.
         """
+        compiled = self._compiled_rules(root_rule)
+        if compiled is not None:
+            self._run_compiled(tree, model, state, like, root_children, compiled)
+            return
         batch, max_depth, sink = tree.batch, self.max_depth, tree.sink
         roots = tree.roots
         remaining = np.full(batch, self.num_simulations)
@@ -323,3 +343,40 @@ class EmotionMCTS:
                 waiting[rows] = False
             elif not active.shape[0]:
                 break
+        tree.clear_sink()
+
+    def _compiled_rules(self, root_rule: GumbelRoot | None) -> KernelRules | None:
+        """The rules in the compiled loop's form when it is to run (see :attr:`kernel`), else None."""
+        if self.kernel is False:
+            return None
+        try:
+            from emotion_rl.search_kernel import kernel_rules
+        except ImportError:  # numba missing or broken: the numpy loop computes the same trees
+            if self.kernel:
+                raise
+            return None
+        compiled = kernel_rules(self.rules) if root_rule is None else None
+        if compiled is None and self.kernel:
+            raise ValueError(
+                "the compiled simulation loop covers pUCT and lowest-index ties (no random ties, no Gumbel root)"
+            )
+        return compiled
+
+    def _run_compiled(
+        self,
+        tree: Tree,
+        model: SearchModel,
+        state,
+        like: Tensor,
+        root_children: NodeOutputs | None,
+        rules: KernelRules,
+    ) -> None:
+        """:meth:`run_simulations` on the compiled kernel (spec 1.2 selection, 1.4 simulation and backup): it runs
+        the numpy loop's rounds and stops exactly where that loop calls the model, with the same batched input."""
+        from emotion_rl.search_kernel import CompiledLoop
+
+        loop = CompiledLoop(tree, self.num_simulations, self.max_depth, rules, root_children)
+        outputs = None
+        while loop.advance(WAIT_FRACTION, outputs):
+            observation = torch.from_numpy(loop.observation).to(like.device, like.dtype)
+            outputs = NodeOutputs.from_model(model.expand(state, observation), tree.c_puct, tree.value_readout)

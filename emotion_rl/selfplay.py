@@ -174,14 +174,29 @@ def make_collector(
     """The training collector over ``num_envs`` envs made by ``make_env(num_envs, seed=None)`` (picklable with
     ``workers``): a ``Collector`` in this process (``workers=0``; the policy draws from ``generator``), or a
     synchronous ``MultiCollector`` over ``workers`` processes (``num_envs / workers`` envs each, seeded from
-    ``env_seed``; their draws come from their own torch RNG)."""
+    ``env_seed``; their draws come from their own torch RNG).
+
+    Devices (``workers=0``): the envs step where they were made (the CPU) and the batches are stored on the CPU,
+    whatever the model's device; the policy is handed over as it is, with no ``policy_device``: an
+    :class:`~emotion_rl.policy.EmotionPolicy` moves its inputs to its model's device and its outputs back itself.
+    (Given a ``policy_device``, TorchRL would act with a copy of the policy as soon as one of its parameters or
+    buffers lives elsewhere, e.g. the model on an accelerator and ``frames`` on the CPU: a copy moved to that
+    device, whose ``frames`` (the temperature schedule's clock) with the accelerator as ``policy_device``, or
+    whose weights with the CPU, are not the live ones.)"""
     frames_per_batch = -(-frames_per_batch // num_envs) * num_envs
     if not workers:
         env = make_env(num_envs, seed=env_seed)
         policy.action_spec = env.action_spec
         if hasattr(policy, "generator"):
             policy.generator = generator
-        return Collector(env, policy, frames_per_batch=frames_per_batch, total_frames=-1)
+        return Collector(
+            env,
+            policy,
+            frames_per_batch=frames_per_batch,
+            total_frames=-1,
+            env_device=env.device,
+            storing_device="cpu",
+        )
     make_worker_env = functools.partial(make_env, num_envs // workers)
     probe = make_worker_env()
     policy.action_spec = probe.action_spec.clone()

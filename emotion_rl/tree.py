@@ -9,6 +9,7 @@ into the packing; everyone else reads the named views (``q``, ``visits``, ``valu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -104,6 +105,21 @@ def to_numpy(tensor: Tensor) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
+def host_arrays(tensors: Sequence[Tensor], batched: bool | None = None) -> list[np.ndarray]:
+    """:func:`to_numpy` of each tensor. ``batched`` (default: when they live on an accelerator and share a float
+    type): through one concatenated device-to-host copy, one synchronisation per model call instead of one per
+    array; the values are the same."""
+    dtypes = {t.dtype for t in tensors}
+    if batched is None:
+        batched = len(dtypes) == 1 and tensors[0].device.type != "cpu"
+    if not batched:
+        return [to_numpy(t) for t in tensors]
+    dtype = dtypes.pop() if len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64} else torch.float32
+    flat = to_numpy(torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors]))
+    ends = np.cumsum([t.numel() for t in tensors])[:-1]
+    return [part.reshape(t.shape) for part, t in zip(np.split(flat, ends), tensors, strict=True)]
+
+
 @dataclass
 class NodeOutputs:
     """What an expansion stores, one row per new node (numpy): ``policy``, ``c_prior`` (``c_puct * policy``,
@@ -120,13 +136,9 @@ class NodeOutputs:
     def from_model(cls, outputs: Expansion, c_puct: float, value_readout: str = "mean") -> NodeOutputs:
         """From model outputs ``[*, E, ...]`` (any leading shape), in the tree's float type; the leaf value is
         computed in torch by :func:`~emotion_rl.model.state_value` from the same outputs, whatever the adapter."""
-        return cls(
-            policy=to_numpy(outputs.policy),
-            c_prior=to_numpy(c_puct * outputs.policy),
-            values=to_numpy(outputs.values),
-            dynamics=to_numpy(outputs.dynamics),
-            leaf_value=to_numpy(state_value(outputs.values, outputs.policy, value_readout)),
-        )
+        leaf_value = state_value(outputs.values, outputs.policy, value_readout)
+        policy = outputs.policy
+        return cls(*host_arrays((policy, c_puct * policy, outputs.values, outputs.dynamics, leaf_value)))
 
     def take(self, *index: np.ndarray) -> NodeOutputs:
         arrays = (self.policy, self.c_prior, self.values, self.dynamics, self.leaf_value)
@@ -271,6 +283,13 @@ class Tree:
         planes = self.edges.data.reshape(-1, n_emotions)  # row g * SLOTS + slot
         row = nodes * SLOTS
         planes[row + EXPLORE] = planes.take(row + C_PRIOR, axis=0) * np.sqrt(node_visits)[..., None]
+
+    def clear_sink(self) -> None:
+        """Reset the sink's statistics, which the numpy loop's backups fill with garbage (never read), to their
+        state at construction; the compiled loop never writes them, so both loops leave the same arrays."""
+        self.edges.data[self.sink] = 0.0
+        self.edges.data[self.sink, VISITS_PLUS_ONE] = 1.0
+        self.node_visits[self.sink] = 0.0
 
     # ------------------------------------------------------------------ reading
     def to_tensordict(self, device: torch.device | None = None) -> TensorDict:

@@ -248,3 +248,11 @@ def test_selected_heads_equal_the_selected_emotion_of_all_heads():
     torch.testing.assert_close(
         model.dynamics(hidden, action[rows], emotion), model.dynamics(hidden, action)[rows], msg="dynamics"
     )
+
+
+def test_every_head_reads_an_empty_batch_of_states():
+    """A window of one step has no "next" token: the heads must map ``[B, 0, d]`` to ``[B, 0, E, ...]``."""
+    model = EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=1, n_heads=2, context_window=4).double()
+    hidden = torch.zeros(3, 0, 16, dtype=torch.float64)
+    assert model.emotion_values(hidden).shape == (3, 0, N_EMOTIONS)
+    assert model.action_logits(hidden).shape == (3, 0, N_EMOTIONS, N_ACTIONS)
