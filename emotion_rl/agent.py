@@ -415,7 +415,7 @@ class EmotionAgent(L.LightningModule):
         self.log("train/temperature", stats["temperature"].float(), batch_size=1)
         for k, usage in enumerate(stats["emotion_usage"].unbind(-1)):
             self.log(f"emotion/usage_{k}", usage, batch_size=1)
-        for key in ("kl_visits_prior", "argmax_agreement", "action_changed", "emotion_changed"):
+        for key in ("kl_visits_prior", "argmax_agreement", "action_changed", "emotion_changed", "surprise"):
             value = stats.get(key, None)
             if value is not None and bool(torch.isfinite(value)):
                 self.log(f"search/{key}", value.float(), batch_size=1)

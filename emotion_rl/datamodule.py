@@ -88,6 +88,9 @@ class EmotionDataModule(LightningDataModule):
         window_weighting: ``"end"`` (default): window ends uniform over stored steps, every valid step weighs 1, so
             an episode's last steps weigh less. ``"uniform"``: windows also carry ``weight`` (every stored step the
             same expected weight; :meth:`EpisodeReplay.sample_windows`). Whole episodes are uniform already.
+        novelty_weight: exploration by surprise (beyond the specification; docs/data.md, "Novelty"): the stored
+            returns add ``novelty_weight`` times the model's surprise at each step, ``||predicted - real next
+            observation||^2`` with the prediction the policy acted on. 0 (default): the returns of spec 2.2.2.
 
     The agent is handed over with :meth:`connect` (the CLI does), or taken from the trainer's LightningModule in
     :meth:`setup`. Training batch: ``{"episodes": [B, L] (EPISODE_KEYS), "stats": []}``; validation / test batch:
@@ -115,6 +118,7 @@ class EmotionDataModule(LightningDataModule):
         env_wrappers: list[str] | None = None,
         env_factory: str | None = None,
         total_frames: int = -1,
+        novelty_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -128,6 +132,9 @@ class EmotionDataModule(LightningDataModule):
         if not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
             raise ValueError(f"EmotionDataModule: gamma must be in [0, 1], got {gamma!r}")
         self.gamma = float(gamma)
+        if isinstance(novelty_weight, bool) or not isinstance(novelty_weight, (int, float)) or novelty_weight < 0:
+            raise ValueError(f"EmotionDataModule: novelty_weight must be a number >= 0, got {novelty_weight!r}")
+        self.novelty_weight = float(novelty_weight)
         self.seed = _check_int("seed", seed, 0)
         self.val_episodes = _check_int("val_episodes", val_episodes, 1)
         self.collector_workers = _check_int("collector_workers", collector_workers, 0)
@@ -306,7 +313,7 @@ class EmotionDataModule(LightningDataModule):
         if self._resumed_rng is not None:
             set_rng_state(self._resumed_rng)
             self._resumed_rng = None
-        assembler = EpisodeAssembler(self.max_episode_steps, self.gamma)
+        assembler = EpisodeAssembler(self.max_episode_steps, self.gamma, self.novelty_weight)
         yield from self_play(
             collector,
             policy,

@@ -6,7 +6,14 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives.value.functional import reward2go
 
-__all__ = ["EpisodeAssembler", "discounted_returns"]
+__all__ = ["EpisodeAssembler", "discounted_returns", "surprise"]
+
+
+def surprise(predicted: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
+    """The model's surprise at each step ``[L]``: ``||predicted - actual||^2`` over the observation, 0 where nothing
+    was predicted (NaN), from the imagined next state the planner acted on and the real one."""
+    error = (predicted.to(actual.dtype) - actual).pow(2).sum(-1)
+    return torch.nan_to_num(error, nan=0.0)
 
 
 def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -34,15 +41,23 @@ class EpisodeAssembler:
     a step with ``next/done``; each env's unfinished tail is continued by the next batch. Steps whose start was
     never seen, or cut by a reset without ``done``, are dropped and counted in ``dropped_steps``. ``terminated``
     and ``truncated`` come from ``next/terminated`` and ``next/truncated`` (absent: ``done & ~truncated``, False).
+
+    ``novelty_weight`` (beyond the specification; docs/data.md, "Novelty"): the stored ``return`` becomes the
+    discounted sum of ``r_t + novelty_weight * n_t``, with ``n_t`` the model's surprise at step ``t`` (:func:`surprise`
+    of the policy's ``predicted_observation`` and the real next observation, measured when the step was collected).
+    The rewards themselves are stored unchanged.
     """
 
-    def __init__(self, max_len: int, gamma: float = 0.99) -> None:
+    def __init__(self, max_len: int, gamma: float = 0.99, novelty_weight: float = 0.0) -> None:
         if int(max_len) < 1:
             raise ValueError(f"EpisodeAssembler: max_len must be >= 1, got {max_len}")
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"EpisodeAssembler: gamma must be in [0, 1], got {gamma}")
+        if not novelty_weight >= 0.0:
+            raise ValueError(f"EpisodeAssembler: novelty_weight must be >= 0, got {novelty_weight}")
         self.max_len = int(max_len)
         self.gamma = float(gamma)
+        self.novelty_weight = float(novelty_weight)
         self._open: dict[int, list[TensorDict] | None] = {}
         self.dropped_steps = 0
         self.finished_returns: list[float] = []  # undiscounted returns of episodes emitted since the last drain
@@ -73,8 +88,12 @@ class EpisodeAssembler:
         truncated = flat(("next", "truncated"), torch.zeros_like(done)).bool()
         terminated = flat(("next", "terminated"), done & ~truncated).bool()
 
+        extra = {}
+        if "predicted_observation" in batch.keys():
+            extra["predicted_observation"] = batch.get("predicted_observation").float()
         return TensorDict(
             {
+                **extra,
                 "observation": batch.get("observation").float(),
                 "next_observation": batch.get(("next", "observation")).float(),
                 "action": action.long(),
@@ -134,7 +153,10 @@ class EpisodeAssembler:
         reward = episode.get("reward")
         self.finished_returns.append(float(reward.double().sum()))
         self.finished_lengths.append(length)
-        out = episode.exclude("is_init")
+        out = episode.exclude("is_init", "predicted_observation")
+        if self.novelty_weight and "predicted_observation" in episode.keys():
+            novelty = surprise(episode.get("predicted_observation"), episode.get("next_observation"))
+            reward = reward + self.novelty_weight * novelty
         out.set("return", discounted_returns(reward, self.gamma))
         out.set("mask", torch.ones(length, dtype=torch.bool))
         pad = self.max_len - length

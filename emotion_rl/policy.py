@@ -133,13 +133,24 @@ class EmotionPolicy(TensorDictModuleBase):
     emotion, ``argmax_a action_logits[argmax_e prior[e], a]`` (both at the root, ties to the lowest index). It says
     whether choosing the emotion (search and temperature draw) changed what the agent would do, whatever action
     was then drawn; :class:`~emotion_rl.selfplay.CollectionStats` averages it into ``search/action_changed``.
+    ``predicted_observation`` (float [*B, obs]): the next state the planner imagined for the emotion acted on, its
+    root ``dynamics[emotion]`` (NaN when the planner returns no ``dynamics``); the data side measures the model's
+    surprise with it (``EpisodeAssembler``'s novelty).
     Input batch ``[]`` or ``[n_envs]``. Histories are plain attributes (not in checkpoints), allocated on first use
     on the model's device and dtype; outputs go back to the observation's device. The buffer ``frames`` counts the
     env steps acted on (it drives the temperature schedule and is checkpointed with its owner).
     """
 
     in_keys = ["observation", "is_init", "prev_reward"]
-    out_keys = ["action", "emotion", "visit_distribution", "visit_counts", "prior", "action_changed"]
+    out_keys = [
+        "action",
+        "emotion",
+        "visit_distribution",
+        "visit_counts",
+        "prior",
+        "action_changed",
+        "predicted_observation",
+    ]
 
     def __init__(
         self,
@@ -336,6 +347,10 @@ class EmotionPolicy(TensorDictModuleBase):
         self.frames += n_envs
 
         action_out = self._encode_action(action, logits.shape[-1])
+        if "dynamics" in result.keys():
+            predicted = result.get("dynamics")[rows, emotion].to(obs.dtype)
+        else:
+            predicted = torch.full_like(obs, float("nan"))
         out = {
             "action": action_out,
             "emotion": emotion,
@@ -343,6 +358,7 @@ class EmotionPolicy(TensorDictModuleBase):
             "visit_counts": visit_counts,
             "prior": prior,
             "action_changed": action_changed,
+            "predicted_observation": predicted,
         }
         for key, value in out.items():
             value = value.to(out_device)

@@ -6,7 +6,8 @@ an expansion is backed up at once (:func:`backward`), one that needs an expansio
 environments wait one batched model call expands them all (:func:`expand`). The rules a selection applies are
 plain functions (``search_rules.py``); the model is reached through the ``SearchModel`` protocol (``fused.py``).
 The same rounds also run compiled (``search_kernel.py``, numba), with identical trees, whenever the rules are
-deterministic; the numpy loop here is the path for the others and the compiled loop's reference.
+deterministic (either root: pUCT or Gumbel); the numpy loop here is the path for random ties and the compiled
+loop's reference.
 docs/search.md explains the schedule, the root prefetch, the two loops and the cost model.
 """
 
@@ -149,8 +150,8 @@ class EmotionMCTS:
     Attributes:
         kernel: which simulation loop runs (not a constructor argument, so not an agent hyper-parameter). None
             (default): the compiled one (``search_kernel.py``) whenever it computes the rules (pUCT, every Q
-            transform, the lowest-index tie break, the pUCT root) and numba imports, else numpy; True: the compiled
-            one (an error where it does not apply); False: numpy. Both give the same trees.
+            transform, the lowest-index tie break; the pUCT or the Gumbel root) and numba imports, else numpy;
+            True: the compiled one (an error where it does not apply); False: numpy. Both give the same trees.
     """
 
     kernel: bool | None = None
@@ -301,7 +302,7 @@ class EmotionMCTS:
         """
         compiled = self._compiled_rules(root_rule)
         if compiled is not None:
-            self._run_compiled(tree, model, state, like, root_children, compiled)
+            self._run_compiled(tree, model, state, like, root_children, compiled, root_rule)
             return
         batch, max_depth, sink = tree.batch, self.max_depth, tree.sink
         roots = tree.roots
@@ -350,15 +351,16 @@ class EmotionMCTS:
         if self.kernel is False:
             return None
         try:
-            from emotion_rl.search_kernel import kernel_rules
+            from emotion_rl.search_kernel import kernel_root, kernel_rules
         except ImportError:  # numba missing or broken: the numpy loop computes the same trees
             if self.kernel:
                 raise
             return None
-        compiled = kernel_rules(self.rules) if root_rule is None else None
+        compiled = kernel_rules(self.rules) if kernel_root(root_rule) else None
         if compiled is None and self.kernel:
             raise ValueError(
-                "the compiled simulation loop covers pUCT and lowest-index ties (no random ties, no Gumbel root)"
+                "the compiled simulation loop covers pUCT with lowest-index ties below the pUCT or the Gumbel root "
+                "(no random ties)"
             )
         return compiled
 
@@ -370,12 +372,14 @@ class EmotionMCTS:
         like: Tensor,
         root_children: NodeOutputs | None,
         rules: KernelRules,
+        root_rule: GumbelRoot | None = None,
     ) -> None:
-        """:meth:`run_simulations` on the compiled kernel (spec 1.2 selection, 1.4 simulation and backup): it runs
-        the numpy loop's rounds and stops exactly where that loop calls the model, with the same batched input."""
+        """:meth:`run_simulations` on the compiled kernel (spec 1.2 selection, 1.4 simulation and backup, the
+        Gumbel root's choices): it runs the numpy loop's rounds and stops exactly where that loop calls the model,
+        with the same batched input."""
         from emotion_rl.search_kernel import CompiledLoop
 
-        loop = CompiledLoop(tree, self.num_simulations, self.max_depth, rules, root_children)
+        loop = CompiledLoop(tree, self.num_simulations, self.max_depth, rules, root_children, root_rule)
         outputs = None
         while loop.advance(WAIT_FRACTION, outputs):
             observation = torch.from_numpy(loop.observation).to(like.device, like.dtype)

@@ -10,7 +10,9 @@ float32 tree is computed in float32, never promoted), so the trees are identical
 (tests/test_search_kernel.py). docs/search.md, "The simulation loop", says when this path is taken.
 
 Only the deterministic rules are compiled: pUCT (decision 1), every Q transform of ``search_rules.make_rules``
-and the lowest-index tie break (decision 3). Random ties and the Gumbel root stay on the numpy path.
+and the lowest-index tie break (decision 3), below either root: pUCT or the Gumbel root
+(:class:`~emotion_rl.search_rules.GumbelRoot`, whose draws are made in numpy before the simulations and handed
+in). Random ties stay on the numpy path.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import numba
 import numpy as np
 
 from emotion_rl import tree as tree_module
-from emotion_rl.search_rules import Rules, completed_q, literal_q, lowest_index, min_max, puct
+from emotion_rl.search_rules import GumbelRoot, Rules, completed_q, literal_q, lowest_index, min_max, puct
 from emotion_rl.tree import NodeOutputs, Tree
 
-__all__ = ["CompiledLoop", "KernelRules", "kernel_rules"]
+__all__ = ["CompiledLoop", "KernelRules", "kernel_root", "kernel_rules"]
 
 Q, EXPLORE, VISITS_PLUS_ONE, VALUE_SUM, C_PRIOR = range(5)
 """The rows of a node's edge block, as ``tree.py`` packs them. Written out here because numba's cache is keyed
@@ -65,6 +67,12 @@ def kernel_rules(rules: Rules) -> KernelRules | None:
     return None
 
 
+def kernel_root(root_rule: GumbelRoot | None) -> bool:
+    """Whether the kernel computes ``root_rule``'s choices: the pUCT root (None) or a :class:`GumbelRoot` itself
+    (not a subclass, which may choose otherwise) with a completion it knows."""
+    return root_rule is None or (type(root_rule) is GumbelRoot and root_rule.completed_value in ("child", "parent"))
+
+
 # ---------------------------------------------------------------------------------------------- compiled parts
 @numba.njit(cache=True, error_model="numpy")
 def _select(edges, child_value, node_value, node, completed, by_parent, minmax, low, high, one) -> int:
@@ -91,6 +99,55 @@ def _select(edges, child_value, node_value, node, completed, by_parent, minmax, 
             else:
                 q = zero
         score = q + edges[node, EXPLORE, e] / visits_plus_one
+        if np.isnan(score):
+            return e
+        if e == 0 or score > best_score:
+            best, best_score = e, score
+    return best
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _root_q(edges, child_value, node_value, root, e, by_parent, one):
+    """The completed ``Q`` of the root's child ``e`` (``GumbelRoot.sigma``): ``Q`` where visited, else
+    ``completion(tree, root, completed_value)``."""
+    if edges[root, VISITS_PLUS_ONE, e] > one:
+        return edges[root, Q, e]
+    return node_value[root] if by_parent else child_value[root, e]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _gumbel_select(
+    edges, child_value, node_value, root, gumbel, logits, considered, target, by_parent, c_visit, c_scale, one, tiny
+) -> int:  # fmt: skip
+    """``GumbelRoot._best`` at one root: among the considered children (``considered [E]``) visited ``target``
+    times, the first maximum of ``g + logits + sigma(q)``, scalar by scalar as numpy computes it.
+
+    Types as numpy's: the completed ``q``, its min-max rescaling (``np.maximum(high - low, tiny)``) and ``g +
+    logits`` in the tree's float type; ``sigma = (c_visit + max N) * c_scale * q`` in float64 (numpy promotes:
+    ``max N`` is an int64, ``c_visit`` and ``c_scale`` Python floats), so the score is float64 for a float32 tree
+    too. Min, max and argmax propagate NaN as numpy's reductions do; ineligible children score ``-inf``."""
+    n_emotions = edges.shape[2]
+    low = high = _root_q(edges, child_value, node_value, root, 0, by_parent, one)
+    max_visits = np.int64(edges[root, VISITS_PLUS_ONE, 0] - one)
+    for e in range(1, n_emotions):
+        q = _root_q(edges, child_value, node_value, root, e, by_parent, one)
+        if not np.isnan(low) and (np.isnan(q) or q < low):
+            low = q
+        if not np.isnan(high) and (np.isnan(q) or q > high):
+            high = q
+        visits = np.int64(edges[root, VISITS_PLUS_ONE, e] - one)
+        if visits > max_visits:
+            max_visits = visits
+    spread = high - low
+    if not np.isnan(spread) and not spread > tiny:  # np.maximum(spread, tiny), NaN kept
+        spread = tiny
+    scale = (c_visit + np.float64(max_visits)) * c_scale
+    best, best_score = 0, -np.inf
+    for e in range(n_emotions):
+        score = -np.inf
+        if considered[e] and np.int64(edges[root, VISITS_PLUS_ONE, e] - one) == target:
+            q = (_root_q(edges, child_value, node_value, root, e, by_parent, one) - low) / spread
+            score = np.float64(gumbel[e] + logits[e]) + scale * np.float64(q)
         if np.isnan(score):
             return e
         if e == 0 or score > best_score:
@@ -151,6 +208,7 @@ def run_rounds(
     prefetched, root_policy, root_c_prior, root_values, root_dynamics, root_leaf,
     apply, new_policy, new_c_prior, new_values, new_dynamics, new_leaf,
     remaining, waiting, path_nodes, path_emotions, path_depth, observation, wait_fraction,
+    gumbel_root, num_simulations, gumbel, logits, considered, schedule, root_by_parent, c_visit, c_scale, tiny,
 ) -> bool:  # fmt: skip
     """``EmotionMCTS.run_simulations``'s rounds until the next model call; True when one is due (its input is then
     in ``observation``), False when every environment has finished.
@@ -160,6 +218,10 @@ def run_rounds(
     environment neither finished nor waiting runs one simulation (spec 1.4: selection by spec 1.2; a root child's
     expansion from the prefetched ``root_*`` outputs ``[B, E, ...]``; backup), or starts waiting when its leaf
     needs the model; after each round the model is due once ``wait_fraction`` of the searching environments wait.
+
+    ``gumbel_root``: each simulation's root emotion is the Gumbel root's (``GumbelRoot.select``), from its draws
+    ``gumbel``, ``logits``, ``considered`` ``[B, E]`` and ``schedule`` ``[num_simulations]``, with the completion
+    ``root_by_parent`` and ``c_visit``, ``c_scale``; ``tiny`` is ``np.finfo`` of the tree's float type.
     """
     batch = num_nodes.shape[0]
     sink = node_depth.shape[0] - 1
@@ -188,7 +250,16 @@ def run_rounds(
             low, high = (q_low[b], q_high[b]) if minmax else (one, one)
             node, depth = b * max_nodes, 0
             while depth < max_depth:  # the selection; past the leaf the numpy path walks in the sink
-                emotion = _select(edges, child_value, node_value, node, completed, by_parent, minmax, low, high, one)
+                if gumbel_root and depth == 0:  # this simulation's sequential-halving target
+                    target = schedule[num_simulations - remaining[b]]
+                    emotion = _gumbel_select(
+                        edges, child_value, node_value, node, gumbel[b], logits[b], considered[b], target,
+                        root_by_parent, c_visit, c_scale, one, tiny,
+                    )  # fmt: skip
+                else:
+                    emotion = _select(
+                        edges, child_value, node_value, node, completed, by_parent, minmax, low, high, one
+                    )  # fmt: skip
                 path_nodes[b, depth], path_emotions[b, depth] = node, emotion
                 depth += 1
                 node = children[node, emotion]
@@ -240,6 +311,25 @@ def _outputs(outputs: NodeOutputs | None, dtype: np.dtype, n_emotions: int, obs_
     return [np.ascontiguousarray(a, dtype=dtype) for a in arrays]
 
 
+def _root_arrays(root_rule: GumbelRoot | None, dtype: np.dtype, batch: int, n_emotions: int) -> tuple:
+    """``run_rounds``' Gumbel root arguments from ``gumbel`` to ``tiny``: ``root_rule``'s, C-contiguous (one
+    compiled version per float type), or placeholders of the same types. ``GumbelRoot.start`` draws in the tree's
+    float type; anything else would be added in another type than numpy's, so it is refused, not cast."""
+    tiny = np.finfo(dtype).tiny  # a scalar of the tree's type, as in GumbelRoot.sigma
+    if root_rule is None:
+        floats = np.zeros((batch, n_emotions), dtype=dtype)
+        considered = np.zeros((batch, n_emotions), dtype=np.bool_)
+        return floats, floats, considered, np.zeros(0, dtype=np.int64), False, 0.0, 0.0, tiny
+    if root_rule.gumbel.dtype != dtype or root_rule.logits.dtype != dtype:
+        raise ValueError("the Gumbel root's draws and logits must be in the tree's float type")
+    gumbel, logits = (np.ascontiguousarray(a) for a in (root_rule.gumbel, root_rule.logits))
+    considered = np.ascontiguousarray(root_rule.considered, dtype=np.bool_)
+    schedule = np.ascontiguousarray(root_rule.schedule, dtype=np.int64)
+    by_parent = root_rule.completed_value == "parent"
+    c_visit, c_scale = float(root_rule.c_visit), float(root_rule.c_scale)
+    return gumbel, logits, considered, schedule, by_parent, c_visit, c_scale, tiny
+
+
 class CompiledLoop:
     """One search's simulation loop on the compiled kernel: the per-environment state between model calls.
 
@@ -254,9 +344,14 @@ class CompiledLoop:
         max_depth: int,
         rules: KernelRules,
         root_children: NodeOutputs | None,
+        root_rule: GumbelRoot | None = None,
     ) -> None:
         if rules.minmax and tree.q_low is None:
             raise ValueError("a min-max Q transform needs a tree that tracks the bounds of Q")
+        if not kernel_root(root_rule):
+            raise ValueError(f"the compiled loop does not compute the root rule {type(root_rule).__name__}")
+        if root_rule is not None and root_rule.schedule.shape != (num_simulations,):
+            raise ValueError("the Gumbel root's schedule must have one target per simulation")
         self.tree, self.max_depth, self.rules = tree, max_depth, rules
         batch, n_emotions = tree.batch, tree.prior.shape[1]
         self.dtype = tree.prior.dtype
@@ -273,6 +368,8 @@ class CompiledLoop:
         self.path_emotions = np.zeros((batch, max_depth), dtype=np.int64)
         self.path_depth = np.zeros(batch, dtype=np.int64)
         self.observation = np.zeros((batch, self.obs_dim), dtype=tree.child_state.dtype)
+        self.num_simulations, self.gumbel_root = num_simulations, root_rule is not None
+        self.root = _root_arrays(root_rule, self.dtype, batch, n_emotions)
 
     def advance(self, wait_fraction: float, outputs: NodeOutputs | None = None) -> bool:
         """Expand the waiting environments with ``outputs`` (the last model call's, all ``B`` rows) if given, then
@@ -286,5 +383,5 @@ class CompiledLoop:
             self.max_depth, rules.completed, rules.by_parent, rules.minmax, self.dtype.type(1),
             self.prefetched, *self.root_children, outputs is not None, *new,
             self.remaining, self.waiting, self.path_nodes, self.path_emotions, self.path_depth, self.observation,
-            float(wait_fraction),
+            float(wait_fraction), self.gumbel_root, self.num_simulations, *self.root,
         )  # fmt: skip

@@ -15,7 +15,7 @@ from tensordict.nn import TensorDictModuleBase
 from torchrl.collectors import Collector, MultiCollector
 from torchrl.envs import EnvBase
 
-from emotion_rl.episodes import EpisodeAssembler
+from emotion_rl.episodes import EpisodeAssembler, surprise
 from emotion_rl.replay import EpisodeReplay
 
 __all__ = [
@@ -107,6 +107,7 @@ class CollectionStats:
         self._search_states = 0
         self._change_sums = torch.zeros(2, dtype=torch.float64)  # action changed, emotion changed
         self._change_states = 0
+        self._surprise_sum, self._surprise_states = 0.0, 0  # the model's surprise, summed over states
 
     def add(self, batch: TensorDict) -> None:
         """Count the emotions of a collector batch ``[n_envs, steps]``, and sum its search-improvement numbers."""
@@ -121,6 +122,11 @@ class CollectionStats:
         if changes is not None:
             self._change_sums += torch.stack([changes[0].sum(), changes[1].sum()])
             self._change_states += changes[0].numel()
+        if "predicted_observation" in batch.keys():  # the model's surprise at the states acted on
+            error = surprise(batch.get("predicted_observation").cpu(), batch.get(("next", "observation")).cpu())
+            seen = torch.isfinite(batch.get("predicted_observation").cpu()).all(-1)
+            self._surprise_sum += float(error[seen].double().sum())
+            self._surprise_states += int(seen.sum())
 
     def take(self, returns: list[float], counters: SelfPlayCounters, temperature: float) -> TensorDict:
         """The ``stats`` of a training batch (NaN where nothing new was collected); starts a new tally.
@@ -141,11 +147,13 @@ class CollectionStats:
             action_changed, emotion_changed = (self._change_sums / self._change_states).float()
         else:
             action_changed = emotion_changed = torch.tensor(math.nan)
+        mean_surprise = self._surprise_sum / self._surprise_states if self._surprise_states else math.nan
         self.emotion_counts = None
         self._search_sums = torch.zeros(2, dtype=torch.float64)
         self._search_states = 0
         self._change_sums = torch.zeros(2, dtype=torch.float64)
         self._change_states = 0
+        self._surprise_sum, self._surprise_states = 0.0, 0
         return TensorDict(
             {
                 "env_steps": torch.tensor(counters.env_steps, dtype=torch.long),
@@ -157,6 +165,7 @@ class CollectionStats:
                 "argmax_agreement": agreement,
                 "action_changed": action_changed,
                 "emotion_changed": emotion_changed,
+                "surprise": torch.tensor(mean_surprise, dtype=torch.float32),
             },
             batch_size=[],
         )

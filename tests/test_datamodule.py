@@ -88,7 +88,7 @@ def test_training_stream_yields_episode_batches_and_stats():
         assert episodes.batch_size[0] == 5 and episodes.batch_size[1] <= 6 and set(episodes.keys()) == set(EPISODE_KEYS)
         assert episodes["mask"][:, 0].all()
         keys = {"env_steps", "episodes", "episode_return", "emotion_usage", "temperature", "total_frames_reached"}
-        keys |= {"kl_visits_prior", "argmax_agreement", "action_changed", "emotion_changed"}
+        keys |= {"kl_visits_prior", "argmax_agreement", "action_changed", "emotion_changed", "surprise"}
         assert set(batch["stats"].keys()) == keys and not batch["stats"]["total_frames_reached"]
     first, second = batches[0]["stats"], batches[1]["stats"]
     assert first["env_steps"].item() % 8 == 0 and first["episodes"].item() >= 2
@@ -104,6 +104,7 @@ def test_training_stream_yields_episode_batches_and_stats():
     assert first["emotion_changed"].item() == pytest.approx(1.0 - usage[0].item(), abs=1e-6)
     assert first["action_changed"].item() == pytest.approx(usage[torch.arange(E) % A != 0].sum().item(), abs=1e-6)
     assert second["action_changed"].isnan() and second["emotion_changed"].isnan()
+    assert first["surprise"].isnan()  # the fake planner imagines nothing (no dynamics): no surprise measured
     assert second["env_steps"] == first["env_steps"]
     assert batches[2]["stats"]["env_steps"] == first["env_steps"] + 8
     # temperature follows the env steps collected: TemperatureSchedule(1.0, 0.5, 100)
