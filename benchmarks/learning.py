@@ -42,7 +42,11 @@ DLR-RM/rl-baselines3-zoo repository's ``hyperparams/ppo.yml``; ``pip install -e 
 
 ``--cost-only`` measures the cost of an env step instead: the two variants given run side by side (two processes
 at once, same seed) for ``--cost-steps`` env steps, with no evaluation, and ``<out>/cost/<a>_vs_<b>_s<seed>.json``
-records each one's training wall seconds per env step (collection and updates).
+records each one's training wall seconds per env step (collection and updates). With ``--cost-against REV`` the
+second run is the config as shipped at git revision ``REV``, run by that revision's code (extracted with ``git
+archive`` into a temporary folder): today's code and settings against an earlier version's, side by side.
+
+    python benchmarks/learning.py --cost-only --variants emotion --cost-against 9d2c413
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -495,8 +500,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--variants",
         nargs="+",
-        choices=[*ABLATIONS, *BASELINES],
-        help="named variants to run (default: emotion ppo; emotion only when --variant is given)",
+        help=f"variants to run, in order: {', '.join([*ABLATIONS, *BASELINES])} or a --variant's name (default: "
+        "emotion ppo; emotion and the --variant ones when --variant is given)",
     )
     parser.add_argument(
         "--variant",
@@ -529,6 +534,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--cost-only", action="store_true", help="measure seconds per env step of two variants side by side"
     )
     parser.add_argument("--cost-steps", type=int, default=3_000, help="env steps of each --cost-only run")
+    parser.add_argument(
+        "--cost-against",
+        metavar="REV",
+        help="with --cost-only and one variant: the other run is the config and code of git revision REV",
+    )
     parser.add_argument("--run-one", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -539,6 +549,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.adhoc[name] = overrides
     if args.variants is None:
         args.variants = ["emotion"] if args.adhoc else ["emotion", "ppo"]
+    unknown = [v for v in args.variants if v not in (*ABLATIONS, *BASELINES, *args.adhoc)]
+    if unknown:
+        parser.error(
+            f"unknown variant(s) {unknown}: name one of {[*ABLATIONS, *BASELINES]} or define it with --variant"
+        )
     args.variants = [*args.variants, *(v for v in args.adhoc if v not in args.variants)]
     if args.seeds is None:
         args.seeds = [0] if args.cost_only else [0, 1, 2, 3, 4]
@@ -548,6 +563,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.threshold is None:
         parser.error(f"{args.env_id} has no registered reward threshold: pass --threshold")
+    if args.cost_against:
+        if not args.cost_only or len(args.variants) != 1:
+            parser.error("--cost-against needs --cost-only and one variant (the other is the revision's config)")
+        args.variants = [*args.variants, f"emotion@{args.cost_against}"]
     if args.cost_only:
         if len(args.variants) != 2:
             parser.error(f"--cost-only compares two variants, got {args.variants}")
@@ -591,6 +610,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def launch(run: tuple[str, int]) -> int:
         variant, seed = run
+        if args.cost_against and variant == args.variants[1]:
+            return launch_at_revision(args, seed)
         log = (cost_out / f"{variant}_s{seed}.log") if args.cost_only else (out / f"{variant}_s{seed}.log")
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         command = [sys.executable, __file__, *passthrough, "--run-one", variant, str(seed)]
@@ -612,6 +633,32 @@ def main(argv: list[str] | None = None) -> None:
     print_table([json.loads(path.read_text()) for path in paths if path is not None])
     if any(codes):
         raise SystemExit(1)
+
+
+def launch_at_revision(args: argparse.Namespace, seed: int) -> int:
+    """``--cost-against``: one cost run of revision ``args.cost_against``'s shipped config with that revision's code
+    (its own ``learning.py``), its result written where this script's ``measure_cost`` reads it."""
+    variant, cost_out = args.variants[1], Path(args.out).resolve() / "cost"
+    log = cost_out / f"{variant}_s{seed}.log"
+    with tempfile.TemporaryDirectory() as folder:
+        tree = Path(folder)
+        archive = subprocess.run(["git", "archive", args.cost_against], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
+        command = [
+            sys.executable, str(tree / "benchmarks" / "learning.py"), "--cost-only", "--variants", "emotion", "literal",
+            "--cost-steps", str(args.cost_steps), "--seeds", str(seed), "--out", str(tree / "out"),
+            "--run-one", "emotion", str(seed),
+        ]  # fmt: skip
+        with open(log, "w") as handle:
+            code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=tree)
+        if code == 0:
+            result = json.loads((tree / "out" / "cost" / f"emotion_s{seed}.part.json").read_text())
+            result.update(variant=variant, revision=args.cost_against)
+            (cost_out / f"{variant}_s{seed}.part.json").write_text(json.dumps(result, indent=1))
+    scrub_paths(log)
+    print(f"{variant} seed {seed}: {'done' if code == 0 else f'FAILED (exit {code}, see {log})'}", flush=True)
+    return code
 
 
 def scrub_paths(log: Path) -> None:

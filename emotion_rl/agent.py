@@ -17,7 +17,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
-from emotion_rl.diagnostics import learning_diagnostics
+from emotion_rl.diagnostics import DiagnosticsSchedule, collection_metrics, learning_diagnostics
 from emotion_rl.losses import (
     ActionLoss,
     DynamicsAction,
@@ -95,6 +95,8 @@ class EmotionAgent(L.LightningModule):
             read (1: the model itself).
         log_diagnostics: log action-head entropies and agreement and imagined-token value errors once per collection
             (on its first training batch: one extra forward pass per collection).
+        diagnostics_interval: env steps between two diagnostics (on the first collection that reaches the next
+            multiple); 0: every collection. Logging only: the training is the same.
         shared_update: spec 2.5's alternative to the alternating phases: one forward and one backward of the four
             losses together, the transformer updated once per batch (:meth:`shared_update`).
 
@@ -157,6 +159,7 @@ class EmotionAgent(L.LightningModule):
         value_gamma: float = 0.99,
         target_tau: float = 0.005,
         log_diagnostics: bool = False,
+        diagnostics_interval: int = 0,
         shared_update: bool = False,
         imagined_action: str = "softmax",
         action_coverage_coef: float = 0.0,
@@ -186,6 +189,7 @@ class EmotionAgent(L.LightningModule):
             imagined_action=imagined_action,
         )
         self.planner = EmotionMCTS(**{name: self.hparams[name] for name in PLANNER_ARGUMENTS})
+        self.diagnostics_schedule = DiagnosticsSchedule(diagnostics_interval)
         self.temperature = TemperatureSchedule(temperature_start, temperature_end, temperature_decay_frames)
         if value_target != "monte_carlo" and target_tau < 1:  # the EMA target network (saved with the agent)
             self.target_model = copy.deepcopy(self.model).requires_grad_(False)
@@ -394,31 +398,21 @@ class EmotionAgent(L.LightningModule):
             logs = {k: torch.stack([s[k] for s in per_step]).mean() for k in per_step[0]}
         self.log_dict(logs, batch_size=episodes.shape[0])
         self._log_collection(batch["stats"])
-        if self.hparams.log_diagnostics and not bool(batch["stats"]["emotion_usage"].isnan().all()):
-            self.log_dict(self.diagnostics(episodes), batch_size=episodes.shape[0])  # once per collection
+        if self.hparams.log_diagnostics and self.diagnostics_schedule.due(batch["stats"]):
+            self.log_dict(self.diagnostics(episodes), batch_size=episodes.shape[0])
         if self._trainer is not None and bool(batch["stats"].get("total_frames_reached", torch.tensor(False))):
             self.trainer.should_stop = True  # data.total_frames env steps were collected and trained on
 
     def _log_collection(self, stats: TensorDict) -> None:
-        """Episode returns (on the progress bar), environment steps, temperature, emotion usage and the search's
-        improvement over the prior (``search/kl_visits_prior``: mean KL(visits || prior) at the root;
-        ``search/argmax_agreement``: share of states whose most visited emotion is the prior's favourite): logged on
-        the first batch after each collection (the later batches of one collection carry nothing new, and
-        Lightning's ``log`` costs milliseconds a call)."""
+        """The collection's metrics (:func:`~emotion_rl.diagnostics.collection_metrics`), the return on the progress
+        bar: on the first batch after each collection only (the later batches of one collection carry nothing new,
+        and Lightning's ``log`` costs milliseconds a call)."""
         if bool(stats["emotion_usage"].isnan().all()):
             return
-        episode_return = stats["episode_return"]
-        if torch.isfinite(episode_return):
-            self.log("episode/return", episode_return, prog_bar=True, batch_size=1)
-        self.log("episode/env_steps", stats["env_steps"].float(), batch_size=1)
-        self.log("episode/count", stats["episodes"].float(), batch_size=1)
-        self.log("train/temperature", stats["temperature"].float(), batch_size=1)
-        for k, usage in enumerate(stats["emotion_usage"].unbind(-1)):
-            self.log(f"emotion/usage_{k}", usage, batch_size=1)
-        for key in ("kl_visits_prior", "argmax_agreement", "action_changed", "emotion_changed", "surprise"):
-            value = stats.get(key, None)
-            if value is not None and bool(torch.isfinite(value)):
-                self.log(f"search/{key}", value.float(), batch_size=1)
+        logs = collection_metrics(stats)
+        if "episode/return" in logs:
+            self.log("episode/return", logs.pop("episode/return"), prog_bar=True, batch_size=1)
+        self.log_dict(logs, batch_size=1)
 
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: TensorDict, batch_idx: int) -> None:

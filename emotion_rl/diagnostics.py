@@ -10,7 +10,48 @@ from torch import Tensor
 from emotion_rl.losses import ValueLoss, masked_mean, step_weight
 from emotion_rl.model import EmotionModel
 
-__all__ = ["learning_diagnostics"]
+__all__ = ["DiagnosticsSchedule", "collection_metrics", "learning_diagnostics"]
+
+SEARCH_STATS = ("kl_visits_prior", "argmax_agreement", "action_changed", "emotion_changed", "surprise")
+"""The collection's search statistics logged as ``search/<name>`` (docs/training.md)."""
+
+
+def collection_metrics(stats: TensorDictBase) -> dict[str, Tensor]:
+    """One collection's logged scalars from the training stream's ``stats``: the finished episodes' mean return
+    (when one finished), env steps, episode count, temperature, emotion usage and the search's statistics
+    (``search/kl_visits_prior``: mean KL(visits || prior) at the root; ``search/argmax_agreement``: share of states
+    whose most visited emotion is the prior's favourite; ``search/action_changed`` ...), the non-finite ones
+    left out."""
+    logs = {}
+    if torch.isfinite(stats["episode_return"]):
+        logs["episode/return"] = stats["episode_return"]
+    logs["episode/env_steps"] = stats["env_steps"].float()
+    logs["episode/count"] = stats["episodes"].float()
+    logs["train/temperature"] = stats["temperature"].float()
+    for k, usage in enumerate(stats["emotion_usage"].unbind(-1)):
+        logs[f"emotion/usage_{k}"] = usage
+    for key in SEARCH_STATS:
+        value = stats.get(key, None)
+        if value is not None and bool(torch.isfinite(value)):
+            logs[f"search/{key}"] = value.float()
+    return logs
+
+
+class DiagnosticsSchedule:
+    """When the learner logs :func:`learning_diagnostics`: on the first training batch of a collection, at most
+    once per ``interval`` env steps (on the first collection past each multiple; 0: every collection). Kept in
+    memory, not in checkpoints: a resumed run logs them at its first collection."""
+
+    def __init__(self, interval: int = 0) -> None:
+        self.interval, self.bucket = max(int(interval), 1), None
+
+    def due(self, stats: TensorDictBase) -> bool:
+        """Whether the batch carrying ``stats`` logs them (``emotion_usage`` NaN: a later batch of a collection)."""
+        if bool(stats["emotion_usage"].isnan().all()):
+            return False
+        bucket = int(stats["env_steps"]) // self.interval
+        due, self.bucket = bucket != self.bucket, bucket
+        return due
 
 
 @torch.no_grad()

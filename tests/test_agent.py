@@ -274,6 +274,24 @@ def test_diagnostics_are_off_by_default_and_logged_once_per_collection_when_on(m
     assert "train/phase1_dynamics_loss" in logged and not any(key.startswith("diagnostics/") for key in logged)
 
 
+def test_diagnostics_interval_logs_them_once_per_interval_of_env_steps(monkeypatch, episodes):
+    """``diagnostics_interval=100``: collections at 64, 128, 192, 256 env steps cross 100 and 200, so the
+    diagnostics come at 64 (the first), 128 and 256; with 0, at every collection."""
+    for interval, expected in ((100, [True, True, False, True]), (0, [True] * 4)):
+        agent, _ = _manual_agent(monkeypatch, log_diagnostics=True, diagnostics_interval=interval)
+        seen = []
+        monkeypatch.setattr(
+            agent, "log_dict", lambda logs, seen=seen, **k: seen.append(any("diagnostics/" in n for n in logs))
+        )
+        for env_steps in (64, 128, 192, 256):
+            batch = _batch(episodes)
+            batch["stats", "env_steps"] = torch.tensor(env_steps)
+            seen.clear()
+            agent.train_batch(batch)
+            expected_now = expected.pop(0)
+            assert any(seen) is expected_now, (interval, env_steps)
+
+
 def test_diagnostics_measure_entropy_agreement_and_imagined_bias(episodes):
     agent = make_agent()
     with torch.no_grad():  # emotion 3's action head uniform; all the others identical

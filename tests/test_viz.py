@@ -493,6 +493,24 @@ def test_render_and_tree_commands_read_a_checkpoint(fitted_run, tmp_path, capsys
     assert exit_info.value.code == 2 and "checkpoint not found" in capsys.readouterr().err
 
 
+def test_tree_command_searches_with_the_agents_own_planner(fitted_run, tmp_path, monkeypatch):
+    """The drawn search is the agent's (its root rule, Q transform, ...), with only the flags' settings changed."""
+    import emotion_rl.viz.__main__ as cli_module
+
+    built = []
+
+    def recording(*args, **kwargs):
+        built.append(kwargs)
+        return EmotionMCTS(*args, **kwargs)
+
+    monkeypatch.setattr(cli_module, "EmotionMCTS", recording)
+    ckpt = str(fitted_run / "checkpoints" / "last.ckpt")
+    assert viz.main(["tree", "--ckpt_path", ckpt, "--out", str(tmp_path / "t.png"), "--num_simulations", "9"]) == 0
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
+    assert built[0]["num_simulations"] == 9 and built[0]["root_rule"] == hparams["root_rule"] == "gumbel"
+    assert built[0]["q_transform"] == hparams["q_transform"] and built[0]["c_puct"] == hparams["c_puct"]
+
+
 def test_metrics_nan_cells_are_skipped(tmp_path):
     metrics = tmp_path / "metrics.csv"
     metrics.write_text("step,episode/env_steps,episode/return\n0,64,nan\n1,128,12.0\n")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from emotion_rl.agent import PLANNER_ARGUMENTS
 from emotion_rl.search import EmotionMCTS
 from emotion_rl.viz.episodes import play_episode, render_episode
 from emotion_rl.viz.metrics import has_diagnostics, plot_diagnostics, plot_metrics, read_metrics
@@ -119,15 +120,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         record = play_episode(agent, env_id, seed=args.seed, max_steps=args.step + 1)
         step = min(args.step, record.length - 1)
-        planner = EmotionMCTS(
-            args.num_simulations or agent.planner.num_simulations,
-            agent.planner.c_puct if args.c_puct is None else args.c_puct,
-            agent.planner.max_depth,
-        )
+        settings = {name: agent.hparams[name] for name in PLANNER_ARGUMENTS if name in agent.hparams}
+        settings["num_simulations"] = args.num_simulations or agent.planner.num_simulations
+        settings["c_puct"] = agent.planner.c_puct if args.c_puct is None else args.c_puct
+        planner = EmotionMCTS(**settings)  # the agent's own search (root rule, Q transform, ...) with the flags on top
         result = planner.search(agent.model, record.history(step, window=agent.hparams.get("context_window")))
         title = (
             f"{env_id}, step {step} of a greedy episode (seed {args.seed}): {planner.num_simulations} simulations, "
-            f"c_puct {planner.c_puct:g}\nN visits, Q = W/N (value units), P prior; deeper children with N >= "
+            f"c_puct {planner.c_puct:g}, {settings.get('root_rule', 'puct')} root\n"
+            f"N visits, Q = W/N (value units), P prior; deeper children with N >= "
             f"{args.min_visits}"
         )
         draw_search_tree(result, min_visits=args.min_visits, title=title).savefig(args.out, dpi=args.dpi)

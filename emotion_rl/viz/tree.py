@@ -195,14 +195,23 @@ def plot_search_sweep(
     c_puct: float = 1.0,
     num_simulations: int = 50,
     max_depth: int = 3,
+    **planner_options: object,
 ) -> Figure:
     """How the root visit distribution moves with the number of simulations (at ``c_puct``) and with ``c_puct``
-    (at ``num_simulations``), for one real ``history`` ``[1, T]``: two heat maps, the policy prior as the top row."""
+    (at ``num_simulations``), for one real ``history`` ``[1, T]``: two heat maps, the policy prior as the top row.
+    ``planner_options``: the other :class:`EmotionMCTS` arguments (an agent's ``root_rule``, ``q_transform``...);
+    none: the specification's pUCT search."""
     fig = Figure(figsize=(13, 0.45 * (max(len(simulations), len(c_pucts)) + 1) + 1.8), layout="constrained")
     panels = fig.subplots(1, 2)
     sweeps = (
-        ([f"{n} sims" for n in simulations], [EmotionMCTS(n, c_puct, max_depth) for n in simulations]),
-        ([f"c_puct {c:g}" for c in c_pucts], [EmotionMCTS(num_simulations, c, max_depth) for c in c_pucts]),
+        (
+            [f"{n} sims" for n in simulations],
+            [EmotionMCTS(n, c_puct, max_depth, **planner_options) for n in simulations],
+        ),
+        (
+            [f"c_puct {c:g}" for c in c_pucts],
+            [EmotionMCTS(num_simulations, c, max_depth, **planner_options) for c in c_pucts],
+        ),
     )
     titles = (
         f"Root visit distribution vs simulations (c_puct {c_puct:g})",
