@@ -656,15 +656,18 @@ def launch_at_revision(args: argparse.Namespace, seed: int) -> int:
             result = json.loads((tree / "out" / "cost" / f"emotion_s{seed}.part.json").read_text())
             result.update(variant=variant, revision=args.cost_against)
             (cost_out / f"{variant}_s{seed}.part.json").write_text(json.dumps(result, indent=1))
-    scrub_paths(log)
+        scrub_paths(log, {str(tree): f"<{args.cost_against}>"})
     print(f"{variant} seed {seed}: {'done' if code == 0 else f'FAILED (exit {code}, see {log})'}", flush=True)
     return code
 
 
-def scrub_paths(log: Path) -> None:
-    """Drop this machine's paths from a run's log (warnings name installed files): committed results name none."""
+def scrub_paths(log: Path, names: dict[str, str] | None = None) -> None:
+    """Drop this machine's paths from a run's log (warnings name installed files): committed results name none.
+    ``names`` maps further paths (a revision's temporary tree) to the placeholder that replaces them."""
     site = str(Path(sysconfig.get_paths()["purelib"]))
     text = Path(log).read_text(errors="replace").replace(site, "<site-packages>").replace(f"{ROOT}/", "")
+    for path, name in (names or {}).items():
+        text = text.replace(path, name)
     Path(log).write_text(text)
 
 

@@ -318,3 +318,15 @@ def test_every_speed_section_runs_at_tiny_sizes_and_the_targets_table_reads_them
 def test_the_collection_benchmark_measures_an_in_process_collector(speed):
     args = Namespace(env="CartPole-v1", envs=2, simulations=2, frames=4, steps_per_batch=2)
     assert speed.collection.measure(0, args) > 0
+
+
+def test_scrub_paths_removes_the_installed_files_the_repository_and_a_revision_tree(tmp_path: Path) -> None:
+    import sysconfig
+
+    site = sysconfig.get_paths()["purelib"]
+    log = tmp_path / "run.log"
+    tree = tmp_path / "revision-tree"
+    log.write_text(f"{site}/lightning/cli.py:1: warning\n{learning.ROOT}/configs/base.yaml\n--out {tree}/out\n")
+    learning.scrub_paths(log, {str(tree): "<abc1234>"})
+    text = log.read_text()
+    assert text == "<site-packages>/lightning/cli.py:1: warning\nconfigs/base.yaml\n--out <abc1234>/out\n"
