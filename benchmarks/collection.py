@@ -3,7 +3,7 @@
     python benchmarks/collection.py                 # CartPole-v1, 16 envs, 50 simulations, 1,024 frames per setting
     python benchmarks/collection.py --frames 256 --simulations 8
 
-Each setting builds the collector the way ``EmotionDataModule`` does (``emotion_rl.selfplay.make_collector`` with
+Each setting builds the collector the way ``EmotionDataModule`` does (``emotion_rl.data.selfplay.make_collector`` with
 ``collector_workers`` 0, 1, 2: ``Collector`` in this process, or ``MultiCollector(sync=True)`` with ``16 / workers``
 envs per worker), discards the first batch
 (worker start-up, first searches), then times ``--frames`` more environment steps and reports environment steps per
@@ -22,7 +22,7 @@ import torch
 from torchrl.collectors import Collector, MultiCollector
 
 from emotion_rl import EmotionMCTS, EmotionModel, EmotionPolicy, make_env
-from emotion_rl.selfplay import shutdown_collector
+from emotion_rl.data.selfplay import shutdown_collector
 
 
 def measure(workers: int, args: argparse.Namespace) -> float:

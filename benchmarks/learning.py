@@ -192,7 +192,7 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
     from emotion_rl.cli import main
 
     try:
-        from emotion_rl.rollout import evaluate_policy
+        from emotion_rl.data.rollout import evaluate_policy
     except ImportError:  # before the data package split
         from emotion_rl.data import evaluate_policy
 

@@ -5,9 +5,9 @@ row played together, one planner call per step for all of them):
 
 - ``search``: the agent's configured planner (``agent.make_policy(greedy=True)``: spec 1.3's search, the most
   visited emotion, its action head's argmax; spec 5 steps 1-3);
-- ``prior``: no search, :class:`emotion_rl.planners.PriorPlanner`: the policy head's argmax emotion at the root,
+- ``prior``: no search, :class:`emotion_rl.mcts.planners.PriorPlanner`: the policy head's argmax emotion at the root,
   then that emotion's argmax action;
-- ``emotion_<e>``: :class:`emotion_rl.planners.FixedEmotionPlanner`: always emotion ``e``, its argmax action.
+- ``emotion_<e>``: :class:`emotion_rl.mcts.planners.FixedEmotionPlanner`: always emotion ``e``, its argmax action.
 
 For every row: mean, std (population), min and max return; over the states the ``search`` row visited, the share
 where the search's action differs from the one the prior's argmax emotion would have taken (``action_changed``),
@@ -38,11 +38,11 @@ from pathlib import Path
 
 import torch
 
-from emotion_rl.envs import make_env, probe_env
-from emotion_rl.planners import FixedEmotionPlanner, PriorPlanner
+from emotion_rl.data.envs import make_env, probe_env
+from emotion_rl.data.rollout import play
+from emotion_rl.data.selfplay import acting_changes, search_improvement
+from emotion_rl.mcts.planners import FixedEmotionPlanner, PriorPlanner
 from emotion_rl.policy import EmotionPolicy
-from emotion_rl.rollout import play
-from emotion_rl.selfplay import acting_changes, search_improvement
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_OPTIONS = ("env_kwargs", "env_wrappers", "env_factory")

@@ -7,11 +7,11 @@
 Sections (each measured in this one run, side by side):
 
 1. Planner simulations per second: ``EmotionMCTS(50).search(model, history)`` on a batch of ``B`` environments
-   against the literal reference (``emotion_rl.reference.literal_search``, one environment at a time, a full
+   against the literal reference (``emotion_rl.mcts.reference.literal_search``, one environment at a time, a full
    ``model.evaluate`` per expansion), with the ratio and a check that the root visit counts are identical, both
    on the float32 model that is timed and on a float64 copy of it.
 2. Planner overhead: total search time over the time spent inside its model calls (the fused adapter
-   ``emotion_rl.fused.FusedSearchModel``'s ``search_prefix``, ``children``, ``expand`` and the model's ``heads``;
+   ``mcts.search_model.FusedSearchModel``'s ``search_prefix``, ``children``, ``expand`` and the model's ``heads``;
    nested calls counted once). 1.0 is the physical limit.
 3. Training timesteps per second: the ``timestep`` schedule (spec 2.3's loop) against the ``episode`` schedule,
    both through ``EmotionAgent.train_batch`` with the four Adam optimizers of ``configure_optimizers``.

@@ -22,8 +22,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
 from emotion_rl import testing  # noqa: E402
+from emotion_rl.mcts.search import EmotionMCTS  # noqa: E402
 from emotion_rl.model import EmotionModel  # noqa: E402
-from emotion_rl.search import EmotionMCTS  # noqa: E402
 
 OBS_DIM, N_ACTIONS, N_EMOTIONS = 4, 2, 8  # CartPole-v1
 CARTPOLE_MAX_STEPS = 500  # CartPole-v1's time limit: the agent's context is 500 + 1

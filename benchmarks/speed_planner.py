@@ -26,11 +26,11 @@ from speed_common import (
 )
 from tensordict import TensorDict
 
-from emotion_rl.fused import FusedSearchModel
+from emotion_rl.mcts.reference import literal_search
+from emotion_rl.mcts.search import EmotionMCTS
+from emotion_rl.mcts.search_model import FusedSearchModel
+from emotion_rl.mcts.tree import EdgeArrays, Tree
 from emotion_rl.model import EmotionModel
-from emotion_rl.reference import literal_search
-from emotion_rl.search import EmotionMCTS
-from emotion_rl.tree import EdgeArrays, Tree
 
 
 def bench_planner(sizes: Sizes, results: dict) -> Table:
@@ -54,7 +54,7 @@ def bench_planner(sizes: Sizes, results: dict) -> Table:
             "planner: EmotionMCTS(50).search(model, history) on the whole [envs, T] batch; median of repeated "
             "searches, interleaved with the literal runs (planner, a few literal rows, planner, ...) so that both see "
             "the same machine conditions.",
-            "literal: emotion_rl.reference.literal_search once per environment; 'literal timed' = environments "
+            "literal: emotion_rl.mcts.reference.literal_search once per environment; 'literal timed' = environments "
             "actually timed (k/N: timed on the first k of N rows and scaled per environment to N).",
             "model calls: batched model calls per planner search (the fused adapter's search_prefix at the root, "
             "one children call for the root's 8 children, one expand call per batch of waiting expansions) / full "
@@ -134,7 +134,8 @@ def bench_planner(sizes: Sizes, results: dict) -> Table:
 class ModelCallTimer:
     """Wall-clock timers around the planner's model calls: the fused adapter's entry points and the model's own.
 
-    ``search_model`` is a :class:`~emotion_rl.fused.FusedSearchModel` of ``model`` (what ``EmotionMCTS.search``
+    ``search_model`` is a :class:`~emotion_rl.mcts.search_model.FusedSearchModel`
+    of ``model`` (what ``EmotionMCTS.search``
     builds for an :class:`EmotionModel`) whose ``search_prefix``, ``children`` and ``expand`` are wrapped; the
     model's ``heads`` (the root's, after the prefix) and ``encode_imagined`` are wrapped too. The wrappers are
     instance attributes, so internal calls (``root`` -> ``search_prefix`` + ``heads``, ``children`` ->
@@ -196,7 +197,7 @@ def bench_overhead(sizes: Sizes, results: dict) -> Table:
             "overhead",
         ],
         notes=[
-            "model s = wall time inside the fused adapter's calls (emotion_rl.fused.FusedSearchModel): "
+            "model s = wall time inside the fused adapter's calls (emotion_rl.mcts.search_model.FusedSearchModel): "
             "search_prefix (history encoding and expansion cache) + model.heads (root) + children (the root's 8 "
             "children, one call) + expand (the batched expansions); overhead = search s / model s (1.0 = the "
             "physical limit); sums over the timed searches, per search.",
@@ -262,7 +263,7 @@ def profiled_memory(model: EmotionModel, planner: EmotionMCTS, history: TensorDi
     ``peak``: the maximum over the whole search. ``after_encode``: the maximum during the rest of the search (root
     heads, tree, simulations) above the level live when the fused adapter's ``search_prefix`` returned (the
     history's encoding: its key/value cache). ``tree``: bytes of the returned tree arrays. The search tree's own
-    arrays are numpy arrays (:class:`emotion_rl.tree.Tree`), which the profiler does not see: their bytes
+    arrays are numpy arrays (:class:`emotion_rl.mcts.tree.Tree`), which the profiler does not see: their bytes
     (``numpy``) are added to ``peak`` and ``after_encode``.
     """
     from torch.profiler import ProfilerActivity, profile, record_function

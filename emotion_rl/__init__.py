@@ -15,16 +15,16 @@ The public API, by layer (docs/index.md):
 
 from emotion_rl.agent import EmotionAgent
 from emotion_rl.checkpoint import AtomicCheckpointIO
-from emotion_rl.datamodule import EmotionDataModule
-from emotion_rl.envs import make_env
+from emotion_rl.data.datamodule import EmotionDataModule
+from emotion_rl.data.envs import make_env
+from emotion_rl.data.rollout import play
+from emotion_rl.data.selfplay import closing_collector, shutdown_collector
 from emotion_rl.history import NONE, History
 from emotion_rl.losses import DynamicsLoss, LiteralActionLoss, MaxValueActionLoss, PolicyLoss, ValueLoss
+from emotion_rl.mcts.planners import FixedEmotionPlanner, PriorPlanner
+from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.model import EmotionModel
-from emotion_rl.planners import FixedEmotionPlanner, PriorPlanner
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
-from emotion_rl.rollout import play
-from emotion_rl.search import EmotionMCTS
-from emotion_rl.selfplay import closing_collector, shutdown_collector
 
 __all__ = [
     "NONE",

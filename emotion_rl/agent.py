@@ -17,6 +17,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
+from emotion_rl.data.reanalyze import reanalyze
 from emotion_rl.diagnostics import DiagnosticsSchedule, collection_metrics, learning_diagnostics
 from emotion_rl.losses import (
     ActionLoss,
@@ -29,10 +30,9 @@ from emotion_rl.losses import (
     action_loss_class,
     step_weight,
 )
+from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.model import EmotionModel
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
-from emotion_rl.reanalyze import reanalyze
-from emotion_rl.search import EmotionMCTS
 
 PLANNER_ARGUMENTS = tuple(inspect.signature(EmotionMCTS).parameters)
 """The agent's hyper-parameters that configure its planner: every argument of :class:`EmotionMCTS`."""
@@ -232,7 +232,7 @@ class EmotionAgent(L.LightningModule):
 
     def reanalyze(self, episodes: TensorDict, chunk: int = 256) -> Tensor:
         """Fresh search targets ``[B, L, E]`` for stored episodes with the current model
-        (:func:`~emotion_rl.reanalyze.reanalyze`)."""
+        (:func:`~emotion_rl.data.reanalyze.reanalyze`)."""
         return reanalyze(self.planner, self.model, episodes, chunk)
 
     # ------------------------------------------------------------------ one update (spec 2.3)

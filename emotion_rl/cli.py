@@ -36,7 +36,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from emotion_rl.agent import EmotionAgent
 from emotion_rl.checkpoint import AtomicCheckpointIO, CheckpointError, find_last_checkpoint, load_checkpoint
-from emotion_rl.datamodule import EmotionDataModule
+from emotion_rl.data.datamodule import EmotionDataModule
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig

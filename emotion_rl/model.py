@@ -3,7 +3,7 @@
 Token ``i`` is ``(a_{i-1}, e_{i-1}, r_{i-1}, s_i)`` (decision 13), so one causal pass gives at every ``t`` the
 ``h_t`` inference computes at step ``t``. An imagined state is the real history plus ONE imagined token
 (decision 5): :meth:`EmotionModel.encode` keeps every layer's keys and values, :meth:`EmotionModel.encode_imagined`
-runs imagined tokens against them. The planner's fused form of the same computation is in ``fused.py``.
+runs imagined tokens against them. The planner's fused form of the same computation is in ``mcts/search_model.py``.
 """
 
 from __future__ import annotations

@@ -125,14 +125,15 @@ class EmotionPolicy(TensorDictModuleBase):
             episode that outgrows it slides: the oldest step is dropped (decision 15).
         generator: ``torch.Generator`` for the emotion and action draws and the search's (default: global RNG).
 
-    In keys: ``observation``, ``is_init`` (``InitTracker``), ``prev_reward`` (:class:`~emotion_rl.envs.PreviousReward`).
+    In keys: ``observation``, ``is_init`` (``InitTracker``), ``prev_reward``
+    (:class:`~emotion_rl.data.envs.PreviousReward`).
     Out keys: ``action``, ``emotion`` (long [*B]), ``visit_distribution`` (float [*B, E]), ``visit_counts``,
     ``prior`` (float [*B, E]; the self-play stream compares it with the visits, see
-    :class:`~emotion_rl.selfplay.CollectionStats`), ``action_changed`` (bool [*B]): the greedy action of the
+    :class:`~emotion_rl.data.selfplay.CollectionStats`), ``action_changed`` (bool [*B]): the greedy action of the
     emotion acted on, ``argmax_a action_logits[emotion, a]``, differs from the greedy action of the prior's argmax
     emotion, ``argmax_a action_logits[argmax_e prior[e], a]`` (both at the root, ties to the lowest index). It says
     whether choosing the emotion (search and temperature draw) changed what the agent would do, whatever action
-    was then drawn; :class:`~emotion_rl.selfplay.CollectionStats` averages it into ``search/action_changed``.
+    was then drawn; :class:`~emotion_rl.data.selfplay.CollectionStats` averages it into ``search/action_changed``.
     ``predicted_observation`` (float [*B, obs]): the next state the planner imagined for the emotion acted on, its
     root ``dynamics[emotion]`` (NaN when the planner returns no ``dynamics``); the data side measures the model's
     surprise with it (``EpisodeAssembler``'s novelty).
@@ -298,7 +299,7 @@ class EmotionPolicy(TensorDictModuleBase):
         if "prev_reward" not in td.keys():
             raise KeyError(
                 "EmotionPolicy needs 'prev_reward' (the reward of the previous step) in its input: add "
-                "emotion_rl.envs.PreviousReward() to the env's transforms (make_env does)"
+                "emotion_rl.data.envs.PreviousReward() to the env's transforms (make_env does)"
             )
         if "is_init" not in td.keys():
             raise KeyError("EmotionPolicy needs 'is_init' in its input: add torchrl's InitTracker() to the env")

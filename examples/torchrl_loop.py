@@ -11,10 +11,10 @@ the observation alone (a cheap amortised planner; the cross-entropy loss of spec
     python examples/torchrl_loop.py --workers 2           # collect in 2 worker processes (MultiCollector)
 
 The environment needs two transforms the policy reads: torchrl's ``InitTracker`` (``is_init``: start a new history)
-and :class:`emotion_rl.envs.PreviousReward` (``prev_reward``: the reward of the previous step, which completes the
+and :class:`emotion_rl.data.envs.PreviousReward` (``prev_reward``: the reward of the previous step, which completes the
 previous history entry). :func:`emotion_rl.make_env` adds both; with your own env, wrap it as shown in ``build_env``.
 
-The collector is closed with :func:`emotion_rl.selfplay.closing_collector`: TorchRL 0.14's ``MultiCollector`` leaves
+The collector is closed with :func:`emotion_rl.closing_collector`: TorchRL 0.14's ``MultiCollector`` leaves
 its weight-sync scheme to a finaliser that, at interpreter exit, starts a thread that never ends, so a script that
 does not close the scheme itself hangs when it finishes.
 """
@@ -32,8 +32,8 @@ from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import Compose, EnvBase, GymEnv, InitTracker, SerialEnv, TransformedEnv
 
 from emotion_rl import EmotionMCTS, EmotionModel, EmotionPolicy, TemperatureSchedule
-from emotion_rl.envs import PreviousReward
-from emotion_rl.selfplay import closing_collector
+from emotion_rl.data.envs import PreviousReward
+from emotion_rl.data.selfplay import closing_collector
 
 
 def build_env(env_id: str, num_envs: int, seed: int) -> EnvBase:

@@ -17,13 +17,13 @@ import time
 import torch
 from torchrl.collectors import Collector
 
-from emotion_rl.envs import make_env, probe_env
-from emotion_rl.episodes import EpisodeAssembler
+from emotion_rl.data.envs import make_env, probe_env
+from emotion_rl.data.episodes import EpisodeAssembler
+from emotion_rl.data.replay import EpisodeReplay
 from emotion_rl.losses import DynamicsLoss, MaxValueActionLoss, PolicyLoss, ValueLoss
+from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.model import EmotionModel
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
-from emotion_rl.replay import EpisodeReplay
-from emotion_rl.search import EmotionMCTS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

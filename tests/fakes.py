@@ -13,8 +13,8 @@ from torchrl.collectors import Collector
 from torchrl.data import Composite, OneHot, Unbounded
 from torchrl.envs import EnvBase
 
-from emotion_rl.envs import make_env
-from emotion_rl.episodes import EpisodeAssembler
+from emotion_rl.data.envs import make_env
+from emotion_rl.data.episodes import EpisodeAssembler
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
 
 

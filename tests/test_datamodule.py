@@ -12,10 +12,10 @@ import torch
 from tensordict import TensorDict
 
 from emotion_rl.cli import main
-from emotion_rl.datamodule import EmotionDataModule
+from emotion_rl.data.datamodule import EmotionDataModule
+from emotion_rl.data.selfplay import CollectionStats, SelfPlayCounters, search_improvement
 from emotion_rl.history import EPISODE_KEYS
 from emotion_rl.policy import EmotionPolicy
-from emotion_rl.selfplay import CollectionStats, SelfPlayCounters, search_improvement
 
 from conftest import CONFIG, TINY
 from fakes import COUNTER_ID, UNBOUNDED_ID, A, E, FakeAgent, FakeModel, FakePlanner, fake_policy, make_episodes

@@ -24,15 +24,15 @@ from emotion_rl import EmotionAgent, testing
 from emotion_rl.agent import PHASES
 from emotion_rl.checkpoint import AtomicCheckpointIO, load_checkpoint
 from emotion_rl.cli import main
-from emotion_rl.envs import make_env
-from emotion_rl.episodes import EpisodeAssembler
+from emotion_rl.data.envs import make_env
+from emotion_rl.data.episodes import EpisodeAssembler
+from emotion_rl.data.replay import EpisodeReplay
+from emotion_rl.data.rollout import play
+from emotion_rl.data.selfplay import SelfPlayCounters, make_collector, self_play
 from emotion_rl.history import History
+from emotion_rl.mcts.search import EmotionMCTS
+from emotion_rl.mcts.tree import host_arrays, to_numpy
 from emotion_rl.model import EmotionModel
-from emotion_rl.replay import EpisodeReplay
-from emotion_rl.rollout import play
-from emotion_rl.search import EmotionMCTS
-from emotion_rl.selfplay import SelfPlayCounters, make_collector, self_play
-from emotion_rl.tree import host_arrays, to_numpy
 
 from conftest import CONFIG, N_ACTIONS, N_EMOTIONS, OBS_DIM, TINY
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emotion_rl.fused import FusedSearchModel, PlainSearchModel
 from emotion_rl.losses import (
     AssignedActionLoss,
     ImprovementActionLoss,
@@ -20,6 +19,7 @@ from emotion_rl.losses import (
     head_information,
     imagined_next,
 )
+from emotion_rl.mcts.search_model import FusedSearchModel, PlainSearchModel
 from emotion_rl.model import EmotionModel
 
 from conftest import N_ACTIONS, N_EMOTIONS, OBS_DIM, random_episodes, random_history

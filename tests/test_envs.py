@@ -10,7 +10,7 @@ import torch
 from torchrl.envs import Compose, GymEnv, InitTracker, TransformedEnv
 
 from emotion_rl.cli import main
-from emotion_rl.envs import MissingDependencyError, PreviousReward, make_env, probe_env
+from emotion_rl.data.envs import MissingDependencyError, PreviousReward, make_env, probe_env
 
 from fakes import COUNTER_ID, IMAGE_ID, MODULE_ID, UNBOUNDED_ID
 

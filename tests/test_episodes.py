@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emotion_rl.episodes import EpisodeAssembler, discounted_returns
+from emotion_rl.data.episodes import EpisodeAssembler, discounted_returns
 from emotion_rl.history import EPISODE_KEYS
 
 from fakes import COUNTER_ID, E, collect, synthetic_batch

@@ -7,7 +7,7 @@ import torch
 from tensordict import TensorDict
 
 from emotion_rl import EmotionModel
-from emotion_rl.fused import FusedSearchModel, PlainSearchModel, encoding_cache
+from emotion_rl.mcts.search_model import FusedSearchModel, PlainSearchModel, encoding_cache
 
 from conftest import N_ACTIONS, N_EMOTIONS, OBS_DIM, random_history
 
@@ -155,7 +155,7 @@ def test_invalid_sizes_are_refused():
         EmotionModel(4, 2, d_model=10, n_heads=4)
 
 
-# ------------------------------------------------------------ the planner's fused path (spec 1.4, 1.5): fused.py
+# ------------------------------------------------------------ the planner's fused path (spec 1.4, 1.5)
 def padded_history():
     """Five right-padded histories of lengths 1..7 (garbage past the mask) for the expansion-path tests."""
     history = random_history(5, 7, seed=3)

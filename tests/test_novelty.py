@@ -10,9 +10,9 @@ import torch
 from tensordict import TensorDict
 
 from emotion_rl import EmotionDataModule, EmotionMCTS, EmotionModel, EmotionPolicy
-from emotion_rl.envs import make_env
-from emotion_rl.episodes import EpisodeAssembler, discounted_returns, surprise
-from emotion_rl.selfplay import CollectionStats, SelfPlayCounters
+from emotion_rl.data.envs import make_env
+from emotion_rl.data.episodes import EpisodeAssembler, discounted_returns, surprise
+from emotion_rl.data.selfplay import CollectionStats, SelfPlayCounters
 
 from fakes import synthetic_batch
 

@@ -10,10 +10,10 @@ from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.data import Categorical, OneHot
 
-from emotion_rl.envs import make_env
+from emotion_rl.data.envs import make_env
+from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.model import EmotionModel
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule, select_emotion
-from emotion_rl.search import EmotionMCTS
 
 from fakes import FakeModel, FakePlanner, register_counter
 

@@ -7,8 +7,8 @@ import io
 import pytest
 import torch
 
+from emotion_rl.data.replay import EpisodeReplay
 from emotion_rl.history import EPISODE_KEYS
-from emotion_rl.replay import EpisodeReplay
 
 from fakes import make_episodes
 

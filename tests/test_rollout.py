@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from emotion_rl.envs import make_env
-from emotion_rl.rollout import evaluate_policy, play
+from emotion_rl.data.envs import make_env
+from emotion_rl.data.rollout import evaluate_policy, play
 
 from fakes import COUNTER_ID, A, fake_policy
 

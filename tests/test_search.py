@@ -1,6 +1,6 @@
-"""The batched emotion MCTS (``emotion_rl.search.EmotionMCTS``) against the literal, node-by-node reference.
+"""The batched emotion MCTS (``emotion_rl.mcts.search.EmotionMCTS``) against the literal, node-by-node reference.
 
-The reference (``emotion_rl.reference.literal_search``) transcribes spec 1.3-1.5 with decisions 1-5; every search
+The reference (``emotion_rl.mcts.reference.literal_search``) transcribes spec 1.3-1.5 with decisions 1-5; every search
 here runs on small random models in float64, so that the two implementations must agree on every visit count. A
 few tests use hand-made models (constant prior and values) whose search can be worked out on paper, so the UCB
 readings (decisions 1-3) are checked independently of the reference.
@@ -15,9 +15,9 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from emotion_rl.mcts.reference import append_imagined_state, literal_search
+from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.model import EmotionModel
-from emotion_rl.reference import append_imagined_state, literal_search
-from emotion_rl.search import EmotionMCTS
 
 OBS_DIM = 5
 N_ACTIONS = 3

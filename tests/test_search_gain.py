@@ -1,4 +1,4 @@
-"""The planners without search (emotion_rl.planners), the action_changed statistic the policy writes and the
+"""The planners without search (emotion_rl.mcts.planners), the action_changed statistic the policy writes and the
 self-play stream averages, and benchmarks/search_gain.py end to end on a tiny checkpoint."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from torchrl.collectors import Collector
 
 from emotion_rl import FixedEmotionPlanner, PriorPlanner
 from emotion_rl.cli import main as cli_main
-from emotion_rl.envs import make_env
+from emotion_rl.data.envs import make_env
+from emotion_rl.data.selfplay import CollectionStats, SelfPlayCounters, acting_changes
 from emotion_rl.policy import EmotionPolicy
-from emotion_rl.selfplay import CollectionStats, SelfPlayCounters, acting_changes
 
 from conftest import CONFIG, TINY
 from fakes import FakeModel

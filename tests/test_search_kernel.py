@@ -1,4 +1,4 @@
-"""The compiled simulation loop (``emotion_rl/search_kernel.py``) against the numpy loop of ``EmotionMCTS``.
+"""The compiled simulation loop (``emotion_rl/mcts/loop.py``) against the numpy loop of ``EmotionMCTS``.
 
 The two must build the same trees: every array equal (``np.array_equal``, not close), the same search outputs, and
 the model called as often and with the same batched input. Random tiny models in float32 and float64, padded
@@ -22,12 +22,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import emotion_rl.search as search_module
+import emotion_rl.mcts.search as search_module
 from emotion_rl import EmotionMCTS, EmotionModel
-from emotion_rl import search_kernel as kernel
-from emotion_rl.fused import FusedSearchModel
-from emotion_rl.search_rules import GumbelRoot, Rules, completion, halving_schedule, make_rules
-from emotion_rl.tree import SLOTS, VISITS_PLUS_ONE, EdgeArrays, Tree
+from emotion_rl.mcts import loop as kernel
+from emotion_rl.mcts.rules import GumbelRoot, Rules, completion, halving_schedule, make_rules
+from emotion_rl.mcts.search_model import FusedSearchModel
+from emotion_rl.mcts.tree import SLOTS, VISITS_PLUS_ONE, EdgeArrays, Tree
 
 from conftest import N_ACTIONS, OBS_DIM, random_history
 
@@ -641,7 +641,7 @@ def test_without_numba_the_numpy_loop_runs(monkeypatch, count_compiled):
     model, history = tiny_model(5, torch.float32), padded_history(4, 5, 5, torch.float32, masked=True)
     compiled = EmotionMCTS(20, q_transform="completed").search(model, history)
     before = count_compiled[0]
-    monkeypatch.setitem(sys.modules, "emotion_rl.search_kernel", None)  # the import fails
+    monkeypatch.setitem(sys.modules, "emotion_rl.mcts.loop", None)  # the import fails
     fallback = EmotionMCTS(20, q_transform="completed").search(model, history)
     assert before > 0 and count_compiled[0] == before
     assert torch.equal(compiled["visit_counts"], fallback["visit_counts"])

@@ -15,9 +15,9 @@ import torch
 from tensordict import TensorDict
 from test_search import constant_model, make_history, make_model
 
+from emotion_rl.mcts.rules import halving_schedule
+from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.policy import EmotionPolicy
-from emotion_rl.search import EmotionMCTS
-from emotion_rl.search_rules import halving_schedule
 
 from fakes import FakeModel, FakePlanner
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emotion_rl import EmotionMCTS, EmotionModel
-from emotion_rl.reference import literal_search
+from emotion_rl.mcts.reference import literal_search
 
 from conftest import N_ACTIONS, OBS_DIM, random_history
 

@@ -14,10 +14,10 @@ from collections import Counter
 import pytest
 import torch
 
-import emotion_rl.search as search_module
+import emotion_rl.mcts.search as search_module
 from emotion_rl import EmotionMCTS, EmotionModel
-from emotion_rl.fused import FusedSearchModel
-from emotion_rl.reference import literal_search
+from emotion_rl.mcts.reference import literal_search
+from emotion_rl.mcts.search_model import FusedSearchModel
 
 from conftest import N_ACTIONS, OBS_DIM, random_history
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from emotion_rl.envs import make_env
-from emotion_rl.rollout import evaluate_policy
+from emotion_rl.data.envs import make_env
+from emotion_rl.data.rollout import evaluate_policy
 from emotion_rl.viz import load_agent
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "cartpole.ckpt"

@@ -15,7 +15,7 @@ from torchrl.collectors import Collector, MultiCollector
 from torchrl.envs import Compose, GymEnv, InitTracker, ParallelEnv, SerialEnv, StepCounter, TransformedEnv
 
 from emotion_rl import EmotionMCTS, EmotionModel, EmotionPolicy
-from emotion_rl.envs import PreviousReward
+from emotion_rl.data.envs import PreviousReward
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,10 +15,10 @@ from test_losses import make_model as make_loss_model
 from test_search import constant_model, make_history, make_model
 
 from emotion_rl import EmotionAgent
-from emotion_rl.fused import PlainSearchModel
 from emotion_rl.losses import MaxValueActionLoss, ValueLoss
+from emotion_rl.mcts.search import EmotionMCTS
+from emotion_rl.mcts.search_model import PlainSearchModel
 from emotion_rl.model import EmotionModel, state_value
-from emotion_rl.search import EmotionMCTS
 
 from conftest import N_ACTIONS, random_episodes
 

@@ -21,9 +21,9 @@ from tensordict import TensorDict
 
 from emotion_rl import EmotionAgent, EmotionMCTS, cli, viz
 from emotion_rl.cli import add_tensorboard, tensorboard_available
-from emotion_rl.envs import make_env
-from emotion_rl.episodes import discounted_returns
-from emotion_rl.rollout import play
+from emotion_rl.data.envs import make_env
+from emotion_rl.data.episodes import discounted_returns
+from emotion_rl.data.rollout import play
 from emotion_rl.viz import (
     draw_search_tree,
     episode_outputs,

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from emotion_rl.agent import PLANNER_ARGUMENTS
-from emotion_rl.search import EmotionMCTS
+from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.viz.episodes import play_episode, render_episode
 from emotion_rl.viz.metrics import has_diagnostics, plot_diagnostics, plot_metrics, read_metrics
 from emotion_rl.viz.tree import draw_search_tree

@@ -1,6 +1,6 @@
 """Episodes played by an agent: recording them, GIFs, and what the model's heads said at every step (spec 2.1).
 
-Episodes are played through :func:`emotion_rl.rollout.play` (TorchRL's rollout over :func:`make_env`'s env); a
+Episodes are played through :func:`emotion_rl.data.rollout.play` (TorchRL's rollout over :func:`make_env`'s env); a
 rendered episode keeps gymnasium's ``rgb_array`` frame of the state each step acted in.
 """
 
@@ -23,10 +23,10 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError(f"emotion_rl.viz needs pillow ({error}); install it with: pip install -e '.[viz]'") from error
 
-from emotion_rl.envs import make_env
-from emotion_rl.episodes import discounted_returns
+from emotion_rl.data.envs import make_env
+from emotion_rl.data.episodes import discounted_returns
+from emotion_rl.data.rollout import play
 from emotion_rl.history import NONE, window_index
-from emotion_rl.rollout import play
 from emotion_rl.viz.style import CARTPOLE_OBSERVATION, Figure, emotion_color
 
 __all__ = [
@@ -123,7 +123,7 @@ def play_episode(
     render: bool = False,
 ) -> EpisodeRecord:
     """Play one episode of ``env_id`` (seeded by ``seed``) with the agent's planner (spec 5: search, emotion,
-    action at every step), through :func:`emotion_rl.rollout.play`.
+    action at every step), through :func:`emotion_rl.data.rollout.play`.
 
     ``greedy``: argmax emotion and action (the evaluation policy); otherwise the agent's temperature and action
     sampling, seeded by ``seed``. The episode ends at termination, at the env's time limit, or after

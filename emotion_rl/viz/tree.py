@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tensordict import TensorDictBase
 
-from emotion_rl.search import EmotionMCTS
+from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.viz.style import Figure, emotion_color
 
 __all__ = ["SearchEdge", "draw_search_tree", "plot_search_sweep", "plot_visits_vs_prior", "search_edges"]

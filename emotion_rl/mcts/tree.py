@@ -34,7 +34,7 @@ class Expansion(NamedTuple):
 
 
 class SearchModel(Protocol):
-    """What the planner asks of a model (``fused.py`` adapts :class:`~emotion_rl.model.EmotionModel`)."""
+    """What the planner asks of a model (``mcts/search_model.py`` adapts :class:`~emotion_rl.model.EmotionModel`)."""
 
     def root(self, history: TensorDictBase) -> tuple[Expansion, Any]:
         """Outputs ``[N]`` at each history's last step (batch flattened) and a state the expansions read."""

@@ -18,11 +18,11 @@ from torchrl.collectors import MultiCollector
 from torchrl.envs import EnvBase
 
 from emotion_rl.checkpoint import CheckpointError, rng_state, set_rng_state
-from emotion_rl.envs import make_env, probe_env
-from emotion_rl.episodes import EpisodeAssembler
-from emotion_rl.replay import WINDOW_WEIGHTINGS, EpisodeReplay
-from emotion_rl.rollout import evaluate_policy
-from emotion_rl.selfplay import (
+from emotion_rl.data.envs import make_env, probe_env
+from emotion_rl.data.episodes import EpisodeAssembler
+from emotion_rl.data.replay import WINDOW_WEIGHTINGS, EpisodeReplay
+from emotion_rl.data.rollout import evaluate_policy
+from emotion_rl.data.selfplay import (
     Reanalyzer,
     SelfPlayAgent,
     SelfPlayCounters,
@@ -278,7 +278,7 @@ class EmotionDataModule(LightningDataModule):
             )
 
     def make_env(self, num_envs: int, seed: int | None = None) -> EnvBase:
-        """``num_envs`` envs of this datamodule's env and time limit (:func:`~emotion_rl.envs.make_env`)."""
+        """``num_envs`` envs of this datamodule's env and time limit (:func:`~emotion_rl.data.envs.make_env`)."""
         return self._env_maker()(num_envs, seed=seed)
 
     def _env_maker(self) -> Callable[..., EnvBase]:

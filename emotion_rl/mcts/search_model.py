@@ -1,4 +1,4 @@
-"""The planner's view of an :class:`EmotionModel`: the :class:`~emotion_rl.tree.SearchModel` protocol, two ways.
+"""The planner's view of an :class:`EmotionModel`: the :class:`~emotion_rl.mcts.tree.SearchModel` protocol, two ways.
 
 :class:`FusedSearchModel` (the default, :func:`as_search_model`) encodes the history once per search, keeps the
 keys and values in a layout for batched matrix products and runs each expansion as one imagined token through
@@ -18,8 +18,8 @@ from tensordict import TensorDictBase
 from torch import Tensor
 
 from emotion_rl.history import History
+from emotion_rl.mcts.tree import Expansion, SearchModel
 from emotion_rl.model import EmotionModel, Encoding
-from emotion_rl.tree import Expansion, SearchModel
 
 __all__ = ["ExpansionCache", "FusedSearchModel", "PlainSearchModel", "as_search_model"]
 
@@ -152,7 +152,7 @@ def encoding_cache(model: EmotionModel, encoding: Encoding) -> ExpansionCache:
 
 
 class FusedSearchModel:
-    """The fused fast path of an :class:`EmotionModel` for the planner (:class:`~emotion_rl.tree.SearchModel`)."""
+    """The fused fast path of an :class:`EmotionModel` for the planner (:class:`~emotion_rl.mcts.tree.SearchModel`)."""
 
     def __init__(self, model: EmotionModel) -> None:
         self.model = model

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emotion_rl.tree import EdgeArrays, Tree
+from emotion_rl.mcts.tree import EdgeArrays, Tree
 
 QTransform = Callable[[Tree, EdgeArrays, np.ndarray], np.ndarray]
 """``(tree, edges at the nodes, nodes) -> [n, E]`` values the selection rule reads as ``Q``."""

@@ -4,8 +4,8 @@ Each environment runs its own simulations in the spec's order; environments need
 each environment not waiting for the model runs one selection (:func:`simulate`); a simulation that ends without
 an expansion is backed up at once (:func:`backward`), one that needs an expansion waits, and once most
 environments wait one batched model call expands them all (:func:`expand`). The rules a selection applies are
-plain functions (``search_rules.py``); the model is reached through the ``SearchModel`` protocol (``fused.py``).
-The same rounds also run compiled (``search_kernel.py``, numba), with identical trees, whenever the rules are
+plain functions (``rules.py``); the model is reached through the ``SearchModel`` protocol (``search_model.py``).
+The same rounds also run compiled (``mcts/loop.py``, numba), with identical trees, whenever the rules are
 deterministic (either root: pUCT or Gumbel); the numpy loop here is the path for random ties and the compiled
 loop's reference.
 docs/search.md explains the schedule, the root prefetch, the two loops and the cost model.
@@ -21,14 +21,14 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 
-from emotion_rl.fused import as_search_model
 from emotion_rl.history import History
+from emotion_rl.mcts.rules import GumbelRoot, Rules, dirichlet_noise, make_rules
+from emotion_rl.mcts.search_model import as_search_model
+from emotion_rl.mcts.tree import NodeOutputs, SearchModel, Tree
 from emotion_rl.model import EmotionModel, check_value_readout
-from emotion_rl.search_rules import GumbelRoot, Rules, dirichlet_noise, make_rules
-from emotion_rl.tree import NodeOutputs, SearchModel, Tree
 
 if TYPE_CHECKING:  # numba is imported by the first search only
-    from emotion_rl.search_kernel import KernelRules
+    from emotion_rl.mcts.loop import KernelRules
 
 __all__ = ["EmotionMCTS"]
 
@@ -149,7 +149,7 @@ class EmotionMCTS:
 
     Attributes:
         kernel: which simulation loop runs (not a constructor argument, so not an agent hyper-parameter). None
-            (default): the compiled one (``search_kernel.py``) whenever it computes the rules (pUCT, every Q
+            (default): the compiled one (``mcts/loop.py``) whenever it computes the rules (pUCT, every Q
             transform, the lowest-index tie break; the pUCT or the Gumbel root) and numba imports, else numpy;
             True: the compiled one (an error where it does not apply); False: numpy. Both give the same trees.
     """
@@ -298,7 +298,7 @@ class EmotionMCTS:
         A root child's expansion uses ``root_children`` when prefetched; any other expansion waits until the
         next batched model call, made once ``WAIT_FRACTION`` of the environments still searching wait.
         ``root_rule`` chooses each simulation's root emotion (the Gumbel root) instead of the selection rule.
-        With deterministic rules the rounds run compiled (:attr:`kernel`, ``search_kernel.py``), the same trees.
+        With deterministic rules the rounds run compiled (:attr:`kernel`, ``mcts/loop.py``), the same trees.
         """
         compiled = self._compiled_rules(root_rule)
         if compiled is not None:
@@ -351,7 +351,7 @@ class EmotionMCTS:
         if self.kernel is False:
             return None
         try:
-            from emotion_rl.search_kernel import kernel_root, kernel_rules
+            from emotion_rl.mcts.loop import kernel_root, kernel_rules
         except ImportError:  # numba missing or broken: the numpy loop computes the same trees
             if self.kernel:
                 raise
@@ -377,7 +377,7 @@ class EmotionMCTS:
         """:meth:`run_simulations` on the compiled kernel (spec 1.2 selection, 1.4 simulation and backup, the
         Gumbel root's choices): it runs the numpy loop's rounds and stops exactly where that loop calls the model,
         with the same batched input."""
-        from emotion_rl.search_kernel import CompiledLoop
+        from emotion_rl.mcts.loop import CompiledLoop
 
         loop = CompiledLoop(tree, self.num_simulations, self.max_depth, rules, root_children, root_rule)
         outputs = None

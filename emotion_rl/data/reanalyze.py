@@ -6,8 +6,8 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
+from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.model import EmotionModel
-from emotion_rl.search import EmotionMCTS
 
 __all__ = ["reanalyze"]
 

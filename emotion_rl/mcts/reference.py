@@ -13,7 +13,7 @@ full model call per expansion, together with decisions 1-5:
 5. The imagined sequence is the real sequence plus ONE imagined state (never the chain along the path).
 
 It is deliberately slow and deliberately simple: no batching, no caching, no vectorisation. It exists so that
-the batched planner (:class:`emotion_rl.search.EmotionMCTS`) can be checked against an implementation whose
+the batched planner (:class:`emotion_rl.mcts.search.EmotionMCTS`) can be checked against an implementation whose
 correctness can be read off the spec, and so that benchmarks have a baseline. Do not optimise it.
 """
 

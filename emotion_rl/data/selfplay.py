@@ -15,8 +15,8 @@ from tensordict.nn import TensorDictModuleBase
 from torchrl.collectors import Collector, MultiCollector
 from torchrl.envs import EnvBase
 
-from emotion_rl.episodes import EpisodeAssembler, surprise
-from emotion_rl.replay import EpisodeReplay
+from emotion_rl.data.episodes import EpisodeAssembler, surprise
+from emotion_rl.data.replay import EpisodeReplay
 
 __all__ = [
     "CollectionStats",

@@ -1,4 +1,4 @@
-"""The simulation loop of :class:`~emotion_rl.search.EmotionMCTS` compiled with numba: the same trees, fewer rounds.
+"""The simulation loop of :class:`~emotion_rl.mcts.search.EmotionMCTS` compiled with numba.
 
 Environments never interact, and a simulation needs the model only to expand a node below the root's children
 (those are prefetched, spec 1.4 with ``prefetch_root``). So :func:`run_rounds` runs the numpy loop's rounds for
@@ -11,7 +11,7 @@ float32 tree is computed in float32, never promoted), so the trees are identical
 
 Only the deterministic rules are compiled: pUCT (decision 1), every Q transform of ``search_rules.make_rules``
 and the lowest-index tie break (decision 3), below either root: pUCT or the Gumbel root
-(:class:`~emotion_rl.search_rules.GumbelRoot`, whose draws are made in numpy before the simulations and handed
+(:class:`~emotion_rl.mcts.rules.GumbelRoot`, whose draws are made in numpy before the simulations and handed
 in). Random ties stay on the numpy path.
 """
 
@@ -22,14 +22,14 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from emotion_rl import tree as tree_module
-from emotion_rl.search_rules import GumbelRoot, Rules, completed_q, literal_q, lowest_index, min_max, puct
-from emotion_rl.tree import NodeOutputs, Tree
+from emotion_rl.mcts import tree as tree_module
+from emotion_rl.mcts.rules import GumbelRoot, Rules, completed_q, literal_q, lowest_index, min_max, puct
+from emotion_rl.mcts.tree import NodeOutputs, Tree
 
 __all__ = ["CompiledLoop", "KernelRules", "kernel_root", "kernel_rules"]
 
 Q, EXPLORE, VISITS_PLUS_ONE, VALUE_SUM, C_PRIOR = range(5)
-"""The rows of a node's edge block, as ``tree.py`` packs them. Written out here because numba's cache is keyed
+"""The rows of a node's edge block, as ``mcts/tree.py`` packs them. Written out here because numba's cache is keyed
 on this file only: a change of the packing must change this file too (checked below), or a cached kernel
 would keep reading the old one."""
 if (Q, EXPLORE, VISITS_PLUS_ONE, VALUE_SUM, C_PRIOR) != (
@@ -39,12 +39,12 @@ if (Q, EXPLORE, VISITS_PLUS_ONE, VALUE_SUM, C_PRIOR) != (
     tree_module.VALUE_SUM,
     tree_module.C_PRIOR,
 ):
-    raise RuntimeError("emotion_rl.tree packs the edges differently from what search_kernel.py was written for")
+    raise RuntimeError("emotion_rl.mcts.tree packs the edges differently from what mcts/loop.py was written for")
 
 
 @dataclass(frozen=True)
 class KernelRules:
-    """What the kernel needs to know of a :class:`~emotion_rl.search_rules.Rules`: the Q transform's parts."""
+    """What the kernel needs to know of a :class:`~emotion_rl.mcts.rules.Rules`: the Q transform's parts."""
 
     completed: bool  # unvisited children read their completion instead of 0 (``completed_q``)
     by_parent: bool  # the completion is the node's value, not the child's stored value
@@ -53,7 +53,7 @@ class KernelRules:
 
 def kernel_rules(rules: Rules) -> KernelRules | None:
     """The compiled form of ``rules``, or None when the kernel does not compute them (random ties, a rule that
-    :func:`~emotion_rl.search_rules.make_rules` does not build)."""
+    :func:`~emotion_rl.mcts.rules.make_rules` does not build)."""
     if rules.random or rules.selection is not puct or rules.tie_break is not lowest_index:
         return None
     transform = rules.q_transform
