@@ -8,7 +8,6 @@ once per batch of whole episodes or windows; ``schedule="timestep"`` is spec 2.3
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
@@ -30,12 +29,23 @@ from emotion_rl.losses import (
     action_loss_class,
     step_weight,
 )
+from emotion_rl.mcts.rules import GumbelRoot, PUCTRoot
 from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.model import EmotionModel
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
 
-PLANNER_ARGUMENTS = tuple(inspect.signature(EmotionMCTS).parameters)
-"""The agent's hyper-parameters that configure its planner: every argument of :class:`EmotionMCTS`."""
+
+def planner_of(hparams) -> EmotionMCTS:  # noqa: ANN001 - the agent's hparams
+    """The planner the agent's search settings describe."""
+    if hparams["value_readout"] != "mean" or hparams["tie_break"] != "lowest":
+        raise ValueError("value_readout and tie_break other than 'mean' and 'lowest' are no longer supported")
+    if hparams["root_rule"] == "gumbel":
+        root = GumbelRoot(hparams["gumbel_considered"], hparams["gumbel_c_visit"], hparams["gumbel_c_scale"])
+    else:
+        root = PUCTRoot(hparams["dirichlet_alpha"], hparams["dirichlet_fraction"])
+    names = ("num_simulations", "c_puct", "max_depth", "q_transform", "completed_value")
+    return EmotionMCTS(**{name: hparams[name] for name in names}, root_rule=root)
+
 
 PHASES = ("dynamics", "action", "value", "policy")
 """Optimizer order (spec 2.3): phase 1 dynamics, 2 action, 3 value, 4 policy."""
@@ -188,7 +198,7 @@ class EmotionAgent(L.LightningModule):
             context_window=context_window or max_episode_steps,
             imagined_action=imagined_action,
         )
-        self.planner = EmotionMCTS(**{name: self.hparams[name] for name in PLANNER_ARGUMENTS})
+        self.planner = planner_of(self.hparams)
         self.diagnostics_schedule = DiagnosticsSchedule(diagnostics_interval)
         self.temperature = TemperatureSchedule(temperature_start, temperature_end, temperature_decay_frames)
         if value_target != "monte_carlo" and target_tau < 1:  # the EMA target network (saved with the agent)

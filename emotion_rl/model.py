@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from emotion_rl.history import NONE, History
 
-OUTPUT_KEYS = ("policy", "values", "action_logits", "dynamics")
+OUTPUT_KEYS = ("policy", "values", "action_logits", "dynamics", "value")
 
 ImaginedAction = Literal["softmax", "one_hot"]
 """The action vector the dynamics heads read when the model imagines a next state in :meth:`EmotionModel.heads`
@@ -345,13 +345,16 @@ class EmotionModel(nn.Module):
 
     def heads(self, hidden: Tensor) -> TensorDict:
         """The four outputs of spec 2.1 from ``h``, every emotion: ``policy`` (probabilities), ``values``,
-        ``action_logits``, ``dynamics`` (at :meth:`imagined_action_vector` of each head)."""
+        ``action_logits``, ``dynamics`` (at :meth:`imagined_action_vector` of each head); and ``value``, the state's
+        value (:func:`state_value`: the mean of the ``E`` values, spec 1.4), what the search backs up."""
         action_logits = self.action_logits(hidden)
+        policy, values = torch.softmax(self.policy_logits(hidden), dim=-1), self.emotion_values(hidden)
         return TensorDict(
-            policy=torch.softmax(self.policy_logits(hidden), dim=-1),
-            values=self.emotion_values(hidden),
+            policy=policy,
+            values=values,
             action_logits=action_logits,
             dynamics=self.dynamics(hidden, self.imagined_action_vector(action_logits)),
+            value=state_value(values, policy),
             batch_size=hidden.shape[:-1],
         )
 
@@ -372,7 +375,8 @@ class EmotionModel(nn.Module):
         ``imagined_observation`` ``[*B, obs_dim]``, at ``history + [NONE, NONE, 0.0, imagined state]`` (spec 1.5).
 
         Keys: ``policy`` ``[*B, E]`` (probabilities), ``values`` ``[*B, E]``, ``action_logits`` ``[*B, E, A]``,
-        ``dynamics`` ``[*B, E, obs_dim]``. The last valid entry's action, emotion and reward are never read.
+        ``dynamics`` ``[*B, E, obs_dim]``, ``value`` ``[*B]`` (the state's value, :meth:`heads`). The last valid
+        entry's action, emotion and reward are never read.
         """
         encoding = self.encode(history)
         if imagined_observation is None:

@@ -111,7 +111,8 @@ class EmotionPolicy(TensorDictModuleBase):
         model: the :class:`~emotion_rl.model.EmotionModel` (anything with a ``context_window`` attribute, unless
             ``context_window`` is given, that the planner knows how to call).
         planner: ``search(model, history, generator=None, explore=False) -> TensorDict[*B]`` with at least
-            ``visit_distribution`` [*B, E], ``visit_counts`` [*B, E], ``prior`` [*B, E] (the policy head's
+            ``policy_target`` [*B, E] (what the emotion is drawn from and what phase 4 learns; written out as
+            ``visit_distribution``), ``visit_counts`` [*B, E], ``prior`` [*B, E] (the policy head's
             probabilities at the root, before any root noise) and ``action_logits`` [*B, E, A]; when it also
             returns ``selected_emotion`` [*B] (the Gumbel root), that is the emotion acted on. ``explore`` is
             ``not greedy``: root noise only while acting for training.
@@ -323,7 +324,7 @@ class EmotionPolicy(TensorDictModuleBase):
         finally:
             self.model.train(was_training)
 
-        visit_distribution = result.get("visit_distribution").float()
+        visit_distribution = result.get("policy_target").float()  # the search's target (stored for phase 4)
         visit_counts = result.get("visit_counts")
         prior = result.get("prior").float()
         action_logits = result.get("action_logits")

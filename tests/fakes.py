@@ -83,6 +83,7 @@ class FakePlanner:
         return TensorDict(
             visit_counts=counts,
             visit_distribution=counts.float() / counts.sum(-1, keepdim=True),
+            policy_target=counts.float() / counts.sum(-1, keepdim=True),
             prior=torch.full((n, e), 1.0 / e),
             action_logits=logits,
             batch_size=[n],

@@ -15,7 +15,8 @@ import torch
 from tensordict import TensorDict
 from test_search import constant_model, make_history, make_model
 
-from emotion_rl.mcts.rules import halving_schedule
+import emotion_rl.mcts.search as search_module
+from emotion_rl.mcts.rules import GumbelRoot, PUCTRoot, halving_schedule
 from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.policy import EmotionPolicy
 
@@ -78,11 +79,11 @@ def test_min_max_q_is_invariant_to_the_scale_of_the_values(q_transform, seed):
     assert counts(literal, model, history) != counts(literal, scaled, history)
 
 
-def test_min_max_bounds_are_the_extremes_of_the_backed_up_q():
+def test_min_max_bounds_are_the_extremes_of_the_backed_up_q(monkeypatch):
     model, history = make_model(1), make_history(5, 1)
     planner, trees = EmotionMCTS(30, q_transform="minmax"), []
-    run = planner.run_simulations
-    planner.run_simulations = lambda tree, *args: (run(tree, *args), trees.append(tree))
+    run = search_module.run_simulations
+    monkeypatch.setattr(search_module, "run_simulations", lambda tree, *args: (run(tree, *args), trees.append(tree)))
     tree = planner.search(model, history.unsqueeze(0))["tree"][0]
     visited = tree["child_visits"] > 0
     q = tree["child_value_sum"][visited] / tree["child_visits"][visited]
@@ -96,7 +97,7 @@ def test_min_max_bounds_are_the_extremes_of_the_backed_up_q():
 def test_dirichlet_noise_only_when_exploring_and_drawn_by_the_searchs_generator():
     model, history = make_model(2), make_history(5, 2).unsqueeze(0)
     plain = EmotionMCTS(30).search(model, history)
-    noisy = EmotionMCTS(30, dirichlet_alpha=0.3, dirichlet_fraction=0.25)
+    noisy = EmotionMCTS(30, root_rule=PUCTRoot(dirichlet_alpha=0.3, dirichlet_fraction=0.25))
     quiet = noisy.search(model, history, generator=torch.Generator().manual_seed(0))  # evaluation, reanalyze
     assert torch.equal(quiet["visit_counts"], plain["visit_counts"])
     assert torch.equal(quiet["tree", "prior"], plain["tree", "prior"])
@@ -124,17 +125,15 @@ def test_the_policy_explores_only_when_not_greedy():
     assert seen == [True, False]
 
 
-# ---------------------------------------------------------------------------------------------- (d) random ties
-def test_random_ties_spread_the_visits_and_follow_the_generator():
-    """Every score ties (c_puct 0, values 0): decision 3 sends every simulation to emotion 0; random ties pick a
-    tied emotion by the search's generator, reproducibly."""
-    model, history = constant_model(UNIFORM, [0.0] * 8), make_history(4, seed=3)
-    assert counts(EmotionMCTS(40, c_puct=0.0), model, history)[0] == 40
-    planner = EmotionMCTS(40, c_puct=0.0, tie_break="random")
-    a = counts(planner, model, history, generator=torch.Generator().manual_seed(0))
-    b = counts(planner, model, history, generator=torch.Generator().manual_seed(0))
-    c = counts(planner, model, history, generator=torch.Generator().manual_seed(1))
-    assert a == b and a != c and sum(a) == 40 and sum(v > 0 for v in a) >= 5
+# ---------------------------------------------------------------------------------------------- (d) Q floor
+def test_min_spread_keeps_a_small_gap_between_values_small():
+    """c_puct 1, depth 1, min-max Q. Values (0.01, 0, ... 0): the literal normalisation maps the 0.01 gap onto the
+    whole [0, 1] scale, so emotion 0 outscores the prior's exploration of the others and takes most visits; with
+    a floor of 1 on the spread the gap is worth 0.01 and the visits spread as the uniform prior asks."""
+    model, history = constant_model(UNIFORM, [0.01] + [0.0] * 7), make_history(4, seed=3)
+    literal = counts(EmotionMCTS(40, c_puct=1.0, max_depth=1, q_transform="minmax"), model, history)
+    floored = counts(EmotionMCTS(40, c_puct=1.0, max_depth=1, q_transform="minmax", min_spread=1.0), model, history)
+    assert literal[0] > 20 and max(floored) - min(floored) <= 1 and sum(floored) == 40
 
 
 # ---------------------------------------------------------------------------------------------- (e) Gumbel root
@@ -158,7 +157,7 @@ def completed_sigma(result, c_visit: float, c_scale: float) -> torch.Tensor:
 @pytest.mark.parametrize("seed", range(3))
 def test_gumbel_root_halves_and_returns_the_improved_policy(seed):
     model, history = make_model(seed), make_history(6, seed).unsqueeze(0).expand(3, 6).clone()
-    planner = EmotionMCTS(8, max_depth=3, root_rule="gumbel", gumbel_considered=4, gumbel_c_scale=0.5)
+    planner = EmotionMCTS(8, max_depth=3, root_rule=GumbelRoot(considered=4, c_scale=0.5))
     result = planner.search(model, history, generator=torch.Generator().manual_seed(seed), explore=True)
     visits = result["visit_counts"]
     for row in range(3):  # sequential halving: 4 children once, then the best 2 twice more
@@ -166,14 +165,15 @@ def test_gumbel_root_halves_and_returns_the_improved_policy(seed):
     assert not all(torch.equal(visits[0], visits[r]) for r in (1, 2)), "the Gumbel draws differ per environment"
     logits = result["prior"].log()
     expected = torch.softmax(logits + completed_sigma(result, 50.0, 0.5), dim=-1)
-    torch.testing.assert_close(result["visit_distribution"], expected)
+    torch.testing.assert_close(result["policy_target"], expected)
+    torch.testing.assert_close(result["visit_distribution"], visits.double() / 8.0)  # the visits themselves
     winner = result["selected_emotion"]
     assert (visits.gather(1, winner.unsqueeze(1)).squeeze(1) == 3).all()  # among the most visited
 
 
 def test_gumbel_root_without_exploring_considers_the_top_logits_deterministically():
     model, history = make_model(4, sharpen=True), make_history(5, 4).unsqueeze(0)
-    planner = EmotionMCTS(12, root_rule="gumbel", gumbel_considered=2)
+    planner = EmotionMCTS(12, root_rule=GumbelRoot(considered=2))
     a, b = planner.search(model, history), planner.search(model, history)
     assert torch.equal(a["visit_counts"], b["visit_counts"]) and torch.equal(
         a["selected_emotion"], b["selected_emotion"]
@@ -198,21 +198,29 @@ def test_the_policy_acts_on_the_searchs_selected_emotion():
 def test_options_are_validated_and_shown():
     with pytest.raises(ValueError, match="q_transform"):
         EmotionMCTS(q_transform="softmax")
-    with pytest.raises(ValueError, match="tie_break"):
-        EmotionMCTS(tie_break="highest")
-    with pytest.raises(ValueError, match="root_rule"):
-        EmotionMCTS(root_rule="ucb")
+    with pytest.raises(ValueError, match="completed_value"):
+        EmotionMCTS(completed_value="sibling")
+    with pytest.raises(ValueError, match="min_spread"):
+        EmotionMCTS(min_spread=-1.0)
+    with pytest.raises(ValueError, match="RootRule"):
+        EmotionMCTS(root_rule="gumbel")
     with pytest.raises(ValueError, match="dirichlet"):
-        EmotionMCTS(dirichlet_fraction=1.5)
-    assert repr(EmotionMCTS()) == "EmotionMCTS(num_simulations=50, c_puct=1.0, max_depth=3)"
-    assert "root_rule='gumbel'" in repr(EmotionMCTS(root_rule="gumbel"))
+        PUCTRoot(dirichlet_fraction=1.5)
+    with pytest.raises(ValueError, match="considered"):
+        GumbelRoot(considered=0)
+    assert repr(EmotionMCTS()).startswith("EmotionMCTS(num_simulations=50, c_puct=1.0, max_depth=3")
+    assert "GumbelRoot(considered=8" in repr(EmotionMCTS(root_rule=GumbelRoot()))
 
 
 def test_a_planner_with_any_option_pickles_for_worker_processes():
     import pickle
 
     for q_transform in ("literal", "completed", "minmax", "minmax_completed"):
-        for root_rule in ("puct", "gumbel"):
-            planner = EmotionMCTS(q_transform=q_transform, root_rule=root_rule, tie_break="random")
+        for root_rule in (PUCTRoot(dirichlet_fraction=0.25), GumbelRoot(considered=4)):
+            planner = EmotionMCTS(q_transform=q_transform, root_rule=root_rule, min_spread=0.1)
             copy = pickle.loads(pickle.dumps(planner))
-            assert copy.options == planner.options and type(copy.rules.q_transform) is type(planner.rules.q_transform)
+            assert repr(copy) == repr(planner) and type(copy.root_rule) is type(planner.root_rule)
+            model, history = make_model(0), make_history(4, 0).unsqueeze(0)
+            assert torch.equal(
+                copy.search(model, history)["visit_counts"], planner.search(model, history)["visit_counts"]
+            )

@@ -16,7 +16,7 @@ __all__ = ["reanalyze"]
 def reanalyze(planner: EmotionMCTS, model: EmotionModel, episodes: TensorDict, chunk: int = 256) -> Tensor:
     """Fresh MCTS visit distributions ``[B, L, E]`` for the stored episodes ``[B, L]``.
 
-    Step ``t`` of episode ``b`` gets ``planner.search(model, history_b[0..t])["visit_distribution"]``: the same
+    Step ``t`` of episode ``b`` gets ``planner.search(model, history_b[0..t])["policy_target"]``: the same
     search the policy ran when it acted there (spec 1.3 - 1.6, the real prefix only; nothing imagined is stored).
     Steps beyond an episode's ``mask`` get zeros. All prefixes are searched as one batch, in chunks of ``chunk``
     histories cut to their longest prefix. The histories are searched on the model's device and in its float type
@@ -38,7 +38,7 @@ def reanalyze(planner: EmotionMCTS, model: EmotionModel, episodes: TensorDict, c
             longest = int(t.max()) + 1
             history = real[b, :longest].clone()
             history.set("mask", torch.arange(longest, device=t.device) <= t.unsqueeze(-1))
-            visits = planner.search(model, history)["visit_distribution"]
+            visits = planner.search(model, history)["policy_target"]
             out[b.to(out.device), t.to(out.device)] = visits.to(out.device, out.dtype)
     finally:
         model.train(was_training)

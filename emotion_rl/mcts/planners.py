@@ -1,7 +1,8 @@
 """Planners that do not search: the policy head's choice, or one emotion throughout (baselines for the search).
 
 Each speaks the planner contract :class:`~emotion_rl.policy.EmotionPolicy` expects (``search(model, history,
-generator=None, explore=False) -> TensorDict[*B]`` with ``visit_distribution``, ``visit_counts``, ``prior`` and
+generator=None, explore=False) -> TensorDict[*B]`` with ``policy_target``, ``visit_distribution``, ``visit_counts``,
+``prior`` and
 ``action_logits``), so a policy, an agent (``agent.planner = PriorPlanner()``) or an evaluation runs them unchanged.
 Each evaluates the model once, at the root (spec 2.1's four outputs at ``h_t``), where the search of spec 1.3 would
 start its simulations; no simulation is run, so ``visit_counts`` are all zero.
@@ -29,6 +30,7 @@ def _root_result(model, history: History | TensorDictBase, visit_distribution_of
     return TensorDict(
         visit_counts=torch.zeros(prior.shape, dtype=torch.long, device=prior.device),
         visit_distribution=visit_distribution_of(prior),
+        policy_target=visit_distribution_of(prior),
         prior=prior,
         values=out.get("values"),
         action_logits=out.get("action_logits"),

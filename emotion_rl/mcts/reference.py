@@ -12,6 +12,11 @@ full model call per expansion, together with decisions 1-5:
    reached with ``N = 0`` contributes its stored value; nothing at ``MAX_DEPTH`` is expanded.
 5. The imagined sequence is the real sequence plus ONE imagined state (never the chain along the path).
 
+The options beyond the specification that the planner offers are transcribed here too, each from its own
+definition (docs/search.md): the Q transforms (completed values, min-max normalisation with a floor) and the
+Gumbel MuZero root (Gumbel-top-k, sequential halving, the improved policy). The oracle takes the search's draws
+as arguments (a noisy root prior, the Gumbel variables) instead of drawing them.
+
 It is deliberately slow and deliberately simple: no batching, no caching, no vectorisation. It exists so that
 the batched planner (:class:`emotion_rl.mcts.search.EmotionMCTS`) can be checked against an implementation whose
 correctness can be read off the spec, and so that benchmarks have a baseline. Do not optimise it.
@@ -19,16 +24,18 @@ correctness can be read off the spec, and so that benchmarks have a baseline. Do
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from tensordict import TensorDict
 from torch import Tensor
 
 from emotion_rl.history import NONE
 
-__all__ = ["Node", "append_imagined_state", "literal_search", "select_child_ucb", "simulate"]
+__all__ = ["GumbelSettings", "Node", "append_imagined_state", "literal_search", "select_child_ucb", "simulate"]
 
 
 @dataclass(eq=False)
@@ -38,7 +45,8 @@ class Node:
     ``N``, ``W`` and ``Q`` are the statistics of the edge that leads into this node (``N(parent, e)``,
     ``W(parent, e)``, ``Q(parent, e)`` in 1.2); ``P`` is the prior over this node's children (``P(n, e)``),
     set when the node is expanded. ``value``, ``predicted_state`` and ``action_logits`` are the parent's model
-    outputs for this node's emotion (1.3 "Store model predictions").
+    outputs for this node's emotion (1.3 "Store model predictions"); ``leaf_value`` is the node's own value at
+    its expansion (the model's ``value``: the mean of its 8 values), which a completed Q transform may read.
     """
 
     parent: Node | None = None
@@ -52,10 +60,23 @@ class Node:
     value: Tensor | None = None
     predicted_state: Tensor | None = None
     action_logits: Tensor | None = None
+    leaf_value: Tensor | None = None
 
     def is_leaf(self) -> bool:
         """Spec 1.4: a node without children."""
         return not self.children
+
+
+@dataclass
+class GumbelSettings:
+    """The Gumbel MuZero root (Danihelka et al. 2022): ``considered`` emotions sampled by Gumbel-top-k on the
+    root's log prior with the Gumbel variables ``gumbel`` ``[E]`` (zeros: the top logits), simulations shared by
+    sequential halving, ``sigma(q) = (c_visit + max_b N(b)) * c_scale * q``."""
+
+    gumbel: np.ndarray
+    considered: int = 8
+    c_visit: float = 50.0
+    c_scale: float = 0.1
 
 
 def append_imagined_state(real_seq: TensorDict, imagined_state: Tensor) -> TensorDict:
@@ -82,6 +103,7 @@ def append_imagined_state(real_seq: TensorDict, imagined_state: Tensor) -> Tenso
 def _create_children(node: Node, outputs: TensorDict) -> None:
     """The ``for e in {0, ..., 7}`` loop shared by 1.3 (root) and 1.4 (expansion): one child per emotion."""
     zero = torch.zeros((), dtype=outputs.get("values").dtype)
+    node.leaf_value = outputs.get("value")  # the model's value of the node's state: the mean of its 8 values
     for e in range(outputs.get("values").shape[-1]):
         child = Node(parent=node, emotion=e, depth=node.depth + 1, W=zero, Q=zero)  # CREATE_NODE()
         child.action_logits = outputs.get("action_logits")[e]  # outputs.actions[e]
@@ -90,25 +112,113 @@ def _create_children(node: Node, outputs: TensorDict) -> None:
         node.children[e] = child
 
 
-def select_child_ucb(node: Node, c_puct: float) -> int:
+# ---------------------------------------------------------------------------------------------- Q (spec 1.2)
+def completed_q(node: Node, child: Node, completed_value: str) -> Tensor:
+    """``Q(n, e)`` where visited; an unvisited child's completion: its own predicted value (``"child"``) or its
+    node's value (``"parent"``)."""
+    if child.N > 0:
+        return child.Q
+    return node.leaf_value if completed_value == "parent" else child.value
+
+
+def transformed_q(node: Node, child: Node, options: dict[str, Any], bounds: list[Tensor]) -> Tensor:
+    """The ``Q`` the UCB score reads: decision 2's (0 while unvisited) or a transform (docs/search.md): completed
+    values, and min-max normalisation by the smallest and largest ``Q`` backed up in this tree (``bounds``), its
+    spread floored at ``min_spread``, clipped to [0, 1], 0 until two different ``Q`` were seen."""
+    dtype = node.P.dtype
+    zero = torch.zeros((), dtype=dtype)
+    transform = options["q_transform"]
+    completed = transform.endswith("completed")
+    q = completed_q(node, child, options["completed_value"]) if completed else (child.Q if child.N > 0 else zero)
+    if not transform.startswith("minmax"):
+        return q
+    low, high = bounds
+    spread = high - low
+    if not (spread > 0) or not (completed or child.N > 0):
+        return zero
+    floor = torch.tensor(options["min_spread"], dtype=dtype)
+    if spread < floor:
+        spread = floor
+    return ((q - low) / spread).clamp(0.0, 1.0)
+
+
+def select_child_ucb(node: Node, c_puct: float, options: dict[str, Any] | None = None, bounds=None) -> int:
     """Spec 1.2 ``SELECT_CHILD_UCB``: ``argmax_e Q(n, e) + c_puct * P(n, e) * sqrt(N(n)) / (1 + N(n, e))``.
 
     Decision 1: ``N(n)`` is the sum of the children's visit counts, used as ``sqrt(max(N(n), 1))``.
-    Decision 2: ``Q(n, e) = 0`` while ``N(n, e) = 0``. Decision 3: ties go to the lowest index.
+    Decision 2: ``Q(n, e) = 0`` while ``N(n, e) = 0`` (unless ``options`` name a Q transform).
+    Decision 3: ties go to the lowest index.
     """
     dtype = node.P.dtype
     n_parent = sum(child.N for child in node.children.values())
-    sqrt_n = torch.tensor(float(max(n_parent, 1)), dtype=dtype).sqrt()
+    sqrt_n = torch.tensor(math.sqrt(max(n_parent, 1)), dtype=dtype)  # correctly rounded in float32 too
     best_e, best_score = None, None
     for e in sorted(node.children):
         child = node.children[e]
-        q = child.Q if child.N > 0 else torch.zeros((), dtype=dtype)
+        if options is None:
+            q = child.Q if child.N > 0 else torch.zeros((), dtype=dtype)
+        else:
+            q = transformed_q(node, child, options, bounds)
         score = q + c_puct * node.P[e] * sqrt_n / (1 + child.N)
         if best_score is None or score > best_score:  # strict: the first maximum wins a tie
             best_e, best_score = e, score
     return best_e
 
 
+# ---------------------------------------------------------------------------------------------- Gumbel root
+def halving_targets(considered: int, num_simulations: int) -> list[int]:
+    """Sequential halving (Karnin et al. 2013, as Gumbel MuZero uses it): ``ceil(log2 m)`` phases; in each, every
+    child still considered gets ``max(1, floor(n / (phases * alive)))`` more visits, in turn, then the better half
+    stays (at least two). Simulation ``k`` goes to a considered child visited ``targets[k]`` times."""
+    if considered <= 1:
+        return list(range(num_simulations))
+    phases = math.ceil(math.log2(considered))
+    targets, visits, alive = [], 0, considered
+    while len(targets) < num_simulations:
+        for _ in range(max(1, num_simulations // (phases * alive))):
+            targets.extend([visits] * alive)
+            visits += 1
+        alive = max(2, alive // 2)
+    return targets[:num_simulations]
+
+
+def gumbel_scores(
+    root: Node, gumbel: GumbelSettings, options: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The root's ``logits`` (log prior) and ``g + logits`` in the tree's float type and ``sigma(completed Q)`` in
+    float64, ``[E]`` each.
+    The completed ``Q`` is rescaled to [0, 1] by its own min and max, the spread floored at ``max(min_spread,
+    tiny)``."""
+    dtype = np.dtype(np.float64) if root.P.dtype == torch.float64 else np.dtype(np.float32)
+    emotions = sorted(root.children)
+    prior = root.P.detach().cpu().numpy().astype(dtype)
+    with np.errstate(divide="ignore"):
+        logits = np.log(prior)
+    base = gumbel.gumbel.astype(dtype) + logits
+    q = np.array([completed_q(root, root.children[e], options["completed_value"]).item() for e in emotions], dtype)
+    floor = max(dtype.type(options["min_spread"]), np.finfo(dtype).tiny)
+    spread = max(q.max() - q.min(), floor)
+    max_visits = max(root.children[e].N for e in emotions)
+    scale = (gumbel.c_visit + float(max_visits)) * gumbel.c_scale
+    sigma = scale * ((q - q.min()) / spread).astype(np.float64)
+    return logits, base, sigma
+
+
+def gumbel_considered(root: Node, gumbel: GumbelSettings) -> list[int]:
+    """The ``considered`` emotions with the largest ``g + logits`` (ties to the lowest index)."""
+    _, base, _ = gumbel_scores(root, gumbel, {"completed_value": "child", "min_spread": 0.0})
+    order = sorted(range(len(base)), key=lambda e: (-base[e], e))
+    return sorted(order[: min(gumbel.considered, len(base))])
+
+
+def gumbel_choice(root: Node, gumbel: GumbelSettings, options: dict[str, Any], chosen: list[int], target: int) -> int:
+    """Among the considered children visited ``target`` times, the first maximum of ``g + logits + sigma``."""
+    _, base, sigma = gumbel_scores(root, gumbel, options)
+    eligible = [e for e in chosen if root.children[e].N == target]
+    return max(eligible, key=lambda e: (np.float64(base[e]) + sigma[e], -e))
+
+
+# ---------------------------------------------------------------------------------------------- the search
 def simulate(
     root: Node,
     real_sequence: TensorDict,
@@ -116,8 +226,11 @@ def simulate(
     c_puct: float,
     max_depth: int,
     stats: dict[str, Any],
+    options: dict[str, Any] | None = None,
+    root_emotion: int | None = None,
 ) -> None:
-    """Spec 1.4 ``SIMULATE``: selection, expansion (one full model call), backpropagation."""
+    """Spec 1.4 ``SIMULATE``: selection, expansion (one full model call), backpropagation. ``root_emotion``: the
+    root rule's choice at the root (the Gumbel root), instead of the UCB score."""
     node = root
     path: list[tuple[Node, int]] = []  # search path
     imagined_state = real_sequence.get("observation")[-1]  # real_sequence.last_state
@@ -125,7 +238,10 @@ def simulate(
 
     # === Selection Phase ===
     while not node.is_leaf() and depth < max_depth:
-        e = select_child_ucb(node, c_puct)
+        if depth == 0 and root_emotion is not None:
+            e = root_emotion
+        else:
+            e = select_child_ucb(node, c_puct, options, stats.get("bounds"))
         path.append((node, e))
         imagined_state = node.children[e].predicted_state
         node = node.children[e]
@@ -144,7 +260,7 @@ def simulate(
         _create_children(node, outputs)
         stats["expanded_depths"].append(depth)
         # Leaf value (average Value across all emotions)
-        leaf_value = outputs.get("values").mean()
+        leaf_value = node.leaf_value
     else:
         # If unexpanded, use parent's predicted Value
         if path:
@@ -159,6 +275,8 @@ def simulate(
         child.N = child.N + 1
         child.W = child.W + leaf_value
         child.Q = child.W / child.N
+        if "bounds" in stats:  # the tree's smallest and largest Q (min-max transform)
+            stats["bounds"] = [torch.minimum(stats["bounds"][0], child.Q), torch.maximum(stats["bounds"][1], child.Q)]
 
 
 @torch.no_grad()
@@ -169,6 +287,11 @@ def literal_search(
     c_puct: float = 1.0,
     max_depth: int = 3,
     stats: dict[str, Any] | None = None,
+    q_transform: str = "literal",
+    completed_value: str = "child",
+    min_spread: float = 0.0,
+    root_prior: Tensor | None = None,
+    gumbel: GumbelSettings | None = None,
 ) -> Tensor:
     """Spec 1.3 ``MCTS_SEARCH`` for ONE environment; returns the root's visit counts, long ``[n_emotions]``.
 
@@ -184,7 +307,11 @@ def literal_search(
         max_depth: ``MAX_DEPTH`` of 1.4 (spec: 3); must be at least 1.
         stats: if given, a dict that receives ``root`` (the tree), ``root_outputs`` (the root's model outputs),
             ``model_calls``, ``expanded_depths`` (depth of every expanded node in expansion order, the root's
-            0 first), ``num_expansions`` (not counting the root) and ``max_depth_reached`` (longest path).
+            0 first), ``num_expansions`` (not counting the root) and ``max_depth_reached`` (longest path); with
+            ``gumbel``, also ``policy_target`` (the improved policy, float64 ``[E]``) and ``selected_emotion``.
+        q_transform, completed_value, min_spread: the Q transform of the UCB score (``EmotionMCTS``'s options).
+        root_prior: the root's prior after root noise (default: the model's policy).
+        gumbel: the Gumbel root's settings and draws (default: the UCB score at the root too).
 
     The visit distribution of 1.3 is ``counts / counts.sum()`` (``NORMALIZE``); the counts are returned so that
     comparisons are exact.
@@ -199,6 +326,7 @@ def literal_search(
         history = history[history.get("mask")].exclude("mask")
     stats = {} if stats is None else stats
     stats.update(model_calls=0, expanded_depths=[], max_depth_reached=0)
+    options = dict(q_transform=q_transform, completed_value=completed_value, min_spread=min_spread)
 
     # 1. Create root node
     root = Node()
@@ -207,14 +335,26 @@ def literal_search(
     outputs = model.evaluate(history.unsqueeze(0))[0]
     stats["model_calls"] += 1
     stats["expanded_depths"].append(0)
-    root.P = outputs.get("policy")
+    root.P = outputs.get("policy") if root_prior is None else root_prior
     _create_children(root, outputs)
+    dtype = root.P.dtype
+    stats["bounds"] = [torch.tensor(math.inf, dtype=dtype), torch.tensor(-math.inf, dtype=dtype)]
 
-    # 3. Simulations
-    for _ in range(num_simulations):
-        simulate(root, history, model, c_puct, max_depth, stats)
+    # 3. Simulations (the Gumbel root chooses each simulation's root emotion by sequential halving)
+    chosen = gumbel_considered(root, gumbel) if gumbel is not None else None
+    targets = halving_targets(len(chosen), num_simulations) if gumbel is not None else None
+    for k in range(num_simulations):
+        first = None if gumbel is None else gumbel_choice(root, gumbel, options, chosen, targets[k])
+        simulate(root, history, model, c_puct, max_depth, stats, options, first)
 
     # 4. Compute visit distribution
     visit_counts = torch.tensor([root.children[e].N for e in sorted(root.children)], dtype=torch.long)
+    if gumbel is not None:  # the winner: the best of the most visited; the policy target: softmax(logits + sigma)
+        most = max(root.children[e].N for e in chosen)
+        stats["selected_emotion"] = gumbel_choice(root, gumbel, options, chosen, most)
+        logits, _, sigma = gumbel_scores(root, gumbel, options)
+        z = logits + sigma
+        z = np.exp(z - z.max())
+        stats["policy_target"] = z / z.sum()
     stats.update(root=root, root_outputs=outputs, num_expansions=len(stats["expanded_depths"]) - 1)
     return visit_counts

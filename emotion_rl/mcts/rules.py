@@ -1,138 +1,115 @@
-"""The search's rules as plain functions the planner is given (as mctx's policies take a ``qtransform``).
+"""The root rules (spec 1.2-1.3 and Gumbel MuZero): how a search starts, which emotion each simulation takes at the
+root, and what the search returns.
 
-A selection step at nodes ``node`` reads their edges (:meth:`EdgeArrays.at`), turns ``Q`` into the values the
-score uses (a *Q transform*), scores every emotion (the *selection rule*) and picks the best (a *tie break*).
-The literal ones (spec 1.2 with decisions 1-3) are the defaults and give the reference's scores bit for bit; the
-others are options beyond the specification (docs/search.md). Also here: root noise and the Gumbel root.
+Below the root every node selects by pUCT over a Q transform (``loop.select_child``). The root is where searches
+differ, so a root rule is an object with three steps, as mctx passes its policies as functions:
+
+- ``start(tree, num_simulations, draw) -> state``: the search's draws (root noise, Gumbel variables), a tuple of
+  arrays; ``draw()`` gives the search's numpy generator, and is None when the search does not explore.
+- ``select(tree, selection, env, root, simulation, state) -> emotion``: the root emotion of simulation
+  ``simulation`` of environment ``env``, a function written with ``loop.kernel`` (compiled by numba), which the
+  compiled loop calls without knowing the rule.
+- ``finish(tree, selection, state) -> RootDecision``: the search's policy target and, if the rule decides it,
+  the emotion to act with.
+
+:class:`PUCTRoot` is the specification's root (pUCT, optional Dirichlet noise); :class:`GumbelRoot` is Gumbel
+MuZero's (Danihelka et al. 2022). A new root rule is one subclass of :class:`RootRule`; a config names it by
+``class_path`` (docs/search.md, "Root rules").
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from emotion_rl.mcts.tree import EdgeArrays, Tree
+from emotion_rl.mcts.loop import Selection, kernel, select_child
+from emotion_rl.mcts.tree import Tree, TreeArrays
 
-QTransform = Callable[[Tree, EdgeArrays, np.ndarray], np.ndarray]
-"""``(tree, edges at the nodes, nodes) -> [n, E]`` values the selection rule reads as ``Q``."""
-SelectionRule = Callable[[np.ndarray, EdgeArrays], np.ndarray]
-"""``(transformed Q [n, E], edges at the nodes) -> scores [n, E]``."""
-TieBreak = Callable[[np.ndarray, np.random.Generator | None], np.ndarray]
-"""``(scores [n, E], the search's generator) -> chosen emotion [n]``."""
+__all__ = ["GumbelRoot", "PUCTRoot", "RootDecision", "RootRule", "dirichlet_noise", "halving_schedule"]
 
 
-# ---------------------------------------------------------------------------------------------- Q transforms
-def literal_q(tree: Tree, edges: EdgeArrays, node: np.ndarray) -> np.ndarray:
-    """``Q(n, e) = W / N``, and 0 while ``N(n, e) = 0`` (decision 2)."""
-    return edges.q
+class RootDecision(NamedTuple):
+    """What a search returns at its roots: ``policy`` ``[B, E]``, the policy target (what phase 4 learns from,
+    spec 2.2.1), and ``emotion`` ``[B]``, the emotion to act with, or None when the acting policy draws it from
+    ``policy`` with its temperature (spec 3.4)."""
+
+    policy: np.ndarray
+    emotion: np.ndarray | None
 
 
-def completion(tree: Tree, node: np.ndarray, by: str) -> np.ndarray:
-    """The value an unvisited child of each node gets, ``[n, E]``: ``"child"``, its own stored prediction
-    ``V^e`` (spec 1.3); ``"parent"``, the node's value (its leaf value, the mean of its ``E`` values)."""
-    if by == "child":
-        return tree.child_value[node]
-    return np.broadcast_to(tree.node_value[node][:, None], tree.child_value[node].shape)
+class RootRule:
+    """A search's root: :meth:`start`, :attr:`select`, :meth:`finish` (the module docstring). Subclass it."""
+
+    select: ClassVar[Callable]
+    """``(tree, selection, env, root, simulation, state) -> emotion``, written with ``loop.kernel``."""
+
+    def start(self, tree: Tree, num_simulations: int, draw: Callable[[], np.random.Generator] | None) -> tuple:
+        """The search's state at its roots, a tuple of arrays handed to :attr:`select` (may also change the roots'
+        priors, e.g. root noise). ``draw`` is None when the search does not explore."""
+        return ()
+
+    def finish(self, tree: Tree, selection: Selection, state: tuple) -> RootDecision:
+        """The policy target and the emotion to act with (or None), after the simulations; ``selection`` is the
+        planner's Q transform (:class:`~emotion_rl.mcts.loop.Selection`)."""
+        raise NotImplementedError
 
 
-@dataclass(frozen=True)
-class completed_q:  # noqa: N801 - a Q transform, named like the functions it stands beside
-    """``Q`` where visited, :func:`completion` where not (instead of decision 2's 0). A class, not a closure, so a
-    planner pickles (worker processes of a ``MultiCollector``)."""
-
-    by: str = "child"
-
-    def __call__(self, tree: Tree, edges: EdgeArrays, node: np.ndarray) -> np.ndarray:
-        return np.where(edges.visits_plus_one > 1, edges.q, completion(tree, node, self.by))
+def visit_distribution(tree: Tree) -> np.ndarray:
+    """The roots' normalised visit counts ``[B, E]`` in the tree's float type (spec 1.3 ``NORMALIZE``)."""
+    counts = tree.visits_plus_one[tree.roots] - 1
+    return counts / counts.sum(axis=-1, keepdims=True)
 
 
-@dataclass(frozen=True)
-class min_max:  # noqa: N801 - a Q transform, named like the functions it stands beside
-    """``inner``'s values normalised to ``[0, 1]`` by the smallest and largest ``Q`` backed up so far in the
-    node's tree (MuZero), clipped; all 0 until two different ``Q`` were seen, so the rule is invariant to any
-    increasing affine change of the values. Unvisited children read 0 under :func:`literal_q`."""
-
-    inner: QTransform
-
-    def __call__(self, tree: Tree, edges: EdgeArrays, node: np.ndarray) -> np.ndarray:
-        q = self.inner(tree, edges, node)
-        env = tree.environment(node)
-        low, high = tree.q_low[env][:, None], tree.q_high[env][:, None]
-        spread = high - low
-        known = spread > 0
-        scaled = np.where(known, np.clip((q - low) / np.where(known, spread, 1.0), 0.0, 1.0), 0.0)
-        return np.where(edges.visits_plus_one > 1, scaled, 0.0) if self.inner is literal_q else scaled
-
-
-# ---------------------------------------------------------------------------------------------- scores and ties
-def puct(q: np.ndarray, edges: EdgeArrays) -> np.ndarray:
-    """spec 1.2: ``Q(n, e) + c_puct * P(n, e) * sqrt(max(N(n), 1)) / (1 + N(n, e))`` (decision 1).
-
-    The reference's operations in its order and float type, so the scores are its scores bit for bit: the
-    numerator is one stored product, kept up to date by :meth:`Tree.backup`.
-    """
-    return q + edges.explore / edges.visits_plus_one
-
-
-def lowest_index(scores: np.ndarray, generator: np.random.Generator | None = None) -> np.ndarray:
-    """The first maximum: ties go to the lowest emotion index (decision 3)."""
-    return scores.argmax(axis=-1)
-
-
-def random_tie(scores: np.ndarray, generator: np.random.Generator | None) -> np.ndarray:
-    """A maximum drawn uniformly among the tied ones, by the search's generator."""
-    tied = scores == scores.max(axis=-1, keepdims=True)
-    return np.where(tied, generator.random(scores.shape), -1.0).argmax(axis=-1)
-
-
-@dataclass(frozen=True)
-class Rules:
-    """The rules of one search: how ``Q`` is read, how emotions are scored, how ties are broken."""
-
-    q_transform: QTransform = literal_q
-    selection: SelectionRule = puct
-    tie_break: TieBreak = lowest_index
-    random: bool = False  # True when a rule draws from the generator
-    min_max: bool = False  # True when the tree must track the bounds of Q (Tree.q_low, Tree.q_high)
-
-    def select(self, tree: Tree, node: np.ndarray, generator: np.random.Generator | None) -> np.ndarray:
-        """spec 1.2 ``SELECT_CHILD``: one emotion per node of ``node`` ``[n]``."""
-        edges = tree.edges.at(node)
-        return self.tie_break(self.selection(self.q_transform(tree, edges, node), edges), generator)
-
-
-Q_TRANSFORMS = ("literal", "completed", "minmax", "minmax_completed")
-COMPLETIONS = ("child", "parent")
-TIE_BREAKS = ("lowest", "random")
-
-
-def make_rules(q_transform: str = "literal", completed_value: str = "child", tie_break: str = "lowest") -> Rules:
-    """The :class:`Rules` named by configuration strings (the literal ones by default)."""
-    for name, value, allowed in (
-        ("q_transform", q_transform, Q_TRANSFORMS),
-        ("completed_value", completed_value, COMPLETIONS),
-        ("tie_break", tie_break, TIE_BREAKS),
-    ):
-        if value not in allowed:
-            raise ValueError(f"{name}={value!r} is not supported; choose one of {list(allowed)}")
-    transform = completed_q(completed_value) if q_transform.endswith("completed") else literal_q
-    if q_transform.startswith("minmax"):
-        transform = min_max(transform)
-    random = tie_break == "random"
-    tie = random_tie if random else lowest_index
-    return Rules(transform, puct, tie, random=random, min_max=q_transform.startswith("minmax"))
-
-
-# ---------------------------------------------------------------------------------------------- the root
+# ---------------------------------------------------------------------------------------------- pUCT (spec 1.2)
 def dirichlet_noise(prior: np.ndarray, alpha: float, fraction: float, generator: np.random.Generator) -> np.ndarray:
     """AlphaZero's root exploration: ``(1 - fraction) * P + fraction * Dirichlet(alpha)`` per row of ``[n, E]``."""
     noise = generator.dirichlet(np.full(prior.shape[-1], alpha), size=prior.shape[0])
     return ((1.0 - fraction) * prior + fraction * noise).astype(prior.dtype)
 
 
+@kernel
+def puct_root(tree: TreeArrays, selection: Selection, env: int, root: int, simulation: int, state: tuple) -> int:
+    """pUCT at the root, as at every other node (spec 1.2)."""
+    return select_child(tree, selection, root, env)
+
+
+class PUCTRoot(RootRule):
+    """The specification's root (spec 1.2, 1.3): pUCT, the normalised visit counts as the policy target, the acting
+    emotion drawn by the policy from them (spec 3.4).
+
+    Args:
+        dirichlet_alpha: concentration of the root noise (AlphaZero).
+        dirichlet_fraction: ``f`` in ``(1 - f) P + f Dir(alpha)`` at the roots while exploring; 0: no noise (spec).
+    """
+
+    select = staticmethod(puct_root)
+
+    def __init__(self, dirichlet_alpha: float = 0.3, dirichlet_fraction: float = 0.0) -> None:
+        if dirichlet_alpha <= 0 or not 0.0 <= dirichlet_fraction <= 1.0:
+            raise ValueError(
+                f"PUCTRoot: need dirichlet_alpha > 0 and 0 <= dirichlet_fraction <= 1, got {dirichlet_alpha}, "
+                f"{dirichlet_fraction}"
+            )
+        self.dirichlet_alpha, self.dirichlet_fraction = float(dirichlet_alpha), float(dirichlet_fraction)
+
+    def start(self, tree: Tree, num_simulations: int, draw: Callable[[], np.random.Generator] | None) -> tuple:
+        if draw is not None and self.dirichlet_fraction > 0:
+            roots = tree.roots
+            noisy = dirichlet_noise(tree.prior[roots], self.dirichlet_alpha, self.dirichlet_fraction, draw())
+            tree.set_prior(roots, noisy)
+        return ()
+
+    def finish(self, tree: Tree, selection: Selection, state: tuple) -> RootDecision:
+        return RootDecision(visit_distribution(tree), None)
+
+    def __repr__(self) -> str:
+        return f"PUCTRoot(dirichlet_alpha={self.dirichlet_alpha}, dirichlet_fraction={self.dirichlet_fraction})"
+
+
+# ---------------------------------------------------------------------------------------------- Gumbel MuZero
 def halving_schedule(considered: int, num_simulations: int) -> np.ndarray:
     """Sequential halving's visit targets ``[num_simulations]``: simulation ``k`` visits a considered root child
     whose count is ``schedule[k]``. Each phase spends about ``num_simulations / log2(considered)`` simulations
@@ -148,74 +125,122 @@ def halving_schedule(considered: int, num_simulations: int) -> np.ndarray:
             targets += [visits] * alive
             visits += 1
         alive = max(2, alive // 2)
-    return np.array(targets[:num_simulations])
+    return np.array(targets[:num_simulations], dtype=np.int64)
 
 
-@dataclass
-class GumbelRoot:
-    """The Gumbel MuZero root (Danihelka et al. 2022): sample ``m`` emotions without replacement by Gumbel-top-k
-    on the prior's logits, share the simulations among them by sequential halving, and improve the policy with
-    the completed ``Q``. ``gumbel`` is zero when not exploring (a deterministic search)."""
+@kernel
+def root_q(tree: TreeArrays, selection: Selection, root: int, e: int):
+    """The completed ``Q`` of the root's child ``e``: ``Q`` where visited, else the completion (the child's stored
+    ``V^e``, or the root's own value with ``by_parent``)."""
+    if tree.visits_plus_one[root, e] > selection.one:
+        return tree.q[root, e]
+    return tree.node_value[root] if selection.by_parent else tree.child_value[root, e]
 
-    gumbel: np.ndarray  # [B, E]
-    logits: np.ndarray  # [B, E] log prior at the root
-    considered: np.ndarray  # [B, E] bool: the m sampled emotions
-    schedule: np.ndarray  # [num_simulations]
-    completed_value: str
-    c_visit: float
-    c_scale: float
 
-    @classmethod
-    def start(
-        cls,
-        tree: Tree,
-        considered: int,
-        num_simulations: int,
-        completed_value: str,
-        c_visit: float,
-        c_scale: float,
-        generator: np.random.Generator | None,
-    ) -> GumbelRoot:
+@kernel
+def gumbel_sigma(tree: TreeArrays, selection: Selection, root: int, state: tuple, sigma: np.ndarray) -> None:
+    """``sigma(q) = (c_visit + max_b N(b)) * c_scale * q`` into ``sigma`` ``[E]`` (float64), with ``q`` the root's
+    completed ``Q`` rescaled to ``[0, 1]`` by its own min and max in the tree's float type, the spread floored at
+    ``max(selection.min_spread, tiny)``. NaN propagates as numpy's min and max propagate it."""
+    c_visit, c_scale, tiny = state[4], state[5], state[6]
+    n_emotions = tree.q.shape[1]
+    low = high = root_q(tree, selection, root, 0)
+    max_visits = np.int64(tree.visits_plus_one[root, 0] - selection.one)
+    for e in range(1, n_emotions):
+        q = root_q(tree, selection, root, e)
+        if not np.isnan(low) and (np.isnan(q) or q < low):
+            low = q
+        if not np.isnan(high) and (np.isnan(q) or q > high):
+            high = q
+        visits = np.int64(tree.visits_plus_one[root, e] - selection.one)
+        if visits > max_visits:
+            max_visits = visits
+    floor = selection.min_spread if selection.min_spread > tiny else tiny
+    spread = high - low
+    if not np.isnan(spread) and not spread > floor:
+        spread = floor
+    scale = (c_visit + np.float64(max_visits)) * c_scale
+    for e in range(n_emotions):
+        sigma[e] = scale * np.float64((root_q(tree, selection, root, e) - low) / spread)
+
+
+@kernel
+def gumbel_best(tree: TreeArrays, selection: Selection, env: int, root: int, target: int, state: tuple) -> int:
+    """Among the considered root children visited ``target`` times, the first maximum of ``g + logits + sigma(q)``
+    (``g + logits`` in the tree's float type, the score in float64); others score ``-inf``."""
+    gumbel, logits, considered = state[0][env], state[1][env], state[2][env]
+    n_emotions = tree.q.shape[1]
+    sigma = np.empty(n_emotions, dtype=np.float64)
+    gumbel_sigma(tree, selection, root, state, sigma)
+    best, best_score = 0, -np.inf
+    for e in range(n_emotions):
+        score = -np.inf
+        if considered[e] and np.int64(tree.visits_plus_one[root, e] - selection.one) == target:
+            score = np.float64(gumbel[e] + logits[e]) + sigma[e]
+        if np.isnan(score):
+            return e
+        if e == 0 or score > best_score:
+            best, best_score = e, score
+    return best
+
+
+@kernel
+def gumbel_root(tree: TreeArrays, selection: Selection, env: int, root: int, simulation: int, state: tuple) -> int:
+    """Sequential halving: simulation ``k`` visits the best considered child whose count is ``schedule[k]``."""
+    return gumbel_best(tree, selection, env, root, state[3][simulation], state)
+
+
+class GumbelRoot(RootRule):
+    """The Gumbel MuZero root (Danihelka et al. 2022): sample ``considered`` emotions without replacement by
+    Gumbel-top-k on the prior's logits, share the simulations among them by sequential halving, act with the best
+    of the most visited, and return ``softmax(logits + sigma(completed Q))`` as the policy target. Not exploring,
+    the Gumbel variables are 0 (a deterministic search over the top-``considered`` logits).
+
+    Args:
+        considered: ``m``, emotions sampled at the root.
+        c_visit, c_scale: ``sigma(q) = (c_visit + max_b N(b)) * c_scale * q``.
+
+    The completion of unvisited children and the floor of the rescaling are the planner's (``completed_value``,
+    ``min_spread`` of :class:`~emotion_rl.mcts.search.EmotionMCTS`).
+    """
+
+    select = staticmethod(gumbel_root)
+
+    def __init__(self, considered: int = 8, c_visit: float = 50.0, c_scale: float = 0.1) -> None:
+        if considered < 1 or c_visit < 0 or c_scale < 0:
+            raise ValueError(f"GumbelRoot: need considered >= 1, c_visit >= 0, c_scale >= 0: {considered}, "
+                             f"{c_visit}, {c_scale}")  # fmt: skip
+        self.considered, self.c_visit, self.c_scale = int(considered), float(c_visit), float(c_scale)
+
+    def start(self, tree: Tree, num_simulations: int, draw: Callable[[], np.random.Generator] | None) -> tuple:
+        """``(gumbel, logits, considered [B, E], schedule [num_simulations], c_visit, c_scale, tiny)``."""
         prior = tree.prior[tree.roots]
         with np.errstate(divide="ignore"):
             logits = np.log(prior)
-        gumbel = np.zeros_like(prior) if generator is None else generator.gumbel(size=prior.shape).astype(prior.dtype)
-        m = min(considered, prior.shape[-1])
+        gumbel = np.zeros_like(prior) if draw is None else draw().gumbel(size=prior.shape).astype(prior.dtype)
+        m = min(self.considered, prior.shape[-1])
         top = np.argsort(-(gumbel + logits), axis=-1, kind="stable")[:, :m]
-        mask = np.zeros(prior.shape, dtype=bool)
-        np.put_along_axis(mask, top, True, axis=-1)
-        return cls(gumbel, logits, mask, halving_schedule(m, num_simulations), completed_value, c_visit, c_scale)
+        considered = np.zeros(prior.shape, dtype=np.bool_)
+        np.put_along_axis(considered, top, True, axis=-1)
+        tiny = np.finfo(prior.dtype).tiny  # a scalar of the tree's float type
+        schedule = halving_schedule(m, num_simulations)
+        return gumbel, logits, considered, schedule, self.c_visit, self.c_scale, tiny
 
-    def sigma(self, tree: Tree, rows: np.ndarray) -> np.ndarray:
-        """``(c_visit + max_b N(b)) * c_scale * q`` with ``q`` the completed ``Q`` of the root's children,
-        rescaled to ``[0, 1]`` by its own min and max, ``[n, E]``."""
-        root = tree.roots[rows]
-        edges = tree.edges.at(root)
-        q = np.where(edges.visits_plus_one > 1, edges.q, completion(tree, root, self.completed_value))
-        low, high = q.min(axis=-1, keepdims=True), q.max(axis=-1, keepdims=True)
-        q = (q - low) / np.maximum(high - low, np.finfo(q.dtype).tiny)
-        max_visits = edges.visits.max(axis=-1, keepdims=True)
-        return (self.c_visit + max_visits) * self.c_scale * q
+    def finish(self, tree: Tree, selection: Selection, state: tuple) -> RootDecision:
+        """The halving winner (the best of the most visited considered children) and ``softmax(logits + sigma)``."""
+        logits, considered = state[1], state[2]
+        visits = np.where(considered, tree.visits[tree.roots], -1)
+        arrays, n_emotions = tree.arrays, logits.shape[-1]
+        emotion = np.empty(tree.batch, dtype=np.int64)
+        policy = np.empty((tree.batch, n_emotions), dtype=np.float64)
+        sigma = np.empty(n_emotions, dtype=np.float64)
+        for env, root in enumerate(tree.roots):
+            emotion[env] = gumbel_best(arrays, selection, env, root, visits[env].max(), state)
+            gumbel_sigma(arrays, selection, root, state, sigma)
+            z = logits[env] + sigma
+            z = np.exp(z - z.max())
+            policy[env] = z / z.sum()
+        return RootDecision(policy, emotion)
 
-    def _best(self, tree: Tree, rows: np.ndarray, target: np.ndarray) -> np.ndarray:
-        """Among the considered children whose visit count is ``target`` ``[n]``, the best by ``g + logits +
-        sigma(q)``."""
-        score = self.gumbel[rows] + self.logits[rows] + self.sigma(tree, rows)
-        eligible = self.considered[rows] & (tree.edges.at(tree.roots[rows]).visits == target[:, None])
-        return np.where(eligible, score, -np.inf).argmax(axis=-1)
-
-    def select(self, tree: Tree, rows: np.ndarray, simulation: np.ndarray) -> np.ndarray:
-        """The root emotion of simulation ``simulation[n]`` of environment ``rows[n]``."""
-        return self._best(tree, rows, self.schedule[simulation])
-
-    def winner(self, tree: Tree) -> np.ndarray:
-        """The emotion to act with ``[B]``: the best of the most visited considered children."""
-        rows = np.arange(tree.batch)
-        visits = np.where(self.considered, tree.edges.at(tree.roots).visits, -1)
-        return self._best(tree, rows, visits.max(axis=-1))
-
-    def improved_policy(self, tree: Tree) -> np.ndarray:
-        """``softmax(logits + sigma(completed Q))`` ``[B, E]``: the search's policy target."""
-        z = self.logits + self.sigma(tree, np.arange(tree.batch))
-        z = np.exp(z - z.max(axis=-1, keepdims=True))
-        return z / z.sum(axis=-1, keepdims=True)
+    def __repr__(self) -> str:
+        return f"GumbelRoot(considered={self.considered}, c_visit={self.c_visit}, c_scale={self.c_scale})"

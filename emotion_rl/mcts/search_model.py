@@ -19,7 +19,7 @@ from torch import Tensor
 
 from emotion_rl.history import History
 from emotion_rl.mcts.tree import Expansion, SearchModel
-from emotion_rl.model import EmotionModel, Encoding
+from emotion_rl.model import EmotionModel, Encoding, state_value
 
 __all__ = ["ExpansionCache", "FusedSearchModel", "PlainSearchModel", "as_search_model"]
 
@@ -183,7 +183,7 @@ class FusedSearchModel:
         """The root's outputs ``[N, ...]`` (spec 1.3 step 2) and the cache every expansion reads."""
         hidden, cache = self.search_prefix(history)
         out = self.model.heads(hidden)
-        return Expansion(out["policy"], out["values"], out["action_logits"], out["dynamics"]), cache
+        return Expansion(out["policy"], out["values"], out["action_logits"], out["dynamics"], out["value"]), cache
 
     def expand(self, cache: ExpansionCache, observation: Tensor) -> Expansion:
         """Outputs ``[N, ...]`` at "real history of row ``n`` + imagined state ``observation[n]``" (spec 1.4, 1.5)
@@ -215,7 +215,8 @@ class FusedSearchModel:
         dyn_first = first.narrow(1, e + width, first.shape[1] - e - width)
         dyn_hidden = F.gelu(torch.addmm(dyn_first, action_probs, cache.dyn_action_weight))
         dynamics = torch.addmm(cache.dyn_bias, dyn_hidden, cache.dyn_weight).view(n, e, -1)
-        return Expansion(torch.softmax(first.narrow(1, 0, e), dim=-1), values, action_logits, dynamics)
+        policy = torch.softmax(first.narrow(1, 0, e), dim=-1)
+        return Expansion(policy, values, action_logits, dynamics, state_value(values, policy))
 
     def children(self, cache: ExpansionCache, observation: Tensor) -> Expansion:
         """Outputs ``[N, Q, ...]`` for ``Q`` imagined states per row, each on its own (decision 5): the root's
@@ -225,7 +226,7 @@ class FusedSearchModel:
         positions = cache.length.unsqueeze(1).expand(n, q)
         visible = (torch.arange(t, device=observation.device) < cache.length.unsqueeze(-1)).unsqueeze(1).expand(n, q, t)
         out = self.model.heads(self.model.encode_imagined(cache.encoding, observation, positions, visible))
-        return Expansion(out["policy"], out["values"], out["action_logits"], out["dynamics"])
+        return Expansion(out["policy"], out["values"], out["action_logits"], out["dynamics"], out["value"])
 
 
 class PlainSearchModel:
@@ -237,12 +238,12 @@ class PlainSearchModel:
     def root(self, history: History | TensorDictBase) -> tuple[Expansion, Encoding]:
         encoding = self.model.encode(history)
         out = self.model.heads(encoding.last_hidden)
-        return Expansion(out["policy"], out["values"], out["action_logits"], out["dynamics"]), encoding
+        return Expansion(out["policy"], out["values"], out["action_logits"], out["dynamics"], out["value"]), encoding
 
     def expand(self, encoding: Encoding, observation: Tensor) -> Expansion:
         rows = torch.arange(observation.shape[0], device=observation.device)
         out = self.model.evaluate_imagined(encoding, observation, rows)
-        return Expansion(out["policy"], out["values"], out["action_logits"], out["dynamics"])
+        return Expansion(out["policy"], out["values"], out["action_logits"], out["dynamics"], out["value"])
 
     def children(self, encoding: Encoding, observation: Tensor) -> Expansion:
         per_child = [self.expand(encoding, observation[:, q]) for q in range(observation.shape[1])]
