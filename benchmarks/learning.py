@@ -6,7 +6,10 @@ Every run, emotion agent or baseline, follows one protocol:
    fixed start states each time). Training stops at the first evaluation whose mean return reaches
    ``--threshold`` (the agent is "solved" there: Lightning's ``EarlyStopping(stopping_threshold=...)`` for the
    emotion agent, stable-baselines3's ``StopTrainingOnRewardThreshold`` for PPO), or at ``--budget`` env steps,
-   or after ``--max-minutes`` of training wall time (evaluations excluded), whichever comes first.
+   or after ``--max-minutes`` of training wall time (evaluations excluded), whichever comes first. With
+   ``--continue-after N`` an emotion run does not stop at the threshold: it trains ``N`` env steps more (the budget
+   applies only until the threshold is first reached), so that the final evaluation shows whether it stays solved
+   (``stays_solved`` in its result).
 2. Evaluate the final agent greedily on ``--final-episodes`` fresh episodes (other start states).
 
 After the final evaluation an emotion run saves its weights (``<out>/models/<variant>_s<seed>.ckpt``, not
@@ -184,6 +187,13 @@ def overrides_of(args: argparse.Namespace, variant: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- emotion agent
+def stop_limit(curve: list[dict], threshold: float, budget: int, continue_after: int | None) -> int:
+    """Env steps at which a run stops: the budget, or with ``continue_after``, once the curve first reaches the
+    threshold, that evaluation's env steps plus ``continue_after`` (whatever the budget)."""
+    reached = next((point["env_steps"] for point in curve if point["return_mean"] >= threshold), None)
+    return budget if reached is None or continue_after is None else reached + continue_after
+
+
 def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
     """One emotion-agent run of ``args.config`` with the variant's overrides, in this process."""
     import torch
@@ -210,8 +220,12 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
         def on_train_batch_end(self, trainer, *_args) -> None:  # noqa: ANN001, ANN002
             self._batch_end = time.perf_counter()
             training_s = self._batch_end - self.start - self.evaluating_s
-            if trainer.datamodule.env_steps >= args.budget or training_s >= 60 * args.max_minutes:
+            if trainer.datamodule.env_steps >= self.limit or training_s >= 60 * args.max_minutes:
                 trainer.should_stop = True
+
+        @property
+        def limit(self) -> int:
+            return stop_limit(self.curve, args.threshold, args.budget, args.continue_after)
 
         def on_validation_end(self, trainer, pl_module) -> None:  # noqa: ANN001
             # Lightning plays the evaluation episodes while it prepares the validation loop, before any
@@ -262,7 +276,7 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
     )
     record = Record()
     cli.trainer.callbacks.append(record)
-    if not args.cost_only:
+    if not args.cost_only and args.continue_after is None:
         stop = EarlyStopping("val/return_mean", mode="max", stopping_threshold=args.threshold, patience=10**9)
         cli.trainer.callbacks.append(stop)
     record.start = time.perf_counter()
@@ -459,6 +473,8 @@ def summarize(
         "final_return_mean": final_mean,
         "final_return_min": min(final),
         "solved": final_mean >= args.threshold,
+        "continue_after": getattr(args, "continue_after", None),
+        "stays_solved": (final_mean >= args.threshold) if reached and getattr(args, "continue_after", None) else None,
     }
 
 
@@ -526,6 +542,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=20,
         metavar="EPISODES",
         help="after each emotion run, greedy episodes per row of benchmarks/search_gain.py (0: skip)",
+    )
+    parser.add_argument(
+        "--continue-after",
+        type=int,
+        metavar="ENV_STEPS",
+        help="instead of stopping at the first evaluation at the threshold, train this many env steps more (the "
+        "budget then no longer applies), to show the run stays solved",
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one CPU core each)")
     parser.add_argument("--out", help="result folder (default: benchmarks/results/learning/<env id>)")

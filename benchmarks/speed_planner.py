@@ -9,7 +9,6 @@ import statistics
 import time
 from collections import Counter
 
-import numpy as np
 import torch
 from speed_common import (
     Sizes,
@@ -29,7 +28,7 @@ from tensordict import TensorDict
 from emotion_rl.mcts.reference import literal_search
 from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.mcts.search_model import FusedSearchModel
-from emotion_rl.mcts.tree import EdgeArrays, Tree
+from emotion_rl.mcts.tree import Tree
 from emotion_rl.model import EmotionModel
 
 
@@ -252,9 +251,8 @@ def worker_rss(envs: int, sims: int, length: int) -> dict:
 
 
 def tree_numpy_bytes(tree: Tree) -> int:
-    """Bytes of a search tree's numpy arrays (the packed edge statistics included)."""
-    arrays = [v.data if isinstance(v, EdgeArrays) else v for v in vars(tree).values()]
-    return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
+    """Bytes of a search tree's numpy arrays."""
+    return sum(a.nbytes for a in tree.arrays)
 
 
 def profiled_memory(model: EmotionModel, planner: EmotionMCTS, history: TensorDict) -> dict[str, int]:

@@ -337,7 +337,6 @@ def test_the_agent_hands_every_search_option_to_its_planner():
     options = dict(
         q_transform="minmax_completed",
         completed_value="parent",
-        tie_break="random",
         dirichlet_alpha=0.25,
         dirichlet_fraction=0.2,
         root_rule="gumbel",
@@ -346,8 +345,10 @@ def test_the_agent_hands_every_search_option_to_its_planner():
         gumbel_c_scale=0.5,
     )
     agent = EmotionAgent(obs_dim=4, n_actions=2, max_episode_steps=10, d_model=8, n_layers=1, n_heads=2, **options)
-    for name, value in options.items():
-        assert agent.planner.options[name] == value, name
+    planner = agent.planner
+    assert (planner.q_transform, planner.completed_value) == ("minmax_completed", "parent")
+    root = planner.root_rule
+    assert (type(root).__name__, root.considered, root.c_visit, root.c_scale) == ("GumbelRoot", 4, 30.0, 0.5)
 
 
 def test_phase3_reuses_phase2s_forward_only_when_phase2_leaves_the_transformer_alone(monkeypatch, episodes):

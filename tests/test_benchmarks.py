@@ -45,6 +45,40 @@ def test_a_run_reaches_the_threshold_at_its_first_evaluation_at_or_above_it_and_
     assert unsolved["reached_env_steps"] is None and not unsolved["solved"]
 
 
+def test_continue_after_trains_past_the_first_threshold_and_says_whether_the_run_stayed_solved():
+    curve = [point(1000, 200.0), point(2000, 480.0), point(3000, 470.0)]
+    assert learning.stop_limit(curve[:1], 475.0, 30_000, 5000) == 30_000  # not reached: the budget
+    assert learning.stop_limit(curve, 475.0, 30_000, 5000) == 7000  # reached at 2000: 5000 more
+    assert learning.stop_limit([point(29_000, 490.0)], 475.0, 30_000, 5000) == 34_000  # past the budget
+    assert learning.stop_limit(curve, 475.0, 30_000, None) == 30_000  # the threshold stops it (EarlyStopping)
+    args = Namespace(**vars(ARGS), continue_after=5000)
+    stayed = learning.summarize("emotion", 0, curve, 7000, 70.0, [480.0, 490.0], args)
+    fell = learning.summarize("emotion", 0, curve, 7000, 70.0, [400.0, 480.0], args)
+    never = learning.summarize("emotion", 0, curve[:1], 30_000, 300.0, [200.0], args)
+    assert (stayed["stays_solved"], fell["stays_solved"], never["stays_solved"]) == (True, False, None)
+    assert learning.summarize("emotion", 0, curve, 2000, 20.0, [480.0], ARGS)["stays_solved"] is None
+    parsed = learning.parse(["--out", "x", "--continue-after", "5000"])
+    assert parsed.continue_after == 5000 and learning.parse(["--out", "x"]).continue_after is None
+
+
+def test_the_screen_table_gives_each_variant_its_seeds_iqm_and_search_gain(tmp_path):
+    screen_table = load("screen_table")
+
+    def write(variant: str, seed: int, final: float, search: float, prior: float) -> None:
+        rows = {"search": {"mean": search}, "prior": {"mean": prior}, "emotion_0": {"mean": 9.0}}
+        result = learning.summarize(variant, seed, [point(1000, final)], 10_000, 100.0, [final], ARGS)
+        (tmp_path / f"{variant}_s{seed}.json").write_text(json.dumps({**result, "search_gain": {"rows": rows}}))
+
+    for seed, final in enumerate([100.0, 200.0, 300.0, 400.0, 500.0]):
+        write("base", seed, final, search=final, prior=final - 10)
+        write("other", seed, final + 50, search=final, prior=final + 10)  # the prior beats the search
+    text = screen_table.table(tmp_path, baseline="base")
+    base, other = text.splitlines()[2:4]
+    assert base.startswith("| base |") and other.startswith("| other |")
+    assert "| 300 | 5/5 |" in base and "| 350 | 0/5 |" in other  # IQM of 100..500 is 300
+    assert "500.0 (475 at 1,000) (500 / 490 / 9)" in base
+
+
 def test_curves_hold_after_a_solved_run_and_end_where_an_unsolved_run_stopped():
     solved = learning.summarize("ppo", 0, [point(1000, 100.0), point(2000, 480.0)], 2000, 5.0, [500.0], ARGS)
     stopped = learning.summarize("ppo", 1, [point(1000, 50.0), point(2000, 90.0)], 2000, 5.0, [90.0], ARGS)

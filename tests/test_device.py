@@ -30,6 +30,7 @@ from emotion_rl.data.replay import EpisodeReplay
 from emotion_rl.data.rollout import play
 from emotion_rl.data.selfplay import SelfPlayCounters, make_collector, self_play
 from emotion_rl.history import History
+from emotion_rl.mcts.rules import GumbelRoot, PUCTRoot
 from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.mcts.tree import host_arrays, to_numpy
 from emotion_rl.model import EmotionModel
@@ -128,10 +129,12 @@ def test_the_search_runs_on_the_model_s_device_and_answers_there(device, dtype, 
     torch.manual_seed(0)
     model = EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=1, n_heads=2, context_window=8).to(device, dtype)
     history = testing.random_history(3, 5, OBS_DIM, N_ACTIONS, seed=1, dtype=dtype).to(device)
-    planner = EmotionMCTS(num_simulations=7, dirichlet_fraction=0.25, root_rule=root_rule, q_transform="minmax")
+    root = GumbelRoot(considered=4) if root_rule == "gumbel" else PUCTRoot(dirichlet_fraction=0.25)
+    planner = EmotionMCTS(num_simulations=7, root_rule=root, q_transform="minmax")
     result = planner.search(model, history, generator=torch.Generator().manual_seed(0), explore=True)
     assert_on(result, device)
     assert result["visit_distribution"].dtype == dtype and result["prior"].dtype == dtype
+    assert result["policy_target"].dtype == dtype
     assert (result["visit_counts"].sum(-1) == 7).all()
     torch.testing.assert_close(result["visit_distribution"].sum(-1), torch.ones(3, dtype=dtype, device=device))
     if root_rule == "gumbel":

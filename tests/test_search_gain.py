@@ -118,7 +118,9 @@ class ChosenPlanner:
 
     def search(self, model, history, generator=None, explore=False) -> TensorDict:
         result = PriorPlanner().search(model, history)
-        result["visit_distribution"] = torch.nn.functional.one_hot(torch.tensor(self.chosen), E).float()
+        result["visit_distribution"] = result["policy_target"] = torch.nn.functional.one_hot(
+            torch.tensor(self.chosen), E
+        ).float()
         return result
 
 
@@ -185,7 +187,9 @@ def test_a_search_that_always_picks_the_priors_emotion_changes_no_action_in_a_co
 
         def search(self, model, history, generator=None, explore=False) -> TensorDict:
             result = PriorPlanner().search(model, history)
-            result["visit_distribution"] = torch.nn.functional.one_hot(result["prior"].argmax(-1), E).float()
+            result["visit_distribution"] = result["policy_target"] = torch.nn.functional.one_hot(
+                result["prior"].argmax(-1), E
+            ).float()
             return result
 
     policy = EmotionPolicy(model, PriorEmotionPlanner(), temperature=1.0, action_spec=env.action_spec)

@@ -24,6 +24,7 @@ from emotion_rl.cli import add_tensorboard, tensorboard_available
 from emotion_rl.data.envs import make_env
 from emotion_rl.data.episodes import discounted_returns
 from emotion_rl.data.rollout import play
+from emotion_rl.mcts.rules import GumbelRoot
 from emotion_rl.viz import (
     draw_search_tree,
     episode_outputs,
@@ -39,6 +40,7 @@ from emotion_rl.viz import (
     render_episode,
     search_edges,
 )
+from emotion_rl.viz.__main__ import load_agent
 
 from conftest import CONFIG, TINY, random_history
 
@@ -495,20 +497,16 @@ def test_render_and_tree_commands_read_a_checkpoint(fitted_run, tmp_path, capsys
 
 def test_tree_command_searches_with_the_agents_own_planner(fitted_run, tmp_path, monkeypatch):
     """The drawn search is the agent's (its root rule, Q transform, ...), with only the flags' settings changed."""
-    import emotion_rl.viz.__main__ as cli_module
-
-    built = []
-
-    def recording(*args, **kwargs):
-        built.append(kwargs)
-        return EmotionMCTS(*args, **kwargs)
-
-    monkeypatch.setattr(cli_module, "EmotionMCTS", recording)
+    searched = []
+    search = EmotionMCTS.search
+    monkeypatch.setattr(EmotionMCTS, "search", lambda self, *a, **k: searched.append(self) or search(self, *a, **k))
     ckpt = str(fitted_run / "checkpoints" / "last.ckpt")
     assert viz.main(["tree", "--ckpt_path", ckpt, "--out", str(tmp_path / "t.png"), "--num_simulations", "9"]) == 0
-    hparams = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
-    assert built[0]["num_simulations"] == 9 and built[0]["root_rule"] == hparams["root_rule"] == "gumbel"
-    assert built[0]["q_transform"] == hparams["q_transform"] and built[0]["c_puct"] == hparams["c_puct"]
+    agent = load_agent(ckpt)
+    drawn = searched[-1]
+    assert drawn.num_simulations == 9 != agent.planner.num_simulations
+    assert type(drawn.root_rule) is type(agent.planner.root_rule) is GumbelRoot
+    assert (drawn.q_transform, drawn.c_puct) == (agent.planner.q_transform, agent.planner.c_puct)
 
 
 def test_metrics_nan_cells_are_skipped(tmp_path):

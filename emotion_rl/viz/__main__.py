@@ -10,6 +10,7 @@ A missing or unreadable input exits with status 2.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 from collections.abc import Sequence
@@ -17,8 +18,6 @@ from pathlib import Path
 
 import torch
 
-from emotion_rl.agent import PLANNER_ARGUMENTS
-from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.viz.episodes import play_episode, render_episode
 from emotion_rl.viz.metrics import has_diagnostics, plot_diagnostics, plot_metrics, read_metrics
 from emotion_rl.viz.tree import draw_search_tree
@@ -120,14 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         record = play_episode(agent, env_id, seed=args.seed, max_steps=args.step + 1)
         step = min(args.step, record.length - 1)
-        settings = {name: agent.hparams[name] for name in PLANNER_ARGUMENTS if name in agent.hparams}
-        settings["num_simulations"] = args.num_simulations or agent.planner.num_simulations
-        settings["c_puct"] = agent.planner.c_puct if args.c_puct is None else args.c_puct
-        planner = EmotionMCTS(**settings)  # the agent's own search (root rule, Q transform, ...) with the flags on top
+        planner = copy.copy(agent.planner)  # the agent's own search (root rule, Q transform, ...), the flags on top
+        planner.num_simulations = args.num_simulations or planner.num_simulations
+        planner.c_puct = planner.c_puct if args.c_puct is None else args.c_puct
         result = planner.search(agent.model, record.history(step, window=agent.hparams.get("context_window")))
         title = (
             f"{env_id}, step {step} of a greedy episode (seed {args.seed}): {planner.num_simulations} simulations, "
-            f"c_puct {planner.c_puct:g}, {settings.get('root_rule', 'puct')} root\n"
+            f"c_puct {planner.c_puct:g}, {type(planner.root_rule).__name__}\n"
             f"N visits, Q = W/N (value units), P prior; deeper children with N >= "
             f"{args.min_visits}"
         )
