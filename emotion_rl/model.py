@@ -26,7 +26,8 @@ ImaginedAction = Literal["softmax", "one_hot"]
 (the search's children): ``"softmax"`` of the action head (spec 2.1) or ``"one_hot"`` of its argmax."""
 
 ValueReadout = Literal["mean", "policy"]
-"""How "the value of a state" is read from its ``E`` values (docs/search.md, "Value readout")."""
+"""The planner's ``value_readout`` argument (``EmotionMCTS``; the search's own setting, read through
+:func:`state_value`). The learner reads a state's value through :meth:`EmotionModel.state_value` only."""
 
 
 def check_value_readout(readout: str) -> str:
@@ -37,11 +38,11 @@ def check_value_readout(readout: str) -> str:
 
 
 def state_value(values: Tensor, policy: Tensor | None, readout: str = "mean") -> Tensor:
-    """The value of a state ``[...]`` from its values ``V^e(s)`` ``[..., E]``: ``"mean"``, their mean (spec 1.4);
-    ``"policy"``, ``sum_e pi(e | s) V^e(s)`` with ``policy`` the policy head's probabilities at that same state
-    (MuZero's state value under the prior; beyond the specification)."""
+    """The planner's readout of a state's value ``[...]`` from ``V^e(s)`` ``[..., E]``: ``"mean"`` is
+    :meth:`EmotionModel.state_value` (spec 1.4); ``"policy"``, ``sum_e pi(e | s) V^e(s)`` with ``policy`` the
+    policy head's probabilities at that state (beyond the specification)."""
     if check_value_readout(readout) == "mean":
-        return values.mean(dim=-1)
+        return EmotionModel.state_value(values)
     return (policy * values).sum(dim=-1)
 
 
@@ -319,6 +320,13 @@ class EmotionModel(nn.Module):
         if emotion is not None:
             return self.value_heads.forward_selected(hidden, emotion).squeeze(-1)
         return self.value_heads.forward_shared(hidden).squeeze(-1)
+
+    @staticmethod
+    def state_value(values: Tensor) -> Tensor:
+        """The value of a state ``[...]`` from its ``E`` values ``V^e(s)`` ``[..., E]``: their mean, spec 1.4's leaf
+        value. The one readout of "the value of a state": the search's leaves, phase 2's critic, phase 3's
+        row-end imagined target."""
+        return values.mean(dim=-1)
 
     def action_logits(self, hidden: Tensor, emotion: Tensor | None = None) -> Tensor:
         """Action heads: ``A^e(s)`` for every emotion, ``[..., E, n_actions]``; with ``emotion``, that one's."""

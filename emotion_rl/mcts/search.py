@@ -21,6 +21,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 
+from emotion_rl.config import Configurable
 from emotion_rl.history import History
 from emotion_rl.mcts.rules import GumbelRoot, Rules, dirichlet_noise, make_rules
 from emotion_rl.mcts.search_model import as_search_model
@@ -125,7 +126,7 @@ def backward(tree: Tree, nodes: np.ndarray, emotions: np.ndarray, leaf_value: np
     tree.backup(nodes, emotions, leaf_value)
 
 
-class EmotionMCTS:
+class EmotionMCTS(Configurable):
     """MCTS over emotions (spec 1.3): the root visit distribution of ``num_simulations`` simulations.
 
     Args:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from emotion_rl.agent import PLANNER_ARGUMENTS
+from emotion_rl.config import to_config
 from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.viz.episodes import play_episode, render_episode
 from emotion_rl.viz.metrics import has_diagnostics, plot_diagnostics, plot_metrics, read_metrics
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         record = play_episode(agent, env_id, seed=args.seed, max_steps=args.step + 1)
         step = min(args.step, record.length - 1)
-        settings = {name: agent.hparams[name] for name in PLANNER_ARGUMENTS if name in agent.hparams}
+        settings = dict(to_config(agent.planner)["init_args"])  # the agent's own planner's arguments
         settings["num_simulations"] = args.num_simulations or agent.planner.num_simulations
         settings["c_puct"] = agent.planner.c_puct if args.c_puct is None else args.c_puct
         planner = EmotionMCTS(**settings)  # the agent's own search (root rule, Q transform, ...) with the flags on top
