@@ -71,7 +71,7 @@ def tiny_agent(max_episode_steps: int = 30, seed: int = 0, context_window: int |
         d_model=16,
         n_layers=1,
         n_heads=2,
-        num_simulations=4,
+        planner=EmotionMCTS(4),
     )
 
 
@@ -506,9 +506,9 @@ def test_tree_command_searches_with_the_agents_own_planner(fitted_run, tmp_path,
     monkeypatch.setattr(cli_module, "EmotionMCTS", recording)
     ckpt = str(fitted_run / "checkpoints" / "last.ckpt")
     assert viz.main(["tree", "--ckpt_path", ckpt, "--out", str(tmp_path / "t.png"), "--num_simulations", "9"]) == 0
-    hparams = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
-    assert built[0]["num_simulations"] == 9 and built[0]["root_rule"] == hparams["root_rule"] == "gumbel"
-    assert built[0]["q_transform"] == hparams["q_transform"] and built[0]["c_puct"] == hparams["c_puct"]
+    planner = torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]["planner"]["init_args"]
+    assert built[0]["num_simulations"] == 9 and built[0]["root_rule"] == planner["root_rule"] == "gumbel"
+    assert built[0]["q_transform"] == planner["q_transform"] and built[0]["c_puct"] == planner["c_puct"]
 
 
 def test_metrics_nan_cells_are_skipped(tmp_path):
