@@ -117,7 +117,7 @@ def _factory_parts(obj: functools.partial) -> tuple[type, dict[str, Any]]:
         return func, dict(obj.keywords)
     if (
         not isinstance(func, type)
-        and func.__module__.startswith("jsonargparse")
+        and (getattr(func, "__module__", None) or "").startswith("jsonargparse")
         and args
         and isinstance(args[-1], type)
     ):
