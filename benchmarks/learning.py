@@ -24,7 +24,7 @@ threshold.
     python benchmarks/learning.py --seeds 0 1 2 3 4 --variants emotion ppo
     python benchmarks/learning.py --seeds 0 1 2 --variants literal one_emotion sims8 sims25
     python benchmarks/learning.py --env-id Acrobot-v1 --seeds 0 1 2 --variants emotion ppo
-    python benchmarks/learning.py --seeds 0 1 2 --variant fast=--model.num_simulations=8,--model.max_depth=2
+    python benchmarks/learning.py --seeds 0 1 2 --variant fast=--model.planner.num_simulations=8,--data.batch_size=32
     python benchmarks/learning.py --cost-only --variants emotion sims8          # seconds per env step, side by side
     python benchmarks/plot_learning.py benchmarks/results/learning   # README table and learning-curve image
 
@@ -74,11 +74,11 @@ LEGACY_ENV = "CartPole-v1"
 
 ABLATIONS: dict[str, list[str]] = {
     "emotion": [],
-    "literal": ["--model.phase2_objective", "literal"],
+    "literal": ["--model.action_loss", "emotion_rl.LiteralActionLoss"],
     "one_emotion": ["--model.n_emotions", "1"],
-    "sims8": ["--model.num_simulations", "8"],
-    "sims25": ["--model.num_simulations", "25"],
-    "sims50": ["--model.num_simulations", "50"],
+    "sims8": ["--model.planner.num_simulations", "8"],
+    "sims25": ["--model.planner.num_simulations", "25"],
+    "sims50": ["--model.planner.num_simulations", "50"],
 }
 """Emotion-agent variants: command-line overrides of the config (spec section named in the README table)."""
 

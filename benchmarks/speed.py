@@ -227,7 +227,11 @@ def main() -> None:
         model_sizes = ", ".join(
             f"{k} {config[k]}" for k in ("n_emotions", "d_model", "n_layers", "n_heads") if k in config
         )
-        training = ", ".join(f"{k} {config[k]}" for k in ("phase2_objective", "dynamics_action", "return_scale"))
+        training = (
+            f"action_loss {config['action_loss']['class_path']}, dynamics action_input "
+            f"{config['dynamics_loss']['init_args']['action_input']}, return_scale "
+            f"{config['value_loss']['init_args']['return_scale']}"
+        )
         lines = [
             "# Speed benchmark: planner, training schedules, end-to-end fit (CPU)",
             "",

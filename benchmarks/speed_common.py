@@ -122,8 +122,8 @@ def make_model(context_window: int = CARTPOLE_MAX_STEPS) -> EmotionModel:
 
 def make_planner(num_simulations: int) -> EmotionMCTS:
     """``EmotionMCTS(num_simulations)`` with the config's ``c_puct`` and ``max_depth`` (1.0 and 3)."""
-    config = cartpole_model_config()
-    return EmotionMCTS(num_simulations, c_puct=config.get("c_puct", 1.0), max_depth=config.get("max_depth", 3))
+    planner = cartpole_model_config()["planner"]["init_args"]
+    return EmotionMCTS(num_simulations, c_puct=planner.get("c_puct", 1.0), max_depth=planner.get("max_depth", 3))
 
 
 def make_history(envs: int, length: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> TensorDict:

@@ -92,7 +92,7 @@ def worker_fit(envs: int, sims: int, max_steps: int, threads: int) -> dict:
                 str(CONFIG),
                 "--data.num_envs",
                 str(envs),
-                "--model.num_simulations",
+                "--model.planner.num_simulations",
                 str(sims),
                 "--trainer.max_steps",
                 str(max_steps),

@@ -7,28 +7,52 @@ The public API, by layer (docs/index.md):
   without search it is measured against, :class:`PriorPlanner` and :class:`FixedEmotionPlanner`;
 - acting: :class:`EmotionPolicy` (a TorchRL policy module), :class:`TemperatureSchedule` (spec 3.4), :func:`make_env`,
   :func:`play`, :func:`closing_collector` / :func:`shutdown_collector` (collectors that exit cleanly);
-- learning: the four phase losses (:class:`DynamicsLoss`, :class:`MaxValueActionLoss`, :class:`LiteralActionLoss`,
-  :class:`ValueLoss`, :class:`PolicyLoss`; spec 2.2), :class:`EmotionAgent` (LightningModule, spec 2.3),
-  :class:`EmotionDataModule` (collector and replay, spec 3.3, 5);
+- learning: the four phase losses (:class:`DynamicsLoss`; :class:`ActionLoss` and its objectives
+  :class:`MaxValueActionLoss`, :class:`LiteralActionLoss`, :class:`AssignedActionLoss`; :class:`ValueLoss` with its
+  value estimators :class:`MonteCarlo`, :class:`NStep`, :class:`TDLambda`; :class:`PolicyLoss`; spec 2.2),
+  :class:`EmotionAgent` (LightningModule, spec 2.3), :class:`EmotionDataModule` (collector and replay, spec 3.3, 5);
+- components in configs: :class:`Configurable`, :func:`to_config`, :func:`instantiate` (class_path + init_args);
 - checkpoints: :class:`AtomicCheckpointIO`.
 """
 
 from emotion_rl.agent import EmotionAgent
 from emotion_rl.checkpoint import AtomicCheckpointIO
+from emotion_rl.config import Configurable, instantiate, to_config
 from emotion_rl.data.datamodule import EmotionDataModule
 from emotion_rl.data.envs import make_env
 from emotion_rl.data.rollout import play
 from emotion_rl.data.selfplay import closing_collector, shutdown_collector
 from emotion_rl.history import NONE, History
-from emotion_rl.losses import DynamicsLoss, LiteralActionLoss, MaxValueActionLoss, PolicyLoss, ValueLoss
+from emotion_rl.losses import (
+    ActionLoss,
+    AssignedActionLoss,
+    DynamicsLoss,
+    LiteralActionLoss,
+    MaxValueActionLoss,
+    MonteCarlo,
+    NStep,
+    PhaseLoss,
+    PolicyLoss,
+    TDLambda,
+    ValueEstimator,
+    ValueLoss,
+)
 from emotion_rl.mcts.planners import FixedEmotionPlanner, PriorPlanner
+from emotion_rl.mcts.rules import GumbelRoot, PUCTRoot, RootDecision, RootRule
 from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.model import EmotionModel
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
 
 __all__ = [
+    "GumbelRoot",
+    "PUCTRoot",
+    "RootDecision",
+    "RootRule",
     "NONE",
+    "ActionLoss",
+    "AssignedActionLoss",
     "AtomicCheckpointIO",
+    "Configurable",
     "DynamicsLoss",
     "EmotionAgent",
     "EmotionDataModule",
@@ -39,13 +63,20 @@ __all__ = [
     "History",
     "LiteralActionLoss",
     "MaxValueActionLoss",
+    "MonteCarlo",
+    "NStep",
+    "PhaseLoss",
     "PolicyLoss",
     "PriorPlanner",
+    "TDLambda",
     "TemperatureSchedule",
+    "ValueEstimator",
     "ValueLoss",
     "closing_collector",
+    "instantiate",
     "make_env",
     "play",
     "shutdown_collector",
+    "to_config",
 ]
 __version__ = "0.1.0"

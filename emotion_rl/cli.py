@@ -170,7 +170,7 @@ class EmotionCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
         for name in ("obs_dim", "n_actions", "max_episode_steps", "context_window"):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
-        parser.link_arguments("data.gamma", "model.value_gamma", apply_on="parse")  # one discount for all targets
+        parser.link_arguments("data.gamma", "model.gamma", apply_on="parse")  # one discount for all targets
 
     def instantiate_classes(self) -> None:
         """Instantiate as LightningCLI does, then hand the agent to the datamodule (its policies play)."""

@@ -25,25 +25,6 @@ ImaginedAction = Literal["softmax", "one_hot"]
 """The action vector the dynamics heads read when the model imagines a next state in :meth:`EmotionModel.heads`
 (the search's children): ``"softmax"`` of the action head (spec 2.1) or ``"one_hot"`` of its argmax."""
 
-ValueReadout = Literal["mean", "policy"]
-"""How "the value of a state" is read from its ``E`` values (docs/search.md, "Value readout")."""
-
-
-def check_value_readout(readout: str) -> str:
-    """``readout`` when it names a :data:`ValueReadout`, else a ``ValueError`` naming the choices."""
-    if readout not in ValueReadout.__args__:
-        raise ValueError(f"value_readout={readout!r} is not supported; choose one of {list(ValueReadout.__args__)}")
-    return readout
-
-
-def state_value(values: Tensor, policy: Tensor | None, readout: str = "mean") -> Tensor:
-    """The value of a state ``[...]`` from its values ``V^e(s)`` ``[..., E]``: ``"mean"``, their mean (spec 1.4);
-    ``"policy"``, ``sum_e pi(e | s) V^e(s)`` with ``policy`` the policy head's probabilities at that same state
-    (MuZero's state value under the prior; beyond the specification)."""
-    if check_value_readout(readout) == "mean":
-        return values.mean(dim=-1)
-    return (policy * values).sum(dim=-1)
-
 
 class PerEmotionMLP(nn.Module):
     """One small MLP per emotion as stacked weights: ``[..., E, in]`` -> ``[..., E, out]`` in one ``einsum``."""
@@ -320,6 +301,12 @@ class EmotionModel(nn.Module):
             return self.value_heads.forward_selected(hidden, emotion).squeeze(-1)
         return self.value_heads.forward_shared(hidden).squeeze(-1)
 
+    def state_value(self, values: Tensor) -> Tensor:
+        """The value of a state ``[...]`` from its ``E`` values ``V^e(s)`` ``[..., E]``: their mean, spec 1.4's leaf
+        value. The one readout of "the value of a state": the search's leaves (the ``value`` output of
+        :meth:`heads`), phase 2's critic, phase 3's row-end imagined target."""
+        return values.mean(dim=-1)
+
     def action_logits(self, hidden: Tensor, emotion: Tensor | None = None) -> Tensor:
         """Action heads: ``A^e(s)`` for every emotion, ``[..., E, n_actions]``; with ``emotion``, that one's."""
         if emotion is not None:
@@ -346,7 +333,7 @@ class EmotionModel(nn.Module):
     def heads(self, hidden: Tensor) -> TensorDict:
         """The four outputs of spec 2.1 from ``h``, every emotion: ``policy`` (probabilities), ``values``,
         ``action_logits``, ``dynamics`` (at :meth:`imagined_action_vector` of each head); and ``value``, the state's
-        value (:func:`state_value`: the mean of the ``E`` values, spec 1.4), what the search backs up."""
+        value (:meth:`state_value`: the mean of the ``E`` values, spec 1.4), what the search backs up."""
         action_logits = self.action_logits(hidden)
         policy, values = torch.softmax(self.policy_logits(hidden), dim=-1), self.emotion_values(hidden)
         return TensorDict(
@@ -354,7 +341,7 @@ class EmotionModel(nn.Module):
             values=values,
             action_logits=action_logits,
             dynamics=self.dynamics(hidden, self.imagined_action_vector(action_logits)),
-            value=state_value(values, policy),
+            value=self.state_value(values),
             batch_size=hidden.shape[:-1],
         )
 

@@ -1,29 +1,37 @@
-"""Train the emotion agent in one file, without Lightning: collect with the planner, replay, four losses, four Adams.
+"""Train the emotion agent in one file, without Lightning: the shipped setup, a collector, a replay, four phases.
 
-The loop of spec 5 (docs/training.md): a TorchRL collector plays the planner (:class:`emotion_rl.EmotionPolicy`) on
-batched envs; finished episodes (with their search visit distributions and discounted returns) go to a replay of
-whole episodes; after each collection, a few updates each run the four phases of spec 2.3 in order, every phase a
-loss module of :mod:`emotion_rl.losses` and a step of its own optimizer (decision 9).
+The loop of spec 5 (docs/training.md): a TorchRL collector plays the agent's planner (``agent.make_policy()``) on
+batched envs; finished episodes (with their search visit distributions and discounted returns) go to a replay;
+after each collection, a few updates each run the agent's own four-phase update (:meth:`EmotionAgent.update`: the
+four loss modules of :mod:`emotion_rl.losses` in the order of spec 2.3, each a step of its own Adam) on windows
+of the replay. The agent is the one ``configs/base.yaml`` describes (assigned action heads, Gumbel root, Monte
+Carlo values also trained at imagined tokens, ...), built here from Python objects instead of a config.
 
-    python examples/train_minimal.py                         # CartPole-v1, ~25k env steps, a few minutes on CPU
+    python examples/train_minimal.py                         # CartPole-v1, 400 collections (25,600 env steps)
     python examples/train_minimal.py --collections 5 --simulations 4 --seed 1
+
+How long: about 30 ms of CPU time per env step (measured: 30 collections, 1,920 env steps, took 58 s of CPU time
+on one core of the development machine, with one torch thread), so the default 25,600 env steps take about 13
+minutes on a free core; on a shared machine longer (that run got a third of a core: 2.6 minutes of wall time; the
+shipped config's fit measured 42 ms per env step with two runs on two cores, docs/results.md). The cost per env
+step stays about the same through training: the search (50 simulations) and the updates read windows of 32 steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from functools import partial
 
 import torch
 from torchrl.collectors import Collector
 
-from emotion_rl.data.envs import make_env, probe_env
+from emotion_rl import AssignedActionLoss, DynamicsLoss, EmotionAgent, EmotionMCTS, GumbelRoot, MonteCarlo, ValueLoss
+from emotion_rl.agent import PHASES
+from emotion_rl.data.envs import EnvInfo, make_env, probe_env
 from emotion_rl.data.episodes import EpisodeAssembler
 from emotion_rl.data.replay import EpisodeReplay
-from emotion_rl.losses import DynamicsLoss, MaxValueActionLoss, PolicyLoss, ValueLoss
-from emotion_rl.mcts.search import EmotionMCTS
-from emotion_rl.model import EmotionModel
-from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,61 +43,61 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--frames-per-batch", type=int, default=64, help="env steps per collection")
     parser.add_argument("--updates-per-collection", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=32, help="episodes per update")
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per update")
+    parser.add_argument("--context-window", type=int, default=32, help="real steps the agent reads")
     parser.add_argument("--warmup-episodes", type=int, default=16)
     parser.add_argument("--replay-episodes", type=int, default=1000)
-    parser.add_argument("--simulations", type=int, default=16)
+    parser.add_argument("--simulations", type=int, default=50)
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--n-layers", type=int, default=2)
     parser.add_argument("--n-heads", type=int, default=4)
-    parser.add_argument("--head-lr", type=float, default=1e-3)
-    parser.add_argument("--transformer-lr", type=float, default=3e-4)
     parser.add_argument("--gamma", type=float, default=0.98)
-    parser.add_argument("--return-scale", type=float, default=0.02, help="value targets are return_scale * G")
     return parser.parse_args(argv)
+
+
+def make_agent(args: argparse.Namespace, info: EnvInfo) -> EmotionAgent:
+    """The agent of ``configs/base.yaml`` (its ``model:`` section, diagnostics aside), from Python objects."""
+    return EmotionAgent(
+        info.obs_dim,
+        info.n_actions,
+        info.max_episode_steps,
+        context_window=args.context_window,
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        imagined_action="one_hot",  # the search imagines with the argmax action, as phase 1 learns
+        planner=EmotionMCTS(args.simulations, q_transform="minmax_completed", root_rule=GumbelRoot()),
+        dynamics_loss=partial(DynamicsLoss, action_input="taken", all_emotions=True),  # decision 8
+        action_loss=partial(AssignedActionLoss, update_transformer=False),  # emotion e prefers action e mod A
+        value_loss=partial(ValueLoss, return_scale=0.02, target=MonteCarlo(), imagined_weight=1.0, all_emotions=True),
+        gamma=args.gamma,
+        head_lr=1e-3,
+        transformer_lr=3e-4,
+        gradient_clip_val=1.0,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if "OMP_NUM_THREADS" not in os.environ:  # as the CLI: the search's small operations run faster on one thread
+        torch.set_num_threads(1)
     torch.manual_seed(args.seed)
 
-    # --- env, model, planner, policy (spec 1, 5 steps 1-3)
+    # --- env, agent (model, planner, four losses), policy (spec 1, 2, 5 steps 1-3)
     env = make_env(args.env, args.num_envs, seed=args.seed, max_episode_steps=args.time_limit)
     info = probe_env(args.env, args.time_limit)  # obs_dim, n_actions, max_episode_steps (decision 12)
-    model = EmotionModel(
-        info.obs_dim,
-        info.n_actions,
-        d_model=args.d_model,
-        n_layers=args.n_layers,
-        n_heads=args.n_heads,
-        context_window=info.max_episode_steps,  # a whole episode (the model adds the imagined slot)
-    )
-    planner = EmotionMCTS(num_simulations=args.simulations)
-    total_frames = args.collections * args.frames_per_batch
-    temperature = TemperatureSchedule(1.0, 0.1, total_frames)  # emotions sampled while training (decision 18)
-    policy = EmotionPolicy(model, planner, temperature=temperature, action_spec=env.action_spec)
-
-    # --- the four phases (spec 2.2, 2.3): a loss module and an Adam each, two lr groups (spec 3.2, decision 9)
-    losses = [
-        DynamicsLoss(model, action_input="taken"),  # decision 8
-        MaxValueActionLoss(model),  # section 4.3, decision 7
-        ValueLoss(model, return_scale=args.return_scale),
-        PolicyLoss(model),
-    ]
-    heads, transformer = model.head_parameters(), model.transformer_parameters()
-    optimizers = [
-        torch.optim.Adam(
-            [{"params": heads[loss.name], "lr": args.head_lr}, {"params": transformer, "lr": args.transformer_lr}]
-        )
-        for loss in losses
-    ]
+    agent = make_agent(args, info)
+    optimizers = agent.configure_optimizers()  # four Adams, two lr groups each (spec 3.2, decision 9)
+    policy = agent.make_policy(action_spec=env.action_spec)  # emotions sampled by temperature (decision 18)
 
     # --- data: collector -> whole episodes -> replay (spec 3.3, 5 steps 4-7)
+    total_frames = args.collections * args.frames_per_batch
     collector = Collector(env, policy, frames_per_batch=args.frames_per_batch, total_frames=total_frames)
     assembler = EpisodeAssembler(max_len=info.max_episode_steps, gamma=args.gamma)
     replay = EpisodeReplay(args.replay_episodes)
     replay.seed(args.seed)
 
+    model = agent.model
     initial = {name: p.detach().clone() for name, p in model.named_parameters()}
     history: list[dict[str, float]] = []
     env_steps, start = 0, time.time()
@@ -101,17 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
         returns, _ = assembler.drain_finished()
         if len(replay) < args.warmup_episodes:
             continue
-        # --- updates from the replay after each collection (spec 5 steps 8-9, decision 16)
+        # --- updates from the replay after each collection (spec 5 steps 8-9, decision 16): the agent's own
         for _ in range(args.updates_per_collection):
-            data = replay.sample(args.batch_size)
-            logs = {}
-            for loss_module, optimizer in zip(losses, optimizers, strict=True):  # phases 1..4, in order
-                loss = loss_module(data)[f"loss_{loss_module.name}"]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                logs[loss_module.name] = loss.item()
-            history.append(logs)
+            windows = replay.sample_windows(args.batch_size, args.context_window, weighting="uniform")
+            logs = agent.update(windows, optimizers)  # phases 1..4 in order, the same code as under Lightning
+            history.append({phase: float(logs[f"train/phase{i + 1}_{phase}_loss"]) for i, phase in enumerate(PHASES)})
         if returns:
             mean_return = sum(returns) / len(returns)
             print(
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
                 + f"  ({time.time() - start:.0f}s)"
             )
     collector.shutdown()
-    return {"model": model, "initial_parameters": initial, "losses": history, "env_steps": env_steps}
+    return {"agent": agent, "model": model, "initial_parameters": initial, "losses": history, "env_steps": env_steps}
 
 
 if __name__ == "__main__":

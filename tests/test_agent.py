@@ -4,13 +4,24 @@ The losses themselves are tested in tests/test_losses.py."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from tensordict import TensorDict
 
-from emotion_rl import EmotionAgent
+from emotion_rl import EmotionAgent, EmotionMCTS
 from emotion_rl.agent import PHASES
-from emotion_rl.losses import DynamicsLoss, LiteralActionLoss, MaxValueActionLoss, PolicyLoss, ValueLoss, masked_mean
+from emotion_rl.losses import (
+    DynamicsLoss,
+    LiteralActionLoss,
+    MaxValueActionLoss,
+    NStep,
+    PolicyLoss,
+    TDLambda,
+    ValueLoss,
+    masked_mean,
+)
 
 from conftest import N_ACTIONS, N_EMOTIONS, OBS_DIM, random_episodes
 
@@ -28,22 +39,33 @@ def episodes():
 
 
 @pytest.mark.parametrize(
-    ("objective", "cls"),
+    ("action_loss", "cls"),
     [
-        ("max_value", MaxValueActionLoss),
-        ("literal", LiteralActionLoss),
-        ("emotion_rl.losses.LiteralActionLoss", LiteralActionLoss),
+        (MaxValueActionLoss, MaxValueActionLoss),
+        (partial(LiteralActionLoss, update_transformer=False), LiteralActionLoss),
+        ({"class_path": "emotion_rl.losses.LiteralActionLoss"}, LiteralActionLoss),
     ],
 )
-def test_the_agent_builds_one_loss_module_per_phase_from_its_settings(objective, cls):
-    agent = make_agent(phase2_objective=objective, dynamics_action="taken", return_scale=0.5)
+def test_the_agent_builds_one_loss_module_per_phase_from_its_components(action_loss, cls):
+    agent = make_agent(
+        action_loss=action_loss,
+        dynamics_loss=partial(DynamicsLoss, action_input="taken"),
+        value_loss=partial(ValueLoss, return_scale=0.5),
+        gamma=0.9,
+    )
     dynamics, action, value, policy = agent.losses
     assert type(dynamics) is DynamicsLoss and dynamics.action_input == "taken"
     assert type(action) is cls
-    assert type(value) is ValueLoss and value.return_scale == 0.5
+    assert type(value) is ValueLoss and (value.return_scale, value.gamma) == (0.5, 0.9)
     assert type(policy) is PolicyLoss
     assert all(loss.model is agent.model for loss in agent.losses)
-    assert agent.hparams.phase2_objective == objective  # a plain string: checkpoints load with weights_only=True
+    # plain values: checkpoints load with weights_only=True
+    assert agent.hparams.action_loss["class_path"] == f"emotion_rl.{cls.__name__}"
+    assert agent.hparams.dynamics_loss == {
+        "class_path": "emotion_rl.DynamicsLoss",
+        "init_args": {"action_input": "taken", "all_emotions": False},
+    }
+    assert agent.hparams.value_loss["init_args"]["return_scale"] == 0.5 and agent.hparams.gamma == 0.9
     assert all(key.startswith("model.") for key in agent.state_dict()), "the losses must not save the model twice"
 
 
@@ -179,12 +201,17 @@ def test_non_finite_gradient_of_a_finite_loss_stops_before_the_phase_steps(monke
 
 
 @pytest.mark.parametrize(
-    ("setting", "value"),
-    [("phase2_objective", "mse"), ("dynamics_action", "sampled"), ("schedule", "batch")],
+    ("settings", "match"),
+    [
+        ({"action_loss": {"class_path": "emotion_rl.losses.Nowhere"}}, "class_path"),
+        ({"dynamics_loss": partial(DynamicsLoss, action_input="sampled")}, "action_input"),
+        ({"value_loss": {"class_path": "emotion_rl.ValueLoss", "init_args": {"n_step": 3}}}, "n_step"),
+        ({"schedule": "batch"}, "schedule"),
+    ],
 )
-def test_unknown_options_are_refused_naming_the_setting(setting, value):
-    with pytest.raises(ValueError, match=setting):
-        make_agent(**{setting: value})
+def test_unknown_options_are_refused_naming_the_setting(settings, match):
+    with pytest.raises(ValueError, match=match):
+        make_agent(**settings)
 
 
 def test_context_window_sizes_the_model_and_makes_the_policy_plan_on_recent_steps():
@@ -201,53 +228,37 @@ def test_context_window_sizes_the_model_and_makes_the_policy_plan_on_recent_step
 # ---------------------------------------------------------------------------------------------------- options
 def test_learning_options_reach_the_loss_modules():
     agent = make_agent(
-        imagined_value_weight=0.5,
-        action_entropy_coef=0.1,
-        action_value_norm=True,
-        action_awr_coef=0.2,
-        action_awr_beta=3.0,
-        phase2_updates_transformer=False,
-        dynamics_all_emotions=True,
-        value_target="td_lambda",
-        value_n_step=7,
-        value_lambda=0.8,
-        value_gamma=0.97,
-        target_tau=0.1,
+        dynamics_loss=partial(DynamicsLoss, all_emotions=True),
+        action_loss=partial(MaxValueActionLoss, update_transformer=False),
+        value_loss=partial(ValueLoss, imagined_weight=0.5, target=TDLambda(0.8), target_tau=0.1),
+        gamma=0.97,
     )
     dynamics, action, value, _ = agent.losses
     assert dynamics.all_emotions
-    assert (action.entropy_coef, action.normalize_value, action.awr_coef, action.awr_beta) == (0.1, True, 0.2, 3.0)
     assert not action.update_transformer
-    assert (value.target, value.n, value.lam, value.gamma, value.imagined_weight) == ("td_lambda", 7, 0.8, 0.97, 0.5)
-    assert value.target_model is agent.target_model and agent.target_model is not agent.model
-    assert any(key.startswith("target_model.") for key in agent.state_dict()), "the target network is not saved"
-    with pytest.raises(ValueError, match="value_target"):
-        make_agent(value_target="gae")
+    assert type(value.target) is TDLambda and (value.target.lam, value.gamma, value.imagined_weight) == (0.8, 0.97, 0.5)
+    assert value.target_network is agent.target_network and agent.target_network.network is not agent.model
+    assert agent.target_network.tau == 0.1 and value.bootstrap_model is agent.target_network.network
+    assert any(key.startswith("target_network.") for key in agent.state_dict()), "the target network is not saved"
+    assert agent.hparams.value_loss["init_args"]["target"] == {
+        "class_path": "emotion_rl.TDLambda",
+        "init_args": {"lam": 0.8},
+    }
+    with pytest.raises(TypeError, match="ValueEstimator"):
+        make_agent(value_loss=partial(ValueLoss, target="gae"))
 
 
 def test_bootstrapped_targets_read_an_ema_of_the_model_updated_after_each_update(monkeypatch, episodes):
-    agent, _ = _manual_agent(monkeypatch, value_target="n_step", target_tau=0.25)
-    target_before = [p.detach().clone() for p in agent.target_model.parameters()]
+    agent, _ = _manual_agent(monkeypatch, value_loss=partial(ValueLoss, target=NStep(), target_tau=0.25))
+    target = agent.target_network.network
+    target_before = [p.detach().clone() for p in target.parameters()]
     agent.train_batch(_batch(episodes))
-    for old, new, online in zip(target_before, agent.target_model.parameters(), agent.model.parameters(), strict=True):
+    for old, new, online in zip(target_before, target.parameters(), agent.model.parameters(), strict=True):
         torch.testing.assert_close(new, old + 0.25 * (online.detach() - old))
-    assert not any(p.requires_grad for p in agent.target_model.parameters())
-    assert not hasattr(make_agent(value_target="n_step", target_tau=1.0), "target_model"), "tau 1 reads the model"
-
-
-def test_bounded_actor_step_limits_the_change_of_each_phase2_step(monkeypatch, episodes):
-    def action_change(**kwargs) -> float:
-        agent, _ = _manual_agent(monkeypatch, **kwargs)
-        opt_action = agent.optimizers()[1]
-        params = [p for group in opt_action.param_groups for p in group["params"]]
-        before = [p.detach().clone() for p in params]
-        agent._step(opt_action, "action", agent.losses.action(episodes)["loss_action"], agent.hparams.action_max_update)
-        return float(torch.stack([(p.detach() - b).norm() for p, b in zip(params, before, strict=True)]).norm())
-
-    free = action_change()
-    assert free > 1e-3
-    torch.testing.assert_close(action_change(action_max_update=1e-3), 1e-3, rtol=1e-6, atol=0)
-    assert action_change(action_max_update=10 * free) == pytest.approx(free, rel=1e-9)
+    assert not any(p.requires_grad for p in target.parameters())
+    tau_one = make_agent(value_loss=partial(ValueLoss, target=NStep(), target_tau=1.0))
+    assert tau_one.target_network is None and tau_one.losses.value.bootstrap_model is tau_one.model, "tau 1: the model"
+    assert make_agent().target_network is None, "Monte Carlo targets read no network"
 
 
 def test_diagnostics_are_off_by_default_and_logged_once_per_collection_when_on(monkeypatch, episodes):
@@ -333,29 +344,32 @@ def test_gradient_clip_val_clips_every_phase_before_its_step(monkeypatch, episod
     assert clipped == [([], 0.5), (["dynamics"], 0.5), (["dynamics", "action"], 0.5), (list(PHASES[:3]), 0.5)]
 
 
-def test_the_agent_hands_every_search_option_to_its_planner():
-    options = dict(
-        q_transform="minmax_completed",
-        completed_value="parent",
-        dirichlet_alpha=0.25,
-        dirichlet_fraction=0.2,
-        root_rule="gumbel",
-        gumbel_considered=4,
-        gumbel_c_visit=30.0,
-        gumbel_c_scale=0.5,
+def test_the_agent_acts_with_the_planner_it_is_given_and_keeps_its_config():
+    planner = EmotionMCTS(7, q_transform="minmax_completed", root_rule="gumbel", gumbel_considered=4)
+    agent = EmotionAgent(
+        obs_dim=4, n_actions=2, max_episode_steps=10, d_model=8, n_layers=1, n_heads=2, planner=planner
     )
-    agent = EmotionAgent(obs_dim=4, n_actions=2, max_episode_steps=10, d_model=8, n_layers=1, n_heads=2, **options)
-    planner = agent.planner
-    assert (planner.q_transform, planner.completed_value) == ("minmax_completed", "parent")
-    root = planner.root_rule
-    assert (type(root).__name__, root.considered, root.c_visit, root.c_scale) == ("GumbelRoot", 4, 30.0, 0.5)
+    assert agent.planner is planner and agent.make_policy().planner is planner
+    config = agent.hparams.planner
+    assert config["class_path"] == "emotion_rl.EmotionMCTS"
+    assert config["init_args"]["num_simulations"] == 7 and config["init_args"]["gumbel_considered"] == 4
+    rebuilt = EmotionAgent(**agent.hparams).planner  # what a checkpoint's hyper-parameters rebuild
+    assert type(rebuilt) is EmotionMCTS and rebuilt.options == planner.options and rebuilt.num_simulations == 7
+    assert EmotionAgent(obs_dim=4, n_actions=2, max_episode_steps=10).hparams.planner == {
+        "class_path": "emotion_rl.EmotionMCTS",
+        "init_args": dict(EmotionMCTS().init_args()),
+    }, "the default planner is spec 1's search"
 
 
 def test_phase3_reuses_phase2s_forward_only_when_phase2_leaves_the_transformer_alone(monkeypatch, episodes):
     """With phase 2 off the transformer, phase 3 reads the encoding phase 2 made (one forward fewer): the update
     leaves every parameter exactly where four fresh forwards would."""
-    shared, _ = _manual_agent(monkeypatch, phase2_updates_transformer=False, imagined_value_weight=1.0)
-    fresh, _ = _manual_agent(monkeypatch, phase2_updates_transformer=False, imagined_value_weight=1.0)
+    settings = dict(
+        action_loss=partial(MaxValueActionLoss, update_transformer=False),
+        value_loss=partial(ValueLoss, imagined_weight=1.0),
+    )
+    shared, _ = _manual_agent(monkeypatch, **settings)
+    fresh, _ = _manual_agent(monkeypatch, **settings)
     encodes = []
     original = shared.model.encode
     monkeypatch.setattr(shared.model, "encode", lambda batch: encodes.append(1) or original(batch))
@@ -364,44 +378,6 @@ def test_phase3_reuses_phase2s_forward_only_when_phase2_leaves_the_transformer_a
     optimizers = fresh.optimizers()
     for optimizer, phase, loss in zip(optimizers, PHASES, fresh.losses, strict=True):
         out = loss(episodes)
-        fresh._step(optimizer, phase, out[f"loss_{phase}"], fresh.hparams.action_max_update)
+        fresh._step(optimizer, phase, out[f"loss_{phase}"])
     for (name, a), b in zip(shared.state_dict().items(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-
-
-def test_shared_update_steps_each_head_group_once_and_the_transformer_once(monkeypatch, episodes):
-    """spec 2.5's single update: one backward of the summed losses; every optimizer steps its own heads with
-    those gradients; the transformer moves in the first step only (its Adam state lives there alone)."""
-    agent, log = _manual_agent(monkeypatch, shared_update=True)
-    transformer = agent.model.transformer_parameters()
-    moved = []
-    original_step = _RecordingOptimizer.step
-
-    def step_and_watch(self):
-        before = [p.detach().clone() for p in transformer]
-        original_step(self)
-        moved.append(any(not torch.equal(b, p) for b, p in zip(before, transformer, strict=True)))
-
-    monkeypatch.setattr(_RecordingOptimizer, "step", step_and_watch)
-    reference = make_agent(shared_update=True)
-    outs = [loss(episodes) for loss in reference.losses]
-    total = sum(out[f"loss_{phase}"] for out, phase in zip(outs, PHASES, strict=True))
-    total.backward()
-    expected = {name: p.grad.clone() for name, p in reference.model.named_parameters() if p.grad is not None}
-    grads = {}
-    original_apply = agent._bounded_step
-
-    def record(optimizer, max_update=None):
-        if not grads:
-            grads.update({n: p.grad.clone() for n, p in agent.model.named_parameters() if p.grad is not None})
-        original_apply(optimizer, max_update)
-
-    monkeypatch.setattr(agent, "_bounded_step", record)
-    logs = agent.update(episodes)
-    assert log == list(PHASES) and moved == [True, False, False, False]
-    assert set(grads) == set(expected)
-    for name, grad in expected.items():
-        torch.testing.assert_close(grads[name], grad, msg=name)
-    states = [agent.optimizers()[i].inner.state for i in range(4)]
-    assert all(p in states[0] for p in transformer) and not any(p in s for s in states[1:] for p in transformer)
-    assert {"train/phase1_dynamics_loss", "train/phase4_policy_loss", "train/phase2_imagined_value"} <= set(logs)

@@ -98,9 +98,9 @@ def test_the_table_counts_solved_seeds_and_marks_unreached_thresholds():
 
 
 def test_an_ad_hoc_variant_is_a_name_and_overrides_split_at_the_commas_that_start_an_option():
-    assert learning.parse_variant("fast=--model.num_simulations=8,--data.batch_size=32") == (
+    assert learning.parse_variant("fast=--model.planner.num_simulations=8,--data.batch_size=32") == (
         "fast",
-        ["--model.num_simulations=8", "--data.batch_size=32"],
+        ["--model.planner.num_simulations=8", "--data.batch_size=32"],
     )
     assert learning.parse_variant("w.2=--model.x=[1,2],--model.y=a") == ("w.2", ["--model.x=[1,2]", "--model.y=a"])
     for bad in (
@@ -109,7 +109,7 @@ def test_an_ad_hoc_variant_is_a_name_and_overrides_split_at_the_commas_that_star
         "fast=model.x=1",  # not an option
         "fast=-model.x=1",
         "a b=--model.x=1",  # not a file name
-        "sims8=--model.num_simulations=9",  # a named variant
+        "sims8=--model.planner.num_simulations=9",  # a named variant
         "ppo=--model.x=1",
         "acro=--data.env_id=Acrobot-v1",  # set by --env-id
         "s=--seed_everything=3",
@@ -119,15 +119,22 @@ def test_an_ad_hoc_variant_is_a_name_and_overrides_split_at_the_commas_that_star
 
 
 def test_ad_hoc_variants_run_with_emotion_and_their_overrides_are_recorded(tmp_path):
-    argv = ["--out", str(tmp_path), "--variant", "fast=--model.num_simulations=8", "--variant", "deep=--model.x=1"]
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--variant",
+        "fast=--model.planner.num_simulations=8",
+        "--variant",
+        "deep=--model.x=1",
+    ]
     args = learning.parse(argv)
     assert args.variants == ["emotion", "fast", "deep"]
-    assert learning.overrides_of(args, "fast") == ["--model.num_simulations=8"]
-    assert learning.overrides_of(args, "sims8") == ["--model.num_simulations", "8"]
+    assert learning.overrides_of(args, "fast") == ["--model.planner.num_simulations=8"]
+    assert learning.overrides_of(args, "sims8") == ["--model.planner.num_simulations", "8"]
     assert learning.parse([*argv, "--variants", "ppo"]).variants == ["ppo", "fast", "deep"]
     assert learning.parse(["--out", str(tmp_path)]).variants == ["emotion", "ppo"]
     result = learning.summarize("fast", 0, [point(1000, 480.0)], 1000, 8.0, [490.0], args)
-    assert result["variant"] == "fast" and result["overrides"] == ["--model.num_simulations=8"]
+    assert result["variant"] == "fast" and result["overrides"] == ["--model.planner.num_simulations=8"]
     assert result["env_id"] == "CartPole-v1" and result["train_s_per_env_step"] == pytest.approx(0.008)
     assert learning.summarize("ppo", 0, [], 1000, 8.0, [490.0], args)["overrides"] == []
     with pytest.raises(SystemExit):
@@ -163,12 +170,12 @@ def test_cost_only_compares_two_variants_for_a_fixed_number_of_env_steps_without
     args = learning.parse(["--cost-only", "--variants", "emotion", "sims8", "--cost-steps", "500"])
     assert args.variants == ["emotion", "sims8"] and args.seeds == [0]
     assert args.budget == 500 and args.eval_every >= learning.NO_EVALUATION
-    adhoc = learning.parse(["--cost-only", "--variant", "fast=--model.num_simulations=8"])
+    adhoc = learning.parse(["--cost-only", "--variant", "fast=--model.planner.num_simulations=8"])
     assert adhoc.variants == ["emotion", "fast"]
     with pytest.raises(SystemExit):
         learning.parse(["--cost-only", "--variants", "emotion", "sims8", "sims25"])
     cost = learning.cost_of("fast", 0, 500, 2.0, adhoc)
-    assert cost["s_per_env_step"] == pytest.approx(0.004) and cost["overrides"] == ["--model.num_simulations=8"]
+    assert cost["s_per_env_step"] == pytest.approx(0.004) and cost["overrides"] == ["--model.planner.num_simulations=8"]
 
 
 def test_earlier_cartpole_results_count_as_done_where_they_are(tmp_path, monkeypatch):
@@ -247,11 +254,13 @@ def test_results_load_by_environment_from_the_folder_and_its_per_env_subfolders(
 
 def test_an_ad_hoc_variant_is_labelled_by_its_overrides():
     args = Namespace(config="c.yaml", threshold=475.0, budget=3000, eval_episodes=20)
-    args.adhoc = {"fast": ["--model.num_simulations=8"]}
+    args.adhoc = {"fast": ["--model.planner.num_simulations=8"]}
     fast = learning.summarize("fast", 0, [point(1000, 480.0)], 1000, 9.0, [490.0], args)
-    assert plot_learning.label("fast", [fast]) == "fast: --model.num_simulations=8"
+    assert plot_learning.label("fast", [fast]) == "fast: --model.planner.num_simulations=8"
     assert plot_learning.label("sims8", [fast]) == plot_learning.LABELS["sims8"]
-    assert plot_learning.table({"fast": [fast]}).splitlines()[-1].startswith("| fast: --model.num_simulations=8 |")
+    assert (
+        plot_learning.table({"fast": [fast]}).splitlines()[-1].startswith("| fast: --model.planner.num_simulations=8 |")
+    )
 
 
 SPEED_MODULES = ("speed_common", "speed_planner", "speed_training", "speed", "collection")

@@ -98,7 +98,7 @@ def test_config_interpolates_with_omegaconf(capsys):
 
 def test_a_bad_setting_exits_with_its_name_and_no_traceback(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", f"--config={CONFIG}", *TINY, "--model.return_scale=-1", "--trainer.max_steps=4"])
+        main(["fit", f"--config={CONFIG}", *TINY, "--model.value_loss.return_scale=-1", "--trainer.max_steps=4"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "return_scale" in err and "Traceback" not in err
@@ -110,11 +110,12 @@ IMAGE_ENV = register_counter("CliImage-v0", time_limit=10, image=True)
 @pytest.mark.parametrize(
     ("override", "named"),
     [
-        ("--model.num_simulations=0", "num_simulations"),
-        ("--model.max_depth=0", "max_depth"),
-        ("--model.c_puct=-0.5", "c_puct"),
+        ("--model.planner.num_simulations=0", "num_simulations"),
+        ("--model.planner.max_depth=0", "max_depth"),
+        ("--model.planner.c_puct=-0.5", "c_puct"),
         ("--model.temperature_start=-1", "start"),
-        ("--model.phase2_objective=mse", "phase2_objective"),
+        ("--model.action_loss=mse", "action_loss"),
+        ("--model.n_emotions=1", r"AssignedActionLoss.*n_emotions=1 < n_actions=2.*at least 2"),  # issue 26
         ("--data.env_id=Pendulum-v1", r"Pendulum-v1.*Box.*supported.*Discrete"),
         ("--data.env_id=NoSuchEnv-v0", "unknown gymnasium env id 'NoSuchEnv-v0'"),
         (f"--data.env_id={IMAGE_ENV}", r"CliImage-v0.*\(2, 2\).*supported: a 1-D continuous Box"),

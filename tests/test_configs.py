@@ -23,7 +23,10 @@ OVERRIDES = {
     "cartpole": set(),
     "acrobot": set(),
     "mountaincar": set(),
-    "lunarlander": {"model.return_scale", "data.gamma"},  # returns of order +-100 over up to 1000 steps
+    "lunarlander": {
+        "model.value_loss.init_args.return_scale",
+        "data.gamma",
+    },  # returns of order +-100 over up to 1000 steps
 }
 """The base's settings each environment's config changes on purpose (each with a comment in the file)."""
 
@@ -75,7 +78,8 @@ def test_an_environment_config_holds_only_what_its_environment_changes(name):
 @pytest.mark.parametrize("name", ENVS)
 def test_an_environment_config_carries_every_base_setting_unless_it_overrides_it_on_purpose(merged, name):
     base_keys = set(leaves(yaml.safe_load(BASE.read_text())))
-    assert {"model.q_transform", "model.gradient_clip_val", "data.window_weighting", "data.seed"} <= base_keys
+    assert {"model.planner.init_args.q_transform", "model.gradient_clip_val", "data.window_weighting"} <= base_keys
+    assert "data.seed" in base_keys
     base, env = merged["base"], merged[name]
     differ = {key for key in base_keys if env[key] != base[key]}
     assert differ == OVERRIDES[name], f"{name}: differs from the base in {sorted(differ)}"
@@ -86,25 +90,39 @@ def test_an_environment_config_carries_every_base_setting_unless_it_overrides_it
 
 def test_the_cartpole_config_merges_to_the_settings_it_always_had(merged):
     cartpole = merged["cartpole"]
-    assert cartpole["model.q_transform"] == "minmax_completed" and cartpole["model.imagined_value_weight"] == 1.0
-    assert cartpole["model.dynamics_all_emotions"] is True and cartpole["model.phase2_updates_transformer"] is False
+    planner, value = "model.planner.init_args", "model.value_loss.init_args"
+    assert cartpole[f"{planner}.q_transform"] == "minmax_completed" and cartpole[f"{value}.imagined_weight"] == 1.0
+    assert cartpole[f"{planner}.root_rule"] == "gumbel" and cartpole["model.imagined_action"] == "one_hot"
+    assert cartpole["model.dynamics_loss.init_args.all_emotions"] is True
+    assert cartpole["model.dynamics_loss.init_args.action_input"] == "taken"
+    assert cartpole["model.action_loss.class_path"] == "emotion_rl.AssignedActionLoss"
+    assert cartpole["model.action_loss.init_args.update_transformer"] is False
+    assert (
+        cartpole[f"{value}.all_emotions"] is True and cartpole[f"{value}.target.class_path"] == "emotion_rl.MonteCarlo"
+    )
     assert cartpole["model.gradient_clip_val"] == 1.0 and cartpole["model.log_diagnostics"] is True
     assert cartpole["data.window_weighting"] == "uniform" and cartpole["data.context_window"] == 32
     assert (cartpole["trainer.max_steps"], cartpole["trainer.val_check_interval"]) == (12000, 250)
-    assert (cartpole["model.return_scale"], cartpole["data.gamma"], cartpole["data.seed"]) == (0.02, 0.98, 0)
+    assert (cartpole[f"{value}.return_scale"], cartpole["data.gamma"], cartpole["data.seed"]) == (0.02, 0.98, 0)
 
 
 def test_an_include_chain_composes_and_the_command_line_still_overrides_and_interpolates(tmp_path):
     (tmp_path / "variant.yaml").write_text(
-        f"{INCLUDE_KEY}: {CONFIGS / 'acrobot.yaml'}\nmodel:\n  num_simulations: 8\n"  # an absolute path works too
+        f"{INCLUDE_KEY}: {CONFIGS / 'acrobot.yaml'}\nmodel:\n  planner:\n    init_args:\n      num_simulations: 8\n"
     )
     (tmp_path / "mine.yaml").write_text(f"{INCLUDE_KEY}: [variant.yaml]\ndata:\n  batch_size: 16\n")
-    result = leaves(printed(f"--config={tmp_path / 'mine.yaml'}", "--seed_everything=7", "--model.c_puct=2"))
-    assert result["data.env_id"] == "Acrobot-v1" and result["model.q_transform"] == "minmax_completed"
-    assert (result["model.num_simulations"], result["data.batch_size"], result["model.c_puct"]) == (8, 16, 2.0)
+    result = leaves(printed(f"--config={tmp_path / 'mine.yaml'}", "--seed_everything=7", "--model.planner.c_puct=2"))
+    planner = "model.planner.init_args"
+    assert result["data.env_id"] == "Acrobot-v1" and result[f"{planner}.q_transform"] == "minmax_completed"
+    assert (result[f"{planner}.num_simulations"], result["data.batch_size"], result[f"{planner}.c_puct"]) == (
+        8,
+        16,
+        2.0,
+    )
     assert result["data.seed"] == 7  # ${..seed_everything} from base.yaml, resolved after the command line
     merged = load_config(tmp_path / "mine.yaml")
-    assert (merged.data.env_id, merged.model.num_simulations, merged.model.q_transform) == (
+    planner = merged.model.planner.init_args
+    assert (merged.data.env_id, planner.num_simulations, planner.q_transform) == (
         "Acrobot-v1",
         8,
         "minmax_completed",

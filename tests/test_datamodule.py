@@ -11,6 +11,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from emotion_rl import EmotionMCTS
 from emotion_rl.cli import main
 from emotion_rl.data.datamodule import EmotionDataModule
 from emotion_rl.data.selfplay import CollectionStats, SelfPlayCounters, search_improvement
@@ -156,7 +157,7 @@ def test_fit_with_the_emotion_agent_checkpoints_the_replay(tmp_path):
         time_limit=8,
     )
     agent = EmotionAgent(
-        dm.obs_dim, dm.n_actions, dm.max_episode_steps, d_model=16, n_layers=1, n_heads=2, num_simulations=2
+        dm.obs_dim, dm.n_actions, dm.max_episode_steps, d_model=16, n_layers=1, n_heads=2, planner=EmotionMCTS(2)
     )
     trainer = L.Trainer(
         max_steps=8,

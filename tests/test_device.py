@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from emotion_rl.data.replay import EpisodeReplay
 from emotion_rl.data.rollout import play
 from emotion_rl.data.selfplay import SelfPlayCounters, make_collector, self_play
 from emotion_rl.history import History
+from emotion_rl.losses import TDLambda, ValueLoss
 from emotion_rl.mcts.rules import GumbelRoot, PUCTRoot
 from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.mcts.tree import host_arrays, to_numpy
@@ -51,10 +53,13 @@ ON_DEVICE = [
 CARTPOLE_STEPS = 30
 
 
-def tiny_agent(device: torch.device, dtype: torch.dtype, n_actions: int = N_ACTIONS, **kwargs) -> EmotionAgent:
-    """A tiny agent moved as a user would: ``.to(device)``, then to the float type."""
+def tiny_agent(
+    device: torch.device, dtype: torch.dtype, n_actions: int = N_ACTIONS, planner: dict | None = None, **kwargs
+) -> EmotionAgent:
+    """A tiny agent moved as a user would: ``.to(device)``, then to the float type (``planner``: EmotionMCTS
+    options on top of 6 simulations)."""
     torch.manual_seed(0)
-    settings = dict(d_model=16, n_layers=1, n_heads=2, num_simulations=6, **kwargs)
+    settings = dict(d_model=16, n_layers=1, n_heads=2, planner=EmotionMCTS(6, **(planner or {})), **kwargs)
     return EmotionAgent(OBS_DIM, n_actions, CARTPOLE_STEPS, **settings).to(device).to(dtype)
 
 
@@ -75,7 +80,7 @@ def cartpole(num_envs: int, seed: int | None = 0) -> EnvBase:
 def test_the_agent_moves_whole_and_its_policy_acts_in_a_cpu_env(device, dtype):
     """The env makes float32 observations on the CPU; the policy keeps its histories on the model's device and in
     its float type, plans there, draws from a CPU generator (the datamodule's) and answers on the CPU."""
-    agent = tiny_agent(device, dtype, n_actions=2, dirichlet_fraction=0.25)  # root noise: the search draws too
+    agent = tiny_agent(device, dtype, n_actions=2, planner={"dirichlet_fraction": 0.25})  # root noise: it draws
     for name, tensor in [*agent.named_parameters(), *agent.named_buffers()]:
         assert tensor.device.type == device.type and tensor.dtype == dtype, name
     env = cartpole(2)
@@ -164,14 +169,12 @@ def manual_optimisation(agent: EmotionAgent, monkeypatch: pytest.MonkeyPatch) ->
 
 
 @pytest.mark.parametrize(("device", "dtype"), ON_DEVICE)
-@pytest.mark.parametrize("shared_update", [False, True])
-def test_the_four_phases_learn_on_the_model_s_device_from_a_cpu_float32_replay_batch(
-    device, dtype, shared_update, monkeypatch
-):
+def test_the_four_phases_learn_on_the_model_s_device_from_a_cpu_float32_replay_batch(device, dtype, monkeypatch):
     """A training batch as the replay yields it (float32, CPU) reaches the model's device and type through
     ``batch_to_model`` (the training step's move); the four losses, the update, the EMA target and the diagnostics
     then run there."""
-    agent = tiny_agent(device, dtype, value_target="td_lambda", imagined_value_weight=1.0, shared_update=shared_update)
+    value_loss = partial(ValueLoss, target=TDLambda(), imagined_weight=1.0)
+    agent = tiny_agent(device, dtype, value_loss=value_loss)
     manual_optimisation(agent, monkeypatch)
     episodes = testing.random_episodes([9, 5, 2], 9, seed=3, obs_dim=OBS_DIM, n_actions=N_ACTIONS)
     batch = agent.batch_to_model(testing.training_batch(episodes, env_steps=40))
@@ -183,7 +186,7 @@ def test_the_four_phases_learn_on_the_model_s_device_from_a_cpu_float32_replay_b
         loss = module(episodes)[f"loss_{phase}"]
         assert loss.device.type == device.type and loss.dtype == dtype and torch.isfinite(loss), phase
     before = {name: p.detach().clone() for name, p in agent.model.named_parameters()}
-    target_before = [p.clone() for p in agent.target_model.parameters()]
+    target_before = [p.clone() for p in agent.target_network.network.parameters()]
     logs = agent.update(episodes)
     assert set(logs) >= {f"train/phase{i + 1}_{phase}_loss" for i, phase in enumerate(PHASES)}
     for key, value in logs.items():
@@ -191,7 +194,9 @@ def test_the_four_phases_learn_on_the_model_s_device_from_a_cpu_float32_replay_b
     for name, p in agent.named_parameters():
         assert p.device.type == device.type and p.dtype == dtype and torch.isfinite(p).all(), name
     assert any(not torch.equal(before[name], p) for name, p in agent.model.named_parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(target_before, agent.target_model.parameters(), strict=True))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(target_before, agent.target_network.network.parameters(), strict=True)
+    )
     for optimizer in agent.optimizers():
         for state in optimizer.state.values():
             assert all(s.device.type == device.type for s in state.values() if s.ndim), "optimizer state"

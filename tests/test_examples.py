@@ -1,4 +1,4 @@
-"""The examples run: examples/train_minimal.py trains the real agent without Lightning (tiny settings)."""
+"""The examples run: examples/train_minimal.py trains the shipped agent without Lightning (tiny settings)."""
 
 from __future__ import annotations
 
@@ -36,3 +36,17 @@ def test_train_minimal_trains_every_head_with_finite_losses():
     names = {id(p): n for n, p in model.named_parameters()}
     for group, params in groups.items():
         assert any(not torch.equal(p.detach(), initial[names[id(p)]]) for p in params), f"{group} did not change"
+
+
+def test_train_minimal_trains_the_shipped_agent():
+    """Its agent, built from Python objects, is the one configs/cartpole.yaml builds (diagnostics aside: the example
+    logs nothing), so the example cannot drift from the shipped setup unnoticed."""
+    from emotion_rl.cli import main
+    from emotion_rl.data.envs import probe_env
+
+    example = runpy.run_path(str(ROOT / "examples" / "train_minimal.py"))
+    agent = example["make_agent"](example["parse_args"]([]), probe_env("CartPole-v1"))
+    shipped = main([f"--config={ROOT / 'configs' / 'cartpole.yaml'}", "--trainer.logger=false"], run=False).model
+    logging_only = ("log_diagnostics", "diagnostics_interval")
+    mine = {k: v for k, v in agent.hparams.items() if k not in logging_only}
+    assert mine == {k: v for k, v in shipped.hparams.items() if k not in logging_only}

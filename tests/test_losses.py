@@ -6,15 +6,16 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from emotion_rl.config import instantiate, to_config
 from emotion_rl.losses import (
-    ACTION_LOSSES,
     ActionLoss,
     DynamicsLoss,
     LiteralActionLoss,
     MaxValueActionLoss,
+    NStep,
     PolicyLoss,
+    TDLambda,
     ValueLoss,
-    action_loss_class,
     masked_mean,
 )
 from emotion_rl.model import EmotionModel
@@ -23,6 +24,8 @@ from conftest import N_ACTIONS, N_EMOTIONS, OBS_DIM, random_episodes
 
 GROUPS = ("transformer", "dynamics", "action", "value", "policy")
 PHASES = ("dynamics", "action", "value", "policy")
+ACTION_LOSSES = {"max_value": MaxValueActionLoss, "literal": LiteralActionLoss}
+GAMMA = 0.99
 
 
 def make_model() -> EmotionModel:
@@ -34,7 +37,7 @@ def make_losses(model: EmotionModel, dynamics_action="action_head", phase2="max_
     return {
         "dynamics": DynamicsLoss(model, action_input=dynamics_action),
         "action": ACTION_LOSSES[phase2](model),
-        "value": ValueLoss(model, return_scale=return_scale),
+        "value": ValueLoss(model, GAMMA, return_scale=return_scale),
         "policy": PolicyLoss(model),
     }
 
@@ -175,7 +178,7 @@ def test_phase2_leaves_requires_grad_flags_as_they_were(episodes):
 
 def test_phase3_value_targets_are_the_actual_returns_of_the_selected_emotion(episodes):
     model = make_model()
-    per_step = ValueLoss(model, return_scale=0.5).per_step(episodes)["loss"]
+    per_step = ValueLoss(model, GAMMA, return_scale=0.5).per_step(episodes)["loss"]
     values = model.emotion_values(model.encode(episodes).hidden)
     b, t = 0, 2
     e = int(episodes["emotion"][b, t])
@@ -196,7 +199,7 @@ def test_phase4_policy_imitates_the_stored_visit_distribution(episodes):
 
 
 def test_padding_does_not_count(episodes):
-    loss_module = ValueLoss(make_model())
+    loss_module = ValueLoss(make_model(), GAMMA)
     garbage = episodes.clone()
     garbage["return"][~garbage["mask"]] = 1e6
     torch.testing.assert_close(loss_module(garbage)["loss_value"], loss_module(episodes)["loss_value"])
@@ -238,29 +241,46 @@ def test_modules_declare_their_keys_and_return_loss_entries(episodes):
 
 
 class _ScaledMaxValue(MaxValueActionLoss):
-    """A user's phase-2 objective, found by its dotted path."""
+    """A user's phase-2 objective, named by its class_path."""
 
     def objective(self, encoding, action, emotion):
         loss, value = super().objective(encoding, action, emotion)
         return 2 * loss, value
 
 
-def test_phase2_objective_by_short_name_or_dotted_path():
-    assert action_loss_class("max_value") is MaxValueActionLoss
-    assert action_loss_class("literal") is LiteralActionLoss
-    assert action_loss_class("emotion_rl.losses.LiteralActionLoss") is LiteralActionLoss
-    assert action_loss_class(f"{__name__}._ScaledMaxValue") is _ScaledMaxValue
-    for bad in ("mse", "emotion_rl.losses.masked_mean", "emotion_rl.nowhere.Loss", "torch.nn.MSELoss"):
-        with pytest.raises(ValueError, match="phase2_objective"):
-            action_loss_class(bad)
+def test_a_phase2_objective_of_ones_own_is_built_from_its_class_path(episodes):
+    model = make_model()
+    config = {"class_path": f"{__name__}._ScaledMaxValue", "init_args": {"update_transformer": False}}
+    loss_module = instantiate(config, model)
+    assert type(loss_module) is _ScaledMaxValue and not loss_module.update_transformer
     assert issubclass(_ScaledMaxValue, ActionLoss)
+    assert to_config(type(loss_module)) == {
+        "class_path": config["class_path"],
+        "init_args": {"update_transformer": True},
+    }
+    torch.testing.assert_close(
+        loss_module(episodes)["loss_action"],
+        2 * MaxValueActionLoss(model, update_transformer=False)(episodes)["loss_action"],
+    )
 
 
 def test_unknown_settings_are_refused_naming_them():
-    with pytest.raises(ValueError, match="dynamics_action"):
+    with pytest.raises(ValueError, match="action_input"):
         DynamicsLoss(make_model(), action_input="sampled")
     with pytest.raises(ValueError, match="return_scale"):
-        ValueLoss(make_model(), return_scale=0.0)
+        ValueLoss(make_model(), GAMMA, return_scale=0.0)
+    with pytest.raises(ValueError, match="gamma"):
+        ValueLoss(make_model(), 1.5)
+    with pytest.raises(ValueError, match="imagined_weight"):
+        ValueLoss(make_model(), GAMMA, imagined_weight=-1.0)
+    with pytest.raises(ValueError, match="target_tau"):
+        ValueLoss(make_model(), GAMMA, target=NStep(), target_tau=0.0)
+    with pytest.raises(TypeError, match="ValueEstimator"):
+        ValueLoss(make_model(), GAMMA, target="n_step")
+    with pytest.raises(ValueError, match="n must be"):
+        NStep(0)
+    with pytest.raises(ValueError, match="lam must be"):
+        TDLambda(1.5)
 
 
 # ---------------------------------------------------------------------------------------------------- options
@@ -292,7 +312,7 @@ def test_no_phase_trains_the_imagined_slot_position_by_default():
 @pytest.mark.parametrize("done_at_end", [False, True])
 def test_imagined_value_option_trains_the_imagined_slot_and_only_value_and_transformer(done_at_end):
     model, batch = _windowed_model(), _full_windows(done_at_end=done_at_end)
-    loss_module = ValueLoss(model, return_scale=0.5, gamma=0.9, imagined_weight=1.0)
+    loss_module = ValueLoss(model, 0.9, return_scale=0.5, imagined_weight=1.0)
     grads = backward_of(loss_module, batch)
     assert model.position_embed.weight.grad[4].abs().sum() > 0, "position K got no gradient"
     assert grads["value"] > 0 and grads["transformer"] > 0
@@ -307,7 +327,7 @@ def test_imagined_value_errors_are_those_of_the_model_evaluating_the_next_state(
         "terminated", "truncated"
     )  # `done` alone: terminated
     batch["done"][1, 3] = True  # row 1 terminated at its last step; row 0 ends unterminated (a window)
-    loss_module = ValueLoss(model, return_scale=0.5, gamma=0.9, imagined_weight=1.0)
+    loss_module = ValueLoss(model, 0.9, return_scale=0.5, imagined_weight=1.0)
     encoding = model.encode(batch)
     _, next_targets = loss_module.targets(batch)
     errors = loss_module.imagined_errors(batch, encoding, next_targets)
@@ -327,37 +347,6 @@ def test_imagined_value_errors_are_those_of_the_model_evaluating_the_next_state(
                 expected = (values[batch["emotion"][b, t + 1]] - y[b, t + 1]) ** 2
             torch.testing.assert_close(errors[i, b, t], expected, msg=f"{b, t, i}")
     assert errors[:, 1, 4:].eq(0).all(), "padding counted"
-
-
-def test_entropy_bonus_subtracts_coef_times_each_steps_action_entropy(episodes):
-    model = make_model()
-    base = MaxValueActionLoss(model).per_step(episodes)["loss"]
-    with_bonus = MaxValueActionLoss(model, entropy_coef=0.3).per_step(episodes)["loss"]
-    probs = torch.softmax(model.action_logits(model.encode(episodes).hidden, episodes["emotion"]), -1)
-    entropy = -(probs * probs.log()).sum(-1)
-    torch.testing.assert_close(with_bonus, base - 0.3 * entropy)
-
-
-def test_value_normalisation_divides_the_objective_by_the_batch_spread_of_imagined_values(episodes):
-    model = make_model()
-    out = MaxValueActionLoss(model, normalize_value=True).per_step(episodes)
-    value, mask = out["imagined_value"], episodes["mask"]
-    spread = masked_mean((value - masked_mean(value, mask)).pow(2), mask).sqrt()
-    torch.testing.assert_close(out["loss"], -value / spread)
-
-
-def test_advantage_weighted_likelihood_trains_the_action_heads_even_with_the_literal_objective(episodes):
-    """The AWR term (beyond the spec): -coef * min(exp(adv / beta), 20) * log A^e(a_t | h_t)."""
-    model = make_model()
-    loss_module = LiteralActionLoss(model, awr_coef=0.5, awr_beta=2.0, return_scale=0.5)
-    per_step = loss_module.per_step(episodes)["loss"]
-    h = model.encode(episodes).hidden
-    log_probs = torch.log_softmax(model.action_logits(h, episodes["emotion"]), -1)
-    taken = log_probs.gather(-1, episodes["action"].unsqueeze(-1)).squeeze(-1)
-    advantage = 0.5 * episodes["return"] - model.emotion_values(h, episodes["emotion"])
-    torch.testing.assert_close(per_step, -0.5 * (advantage / 2.0).exp().clamp(max=20) * taken)
-    grads = backward_of(loss_module, episodes)
-    assert grads["action"] > 0 and grads["dynamics"] == grads["value"] == grads["policy"] == 0
 
 
 def test_phase2_can_leave_the_transformer_alone(episodes):
@@ -414,7 +403,8 @@ def test_n_step_targets_bootstrap_from_the_target_model_and_stop_at_termination(
         "terminated", "truncated"
     )  # `done` alone: terminated
     batch["done"][1, 3] = True
-    loss_module = ValueLoss(model, return_scale=0.5, target="n_step", gamma=0.9, n=n, target_model=target)
+    loss_module = ValueLoss(model, 0.9, return_scale=0.5, target=NStep(n))
+    loss_module.target_network.network.load_state_dict(target.state_dict())  # the EMA copy the targets read
     y, y_next = loss_module.targets(batch)
     for b, length in enumerate([6, 4, 5]):
         for t in range(length):
@@ -422,6 +412,7 @@ def test_n_step_targets_bootstrap_from_the_target_model_and_stop_at_termination(
             torch.testing.assert_close(y[b, t], expected, msg=f"b={b} t={t}")
     torch.testing.assert_close(y_next[0, :5], y[0, 1:6])
     assert y_next[1, 3] == 0, "after a termination the next value is 0"
+    torch.testing.assert_close(NStep(n).targets(batch, target, 0.9, 0.5)[0], y, rtol=0, atol=0)
 
 
 def test_td_lambda_spans_one_step_and_monte_carlo_with_bootstrap():
@@ -431,13 +422,13 @@ def test_td_lambda_spans_one_step_and_monte_carlo_with_bootstrap():
     )  # `done` alone: terminated
     batch["done"][1, 3] = True
 
-    def targets(**kwargs):
-        return ValueLoss(model, return_scale=0.5, gamma=0.9, **kwargs).targets(batch)[0] * batch["mask"]
+    def targets(estimator):
+        return ValueLoss(model, 0.9, return_scale=0.5, target=estimator).targets(batch)[0] * batch["mask"]
 
-    torch.testing.assert_close(targets(target="td_lambda", lam=0.0), targets(target="n_step", n=1))
-    torch.testing.assert_close(targets(target="td_lambda", lam=1.0), targets(target="n_step", n=6))
-    mid = targets(target="td_lambda", lam=0.5)
-    assert not torch.allclose(mid, targets(target="n_step", n=1))
+    torch.testing.assert_close(targets(TDLambda(0.0)), targets(NStep(1)))
+    torch.testing.assert_close(targets(TDLambda(1.0)), targets(NStep(6)))
+    mid = targets(TDLambda(0.5))
+    assert not torch.allclose(mid, targets(NStep(1)))
 
 
 def test_terminated_and_truncated_keys_decide_the_bootstrap_and_done_alone_means_terminated():
@@ -446,7 +437,7 @@ def test_terminated_and_truncated_keys_decide_the_bootstrap_and_done_alone_means
         "terminated", "truncated"
     )  # `done` alone: terminated
     batch["done"][:, 3] = True
-    loss_module = ValueLoss(model, target="n_step", n=2, gamma=0.9)
+    loss_module = ValueLoss(model, 0.9, target=NStep(2))
     done_only = loss_module.targets(batch)[0]
     explicit = batch.clone()
     explicit["terminated"] = batch["done"].clone()
@@ -461,7 +452,7 @@ def test_terminated_and_truncated_keys_decide_the_bootstrap_and_done_alone_means
 
 
 def test_the_literal_value_loss_reads_only_the_return_besides_the_history(episodes):
-    loss_module = ValueLoss(make_model())
+    loss_module = ValueLoss(make_model(), GAMMA)
     assert loss_module.reads == ("return",)
     torch.testing.assert_close(
         loss_module(episodes.exclude("done", "next_observation"))["loss_value"], loss_module(episodes)["loss_value"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emotion_rl import EmotionAgent, EmotionDataModule
+from emotion_rl import EmotionAgent, EmotionDataModule, EmotionMCTS
 
 from conftest import N_ACTIONS, OBS_DIM, random_episodes
 from fakes import register_counter
@@ -15,7 +15,9 @@ ENV = register_counter("ReanalyzeCounter-v0", time_limit=12, n_actions=N_ACTIONS
 
 def _agent() -> EmotionAgent:
     torch.manual_seed(0)
-    return EmotionAgent(OBS_DIM, N_ACTIONS, max_episode_steps=12, d_model=16, n_layers=1, n_heads=2, num_simulations=6)
+    return EmotionAgent(
+        OBS_DIM, N_ACTIONS, max_episode_steps=12, d_model=16, n_layers=1, n_heads=2, planner=EmotionMCTS(6)
+    )
 
 
 def test_reanalyze_is_the_search_on_each_real_prefix():

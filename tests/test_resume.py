@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -25,7 +26,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from emotion_rl import EmotionAgent, EmotionDataModule
+from emotion_rl import DynamicsLoss, EmotionAgent, EmotionDataModule, EmotionMCTS, ValueLoss
 from emotion_rl.checkpoint import AtomicCheckpointIO, load_checkpoint
 from emotion_rl.cli import main
 
@@ -48,10 +49,10 @@ def _build(seed: int = 0) -> tuple[EmotionAgent, EmotionDataModule]:
         d_model=16,
         n_layers=1,
         n_heads=2,
-        num_simulations=4,
+        planner=EmotionMCTS(4),
         temperature_decay_frames=40,  # the temperature moves during the run: its position must be restored
-        dynamics_action="taken",
-        return_scale=0.01,
+        dynamics_loss=partial(DynamicsLoss, action_input="taken"),
+        value_loss=partial(ValueLoss, return_scale=0.01),
     )
     return agent, data
 
@@ -146,7 +147,7 @@ trainer:
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {every_n_train_steps: 8, save_last: true, save_top_k: -1}
-model: {d_model: 16, n_layers: 1, n_heads: 2, num_simulations: 3}
+model: {d_model: 16, n_layers: 1, n_heads: 2, planner: {init_args: {num_simulations: 3}}}
 data: {num_envs: 2, frames_per_batch: 16, updates_per_collection: 1, batch_size: 2, warmup_episodes: 2,
        val_episodes: 2, time_limit: 40}
 """

@@ -17,7 +17,7 @@ from conftest import CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
-    "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "num_simulations": 3},
+    "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "planner": {"init_args": {"num_simulations": 3}}},
     "data": {
         "num_envs": 2,
         "frames_per_batch": 16,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 from emotion_rl.data.envs import make_env
 from emotion_rl.data.rollout import evaluate_policy
 from emotion_rl.viz import load_agent
 
-MODEL = Path(__file__).resolve().parents[1] / "models" / "cartpole.ckpt"
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "cartpole.ckpt"
 
 
 def test_the_shipped_cartpole_model_loads_with_weights_only_and_balances():
@@ -19,3 +22,46 @@ def test_the_shipped_cartpole_model_loads_with_weights_only_and_balances():
     agent = load_agent(MODEL)
     result = evaluate_policy(make_env("CartPole-v1", 2, seed=12345), agent.make_policy(greedy=True), 150)
     assert torch.equal(result["episode_length"], torch.tensor([150, 150]))  # an untrained agent falls within ~40
+
+
+OLD_HPARAMS = {  # models/cartpole.ckpt's hyper-parameters before the planner and the losses became components
+    **dict(n_emotions=8, d_model=64, n_layers=2, n_heads=4, head_hidden=None, num_simulations=50, c_puct=1.0),
+    **dict(max_depth=3, q_transform="minmax_completed", completed_value="child", tie_break="lowest"),
+    **dict(dirichlet_alpha=0.3, dirichlet_fraction=0.0, root_rule="gumbel", gumbel_considered=8),
+    **dict(gumbel_c_visit=50.0, gumbel_c_scale=0.1, value_readout="mean", temperature_start=1.0),
+    **dict(temperature_end=0.1, temperature_decay_frames=20000, head_lr=0.001, transformer_lr=0.0003),
+    **dict(phase2_objective="assigned", dynamics_action="taken", schedule="episode", return_scale=0.02),
+    **dict(gradient_clip_val=1.0, imagined_value_weight=1.0, action_entropy_coef=0.0, action_value_norm=False),
+    **dict(action_awr_coef=0.0, action_awr_beta=1.0, action_max_update=None, phase2_updates_transformer=False),
+    **dict(dynamics_all_emotions=True, value_target="monte_carlo", value_n_step=5, value_lambda=0.95),
+    **dict(target_tau=0.005, log_diagnostics=True, diagnostics_interval=1000, shared_update=False),
+    **dict(imagined_action="one_hot", action_coverage_coef=0.0, improvement_scale=2.0),
+    **dict(improvement_mixture="prior", policy_balance_coef=0.0, value_all_emotions=True, value_gamma=0.98),
+    **dict(max_episode_steps=500, obs_dim=4, context_window=32, n_actions=2),
+    "_instantiator": "lightning.pytorch.cli.instantiate_module",
+}
+
+
+def _converter():
+    spec = importlib.util.spec_from_file_location("convert_checkpoint", ROOT / "benchmarks" / "convert_checkpoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_shipped_model_is_its_old_checkpoint_converted():
+    """benchmarks/convert_checkpoint.py maps the old flat hyper-parameters onto the components the model now holds;
+    an option that was removed is refused, and an EMA target network's weights get their new name."""
+    convert = _converter()
+    assert convert.convert_hparams(OLD_HPARAMS) == torch.load(MODEL, weights_only=True)["hyper_parameters"]
+    with pytest.raises(ValueError, match="action_awr_coef"):
+        convert.convert_hparams({**OLD_HPARAMS, "action_awr_coef": 0.5})
+    with pytest.raises(ValueError, match="improvement"):
+        convert.convert_hparams({**OLD_HPARAMS, "phase2_objective": "improvement"})
+    bootstrapped = convert.convert_hparams({**OLD_HPARAMS, "value_target": "td_lambda", "value_lambda": 0.8})
+    assert bootstrapped["value_loss"]["init_args"]["target"] == {
+        "class_path": "emotion_rl.TDLambda",
+        "init_args": {"lam": 0.8},
+    }
+    old = {"hyper_parameters": OLD_HPARAMS, "state_dict": {"model.w": torch.zeros(1), "target_model.w": torch.ones(1)}}
+    assert set(convert.convert(old)["state_dict"]) == {"model.w", "target_network.network.w"}

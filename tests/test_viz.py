@@ -73,7 +73,7 @@ def tiny_agent(max_episode_steps: int = 30, seed: int = 0, context_window: int |
         d_model=16,
         n_layers=1,
         n_heads=2,
-        num_simulations=4,
+        planner=EmotionMCTS(4),
     )
 
 

@@ -22,6 +22,12 @@ class DynamicsLoss(PhaseLoss):
     ``action_input``: ``"action_head"`` (literal: ``a = stopgrad(softmax(A^e(h_t)))``) or ``"taken"`` (one-hot of
     the action taken, decision 8). ``all_emotions``: every emotion's head learns every transition (the mean of the
     E errors; beyond the specification). Trains the dynamics heads and the transformer.
+
+    Args:
+        model: the model whose dynamics heads learn (given by the agent).
+        action_input: ``"action_head"`` (spec 2.2.3: the detached softmax of the emotion's action head) or
+            ``"taken"`` (the one-hot of the action taken; decision 8).
+        all_emotions: every emotion's dynamics head learns every transition, each with its own action input.
     """
 
     name = "dynamics"
@@ -32,7 +38,7 @@ class DynamicsLoss(PhaseLoss):
     ) -> None:
         super().__init__(model)
         if action_input not in DynamicsAction.__args__:
-            raise ValueError(f"dynamics_action={action_input!r} is not supported; choose one of action_head, taken")
+            raise ValueError(f"action_input={action_input!r} is not supported; choose one of action_head, taken")
         self.action_input, self.all_emotions = action_input, all_emotions
 
     def per_step(self, batch: TensorDictBase, encoding: Encoding | None = None) -> TensorDict:

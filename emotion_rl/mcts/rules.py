@@ -25,6 +25,7 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
+from emotion_rl.config import Configurable
 from emotion_rl.mcts.loop import Selection, kernel, select_child
 from emotion_rl.mcts.tree import Tree, TreeArrays
 
@@ -40,7 +41,7 @@ class RootDecision(NamedTuple):
     emotion: np.ndarray | None
 
 
-class RootRule:
+class RootRule(Configurable):
     """A search's root: :meth:`start`, :attr:`select`, :meth:`finish` (the module docstring). Subclass it."""
 
     select: ClassVar[Callable]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from emotion_rl.config import Configurable
 from emotion_rl.history import History
 from emotion_rl.mcts.loop import WAIT_FRACTION, Selection, run_simulations
 from emotion_rl.mcts.rules import PUCTRoot, RootRule
@@ -25,7 +26,7 @@ Q_TRANSFORMS = ("literal", "completed", "minmax", "minmax_completed")
 COMPLETIONS = ("child", "parent")
 
 
-class EmotionMCTS:
+class EmotionMCTS(Configurable):
     """MCTS over emotions (spec 1.3): ``num_simulations`` simulations from each real history, then the root rule's
     policy target and acting emotion.
 

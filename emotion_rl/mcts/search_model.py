@@ -19,7 +19,7 @@ from torch import Tensor
 
 from emotion_rl.history import History
 from emotion_rl.mcts.tree import Expansion, SearchModel
-from emotion_rl.model import EmotionModel, Encoding, state_value
+from emotion_rl.model import EmotionModel, Encoding
 
 __all__ = ["ExpansionCache", "FusedSearchModel", "PlainSearchModel", "as_search_model"]
 
@@ -216,7 +216,7 @@ class FusedSearchModel:
         dyn_hidden = F.gelu(torch.addmm(dyn_first, action_probs, cache.dyn_action_weight))
         dynamics = torch.addmm(cache.dyn_bias, dyn_hidden, cache.dyn_weight).view(n, e, -1)
         policy = torch.softmax(first.narrow(1, 0, e), dim=-1)
-        return Expansion(policy, values, action_logits, dynamics, state_value(values, policy))
+        return Expansion(policy, values, action_logits, dynamics, self.model.state_value(values))
 
     def children(self, cache: ExpansionCache, observation: Tensor) -> Expansion:
         """Outputs ``[N, Q, ...]`` for ``Q`` imagined states per row, each on its own (decision 5): the root's

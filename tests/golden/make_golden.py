@@ -34,8 +34,8 @@ RUNS = {
     "shipped": [],
     "literal_whole_episodes_reanalyze": [
         "--data.context_window=null",
-        "--model.phase2_objective=literal",
-        "--model.dynamics_action=action_head",
+        "--model.action_loss=emotion_rl.LiteralActionLoss",
+        "--model.dynamics_loss.init_args.action_input=action_head",
         "--data.reanalyze_fraction=0.5",
     ],
 }

@@ -1,0 +1,171 @@
+"""Convert a checkpoint saved before the planner and the losses became components (decision 23) so that the current
+``EmotionAgent`` loads it: its flat hyper-parameters (``num_simulations``, ``phase2_objective``, ``return_scale``,
+...) become the planner's and the four losses' class_path + init_args, and the EMA target network's weights move
+from ``target_model.*`` to ``target_network.network.*``. Weights and everything else stay as they are. A checkpoint
+whose planner config still names its root flat (``root_rule: gumbel``, ``gumbel_considered``, ...: before root
+rules became objects) gets the root rule's class_path + init_args.
+
+    python benchmarks/convert_checkpoint.py models/cartpole.ckpt                 # rewrites the file in place
+    python benchmarks/convert_checkpoint.py old.ckpt --out new.ckpt
+
+A checkpoint trained with an option that has since been removed (docs/results.md, "Options removed") is refused:
+the current agent cannot reproduce it. The file is read with ``torch.load(weights_only=True)`` and written
+atomically (a temporary file in the same folder, then a rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+REMOVED = {
+    "action_entropy_coef": 0.0,
+    "action_value_norm": False,
+    "action_awr_coef": 0.0,
+    "action_max_update": None,
+    "shared_update": False,
+    "action_coverage_coef": 0.0,
+    "policy_balance_coef": 0.0,
+    "value_readout": "mean",
+    "tie_break": "lowest",
+}
+"""Options of the old agent that no longer exist, with the value that trained as the current agent does."""
+KEPT = (
+    "obs_dim",
+    "n_actions",
+    "max_episode_steps",
+    "context_window",
+    "n_emotions",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "head_hidden",
+    "imagined_action",
+    "head_lr",
+    "transformer_lr",
+    "temperature_start",
+    "temperature_end",
+    "temperature_decay_frames",
+    "schedule",
+    "gradient_clip_val",
+    "log_diagnostics",
+    "diagnostics_interval",
+)
+"""The agent's own settings, unchanged."""
+PLANNER = (
+    "num_simulations",
+    "c_puct",
+    "max_depth",
+    "q_transform",
+    "completed_value",
+)
+"""The old agent's planner settings that ``EmotionMCTS`` still takes as they were."""
+ACTION_LOSSES = {
+    "max_value": "emotion_rl.MaxValueActionLoss",
+    "literal": "emotion_rl.LiteralActionLoss",
+    "assigned": "emotion_rl.AssignedActionLoss",
+}
+
+
+def planner_config(old: dict) -> dict:
+    """``EmotionMCTS``'s config for the old planner settings ``old`` (flat, or an old planner's ``init_args``): the
+    root's settings become a root rule (``GumbelRoot`` or ``PUCTRoot``) by class_path. A removed setting other than
+    its inert value (random ties, the policy-weighted value readout) is refused."""
+    for name in ("tie_break", "value_readout"):
+        if old.get(name, REMOVED[name]) != REMOVED[name]:
+            raise ValueError(f"the checkpoint was trained with {name}={old[name]!r}, an option that was removed")
+    if old.get("root_rule", "puct") == "gumbel":
+        keys = {"considered": "gumbel_considered", "c_visit": "gumbel_c_visit", "c_scale": "gumbel_c_scale"}
+        root = {"class_path": "emotion_rl.GumbelRoot", "init_args": {k: old[v] for k, v in keys.items() if v in old}}
+    else:
+        keys = {"dirichlet_alpha": "dirichlet_alpha", "dirichlet_fraction": "dirichlet_fraction"}
+        root = {"class_path": "emotion_rl.PUCTRoot", "init_args": {k: old[v] for k, v in keys.items() if v in old}}
+    init_args = {name: old[name] for name in PLANNER if name in old}
+    return {"class_path": "emotion_rl.EmotionMCTS", "init_args": {**init_args, "root_rule": root}}
+
+
+def convert_hparams(old: dict) -> dict:
+    """The current agent's hyper-parameters for the old flat ``old`` (a ``ValueError`` naming a removed option that
+    the checkpoint used). Settings the old checkpoint did not record take the old agent's defaults."""
+    if "planner" in old:  # components already; the planner may still take the root's settings flat
+        planner = old["planner"].get("init_args", {})
+        if isinstance(planner.get("root_rule"), dict) or "root_rule" not in planner:
+            raise ValueError("these hyper-parameters are already in the current form")
+        return {**old, "planner": planner_config(planner)}
+    for name, inert in REMOVED.items():
+        if old.get(name, inert) != inert:
+            raise ValueError(f"the checkpoint was trained with {name}={old[name]!r}, an option that was removed")
+    objective = old.get("phase2_objective", "max_value")
+    if objective not in ACTION_LOSSES:
+        raise ValueError(f"the checkpoint was trained with phase2_objective={objective!r}, which was removed")
+    target = old.get("value_target", "monte_carlo")
+    estimators = {
+        "monte_carlo": {"class_path": "emotion_rl.MonteCarlo", "init_args": {}},
+        "n_step": {"class_path": "emotion_rl.NStep", "init_args": {"n": old.get("value_n_step", 5)}},
+        "td_lambda": {"class_path": "emotion_rl.TDLambda", "init_args": {"lam": old.get("value_lambda", 0.95)}},
+    }
+    new = {name: old[name] for name in KEPT if name in old}
+    new["planner"] = planner_config(old)
+    new["dynamics_loss"] = {
+        "class_path": "emotion_rl.DynamicsLoss",
+        "init_args": {
+            "action_input": old.get("dynamics_action", "action_head"),
+            "all_emotions": old.get("dynamics_all_emotions", False),
+        },
+    }
+    new["action_loss"] = {
+        "class_path": ACTION_LOSSES[objective],
+        "init_args": {"update_transformer": old.get("phase2_updates_transformer", True)},
+    }
+    new["value_loss"] = {
+        "class_path": "emotion_rl.ValueLoss",
+        "init_args": {
+            "return_scale": old.get("return_scale", 1.0),
+            "target": estimators[target],
+            "target_tau": old.get("target_tau", 0.005),
+            "imagined_weight": old.get("imagined_value_weight", 0.0),
+            "all_emotions": old.get("value_all_emotions", False),
+        },
+    }
+    new["policy_loss"] = {"class_path": "emotion_rl.PolicyLoss", "init_args": {}}
+    new["gamma"] = old.get("value_gamma", 0.99)
+    return new
+
+
+def convert(checkpoint: dict) -> dict:
+    """``checkpoint`` with converted hyper-parameters and target-network keys (a new dict; tensors shared)."""
+    converted = dict(checkpoint)
+    converted["hyper_parameters"] = convert_hparams(checkpoint["hyper_parameters"])
+    if "planner" in checkpoint["hyper_parameters"]:  # only the planner's form changes
+        return converted
+    converted["state_dict"] = {
+        key.replace("target_model.", "target_network.network.", 1) if key.startswith("target_model.") else key: value
+        for key, value in checkpoint["state_dict"].items()
+    }
+    return converted
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: over the checkpoint)")
+    args = parser.parse_args(argv)
+    out = args.out or args.checkpoint
+    try:
+        converted = convert(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
+    except ValueError as error:
+        print(f"convert_checkpoint: {args.checkpoint}: {error}", file=sys.stderr)
+        return 2
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    torch.save(converted, temporary)
+    os.replace(temporary, out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
