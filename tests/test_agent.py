@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from emotion_rl import EmotionAgent, EmotionMCTS
+from emotion_rl import EmotionAgent, EmotionMCTS, GumbelRoot
 from emotion_rl.agent import PHASES
 from emotion_rl.losses import (
     DynamicsLoss,
@@ -345,16 +345,17 @@ def test_gradient_clip_val_clips_every_phase_before_its_step(monkeypatch, episod
 
 
 def test_the_agent_acts_with_the_planner_it_is_given_and_keeps_its_config():
-    planner = EmotionMCTS(7, q_transform="minmax_completed", root_rule="gumbel", gumbel_considered=4)
+    planner = EmotionMCTS(7, q_transform="minmax_completed", root_rule=GumbelRoot(considered=4))
     agent = EmotionAgent(
         obs_dim=4, n_actions=2, max_episode_steps=10, d_model=8, n_layers=1, n_heads=2, planner=planner
     )
     assert agent.planner is planner and agent.make_policy().planner is planner
     config = agent.hparams.planner
     assert config["class_path"] == "emotion_rl.EmotionMCTS"
-    assert config["init_args"]["num_simulations"] == 7 and config["init_args"]["gumbel_considered"] == 4
+    assert config["init_args"]["num_simulations"] == 7
+    assert config["init_args"]["root_rule"]["init_args"]["considered"] == 4
     rebuilt = EmotionAgent(**agent.hparams).planner  # what a checkpoint's hyper-parameters rebuild
-    assert type(rebuilt) is EmotionMCTS and rebuilt.options == planner.options and rebuilt.num_simulations == 7
+    assert type(rebuilt) is EmotionMCTS and repr(rebuilt) == repr(planner) and rebuilt.num_simulations == 7
     assert EmotionAgent(obs_dim=4, n_actions=2, max_episode_steps=10).hparams.planner == {
         "class_path": "emotion_rl.EmotionMCTS",
         "init_args": dict(EmotionMCTS().init_args()),

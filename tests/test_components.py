@@ -21,6 +21,7 @@ from emotion_rl import (
     EmotionAgent,
     EmotionDataModule,
     EmotionMCTS,
+    GumbelRoot,
     MaxValueActionLoss,
     MonteCarlo,
     NStep,
@@ -56,11 +57,13 @@ class ScaledValueLoss(ValueLoss):
 
 # ---------------------------------------------------------------------------------------------- to_config
 def test_a_configurable_records_its_arguments_with_defaults_and_keeps_them_through_copies():
-    planner = EmotionMCTS(7, root_rule="gumbel")
-    expected = {**EmotionMCTS().init_args(), "num_simulations": 7, "root_rule": "gumbel"}
+    root = GumbelRoot(considered=4)
+    planner = EmotionMCTS(7, root_rule=root)
+    expected = {**EmotionMCTS().init_args(), "num_simulations": 7, "root_rule": root}
     assert planner.init_args() == expected
+    assert root.init_args() == {"considered": 4, "c_visit": 50.0, "c_scale": 0.1}
     for copied in (copy.deepcopy(planner), pickle.loads(pickle.dumps(planner))):  # worker collectors pickle it
-        assert copied.init_args() == expected
+        assert to_config(copied) == to_config(planner)
     assert NStep(3).init_args() == {"n": 3} and MonteCarlo().init_args() == {}
 
 
@@ -91,9 +94,14 @@ def test_to_config_writes_instances_classes_and_partials_as_plain_nested_values(
 
 
 def test_instantiate_builds_what_to_config_wrote_nested_and_with_the_callers_arguments(tiny_model):
-    planner = instantiate(to_config(EmotionMCTS(5, q_transform="minmax", root_rule="gumbel")))
-    assert type(planner) is EmotionMCTS and planner.num_simulations == 5
-    assert planner.options == EmotionMCTS(5, q_transform="minmax", root_rule="gumbel").options
+    config = to_config(EmotionMCTS(5, q_transform="minmax", root_rule=GumbelRoot(considered=3)))
+    assert config["init_args"]["root_rule"] == {
+        "class_path": "emotion_rl.GumbelRoot",
+        "init_args": {"considered": 3, "c_visit": 50.0, "c_scale": 0.1},
+    }
+    planner = instantiate(config)
+    assert type(planner) is EmotionMCTS and planner.num_simulations == 5 and planner.q_transform == "minmax"
+    assert type(planner.root_rule) is GumbelRoot and planner.root_rule.considered == 3
     loss = instantiate(to_config(partial(ValueLoss, target=NStep(2), target_tau=0.5)), tiny_model, 0.9)
     assert type(loss) is ValueLoss and type(loss.target) is NStep and loss.target.n == 2
     assert loss.gamma == 0.9 and loss.target_network.tau == 0.5 and loss.model is tiny_model
@@ -136,7 +144,7 @@ def _tiny_agent(**components) -> EmotionAgent:
 
 def _same_components(loaded: EmotionAgent, agent: EmotionAgent) -> None:
     assert dict(loaded.hparams) == dict(agent.hparams)
-    assert type(loaded.planner) is type(agent.planner) and loaded.planner.options == agent.planner.options
+    assert type(loaded.planner) is type(agent.planner) and to_config(loaded.planner) == to_config(agent.planner)
     assert loaded.planner.num_simulations == agent.planner.num_simulations
     for mine, theirs in zip(loaded.losses, agent.losses, strict=True):
         assert type(mine) is type(theirs)
@@ -159,7 +167,7 @@ def test_python_objects_go_through_a_checkpoint_and_come_back_the_same(tmp_path)
         d_model=16,
         n_layers=1,
         n_heads=2,
-        planner=EmotionMCTS(3, q_transform="minmax_completed", root_rule="gumbel"),
+        planner=EmotionMCTS(3, q_transform="minmax_completed", root_rule=GumbelRoot()),
         dynamics_loss=partial(DynamicsLoss, action_input="taken", all_emotions=True),
         action_loss=partial(AssignedActionLoss, update_transformer=False),
         value_loss=partial(ValueLoss, return_scale=0.1, target=NStep(2), target_tau=0.5, imagined_weight=1.0),
@@ -230,7 +238,7 @@ def test_the_shipped_config_builds_the_agent_the_python_objects_build():
         cli.datamodule.max_episode_steps,
         context_window=32,
         imagined_action="one_hot",
-        planner=EmotionMCTS(50, q_transform="minmax_completed", root_rule="gumbel"),
+        planner=EmotionMCTS(50, q_transform="minmax_completed", root_rule=GumbelRoot()),
         dynamics_loss=partial(DynamicsLoss, action_input="taken", all_emotions=True),
         action_loss=partial(AssignedActionLoss, update_transformer=False),
         value_loss=partial(ValueLoss, return_scale=0.02, target=MonteCarlo(), imagined_weight=1.0, all_emotions=True),

@@ -92,7 +92,8 @@ def test_the_cartpole_config_merges_to_the_settings_it_always_had(merged):
     cartpole = merged["cartpole"]
     planner, value = "model.planner.init_args", "model.value_loss.init_args"
     assert cartpole[f"{planner}.q_transform"] == "minmax_completed" and cartpole[f"{value}.imagined_weight"] == 1.0
-    assert cartpole[f"{planner}.root_rule"] == "gumbel" and cartpole["model.imagined_action"] == "one_hot"
+    assert cartpole[f"{planner}.root_rule.class_path"] == "emotion_rl.GumbelRoot"
+    assert cartpole["model.imagined_action"] == "one_hot"
     assert cartpole["model.dynamics_loss.init_args.all_emotions"] is True
     assert cartpole["model.dynamics_loss.init_args.action_input"] == "taken"
     assert cartpole["model.action_loss.class_path"] == "emotion_rl.AssignedActionLoss"

@@ -147,7 +147,7 @@ def test_the_shipped_configs_build_their_env_and_a_missing_extra_is_one_line_fro
     env_id = env_ids.get(name, "LunarLander-v3")
     assert cli.datamodule.env_id == env_id and cli.model.hparams.obs_dim == cli.datamodule.obs_dim
     agent = cli.model  # the base's learning options reach every environment's agent
-    assert agent.planner.options["q_transform"] == "minmax_completed" and agent.hparams.gradient_clip_val == 1
+    assert agent.planner.q_transform == "minmax_completed" and agent.hparams.gradient_clip_val == 1
     assert agent.losses.value.imagined_weight == 1 and agent.losses.dynamics.all_emotions
     assert not agent.losses.action.update_transformer
     assert cli.datamodule.window_weighting == "uniform"

@@ -54,6 +54,12 @@ def test_the_shipped_model_is_its_old_checkpoint_converted():
     an option that was removed is refused, and an EMA target network's weights get their new name."""
     convert = _converter()
     assert convert.convert_hparams(OLD_HPARAMS) == torch.load(MODEL, weights_only=True)["hyper_parameters"]
+    with pytest.raises(ValueError, match="tie_break"):
+        convert.convert_hparams({**OLD_HPARAMS, "tie_break": "random"})
+    current = torch.load(MODEL, weights_only=True)["hyper_parameters"]  # a planner naming its root flat, as once
+    flat_root = {**current["planner"]["init_args"], "root_rule": "gumbel", "gumbel_considered": 8}
+    flat_root.update(gumbel_c_visit=50.0, gumbel_c_scale=0.1, tie_break="lowest", value_readout="mean")
+    assert convert.convert_hparams({**current, "planner": {"init_args": flat_root}}) == current
     with pytest.raises(ValueError, match="action_awr_coef"):
         convert.convert_hparams({**OLD_HPARAMS, "action_awr_coef": 0.5})
     with pytest.raises(ValueError, match="improvement"):
