@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,11 @@ __all__ = [
     "set_rng_state",
 ]
 
+ZIP_MAGIC = b"PK\x03\x04"
+"""The first bytes of a zip archive: ``torch.save``'s format (and so Lightning's checkpoints) since torch 1.6."""
+LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+"""The first bytes of torch's legacy (pre-zip) format: a pickled magic number."""
+
 TEMP_SUFFIX = ".tmp"
 """Suffix of a checkpoint being written (``.<name>.<pid>.tmp`` next to the target); never matched by ``*.ckpt``."""
 
@@ -53,7 +57,8 @@ def load_checkpoint(path: _PATH, map_location: Any = "cpu") -> dict[str, Any]:
     on a machine without one, and restoring it copies each tensor to where its module or optimizer lives.
 
     Never unpickles arbitrary objects: a file whose pickle names anything but tensors, numbers, strings and
-    containers is refused (torch's ``weights_only`` unpickler), and so is a truncated or corrupt archive.
+    containers is refused (torch's ``weights_only`` unpickler), and so is a truncated or corrupt archive. A file
+    that is not in a checkpoint format at all (text, random bytes) is described as such, from its first bytes.
     """
     path = Path(path)
     fix = (
@@ -62,15 +67,32 @@ def load_checkpoint(path: _PATH, map_location: Any = "cpu") -> dict[str, Any]:
     )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file. {fix}")
+    with open(path, "rb") as file:
+        head = file.read(len(LEGACY_MAGIC))
+    if not head:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read (it is empty). {fix}"
+        )
+    if not head.startswith(ZIP_MAGIC) and not head.startswith(LEGACY_MAGIC):
+        raise CheckpointError(
+            f"{str(path)!r} is not a checkpoint: it starts with the bytes {head[:8].hex(' ')}, not with those of a zip "
+            "archive (what torch.save and Lightning write) nor of torch's legacy format. Pass the path of a .ckpt "
+            "file that Lightning or emotion_rl wrote."
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error):  # a broken pickle stream, not a refused object
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read (UnpicklingError: "
+                f"{_weights_only_reason(error)}). {fix}"
+            ) from None
         raise CheckpointError(
             f"checkpoint {str(path)!r} was refused: it holds objects other than tensors, numbers, strings and "
-            f"containers, and loading it would run code from the file ({_first_line(error)}). Only load "
+            f"containers, and loading it would run code from the file ({_weights_only_reason(error)}). Only load "
             f"checkpoints you trust; emotion_rl never unpickles arbitrary objects. {fix}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - any failure to read a file of a checkpoint format: it is damaged
         raise CheckpointError(
             f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read ({type(error).__name__}: "
             f"{_first_line(error)}). {fix}"
@@ -80,6 +102,17 @@ def load_checkpoint(path: _PATH, map_location: Any = "cpu") -> dict[str, Any]:
             f"checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a Lightning checkpoint dict. {fix}"
         )
     return checkpoint
+
+
+def _weights_only_reason(error: BaseException) -> str:
+    """The line of torch's weights-only refusal that says what it met (``Unsupported global: GLOBAL ...``)."""
+    for line in str(error).splitlines():
+        line = line.strip()
+        if line.startswith("WeightsUnpickler error:") and line != "WeightsUnpickler error:":
+            line = line.removeprefix("WeightsUnpickler error:").strip()
+        if line.startswith(("Unsupported", "Expected", "Can only")):
+            return line.split(". ")[0].rstrip(".")  # what was met, without torch's advice on allowing it
+    return _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:

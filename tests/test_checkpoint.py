@@ -175,3 +175,30 @@ def _serialised(value: object) -> bytes:
     buffer = io.BytesIO()
     torch.save(value, buffer)
     return buffer.getvalue()
+
+
+@pytest.mark.parametrize("content", [bytes(range(7, 250)) * 20, b"model: cartpole\nsteps: 1000\n"])
+def test_a_file_that_is_no_checkpoint_is_called_so_not_hostile_nor_truncated(tmp_path, content):
+    """Random bytes or a text file given as a checkpoint: the message says it is not one (from its first bytes), not
+    that it would run code (torch's weights-only refusal of a random pickle stream) nor that it was cut short."""
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    message = str(refused.value)
+    assert message.startswith(f"'{path}' is not a checkpoint: it starts with the bytes {content[:8].hex(' ')}")
+    assert "run code" not in message and "truncated" not in message and "\n" not in message
+    assert path.read_bytes() == content and sorted(tmp_path.iterdir()) == [path]  # nothing written
+
+
+def test_a_damaged_pickle_stream_is_called_corrupt_not_hostile(tmp_path):
+    """A zip checkpoint whose pickle stream is damaged is corrupt; only a refused object is 'would run code'."""
+    path = tmp_path / "last.ckpt"
+    torch.save({"global_step": 1}, path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"\x80\x02")  # the pickle protocol header of data.pkl inside the (stored) archive
+    data[start + 2 : start + 6] = b"\xa1\xa2\xa3\xa4"  # opcodes that do not exist
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt .*Unsupported operand") as refused:
+        load_checkpoint(path)
+    assert "run code" not in str(refused.value)
