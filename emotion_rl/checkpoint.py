@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 __all__ = [
     "AtomicCheckpointIO",
+    "BatchCheckpoint",
     "CheckpointError",
     "find_last_checkpoint",
     "load_checkpoint",
@@ -159,6 +161,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location=map_location)
 
 
+class BatchCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` for a manually optimised module such as the agent, without the warning Lightning
+    gives every ``every_n_train_steps`` save under manual optimisation.
+
+    That warning ("the checkpoint will contain the model state AFTER optimization") assumes a checkpoint should hold
+    the weights from before a step. Here a training batch is the unit: its four phases have all stepped when
+    ``on_train_batch_end`` saves, and the replay, counters and RNG in the same checkpoint are those of the same
+    moment, which is what exact resume needs (docs/resuming.md). Everything else is ``ModelCheckpoint`` as it is.
+    """
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=MANUAL_OPTIMIZATION_WARNING, category=UserWarning)
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
+
+MANUAL_OPTIMIZATION_WARNING = r"Using ModelCheckpoint with manual optimization and every_n_train_steps"
+"""The start of the warning :class:`BatchCheckpoint` leaves out (Lightning 2.6, ``ModelCheckpoint``)."""
+
+
 def find_last_checkpoint(trainer: Trainer) -> Path | None:
     """The newest checkpoint a previous run of this configuration wrote, or ``None`` (``--ckpt_path last``).
 
@@ -168,9 +190,14 @@ def find_last_checkpoint(trainer: Trainer) -> Path | None:
     ``checkpoints`` folder of every ``version_*`` under the logger's root (``<save_dir>/<name>``), else
     ``<default_root_dir>/checkpoints``. It takes the most recently written ``*.ckpt`` there, not only ``last.ckpt``:
     ``ModelCheckpoint`` writes ``epoch=..-step=N.ckpt`` first and ``last.ckpt`` after it, and a kill between the
-    two leaves ``last.ckpt`` one checkpoint behind.
+    two leaves ``last.ckpt`` one checkpoint behind. The files of a callback that keeps the best model (one with a
+    ``monitor`` and a ``filename``, such as ``best.ckpt``) are not resume points: the best model is often older than
+    the run's end.
     """
     folders: list[Path] = []
+    best = [
+        c.filename for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor and c.filename
+    ]
     for callback in trainer.checkpoint_callbacks:
         if not isinstance(callback, ModelCheckpoint):
             continue
@@ -180,7 +207,12 @@ def find_last_checkpoint(trainer: Trainer) -> Path | None:
             folders.extend(sorted(Path(trainer.logger.root_dir).glob("version_*/checkpoints")))
         else:
             folders.append(Path(trainer.default_root_dir) / "checkpoints")
-    candidates = {path for folder in folders for path in folder.glob("*.ckpt") if path.is_file()}
+    candidates = {
+        path
+        for folder in folders
+        for path in folder.glob("*.ckpt")
+        if path.is_file() and not any(path.stem.startswith(name) for name in best)
+    }
     if not candidates:
         return None
     last = ModelCheckpoint.CHECKPOINT_NAME_LAST
