@@ -33,6 +33,7 @@ from emotion_rl.losses import (
 from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.model import EmotionModel
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
+from emotion_rl.predict import LoadAndPredict
 
 PLANNER_ARGUMENTS = tuple(inspect.signature(EmotionMCTS).parameters)
 """The agent's hyper-parameters that configure its planner: every argument of :class:`EmotionMCTS`."""
@@ -52,8 +53,9 @@ class PhaseLosses(NamedTuple):
     policy: PolicyLoss
 
 
-class EmotionAgent(L.LightningModule):
-    """Emotion-token MCTS agent as a LightningModule with manual optimisation (spec 2, 3, 5).
+class EmotionAgent(LoadAndPredict, L.LightningModule):
+    """Emotion-token MCTS agent as a LightningModule with manual optimisation (spec 2, 3, 5); ``load`` and
+    ``predict`` act with a trained one in a plain gymnasium loop (:class:`~emotion_rl.predict.LoadAndPredict`).
 
     Args:
         obs_dim, n_actions, max_episode_steps: read from the environment (the CLI links them from the
