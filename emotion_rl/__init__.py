@@ -10,15 +10,18 @@ The public API, by layer (docs/index.md):
 - learning: the four phase losses (:class:`DynamicsLoss`, :class:`MaxValueActionLoss`, :class:`LiteralActionLoss`,
   :class:`ValueLoss`, :class:`PolicyLoss`; spec 2.2), :class:`EmotionAgent` (LightningModule, spec 2.3),
   :class:`EmotionDataModule` (collector and replay, spec 3.3, 5);
-- checkpoints: :class:`AtomicCheckpointIO`.
+- loading and acting: ``EmotionAgent.load`` and ``predict`` (:class:`~emotion_rl.predict.LoadAndPredict`);
+- checkpoints: :class:`AtomicCheckpointIO`, :class:`BatchCheckpoint` (last and best), :class:`RecordEnvironment` and
+  :class:`EnvironmentRecord` (the environment a checkpoint was trained on).
 """
 
 from emotion_rl.agent import EmotionAgent
-from emotion_rl.checkpoint import AtomicCheckpointIO
+from emotion_rl.checkpoint import AtomicCheckpointIO, BatchCheckpoint
 from emotion_rl.data.datamodule import EmotionDataModule
 from emotion_rl.data.envs import make_env
 from emotion_rl.data.rollout import play
 from emotion_rl.data.selfplay import closing_collector, shutdown_collector
+from emotion_rl.env_record import EnvironmentRecord, RecordEnvironment
 from emotion_rl.history import NONE, History
 from emotion_rl.losses import DynamicsLoss, LiteralActionLoss, MaxValueActionLoss, PolicyLoss, ValueLoss
 from emotion_rl.mcts.planners import FixedEmotionPlanner, PriorPlanner
@@ -29,18 +32,21 @@ from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
 __all__ = [
     "NONE",
     "AtomicCheckpointIO",
+    "BatchCheckpoint",
     "DynamicsLoss",
     "EmotionAgent",
     "EmotionDataModule",
     "EmotionMCTS",
     "EmotionModel",
     "EmotionPolicy",
+    "EnvironmentRecord",
     "FixedEmotionPlanner",
     "History",
     "LiteralActionLoss",
     "MaxValueActionLoss",
     "PolicyLoss",
     "PriorPlanner",
+    "RecordEnvironment",
     "TemperatureSchedule",
     "ValueLoss",
     "closing_collector",

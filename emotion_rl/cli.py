@@ -14,6 +14,11 @@ merged result (:class:`ComposingConfigFile`).
 The environment's sizes (observation size, number of actions, longest episode) are read from the datamodule
 and linked into the agent, so a config never repeats them; so is the datamodule's ``context_window``. The agent
 is then connected to the datamodule (``EmotionDataModule.connect``): its policies play the self-play episodes.
+
+Every checkpoint records its environment (:class:`~emotion_rl.env_record.RecordEnvironment`); ``--ckpt_path`` with
+a config for another environment is refused, and without ``--config`` the checkpoint's own settings apply. What is
+refused before anything is built (abbreviated options, a ``fit`` without an end) is in :mod:`emotion_rl.cli_guards`
+(docs/resuming.md).
 """
 
 from __future__ import annotations
