@@ -151,6 +151,10 @@ class EmotionCLI(LightningCLI):
     predict). No ``--optimizer``/``--lr_scheduler``: the agent owns its four optimizers (spec 3.2).
     """
 
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - LightningCLI's arguments
+        self._records: dict[str, EnvironmentRecord] = {}  # --ckpt_path's records, read once (LightningCLI's __init__
+        super().__init__(*args, **kwargs)  # parses, instantiates and runs: the cache must exist first)
+
     def init_parser(self, **kwargs) -> LightningArgumentParser:  # noqa: ANN003 - the parser's arguments
         """LightningCLI's parser with :class:`ComposingConfigFile` as its ``--config`` (for the subcommands too)."""
         kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl.__version__}"])
@@ -232,10 +236,9 @@ class EmotionCLI(LightningCLI):
 
     def _checkpoint_record(self, path: str) -> EnvironmentRecord:
         """The environment record of the checkpoint ``path`` (loaded safely once, then remembered)."""
-        records = self.__dict__.setdefault("_records", {})
-        if path not in records:
-            records[path] = EnvironmentRecord.of_checkpoint(load_checkpoint(path, map_location="cpu"))
-        return records[path]
+        if path not in self._records:
+            self._records[path] = EnvironmentRecord.of_checkpoint(load_checkpoint(path, map_location="cpu"))
+        return self._records[path]
 
     def _before_running(self) -> None:
         """Resolve ``--ckpt_path last`` (:meth:`_resolve_last_checkpoint`), then refuse a checkpoint whose environment

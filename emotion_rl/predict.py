@@ -116,7 +116,7 @@ class LoadAndPredict:
         elif episode_start is None:
             starts = torch.zeros(n_envs, dtype=torch.bool)
         else:
-            starts = torch.as_tensor(np.asarray(episode_start, dtype=bool).reshape(-1)).expand(n_envs).clone()
+            starts = _per_env("episode_start", episode_start, n_envs, bool)
         if state is not None and state.n_envs != n_envs and not bool(starts.all()):
             raise ValueError(
                 f"EmotionAgent.predict: the state holds {state.n_envs} envs' histories, the observation {n_envs}; "
@@ -131,7 +131,7 @@ class LoadAndPredict:
                 )
             rewards = torch.zeros(n_envs)
         else:
-            rewards = torch.as_tensor(np.asarray(reward, dtype=np.float64).reshape(-1)).expand(n_envs).clone()
+            rewards = _per_env("reward", reward, n_envs, np.float64)
             _refuse_non_finite("reward", rewards.unsqueeze(-1), ~starts)
             rewards = torch.where(starts, torch.zeros_like(rewards), rewards)
         if state is None or state.n_envs != n_envs:
@@ -154,6 +154,14 @@ class LoadAndPredict:
         if isinstance(schedule, TemperatureSchedule):
             policy.frames.fill_(schedule.decay_frames)
         return policy
+
+
+def _per_env(name: str, value: object, n_envs: int, dtype: type) -> torch.Tensor:
+    """``value`` (one value, or one per env) as a tensor ``[n_envs]``; ``ValueError`` for another count."""
+    array = np.asarray(value, dtype=dtype).reshape(-1)
+    if array.size not in (1, n_envs):
+        raise ValueError(f"EmotionAgent.predict: {name} has {array.size} values for {n_envs} envs; give one per env")
+    return torch.as_tensor(array).expand(n_envs).clone()
 
 
 def _refuse_non_finite(name: str, values: torch.Tensor, checked: torch.Tensor) -> None:

@@ -148,6 +148,7 @@ def test_deterministic_false_samples_as_training_does_from_torchs_generator(agen
         (lambda a, s: a.predict(np.zeros((3, 4)), s, reward=1.0), ValueError, r"holds 1 envs' histories, the obs"),
         (lambda a, s: a.predict(np.array([0, np.nan, 0, 0])), NonFiniteError, r"observation of env 0 is not finite"),
         (lambda a, s: a.predict(np.zeros(4), s, reward=np.inf), NonFiniteError, r"reward of env 0 is not finite"),
+        (lambda a, s: a.predict(np.zeros(4), s, reward=[1.0, 2.0]), ValueError, r"reward has 2 values for 1 envs"),
     ],
 )
 def test_predict_refuses_in_one_line_before_the_history_changes(agent, call, error, message):
