@@ -12,16 +12,19 @@ The public API, by layer (docs/index.md):
   value estimators :class:`MonteCarlo`, :class:`NStep`, :class:`TDLambda`; :class:`PolicyLoss`; spec 2.2),
   :class:`EmotionAgent` (LightningModule, spec 2.3), :class:`EmotionDataModule` (collector and replay, spec 3.3, 5);
 - components in configs: :class:`Configurable`, :func:`to_config`, :func:`instantiate` (class_path + init_args);
-- checkpoints: :class:`AtomicCheckpointIO`.
+- loading and acting: ``EmotionAgent.load`` and ``predict`` (:class:`~emotion_rl.predict.LoadAndPredict`);
+- checkpoints: :class:`AtomicCheckpointIO`, :class:`BatchCheckpoint` (last and best), :class:`RecordEnvironment` and
+  :class:`EnvironmentRecord` (the environment a checkpoint was trained on).
 """
 
 from emotion_rl.agent import EmotionAgent
-from emotion_rl.checkpoint import AtomicCheckpointIO
+from emotion_rl.checkpoint import AtomicCheckpointIO, BatchCheckpoint
 from emotion_rl.config import Configurable, instantiate, to_config
 from emotion_rl.data.datamodule import EmotionDataModule
 from emotion_rl.data.envs import make_env
 from emotion_rl.data.rollout import play
 from emotion_rl.data.selfplay import closing_collector, shutdown_collector
+from emotion_rl.env_record import EnvironmentRecord, RecordEnvironment
 from emotion_rl.history import NONE, History
 from emotion_rl.losses import (
     ActionLoss,
@@ -52,6 +55,7 @@ __all__ = [
     "ActionLoss",
     "AssignedActionLoss",
     "AtomicCheckpointIO",
+    "BatchCheckpoint",
     "Configurable",
     "DynamicsLoss",
     "EmotionAgent",
@@ -59,6 +63,7 @@ __all__ = [
     "EmotionMCTS",
     "EmotionModel",
     "EmotionPolicy",
+    "EnvironmentRecord",
     "FixedEmotionPlanner",
     "History",
     "LiteralActionLoss",
@@ -68,6 +73,7 @@ __all__ = [
     "PhaseLoss",
     "PolicyLoss",
     "PriorPlanner",
+    "RecordEnvironment",
     "TDLambda",
     "TemperatureSchedule",
     "ValueEstimator",

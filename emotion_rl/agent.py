@@ -27,6 +27,7 @@ from emotion_rl.losses import ActionLoss, DynamicsLoss, MaxValueActionLoss, Poli
 from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.model import EmotionModel, ImaginedAction
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
+from emotion_rl.predict import LoadAndPredict
 
 PHASES = ("dynamics", "action", "value", "policy")
 """Optimizer order (spec 2.3): phase 1 dynamics, 2 action, 3 value, 4 policy."""
@@ -51,8 +52,9 @@ def build(component: Any, *args: Any) -> Any:
     return instantiate(component, *args) if isinstance(component, Mapping) else component(*args)
 
 
-class EmotionAgent(L.LightningModule):
-    """Emotion-token MCTS agent as a LightningModule with manual optimisation (spec 2, 3, 5).
+class EmotionAgent(LoadAndPredict, L.LightningModule):
+    """Emotion-token MCTS agent as a LightningModule with manual optimisation (spec 2, 3, 5); ``load`` and
+    ``predict`` act with a trained one in a plain gymnasium loop (:class:`~emotion_rl.predict.LoadAndPredict`).
 
     Every component argument (``planner``, ``*_loss``) also takes its config (class_path + init_args), the form the
     hyper-parameters and checkpoints hold it in.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,18 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 __all__ = [
     "AtomicCheckpointIO",
+    "BatchCheckpoint",
     "CheckpointError",
     "find_last_checkpoint",
     "load_checkpoint",
     "rng_state",
     "set_rng_state",
 ]
+
+ZIP_MAGIC = b"PK\x03\x04"
+"""The first bytes of a zip archive: ``torch.save``'s format (and so Lightning's checkpoints) since torch 1.6."""
+LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+"""The first bytes of torch's legacy (pre-zip) format: a pickled magic number."""
 
 TEMP_SUFFIX = ".tmp"
 """Suffix of a checkpoint being written (``.<name>.<pid>.tmp`` next to the target); never matched by ``*.ckpt``."""
@@ -53,7 +59,8 @@ def load_checkpoint(path: _PATH, map_location: Any = "cpu") -> dict[str, Any]:
     on a machine without one, and restoring it copies each tensor to where its module or optimizer lives.
 
     Never unpickles arbitrary objects: a file whose pickle names anything but tensors, numbers, strings and
-    containers is refused (torch's ``weights_only`` unpickler), and so is a truncated or corrupt archive.
+    containers is refused (torch's ``weights_only`` unpickler), and so is a truncated or corrupt archive. A file
+    that is not in a checkpoint format at all (text, random bytes) is described as such, from its first bytes.
     """
     path = Path(path)
     fix = (
@@ -62,15 +69,32 @@ def load_checkpoint(path: _PATH, map_location: Any = "cpu") -> dict[str, Any]:
     )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file. {fix}")
+    with open(path, "rb") as file:
+        head = file.read(len(LEGACY_MAGIC))
+    if not head:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read (it is empty). {fix}"
+        )
+    if not head.startswith(ZIP_MAGIC) and not head.startswith(LEGACY_MAGIC):
+        raise CheckpointError(
+            f"{str(path)!r} is not a checkpoint: it starts with the bytes {head[:8].hex(' ')}, not with those of a zip "
+            "archive (what torch.save and Lightning write) nor of torch's legacy format. Pass the path of a .ckpt "
+            "file that Lightning or emotion_rl wrote."
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error):  # a broken pickle stream, not a refused object
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read (UnpicklingError: "
+                f"{_weights_only_reason(error)}). {fix}"
+            ) from None
         raise CheckpointError(
             f"checkpoint {str(path)!r} was refused: it holds objects other than tensors, numbers, strings and "
-            f"containers, and loading it would run code from the file ({_first_line(error)}). Only load "
+            f"containers, and loading it would run code from the file ({_weights_only_reason(error)}). Only load "
             f"checkpoints you trust; emotion_rl never unpickles arbitrary objects. {fix}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - any failure to read a file of a checkpoint format: it is damaged
         raise CheckpointError(
             f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read ({type(error).__name__}: "
             f"{_first_line(error)}). {fix}"
@@ -80,6 +104,17 @@ def load_checkpoint(path: _PATH, map_location: Any = "cpu") -> dict[str, Any]:
             f"checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a Lightning checkpoint dict. {fix}"
         )
     return checkpoint
+
+
+def _weights_only_reason(error: BaseException) -> str:
+    """The line of torch's weights-only refusal that says what it met (``Unsupported global: GLOBAL ...``)."""
+    for line in str(error).splitlines():
+        line = line.strip()
+        if line.startswith("WeightsUnpickler error:") and line != "WeightsUnpickler error:":
+            line = line.removeprefix("WeightsUnpickler error:").strip()
+        if line.startswith(("Unsupported", "Expected", "Can only")):
+            return line.split(". ")[0].rstrip(".")  # what was met, without torch's advice on allowing it
+    return _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:
@@ -126,6 +161,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location=map_location)
 
 
+class BatchCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` for a manually optimised module such as the agent, without the warning Lightning
+    gives every ``every_n_train_steps`` save under manual optimisation.
+
+    That warning ("the checkpoint will contain the model state AFTER optimization") assumes a checkpoint should hold
+    the weights from before a step. Here a training batch is the unit: its four phases have all stepped when
+    ``on_train_batch_end`` saves, and the replay, counters and RNG in the same checkpoint are those of the same
+    moment, which is what exact resume needs (docs/resuming.md). Everything else is ``ModelCheckpoint`` as it is.
+    """
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=MANUAL_OPTIMIZATION_WARNING, category=UserWarning)
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
+
+MANUAL_OPTIMIZATION_WARNING = r"Using ModelCheckpoint with manual optimization and every_n_train_steps"
+"""The start of the warning :class:`BatchCheckpoint` leaves out (Lightning 2.6, ``ModelCheckpoint``)."""
+
+
 def find_last_checkpoint(trainer: Trainer) -> Path | None:
     """The newest checkpoint a previous run of this configuration wrote, or ``None`` (``--ckpt_path last``).
 
@@ -135,9 +190,14 @@ def find_last_checkpoint(trainer: Trainer) -> Path | None:
     ``checkpoints`` folder of every ``version_*`` under the logger's root (``<save_dir>/<name>``), else
     ``<default_root_dir>/checkpoints``. It takes the most recently written ``*.ckpt`` there, not only ``last.ckpt``:
     ``ModelCheckpoint`` writes ``epoch=..-step=N.ckpt`` first and ``last.ckpt`` after it, and a kill between the
-    two leaves ``last.ckpt`` one checkpoint behind.
+    two leaves ``last.ckpt`` one checkpoint behind. The files of a callback that keeps the best model (one with a
+    ``monitor`` and a ``filename``, such as ``best.ckpt``) are not resume points: the best model is often older than
+    the run's end.
     """
     folders: list[Path] = []
+    best = [
+        c.filename for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor and c.filename
+    ]
     for callback in trainer.checkpoint_callbacks:
         if not isinstance(callback, ModelCheckpoint):
             continue
@@ -147,7 +207,12 @@ def find_last_checkpoint(trainer: Trainer) -> Path | None:
             folders.extend(sorted(Path(trainer.logger.root_dir).glob("version_*/checkpoints")))
         else:
             folders.append(Path(trainer.default_root_dir) / "checkpoints")
-    candidates = {path for folder in folders for path in folder.glob("*.ckpt") if path.is_file()}
+    candidates = {
+        path
+        for folder in folders
+        for path in folder.glob("*.ckpt")
+        if path.is_file() and not any(path.stem.startswith(name) for name in best)
+    }
     if not candidates:
         return None
     last = ModelCheckpoint.CHECKPOINT_NAME_LAST

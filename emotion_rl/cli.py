@@ -14,6 +14,11 @@ merged result (:class:`ComposingConfigFile`).
 The environment's sizes (observation size, number of actions, longest episode) are read from the datamodule
 and linked into the agent, so a config never repeats them; so is the datamodule's ``context_window``. The agent
 is then connected to the datamodule (``EmotionDataModule.connect``): its policies play the self-play episodes.
+
+Every checkpoint records its environment (:class:`~emotion_rl.env_record.RecordEnvironment`); ``--ckpt_path`` with
+a config for another environment is refused, and without ``--config`` the checkpoint's own settings apply. What is
+refused before anything is built (abbreviated options, a ``fit`` without an end) is in :mod:`emotion_rl.cli_guards`
+(docs/resuming.md).
 """
 
 from __future__ import annotations
@@ -36,18 +41,21 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from emotion_rl.agent import EmotionAgent
 from emotion_rl.checkpoint import AtomicCheckpointIO, CheckpointError, find_last_checkpoint, load_checkpoint
+from emotion_rl.cli_guards import (
+    ConfigurationError,
+    GuardedArgumentParser,
+    check_fit_has_an_end,
+    with_checkpoint_settings,
+)
 from emotion_rl.data.datamodule import EmotionDataModule
+from emotion_rl.data.envs import NonFiniteError
+from emotion_rl.env_record import EnvironmentMismatchError, EnvironmentRecord, RecordEnvironment, check_environment
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 
-class ConfigurationError(ValueError):
-    """A setting the user can fix (a config's ``__include__``, or one found while a subcommand runs): printed as one
-    line, without a traceback."""
-
-
-USER_ERRORS = (CheckpointError, ConfigurationError)
+USER_ERRORS = (CheckpointError, ConfigurationError, EnvironmentMismatchError, NonFiniteError)
 """Errors raised while a subcommand runs that are the user's to fix; any other error there keeps its traceback."""
 
 
@@ -143,6 +151,10 @@ class EmotionCLI(LightningCLI):
     predict). No ``--optimizer``/``--lr_scheduler``: the agent owns its four optimizers (spec 3.2).
     """
 
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - LightningCLI's arguments
+        self._records: dict[str, EnvironmentRecord] = {}  # --ckpt_path's records, read once (LightningCLI's __init__
+        super().__init__(*args, **kwargs)  # parses, instantiates and runs: the cache must exist first)
+
     def init_parser(self, **kwargs) -> LightningArgumentParser:  # noqa: ANN003 - the parser's arguments
         """LightningCLI's parser with :class:`ComposingConfigFile` as its ``--config`` (for the subcommands too)."""
         kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl.__version__}"])
@@ -178,16 +190,40 @@ class EmotionCLI(LightningCLI):
         self.datamodule.connect(self.model)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:  # noqa: ANN003 - LightningCLI's trainer arguments
-        if not (self._get(self.config_init, "trainer", default={}) or {}).get("plugins"):
-            kwargs.setdefault("plugins", [AtomicCheckpointIO()])  # atomic writes, safe loads (emotion_rl.checkpoint)
+        """LightningCLI's trainer, with :class:`AtomicCheckpointIO` (unless the config names a plugin), a
+        :class:`BatchProgressBar` (unless the config names a bar or switches it off) and :class:`RecordEnvironment`
+        (every checkpoint records its environment)."""
         trainer_config = self._get(self.config_init, "trainer", default={}) or {}
+        if not trainer_config.get("plugins"):
+            kwargs.setdefault("plugins", [AtomicCheckpointIO()])  # atomic writes, safe loads (emotion_rl.checkpoint)
         callbacks = trainer_config.get("callbacks") or []
-        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if trainer_config.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):  # a TQDM bar in batches, pinned (not Rich because rich happens to be installed)
-            kwargs["callbacks"] = [*callbacks, BatchProgressBar(refresh_rate=10)]
+            callbacks.append(BatchProgressBar(refresh_rate=10))
+        if not any(isinstance(c, RecordEnvironment) for c in callbacks):
+            callbacks.append(RecordEnvironment())
+        kwargs["callbacks"] = callbacks
         return add_tensorboard(super().instantiate_trainer(**kwargs))
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:  # noqa: ANN001 - LightningCLI's ArgsType
+        """LightningCLI's parsing, where ``--ckpt_path FILE`` without ``--config`` first applies the checkpoint's own
+        data settings (:func:`~emotion_rl.cli_guards.with_checkpoint_settings`)."""
+        if args is not None and not isinstance(args, (list, tuple)):  # a dict or Namespace: parsed as it is
+            return super().parse_arguments(parser, args)
+        argv = list(sys.argv[1:] if args is None else args)
+        completed = with_checkpoint_settings(argv, self._datamodule_class)
+        if args is None and completed != argv:  # sys.argv completed: not "args and sys.argv both given"
+            self.config = parser.parse_args(completed)
+            return None
+        return super().parse_arguments(parser, None if args is None else completed)
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse a ``fit`` that would never end (:func:`~emotion_rl.cli_guards.check_fit_has_an_end`), before
+        anything is built."""
+        if self.subcommand == "fit":
+            check_fit_has_an_end(self.config["fit"])
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI reads ``--ckpt_path``'s hyperparameters with a bare ``torch.load`` before anything else runs:
@@ -195,8 +231,23 @@ class EmotionCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and ckpt_path not in ("last", "best", "hpc") and Path(ckpt_path).exists():
-            load_checkpoint(ckpt_path, map_location="cpu")
+            self._checkpoint_record(ckpt_path)
         super()._parse_ckpt_path()
+
+    def _checkpoint_record(self, path: str) -> EnvironmentRecord:
+        """The environment record of the checkpoint ``path`` (loaded safely once, then remembered)."""
+        if path not in self._records:
+            self._records[path] = EnvironmentRecord.of_checkpoint(load_checkpoint(path, map_location="cpu"))
+        return self._records[path]
+
+    def _before_running(self) -> None:
+        """Resolve ``--ckpt_path last`` (:meth:`_resolve_last_checkpoint`), then refuse a checkpoint whose environment
+        differs from the config's (:func:`~emotion_rl.env_record.check_environment`), before it is loaded."""
+        self._resolve_last_checkpoint()
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file() and hasattr(self.datamodule, "env_info"):
+            config = EnvironmentRecord.of_datamodule(self.datamodule)
+            check_environment(str(ckpt_path), self._checkpoint_record(str(ckpt_path)), config, self.subcommand)
 
     def _resolve_last_checkpoint(self) -> None:
         """``--ckpt_path last`` resumes the previous run's newest checkpoint (``checkpoint.find_last_checkpoint``).
@@ -220,7 +271,7 @@ class EmotionCLI(LightningCLI):
                 f"pass the checkpoint's path to {self.subcommand} with --ckpt_path PATH"
             )
 
-    before_fit = before_validate = before_test = _resolve_last_checkpoint
+    before_fit = before_validate = before_test = _before_running
 
 
 def tensorboard_available() -> bool:
@@ -262,7 +313,8 @@ def main(args: list[str] | None = None, run: bool = True) -> EmotionCLI:
         return EmotionCLI(
             EmotionAgent,
             EmotionDataModule,
-            parser_kwargs={"parser_mode": "omegaconf+"},
+            parser_kwargs={"parser_mode": "omegaconf+", "allow_abbrev": False},
+            parser_class=GuardedArgumentParser,
             save_config_kwargs={"overwrite": True},
             args=args,
             run=run,

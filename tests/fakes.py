@@ -23,14 +23,24 @@ class CounterEnv(gymnasium.Env):
 
     Each episode plans a length drawn from ``2 .. max_length - 1`` at reset; a registration time limit below that
     truncates the longer ones. ``image=True`` declares a 2-D observation space (for the refusal tests only).
+    ``nan_at=k``: step ``k`` of every episode returns a NaN in its ``nan_in`` (``"observation"`` or ``"reward"``).
     """
 
-    def __init__(self, n_actions: int = 2, max_length: int = 8, image: bool = False, render_mode=None) -> None:
+    def __init__(
+        self,
+        n_actions: int = 2,
+        max_length: int = 8,
+        image: bool = False,
+        render_mode=None,
+        nan_at: int | None = None,
+        nan_in: str = "observation",
+    ) -> None:
         shape = (2, 2) if image else (2,)
         self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, shape, np.float32)
         self.action_space = gymnasium.spaces.Discrete(n_actions)
         self.max_length = max_length
         self.render_mode = render_mode
+        self.nan_at, self.nan_in = nan_at, nan_in
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -40,7 +50,13 @@ class CounterEnv(gymnasium.Env):
     def step(self, action):
         reward = float(self.t + 1 + 100 * int(action))
         self.t += 1
-        return np.array([self.t, self.length], np.float32), reward, self.t >= self.length, False, {}
+        observation = np.array([self.t, self.length], np.float32)
+        if self.t == self.nan_at:
+            if self.nan_in == "reward":
+                reward = float("nan")
+            else:
+                observation[1] = np.nan
+        return observation, reward, self.t >= self.length, False, {}
 
 
 def register_counter(env_id: str, time_limit: int | None, **kwargs) -> str:
@@ -127,6 +143,10 @@ register_counter(UNBOUNDED_ID, None, n_actions=A)
 register_counter(IMAGE_ID, 6, n_actions=A, image=True)
 MODULE_ID = "fakes:EmotionRLTest/ModuleCounter-v0"  # gymnasium's module:EnvId form (this module registers it)
 register_counter(MODULE_ID.partition(":")[2], 6, n_actions=A, max_length=8)
+NAN_OBSERVATION_ID = "fakes:EmotionRLTest/NanObservation-v0"  # step 3 of every episode: observation [3, nan]
+register_counter(NAN_OBSERVATION_ID.partition(":")[2], 6, n_actions=A, max_length=8, nan_at=3)
+NAN_REWARD_ID = "fakes:EmotionRLTest/NanReward-v0"  # step 2 of every episode: reward nan
+register_counter(NAN_REWARD_ID.partition(":")[2], 6, n_actions=A, max_length=8, nan_at=2, nan_in="reward")
 
 
 class CountdownEnv(EnvBase):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from emotion_rl.checkpoint import (
     TEMP_SUFFIX,
@@ -175,3 +177,103 @@ def _serialised(value: object) -> bytes:
     buffer = io.BytesIO()
     torch.save(value, buffer)
     return buffer.getvalue()
+
+
+@pytest.mark.parametrize("content", [bytes(range(7, 250)) * 20, b"model: cartpole\nsteps: 1000\n"])
+def test_a_file_that_is_no_checkpoint_is_called_so_not_hostile_nor_truncated(tmp_path, content):
+    """Random bytes or a text file given as a checkpoint: the message says it is not one (from its first bytes), not
+    that it would run code (torch's weights-only refusal of a random pickle stream) nor that it was cut short."""
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    message = str(refused.value)
+    assert message.startswith(f"'{path}' is not a checkpoint: it starts with the bytes {content[:8].hex(' ')}")
+    assert "run code" not in message and "truncated" not in message and "\n" not in message
+    assert path.read_bytes() == content and sorted(tmp_path.iterdir()) == [path]  # nothing written
+
+
+def test_a_damaged_pickle_stream_is_called_corrupt_not_hostile(tmp_path):
+    """A zip checkpoint whose pickle stream is damaged is corrupt; only a refused object is 'would run code'."""
+    path = tmp_path / "last.ckpt"
+    torch.save({"global_step": 1}, path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"\x80\x02")  # the pickle protocol header of data.pkl inside the (stored) archive
+    data[start + 2 : start + 6] = b"\xa1\xa2\xa3\xa4"  # opcodes that do not exist
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt .*Unsupported operand") as refused:
+        load_checkpoint(path)
+    assert "run code" not in str(refused.value)
+
+
+def test_the_shipped_callbacks_keep_last_and_best_only_each_recording_its_environment(tmp_path, recwarn):
+    """configs/base.yaml's checkpoint callbacks (the periodic one every 8 optimizer steps here instead of 1000): the
+    folder holds ``last.ckpt`` and ``best.ckpt`` only; ``best.ckpt`` is the model of the best greedy evaluation;
+    every checkpoint records its environment; no manual-optimisation warning from Lightning."""
+    import csv
+    import warnings
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    from emotion_rl.checkpoint import MANUAL_OPTIMIZATION_WARNING, BatchCheckpoint
+    from emotion_rl.cli import load_config, main
+
+    from conftest import CONFIG, TINY
+
+    callbacks = OmegaConf.to_container(load_config(CONFIG).trainer.callbacks)
+    assert [c["init_args"].get("monitor") for c in callbacks] == [None, "val/return_mean"]
+    callbacks[0]["init_args"]["every_n_train_steps"] = 8
+    (tmp_path / "often.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    warnings.simplefilter("always")
+    cli = main(
+        [
+            "fit",
+            f"--config={CONFIG}",
+            f"--config={tmp_path / 'often.yaml'}",
+            *TINY,
+            "--trainer.max_steps=40",
+            "--trainer.val_check_interval=2",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
+    assert not [w for w in recwarn if re.match(MANUAL_OPTIMIZATION_WARNING, str(w.message))]
+    folder = tmp_path / "cartpole" / "version_0"
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    with open(folder / "metrics.csv") as file:
+        returns = [float(row["val/return_mean"]) for row in csv.DictReader(file) if row.get("val/return_mean")]
+    assert len(returns) == 5 and len(set(returns)) > 1
+    best, last = (load_checkpoint(folder / "checkpoints" / name) for name in ("best.ckpt", "last.ckpt"))
+    keeper = next(c for c in cli.trainer.checkpoint_callbacks if c.monitor)
+    assert float(keeper.best_model_score) == max(returns)
+    assert best["global_step"] == 8 * (returns.index(max(returns)) + 1) and last["global_step"] == 40
+    record = {"env_id": "CartPole-v1", "obs_dim": 4, "n_actions": 2, "max_episode_steps": 40, "context_window": 32}
+    assert best["environment"] == last["environment"] == record
+    # the control: Lightning's own ModelCheckpoint gives the warning on the same save, BatchCheckpoint does not
+    module = cli.trainer.lightning_module
+    for kind, warns in ((BatchCheckpoint, False), (ModelCheckpoint, True)):
+        recwarn.clear()
+        callback = kind(dirpath=tmp_path / kind.__name__, every_n_train_steps=1, save_top_k=-1)
+        callback.on_train_batch_end(cli.trainer, module, None, None, 0)
+        assert bool([w for w in recwarn if re.match(MANUAL_OPTIMIZATION_WARNING, str(w.message))]) == warns, kind
+        assert len(list((tmp_path / kind.__name__).glob("*.ckpt"))) == 1
+
+
+def test_resuming_ignores_a_newer_best_checkpoint(tmp_path):
+    """``--ckpt_path last`` resumes from the run's newest state, never from ``best.ckpt`` (often older)."""
+    from lightning.pytorch import Trainer
+
+    from emotion_rl.checkpoint import BatchCheckpoint, find_last_checkpoint
+
+    trainer = Trainer(
+        default_root_dir=tmp_path,
+        logger=False,
+        callbacks=[
+            BatchCheckpoint(dirpath=tmp_path, every_n_train_steps=4, save_last=True, save_top_k=0),
+            BatchCheckpoint(dirpath=tmp_path, monitor="val/return_mean", mode="max", filename="best"),
+        ],
+    )
+    AtomicCheckpointIO().save_checkpoint(_checkpoint(1.0), tmp_path / "last.ckpt")
+    time.sleep(0.01)
+    AtomicCheckpointIO().save_checkpoint(_checkpoint(2.0), tmp_path / "best.ckpt")
+    assert find_last_checkpoint(trainer) == tmp_path / "last.ckpt"

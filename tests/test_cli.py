@@ -168,3 +168,32 @@ def test_the_datamodule_context_window_is_linked_into_the_agent():
     cli = main([f"--config={CONFIG}", *TINY, "--data.context_window=5"], run=False)
     assert cli.datamodule.context_window == 5 and cli.model.hparams.context_window == 5
     assert cli.model.model.context_window == 5
+
+
+def test_a_wandb_logger_given_on_the_command_line_logs_the_run_offline(tmp_path, monkeypatch):
+    """Weights & Biases through Lightning's logger setting, as the docs show it (skipped where wandb is not
+    installed: it is not a dependency)."""
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cli = main(
+        [
+            "fit",
+            f"--config={CONFIG}",
+            *TINY,
+            "--trainer.max_steps=8",
+            "--trainer.log_every_n_steps=1",
+            "--trainer.logger=lightning.pytorch.loggers.WandbLogger",
+            "--trainer.logger.init_args.project=emotion-rl-test",
+            "--trainer.logger.init_args.offline=true",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
+    logger = cli.trainer.logger
+    assert isinstance(logger, WandbLogger)
+    summary = dict(logger.experiment.summary)
+    logger.experiment.finish()
+    assert "train/phase1_dynamics_loss" in summary
+    assert list(tmp_path.rglob("*.wandb")), "no offline run file was written"

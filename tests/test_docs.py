@@ -1,4 +1,6 @@
-"""The documentation site builds with strict link checking, and the README's Python snippet runs as written."""
+"""The documentation site builds with strict link checking; the README's Python snippets and the docs' code blocks
+marked runnable (an HTML comment ``<!-- runnable -->`` on the line before a python block, invisible on GitHub and
+on the site) run as written, from the repository root."""
 
 from __future__ import annotations
 
@@ -7,7 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+MARKER = "<!-- runnable -->"
+RUNNABLE = re.compile(re.escape(MARKER) + r"\n```python\n(.*?)```", re.S)
+
+
+def runnable_blocks() -> list[tuple[str, int, str]]:
+    """``(docs file, index, code)`` of every block marked runnable in docs/*.md."""
+    return [
+        (path.name, index, code)
+        for path in sorted((ROOT / "docs").glob("*.md"))
+        for index, code in enumerate(RUNNABLE.findall(path.read_text()))
+    ]
 
 
 def test_the_docs_site_builds_strictly(tmp_path):
@@ -21,12 +36,28 @@ def test_the_docs_site_builds_strictly(tmp_path):
     assert (tmp_path / "site" / "api" / "index.html").exists()
 
 
-def test_the_readme_python_snippet_runs_as_written():
+def test_the_readme_python_snippets_run_as_written(monkeypatch):
     readme = (ROOT / "README.md").read_text()
     snippets = re.findall(r"```python\n(.*?)```", readme, re.S)
-    assert snippets, "the README has no Python snippet"
+    assert len(snippets) >= 2, "the README lost its load-and-predict or its building-blocks snippet"
+    assert any("EmotionAgent.load(" in s and ".predict(" in s for s in snippets)
+    monkeypatch.chdir(ROOT)  # the snippets name files of the repository (models/cartpole.ckpt)
     for snippet in snippets:
-        exec(compile(snippet, "README.md", "exec"), {})
+        exec(compile(snippet, "README.md", "exec"), {"__name__": "__readme__"})
+
+
+@pytest.mark.parametrize(("name", "index", "code"), runnable_blocks(), ids=lambda v: str(v)[:20])
+def test_a_docs_block_marked_runnable_runs_as_written(name, index, code, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    exec(compile(code, f"docs/{name} (block {index})", "exec"), {"__name__": "__docs__"})
+
+
+def test_every_runnable_marker_sits_before_a_python_block_and_the_load_and_torchrl_paths_are_marked():
+    for path in (ROOT / "docs").glob("*.md"):
+        text = path.read_text()
+        assert text.count(MARKER) == len(RUNNABLE.findall(text)), f"{path.name}: a marker not before ```python"
+    names = {name for name, _, _ in runnable_blocks()}
+    assert {"api.md", "torchrl.md"} <= names
 
 
 def test_no_committed_text_points_outside_the_repository():

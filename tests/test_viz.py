@@ -206,6 +206,16 @@ def test_diagnostics_figure_has_its_panels_and_notes_what_is_missing(tmp_path):
         plot_diagnostics(metrics)
 
 
+def test_plot_command_writes_into_the_runs_folder_by_default(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "runs" / "cartpole" / "version_0"
+    run.mkdir(parents=True)
+    write_metrics(run / "metrics.csv")
+    monkeypatch.chdir(tmp_path)
+    assert viz.main(["plot", "runs/cartpole/version_0/metrics.csv"]) == 0
+    assert (run / "curves.png").is_file() and not (tmp_path / "curves.png").exists()
+    assert f"wrote {Path('runs/cartpole/version_0/curves.png')}" in capsys.readouterr().out
+
+
 def test_plot_command_writes_the_diagnostics_figure_next_to_the_curves_when_logged(tmp_path, capsys):
     metrics = tmp_path / "metrics.csv"
     write_diagnostics(metrics)

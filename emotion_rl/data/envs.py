@@ -24,7 +24,15 @@ from torchrl.envs import (
 )
 from torchrl.envs.transforms import Transform
 
-__all__ = ["EnvInfo", "MissingDependencyError", "PreviousReward", "make_env", "probe_env"]
+__all__ = [
+    "EnvInfo",
+    "FiniteCheck",
+    "MissingDependencyError",
+    "NonFiniteError",
+    "PreviousReward",
+    "make_env",
+    "probe_env",
+]
 
 
 class PreviousReward(Transform):
@@ -53,6 +61,60 @@ class PreviousReward(Transform):
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         raise NotImplementedError("PreviousReward only works inside an environment (TransformedEnv)")
+
+
+class NonFiniteError(ValueError):
+    """An environment returned a NaN or infinite observation or reward: one line naming the env and the step."""
+
+
+class FiniteCheck(Transform):
+    """Refuse non-finite ``observation`` and ``reward`` where the env returns them, before anything reads them.
+
+    A NaN observation would reach the planner (and fail far away, in an emotion draw), a NaN reward the replay's
+    returns and then every value target. This transform sits in the env (:func:`make_env`), so the collector's
+    policy, the replay and the evaluation never see such a value: the step that produced it raises
+    :class:`NonFiniteError`, naming ``env_id``, the step of the episode (``step_count`` of a ``StepCounter`` placed
+    before this transform; 0 at reset) and which of the batched envs.
+    """
+
+    def __init__(self, env_id: str, keys: Sequence[str] = ("observation", "reward")) -> None:
+        super().__init__(in_keys=list(keys), out_keys=list(keys))
+        self.env_id = env_id
+
+    def _check(self, tensordict: TensorDictBase, at_reset: bool) -> None:
+        for key in self.in_keys:
+            value = tensordict.get(key, None)
+            if value is None or bool(torch.isfinite(value).all()):
+                continue
+            rows = value.reshape(tensordict.batch_size.numel(), -1)  # one row per env of the batch
+            env = int((~torch.isfinite(rows).all(-1)).nonzero()[0, 0])
+            counts = tensordict.get("step_count", None)
+            step = 0 if at_reset or counts is None else int(counts.reshape(rows.shape[0], -1)[env, 0])
+            which = f" (env {env} of {rows.shape[0]})" if rows.shape[0] > 1 else ""
+            raise NonFiniteError(
+                f"env {self.env_id!r} returned a non-finite {key} {_shown(rows[env])} at step {step} of an "
+                f"episode{which}; refused before the planner or the replay read it. Fix the environment, or wrap it "
+                "(data.env_wrappers) to replace such values"
+            )
+
+    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase) -> TensorDictBase:
+        self._check(next_tensordict, at_reset=False)
+        return next_tensordict
+
+    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
+        self._check(tensordict_reset, at_reset=True)
+        return tensordict_reset
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        self._check(tensordict, at_reset=False)  # also usable on stored data
+        return tensordict
+
+
+def _shown(row: torch.Tensor) -> str:
+    """One env's value for a one-line message: ``[0.1, nan]`` (at most 8 entries), or ``nan`` for a single one."""
+    flat = row.reshape(-1).tolist()
+    text = ", ".join(f"{v:.4g}" for v in flat[:8]) + (", ..." if len(flat) > 8 else "")
+    return text if len(flat) == 1 else f"[{text}]"
 
 
 class MissingDependencyError(ValueError):
@@ -222,7 +284,8 @@ def make_env(
     accepted) or of ``env_factory(**env_kwargs)`` (a ``"pkg.module:function"`` returning an unbatched TorchRL
     ``EnvBase``); not gymnasium's vector env (docs/data.md, "Environments"). Transformed by ``InitTracker``
     (``is_init``), :class:`PreviousReward` (``prev_reward``), ``StepCounter`` (with ``max_episode_steps`` as its
-    ``max_steps`` for a factory's env: the time limit) and ``RewardSum``. Actions are one-hot, or categorical with
+    ``max_steps`` for a factory's env: the time limit), :class:`FiniteCheck` (a NaN or infinite observation or
+    reward raises :class:`NonFiniteError`) and ``RewardSum``. Actions are one-hot, or categorical with
     ``categorical_action_encoding``. Raises ``ValueError`` for unsupported envs (:func:`probe_env`).
     """
     options = {"env_kwargs": env_kwargs, "env_wrappers": env_wrappers, "env_factory": env_factory}
@@ -239,7 +302,8 @@ def make_env(
     )
     base = SerialEnv(num_envs, make_one, device=device)
     counter = StepCounter(max_steps=info.max_episode_steps) if env_factory is not None else StepCounter()
-    env = TransformedEnv(base, Compose(InitTracker(), PreviousReward(), counter, RewardSum()))
+    check = FiniteCheck(info.env_id)  # after the counter: it names the step
+    env = TransformedEnv(base, Compose(InitTracker(), PreviousReward(), counter, check, RewardSum()))
     if seed is not None:
         env.set_seed(int(seed))
     return env

@@ -1,7 +1,8 @@
-"""``python -m emotion_rl.viz {plot,render,tree}``: a run's curves, a GIF of an episode, one search tree.
+"""``python -m emotion_rl.viz {plot,render,tree}``: a run's curves, a GIF or MP4 of episodes, one search tree.
 
-    python -m emotion_rl.viz plot runs/cartpole/version_0/metrics.csv --out curves.png   # + curves_diagnostics.png
+    python -m emotion_rl.viz plot runs/cartpole/version_0/metrics.csv    # runs/.../curves.png (+ _diagnostics.png)
     python -m emotion_rl.viz render --config configs/cartpole.yaml --ckpt_path runs/.../last.ckpt --out episode.gif
+    python -m emotion_rl.viz render --ckpt_path models/cartpole.ckpt --out episodes.mp4 --episodes 3
     python -m emotion_rl.viz tree --config configs/cartpole.yaml --ckpt_path runs/.../last.ckpt --out tree.png
 
 A missing or unreadable input exits with status 2.
@@ -18,11 +19,14 @@ from pathlib import Path
 
 import torch
 
+from emotion_rl.checkpoint import load_checkpoint
+from emotion_rl.env_record import EnvironmentRecord
 from emotion_rl.viz.episodes import play_episode, render_episode
 from emotion_rl.viz.metrics import has_diagnostics, plot_diagnostics, plot_metrics, read_metrics
 from emotion_rl.viz.tree import draw_search_tree
+from emotion_rl.viz.video import record_video
 
-__all__ = ["diagnostics_path", "load_agent", "main"]
+__all__ = ["default_plot_path", "diagnostics_path", "load_agent", "main"]
 
 
 def diagnostics_path(out: str | os.PathLike) -> Path:
@@ -32,15 +36,19 @@ def diagnostics_path(out: str | os.PathLike) -> Path:
 
 
 def load_agent(ckpt_path: str | os.PathLike):  # noqa: ANN201 - EmotionAgent (imported lazily)
-    """An :class:`~emotion_rl.EmotionAgent` from a Lightning checkpoint (its hyperparameters rebuild the model)."""
+    """An :class:`~emotion_rl.EmotionAgent` from a Lightning checkpoint, on the CPU in eval mode
+    (``EmotionAgent.load``: its own hyper-parameters rebuild the model and its planner)."""
     from emotion_rl.agent import EmotionAgent
 
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    agent = EmotionAgent.load_from_checkpoint(path, map_location="cpu")
-    agent.eval()
-    return agent
+    return EmotionAgent.load(path)
+
+
+def default_plot_path(metrics: str | os.PathLike) -> Path:
+    """Where ``plot`` writes without ``--out``: ``curves.png`` in the run's folder, next to its ``metrics.csv``."""
+    return Path(metrics).parent / "curves.png"
 
 
 def _env_id(config: str | None, ckpt_path: str, env_id: str | None) -> str:
@@ -55,8 +63,7 @@ def _env_id(config: str | None, ckpt_path: str, env_id: str | None) -> str:
         data = load_config(config).get("data") or {}  # with the files it includes (__include__)
         if data.get("env_id"):
             return str(data["env_id"])
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    return str((checkpoint.get("datamodule_hyper_parameters") or {}).get("env_id", "CartPole-v1"))
+    return EnvironmentRecord.of_checkpoint(load_checkpoint(ckpt_path)).env_id or "CartPole-v1"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,14 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot.add_argument("metrics", help="metrics.csv written by the CSVLogger (runs/cartpole/version_N/metrics.csv)")
     plot.add_argument(
         "--out",
-        default="curves.png",
-        help="output image (default: curves.png); the diagnostics figure, when written, goes to <stem>_diagnostics"
-        "<suffix> in the same folder",
+        default=None,
+        help="output image (default: curves.png in the run's folder, next to metrics.csv); the diagnostics figure, "
+        "when written, goes to <stem>_diagnostics<suffix> in the same folder",
     )
     plot.add_argument("--dpi", type=int, default=80)
     plot.add_argument("--title", default=None)
     for name, text in (
-        ("render", "play one greedy episode and write an animated GIF"),
+        ("render", "play greedy episodes: an animated GIF of one (--out x.gif) or an MP4 of --episodes (--out x.mp4)"),
         ("tree", "draw one search tree"),
     ):
         sub = commands.add_parser(name, help=text)
@@ -88,8 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.add_argument("--config", default=None, help="the run's config (its data.env_id is used)")
         sub.add_argument("--env_id", default=None, help="overrides the config's and the checkpoint's env")
         sub.add_argument("--seed", type=int, default=0, help="seed of the environment's reset")
-        sub.add_argument("--out", required=True, help="output file (.gif for render, .png for tree)")
+        sub.add_argument("--out", required=True, help="output file (.gif or .mp4 for render, .png for tree)")
     commands.choices["render"].add_argument("--fps", type=int, default=30)
+    commands.choices["render"].add_argument(
+        "--episodes", type=int, default=1, help="episodes in an MP4, one after the other (gymnasium's RecordVideo)"
+    )
     commands.choices["render"].add_argument("--scale", type=float, default=0.5, help="frame size factor")
     commands.choices["render"].add_argument("--max_steps", type=int, default=None)
     tree = commands.choices["tree"]
@@ -104,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(1)
     try:
         if args.command == "plot":
+            args.out = args.out or default_plot_path(args.metrics)
             plot_metrics(args.metrics, title=args.title).savefig(args.out, dpi=args.dpi)
             print(f"wrote {args.out}")
             if has_diagnostics(read_metrics(args.metrics)):
@@ -113,6 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         agent = load_agent(args.ckpt_path)
         env_id = _env_id(args.config, args.ckpt_path, args.env_id)
+        if args.command == "render" and Path(args.out).suffix.lower() == ".mp4":
+            returns = record_video(agent, args.out, env_id, args.seed, args.episodes, args.max_steps, fps=args.fps)
+            shown = ", ".join(f"{r:.0f}" for r in returns)
+            print(f"wrote {args.out}: {len(returns)} greedy episode(s) of {env_id}, returns {shown}")
+            return 0
         if args.command == "render":
             record = render_episode(agent, args.out, env_id, args.seed, args.max_steps, fps=args.fps, scale=args.scale)
             print(f"wrote {args.out}: {record.length} frames, return {record.episode_return:.0f}")
