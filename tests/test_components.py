@@ -21,11 +21,14 @@ from emotion_rl import (
     EmotionAgent,
     EmotionDataModule,
     EmotionMCTS,
+    EmotionModel,
     GumbelRoot,
     MaxValueActionLoss,
     MonteCarlo,
     NStep,
     PolicyLoss,
+    RootDecision,
+    RootRule,
     TDLambda,
     ValueLoss,
     instantiate,
@@ -35,8 +38,10 @@ from emotion_rl.agent import COMPONENTS
 from emotion_rl.checkpoint import load_checkpoint
 from emotion_rl.cli import main
 from emotion_rl.losses import ActionLoss, LiteralActionLoss
+from emotion_rl.mcts import loop
+from emotion_rl.mcts.rules import visit_distribution
 
-from conftest import CONFIG, TINY
+from conftest import CONFIG, TINY, random_history
 
 
 class ScaledValueLoss(ValueLoss):
@@ -53,6 +58,28 @@ class ScaledValueLoss(ValueLoss):
         out = super().per_step(batch, encoding)
         out["loss"] = self.scale * out["loss"]
         return out
+
+
+@loop.kernel
+def rarest_first(tree, selection, env, root, simulation, state) -> int:
+    """The first simulation of each environment takes the emotion its prior likes least; the others select by pUCT."""
+    if simulation == 0:
+        return state[0][env]
+    return loop.select_child(tree, selection, root, env)
+
+
+class RarestFirstRoot(RootRule):
+    """A root rule defined outside the package (compiled with ``loop.kernel``); counts its searches."""
+
+    select = staticmethod(rarest_first)
+    starts = 0
+
+    def start(self, tree, num_simulations, draw) -> tuple:
+        RarestFirstRoot.starts += 1
+        return (tree.prior[tree.roots].argmin(axis=-1),)
+
+    def finish(self, tree, selection, state) -> RootDecision:
+        return RootDecision(visit_distribution(tree), None)
 
 
 # ---------------------------------------------------------------------------------------------- to_config
@@ -197,11 +224,23 @@ def test_python_objects_go_through_a_checkpoint_and_come_back_the_same(tmp_path)
     assert any(moved), "the EMA copy should lag the model after a few updates (else the test checks nothing)"
 
 
-def test_a_loss_of_ones_own_runs_a_fit_from_the_config_and_its_checkpoint_rebuilds_it(tmp_path):
-    """A value loss defined in this file, named by class_path on the command line, trains a short fit; the run's
-    checkpoint (written by the CLI) loads back with the same components, the loss's own option included."""
+def test_a_root_rule_of_ones_own_is_the_search_s_root():
+    """One simulation: it goes where the rule says (the prior's least likely emotion), not where pUCT would."""
+    torch.manual_seed(0)
+    model = EmotionModel(4, 2, d_model=16, n_layers=1, n_heads=2).double().eval()
+    history = random_history(3, 4, obs_dim=4, n_actions=2)
+    rarest = EmotionMCTS(1, root_rule=RarestFirstRoot()).search(model, history)
+    puct = EmotionMCTS(1).search(model, history)
+    assert torch.equal(rarest["visit_counts"].argmax(-1), rarest["prior"].argmin(-1))
+    assert not torch.equal(puct["visit_counts"], rarest["visit_counts"])
+    assert "selected_emotion" not in rarest.keys()
+
+
+def test_a_root_rule_and_a_loss_of_ones_own_run_a_fit_from_the_config_and_its_checkpoint_rebuilds_them(tmp_path):
+    """A root rule and a value loss defined in this file, named by class_path on the command line, run a short
+    fit; the run's checkpoint (written by the CLI) loads back with the same components, their options included."""
     logs = tmp_path / "runs"
-    ScaledValueLoss.calls = 0
+    ScaledValueLoss.calls = RarestFirstRoot.starts = 0
     cli = main(
         [
             "fit",
@@ -211,6 +250,7 @@ def test_a_loss_of_ones_own_runs_a_fit_from_the_config_and_its_checkpoint_rebuil
             "--model.value_loss.scale=0.5",
             "--model.value_loss.target=emotion_rl.NStep",
             "--model.value_loss.target.n=3",
+            f"--model.planner.init_args.root_rule={__name__}.RarestFirstRoot",
             "--trainer.max_steps=8",
             f"--trainer.logger.init_args.save_dir={logs}",
         ]
@@ -219,6 +259,7 @@ def test_a_loss_of_ones_own_runs_a_fit_from_the_config_and_its_checkpoint_rebuil
     assert type(value) is ScaledValueLoss and value.scale == 0.5 and value.return_scale == 0.02  # base.yaml's kept
     assert type(value.target) is NStep and value.target.n == 3 and value.gamma == 0.98  # linked from data.gamma
     assert ScaledValueLoss.calls >= 2, "the loss from the config did not train"
+    assert type(cli.model.planner.root_rule) is RarestFirstRoot and RarestFirstRoot.starts >= 2, "nor searched"
     last = logs / "cartpole" / "version_0" / "checkpoints" / "last.ckpt"
     hparams = load_checkpoint(last)["hyper_parameters"]
     assert hparams["value_loss"]["class_path"] == f"{__name__}.ScaledValueLoss"
@@ -227,6 +268,11 @@ def test_a_loss_of_ones_own_runs_a_fit_from_the_config_and_its_checkpoint_rebuil
     loaded = EmotionAgent.load_from_checkpoint(last, map_location="cpu", weights_only=True)
     _same_components(loaded, cli.model)
     assert loaded.losses.value.scale == 0.5 and type(loaded.losses.action) is AssignedActionLoss
+    assert hparams["planner"]["init_args"]["root_rule"] == {
+        "class_path": f"{__name__}.RarestFirstRoot",
+        "init_args": {},
+    }
+    assert type(loaded.planner.root_rule) is RarestFirstRoot
 
 
 def test_the_shipped_config_builds_the_agent_the_python_objects_build():

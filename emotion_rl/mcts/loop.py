@@ -15,6 +15,7 @@ The loop is compiled with numba when it is installed (:func:`kernel`); without n
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -36,12 +37,13 @@ WAIT_FRACTION = 0.85
 
 
 def kernel(function: Callable | None = None, *, cache: bool = True) -> Callable:
-    """Compile ``function`` with numba (nopython, cached on disk, numpy's float semantics) when numba is installed;
-    else return it unchanged. A root rule's ``select`` is written with it (``@kernel``)."""
+    """Compile ``function`` with numba (nopython, numpy's float semantics, cached on disk when it comes from a file)
+    when numba is installed; else return it unchanged. A root rule's ``select`` is written with it (``@kernel``)."""
     if function is None:
         return lambda f: kernel(f, cache=cache)
     if numba is None:
         return function
+    cache = cache and os.path.isfile(function.__code__.co_filename)  # code run by exec has no file to cache beside
     return numba.njit(cache=cache, error_model="numpy")(function)
 
 
