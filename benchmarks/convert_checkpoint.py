@@ -85,7 +85,8 @@ def planner_config(old: dict) -> dict:
         keys = {"dirichlet_alpha": "dirichlet_alpha", "dirichlet_fraction": "dirichlet_fraction"}
         root = {"class_path": "emotion_rl.PUCTRoot", "init_args": {k: old[v] for k, v in keys.items() if v in old}}
     init_args = {name: old[name] for name in PLANNER if name in old}
-    return {"class_path": "emotion_rl.EmotionMCTS", "init_args": {**init_args, "root_rule": root}}
+    init_args.update(min_spread=0.0, root_rule=root)  # the literal normalisation: what the old search did
+    return {"class_path": "emotion_rl.EmotionMCTS", "init_args": init_args}
 
 
 def convert_hparams(old: dict) -> dict:

@@ -80,7 +80,8 @@ def cartpole(num_envs: int, seed: int | None = 0) -> EnvBase:
 def test_the_agent_moves_whole_and_its_policy_acts_in_a_cpu_env(device, dtype):
     """The env makes float32 observations on the CPU; the policy keeps its histories on the model's device and in
     its float type, plans there, draws from a CPU generator (the datamodule's) and answers on the CPU."""
-    agent = tiny_agent(device, dtype, n_actions=2, planner={"dirichlet_fraction": 0.25})  # root noise: it draws
+    root = PUCTRoot(dirichlet_fraction=0.25)
+    agent = tiny_agent(device, dtype, n_actions=2, planner={"root_rule": root})  # root noise: the search draws
     for name, tensor in [*agent.named_parameters(), *agent.named_buffers()]:
         assert tensor.device.type == device.type and tensor.dtype == dtype, name
     env = cartpole(2)

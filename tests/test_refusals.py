@@ -101,24 +101,21 @@ def test_a_fit_with_neither_max_steps_nor_total_frames_is_refused_before_anythin
 
 
 # ------------------------------------------------------------------------------------------- abbreviations
-def test_an_abbreviated_option_is_refused_and_the_full_name_suggested(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        (["--data.num_env", "4"], "--data.num_env 4 (did you mean --data.num_envs? options are never abbreviated)"),
+        (  # the planner's settings moved under model.planner: no option starts so, none is close enough
+            ["--model.num_simulation", "10"],
+            "--model.num_simulation 10 (options are never abbreviated: give the full name)",
+        ),
+    ],
+)
+def test_an_abbreviated_option_is_refused_and_the_full_name_suggested(given, said, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "fit",
-                f"--config={CONFIG}",
-                *TINY,
-                "--model.num_simulation",
-                "10",
-                f"--trainer.logger.init_args.save_dir={tmp_path}",
-            ]
-        )
+        main(["fit", f"--config={CONFIG}", *TINY, *given, f"--trainer.logger.init_args.save_dir={tmp_path}"])
     assert exit_info.value.code == 2
-    line = _one_line_error(capsys)
-    assert line == (
-        "error: unrecognized arguments: --model.num_simulation 10 "
-        "(did you mean --model.num_simulations? options are never abbreviated)"
-    )
+    assert _one_line_error(capsys) == f"error: unrecognized arguments: {said}"
     assert _files(tmp_path) == []
 
 

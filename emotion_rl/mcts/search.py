@@ -75,6 +75,10 @@ class EmotionMCTS(Configurable):
         self.q_transform, self.completed_value, self.min_spread = q_transform, completed_value, float(min_spread)
         self.root_rule = root_rule
 
+    def replace(self, **changes: object) -> EmotionMCTS:
+        """The same search with ``changes`` to its arguments (``planner.replace(num_simulations=200)``)."""
+        return type(self)(**{**self.init_args(), **changes})
+
     def selection(self, dtype: np.dtype) -> Selection:
         """The Q transform as the loop reads it, in the tree's float type ``dtype``."""
         return Selection(

@@ -11,7 +11,6 @@ A missing or unreadable input exits with status 2.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 from collections.abc import Sequence
@@ -135,9 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         record = play_episode(agent, env_id, seed=args.seed, max_steps=args.step + 1)
         step = min(args.step, record.length - 1)
-        planner = copy.copy(agent.planner)  # the agent's own search (root rule, Q transform, ...), the flags on top
-        planner.num_simulations = args.num_simulations or planner.num_simulations
-        planner.c_puct = planner.c_puct if args.c_puct is None else args.c_puct
+        planner = agent.planner.replace(  # the agent's own search (root rule, Q transform, ...), the flags on top
+            num_simulations=args.num_simulations or agent.planner.num_simulations,
+            c_puct=agent.planner.c_puct if args.c_puct is None else args.c_puct,
+        )
         result = planner.search(agent.model, record.history(step, window=agent.hparams.get("context_window")))
         title = (
             f"{env_id}, step {step} of a greedy episode (seed {args.seed}): {planner.num_simulations} simulations, "
