@@ -162,6 +162,10 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
         )
         # the value loss's EMA target network, when its targets bootstrap: registered here, so saved with the agent
         self.target_network = getattr(self.losses.value, "target_network", None)
+        # outputs a loss learns of its own (PhaseLoss.own_heads): trained by its phase's optimizer, saved with the agent
+        self.loss_heads = torch.nn.ModuleDict(
+            {phase: loss.own_heads() for phase, loss in zip(PHASES, self.losses, strict=True) if loss.own_heads()}
+        )
 
     # ------------------------------------------------------------------ acting (spec 5 steps 1-3)
     def make_policy(self, greedy: bool = False, **kwargs) -> EmotionPolicy:
@@ -315,9 +319,12 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
 
     # ------------------------------------------------------------------ optimizers (spec 3.2)
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """Four Adams (spec 3.2), each one head group (``head_lr``) plus the shared transformer (``transformer_lr``)."""
+        """Four Adams (spec 3.2), each one head group (``head_lr``; with the heads its loss learns of its own) plus
+        the shared transformer (``transformer_lr``)."""
         transformer = self.model.transformer_parameters()
         heads = self.model.head_parameters()
+        for phase, own in self.loss_heads.items():
+            heads[phase] = [*heads[phase], *own.parameters()]
         return [
             torch.optim.Adam(
                 [
