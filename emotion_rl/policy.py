@@ -245,6 +245,27 @@ class EmotionPolicy(TensorDictModuleBase):
         history.mask = torch.arange(max_len, device=self._length.device) < self._length.unsqueeze(-1)
         return history
 
+    def set_histories(self, history: History) -> None:
+        """Continue the episodes of ``history`` ``[n_envs, T]`` (``T <= context_window``, ``mask`` a valid prefix of
+        at least one entry, as :meth:`histories` returns it): the next call must bring each one's next state with
+        ``is_init`` False. Why: a what-if rollout (a copy of an env, another action at its last step) continues a
+        real episode with its own real history, without touching the policy that played it. The histories are copied
+        to the model's device and dtype."""
+        n_envs, length = history.batch_size
+        if length > self.context_window:
+            raise ValueError(
+                f"EmotionPolicy.set_histories: {length} steps exceed the context window of {self.context_window}"
+            )
+        lengths = history.lengths()
+        if bool((lengths < 1).any()):
+            raise ValueError("EmotionPolicy.set_histories: every history needs at least one step (its current state)")
+        device, dtype = self._model_device_dtype(history.observation)
+        full = History.empty(n_envs, self.context_window, history.observation.shape[2:], dtype, device)
+        for name in ("observation", "action", "emotion", "reward"):
+            field = getattr(full, name)
+            field[:, :length] = getattr(history, name).to(device, field.dtype)
+        self._history, self._length = full, lengths.to(device)
+
     def _model_device_dtype(self, fallback: torch.Tensor) -> tuple[torch.device, torch.dtype]:
         """Device and floating dtype of the model's parameters (the observation's when it has none)."""
         for tensor in self.model.parameters():
