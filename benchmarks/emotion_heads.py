@@ -141,6 +141,16 @@ class BranchPoint:
         return out
 
 
+def reservoir_slot(n: int, k: int, generator: torch.Generator | None = None) -> int | None:
+    """Where the ``n``-th item (from 1) of a stream goes in a uniform sample of ``k`` (reservoir sampling, Algorithm
+    R): slot ``n - 1`` while fewer than ``k`` are kept, else a random slot with probability ``k / n`` (it replaces
+    that one), else None. Every item of the stream ends up kept with probability ``k / n_total``."""
+    if n <= k:
+        return n - 1
+    draw = int(torch.randint(n, (), generator=generator))
+    return draw if draw < k else None
+
+
 class RecordingPlanner:
     """The planner it wraps, keeping the root outputs of its last search (``last``)."""
 
@@ -207,16 +217,12 @@ class HeadRecorder:
         return out
 
     def _keep(self, rows: list[int], greedy: torch.Tensor, policy_target: torch.Tensor) -> None:
-        """Reservoir sampling: the ``n``-th disagreeing state of an env replaces a kept one with probability
-        ``per_episode / n``."""
+        """Offer the current state of each env of ``rows`` (its heads disagree) to that env's reservoir."""
         histories = None
         for b in rows:
-            self.seen[b] = n = self.seen.get(b, 0) + 1
+            self.seen[b] = self.seen.get(b, 0) + 1
             kept = self.points.setdefault(b, [])
-            slot = len(kept) if len(kept) < self.per_episode else None
-            if slot is None:
-                draw = int(torch.randint(n, (), generator=self.generator))
-                slot = draw if draw < self.per_episode else None
+            slot = reservoir_slot(self.seen[b], self.per_episode, self.generator)
             if slot is None:
                 continue
             histories = self.policy.histories() if histories is None else histories
@@ -228,7 +234,10 @@ class HeadRecorder:
                 greedy=greedy[b].clone(),
                 policy_target=policy_target[b].clone(),
             )
-            kept.append(point) if slot == len(kept) else kept.__setitem__(slot, point)
+            if slot == len(kept):
+                kept.append(point)
+            else:
+                kept[slot] = point
 
     def states(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The recorded ``greedy`` ``[S, E]`` and ``emotion`` ``[S]`` of every first-episode state."""

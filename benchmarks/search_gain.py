@@ -15,15 +15,21 @@ where its emotion differs from the prior's argmax (``emotion_changed``), and the
 argmax agreement the training logs as ``search/*``. The gain is ``search - max(prior, best single emotion)``: a
 search that does not beat the best of its fixed alternatives is not earning its cost, whatever the return.
 
+Over the ``search`` row's states, the emotions' heads (``emotion_heads.py``): their pairwise agreement (the share
+of emotion pairs whose argmax actions agree, per state, averaged; the ``E x E`` matrix), each emotion's usage and,
+with ``--disagreements K``, at up to ``K`` states per episode where the heads disagree, whether the search's action
+returns at least as much as every other head's, each rolled out on a copy of the env (``--horizon`` steps).
+
     python benchmarks/search_gain.py models/cartpole.ckpt --env-id CartPole-v1 --episodes 100 \\
         --out benchmarks/results/search_gain/cartpole_shipped.json
     python benchmarks/search_gain.py runs/cartpole/version_0/checkpoints/last.ckpt --episodes 20
+    python benchmarks/search_gain.py models/cartpole.ckpt --env-id CartPole-v1 --episodes 20 --disagreements 3
 
 The env comes from the checkpoint's datamodule section (``env_id``, its options and ``time_limit``) when it has
 one; a weights-only checkpoint such as ``models/cartpole.ckpt`` has none, so ``--env-id`` is then required.
 ``--time-limit`` caps every episode (default: the checkpoint's ``time_limit``, else the env's registered limit).
 Needs the ``viz`` or ``benchmark`` extra (the checkpoint is read with ``emotion_rl.viz.load_agent``).
-See docs/benchmarks.md, "Search gain".
+See docs/benchmarks.md, "Search gain" and "Emotion heads".
 """
 
 from __future__ import annotations

@@ -92,6 +92,22 @@ def test_candidates_are_the_searchs_action_then_each_other_proposed_one_with_its
     assert point.candidates() == [(0, 0), (1, 3), (2, 2)]
 
 
+def test_the_reservoir_keeps_every_state_of_a_stream_with_the_same_probability(bench):
+    generator, n, k, runs = torch.Generator().manual_seed(0), 10, 3, 4000
+    counts = np.zeros(n)
+    for _ in range(runs):
+        kept = []
+        for item in range(n):
+            slot = bench.heads.reservoir_slot(item + 1, k, generator)
+            if slot == len(kept):
+                kept.append(item)
+            elif slot is not None:
+                kept[slot] = item
+        assert len(kept) == k
+        counts[kept] += 1
+    assert np.allclose(counts / runs, k / n, atol=0.03)  # 0.3 each; the first k kept: 1.0 for three, 0 for the rest
+
+
 # ---------------------------------------------------------------------------------------------- rollouts on copies
 class PushPlanner:
     """Every emotion's head proposes action ``push``; all visits on emotion 0. Records the histories it sees."""
