@@ -43,9 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from search_gain import ENV_OPTIONS, display_path, env_settings
+from tensordict import TensorDict
 
 from emotion_rl.data.envs import make_env, probe_env
 from emotion_rl.data.rollout import play
+from emotion_rl.mcts.root_gap import completed_root_q, root_q_gaps
 from emotion_rl.policy import EmotionPolicy
 
 CUT_TOLERANCE = 0.01
@@ -121,26 +123,17 @@ def tree_path(children: np.ndarray, emotions: Sequence[int]) -> list[int]:
     return nodes
 
 
-def completed_root_q(search: Search, completion: str = "child") -> np.ndarray:
-    """The root children's completed ``Q`` ``[E]``: ``W / N`` where visited, else the child's stored ``V^e``
-    (``completion="child"``) or the root's value (``"parent"``), as the Gumbel root's ``sigma`` reads them."""
-    visits = search.child_visits[0]
-    fill = search.child_value[0] if completion == "child" else np.full(visits.shape, search.node_value[0])
-    q = search.child_value_sum[0] / np.maximum(visits, 1)
-    return np.where(visits > 0, q, fill).astype(np.float64)
-
-
 def root_gaps(search: Search, completion: str = "child") -> tuple[float, float]:
-    """``(gap, action_gap)``: the best minus the second-best completed ``Q`` among the root's children, and the best
-    minus the best of the children whose action (``node_actions`` at the root) differs from the best one's: the
-    margin that decides the action taken (NaN where no second child, or no other action, exists)."""
-    q = completed_root_q(search, completion)
-    ordered = np.sort(q)
-    gap = float(ordered[-1] - ordered[-2]) if len(q) > 1 else math.nan
-    actions = search.node_actions[0]
-    best = int(np.argmax(q))
-    other = q[actions != actions[best]]
-    return gap, float(q[best] - other.max()) if other.size else math.nan
+    """``(gap, action_gap)`` at the root (:func:`emotion_rl.mcts.root_gap.root_q_gaps`, what the policy writes in
+    training): the best minus the second-best completed ``Q`` among the root's children, and the best minus the
+    best of the children whose action (``node_actions`` at the root) differs from the best one's. The completion
+    of unvisited children is the planner's (``completion``: ``"child"`` or ``"parent"``)."""
+    keys = ("child_visits", "child_value_sum", "child_value")
+    tree = TensorDict({key: torch.from_numpy(getattr(search, key)[None]) for key in keys}, batch_size=[1])
+    parent = torch.tensor([float(search.node_value[0])]) if completion == "parent" else None
+    q = completed_root_q(tree, parent).to(torch.float64)
+    gap, action_gap = root_q_gaps(q, torch.from_numpy(search.node_actions[:1]))
+    return float(gap[0]), float(action_gap[0])
 
 
 def step_readings(

@@ -139,9 +139,6 @@ def test_the_readings_stop_where_the_tree_or_the_episode_stops(sd):
 
 
 def test_the_root_gaps_read_the_completed_q_and_the_actions_of_the_children(sd):
-    search = hand_search(sd)
-    search.child_visits[0], search.child_value_sum[0], search.child_value[0] = [1, 2], [0.4, 1.0], [0.1, 0.45]
-    np.testing.assert_allclose(sd.completed_root_q(search, "child"), [0.4, 0.5])
     three = sd.Search(
         children=np.full((1, 3), -1),
         child_state=np.zeros((1, 3, 1)),
@@ -151,8 +148,7 @@ def test_the_root_gaps_read_the_completed_q_and_the_actions_of_the_children(sd):
         node_value=np.array([0.3]),
         node_actions=np.array([[0, 1, 1]]),
     )
-    np.testing.assert_allclose(sd.completed_root_q(three, "child"), [0.4, 0.5, 0.45])  # unvisited: its own V^e
-    np.testing.assert_allclose(sd.completed_root_q(three, "parent"), [0.4, 0.5, 0.3])  # unvisited: the root's value
+    # completed Q: [0.4, 0.5, 0.45] (the unvisited child reads its own V^e) or [0.4, 0.5, 0.3] (the root's value)
     np.testing.assert_allclose(sd.root_gaps(three, "child"), [0.05, 0.1])  # best 0.5 (action 1), other action: 0.4
     np.testing.assert_allclose(sd.root_gaps(three, "parent"), [0.1, 0.1])
     three.node_actions[0] = [1, 1, 1]
