@@ -8,7 +8,8 @@ of each env's first episode, the tree is read along the emotions the agent reall
 - **Dynamics by depth** (``k = 1 .. max_depth``): the imagined state ``child_state[node_{k-1}, e_{t+k-1}]``
   against the real ``s_{t+k}`` (Euclidean norm of the difference), where ``node_{k-1}`` exists; whether the action
   the model imagined there (its action head's argmax for ``e_{t+k-1}`` at ``node_{k-1}``) is the action taken at
-  ``s_{t+k-1}``; and, as a yardstick, the error of guessing ``s_t`` itself.
+  ``s_{t+k-1}``; and two yardsticks: the error of guessing ``s_t`` itself, and the error of the same prediction
+  made from the real ``s_{t+k-1}`` (``k >= 2``: what the depth would give without the errors above it).
 - **Values by depth** (``k = 0 .. max_depth - 1``), each against ``y_{t+k} = return_scale * G_{t+k}``, the real
   discounted return from ``s_{t+k}`` with the agent's ``gamma`` and the episode's own rewards (what ``V^{e_{t+k}}``
   at ``s_{t+k}`` learns, spec 2.2.2): ``value``, the stored ``V^{e_{t+k}}`` at ``node_k`` (``child_value``);
@@ -16,16 +17,18 @@ of each env's first episode, the tree is read along the emotions the agent reall
   up when it expands ``node_k`` (the model's ``state_value`` of the node's ``V^e``, spec 1.4). A return is *cut*
   when the episode ended at the time limit and the missing tail weighs more than ``--cut-tolerance``
   (``gamma^(steps left) > 0.01``): such samples are reported apart, not mixed with the exact ones.
-- **Root Q gap**: per decision, the best minus the second-best completed ``Q`` among the root's children (``Q``
-  where visited, else the planner's completion), divided by the RMSE of the root's ``q`` (depth 0, exact returns):
-  below 1, the decision was taken on a difference smaller than the values' own error.
+- **Root Q gaps** (:func:`emotion_rl.mcts.root_gap.root_q_gaps`, what training logs): per decision, the best minus
+  the second-best completed ``Q`` among the root's children (``Q`` where visited, else the planner's completion),
+  and the best minus the best child of another action; each divided by the RMSE of the root's ``q`` (depth 0,
+  exact returns): below 1, the decision was taken on a difference smaller than the values' own error.
 
     python benchmarks/search_depth.py models/cartpole.ckpt --env-id CartPole-v1 --episodes 20 \\
         --out benchmarks/results/search_depth/cartpole_shipped.json
 
 ``--out`` writes the JSON report and the markdown table next to it (``.md``). The env, the time limit and the
 reading of the checkpoint are those of ``benchmarks/search_gain.py``. Every tree is kept until the end: about
-``episodes * steps * (num_simulations + 1) * E * obs_dim`` floats (65 MB for 20 CartPole episodes of 500 steps).
+``episodes * steps * (num_simulations + 1) * E * (obs_dim + 5)`` numbers (measured: about 0.5 GB for 20 CartPole
+episodes of 500 steps, beside the 0.5 GB the libraries and the model take).
 See docs/benchmarks.md, "How far the search sees".
 """
 

@@ -1,5 +1,5 @@
 """The margin of a search's decision: how far its best root child is ahead, in value units (docs/training.md,
-"Diagnostics"; docs/search.md, "How far the search sees").
+"Diagnostics"; measured on a trained model in docs/results.md, "How far the search sees").
 
 The root compares its children by their completed ``Q``. When the best child leads by less than the values' own
 error, the decision is taken on noise; the Gumbel root's ``sigma`` rescales any lead, however small, to its whole
