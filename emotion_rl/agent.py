@@ -246,9 +246,10 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
             loss.after_update()
         return logs
 
-    def diagnostics(self, batch: TensorDict) -> dict[str, Tensor]:
-        """:func:`~emotion_rl.diagnostics.learning_diagnostics` of this agent's model on ``batch``."""
-        return learning_diagnostics(self.model, self.losses.value, batch)
+    def diagnostics(self, batch: TensorDict, stats: TensorDict | None = None) -> dict[str, Tensor]:
+        """:func:`~emotion_rl.diagnostics.learning_diagnostics` of this agent's model on ``batch`` (and the search's
+        root gaps that the collection's ``stats`` carry)."""
+        return learning_diagnostics(self.model, self.losses.value, batch, stats)
 
     def training_step(self, dataloader_iter: Iterator) -> None:
         """Lightning's step: exactly one batch from the data iterator, then :meth:`train_batch`.
@@ -288,7 +289,7 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
         self.log_dict(logs, batch_size=episodes.shape[0])
         self._log_collection(batch["stats"])
         if self.hparams.log_diagnostics and self.diagnostics_schedule.due(batch["stats"]):
-            self.log_dict(self.diagnostics(episodes), batch_size=episodes.shape[0])
+            self.log_dict(self.diagnostics(episodes, batch["stats"]), batch_size=episodes.shape[0])
         if self._trainer is not None and bool(batch["stats"].get("total_frames_reached", torch.tensor(False))):
             self.trainer.should_stop = True  # data.total_frames env steps were collected and trained on
 

@@ -19,6 +19,7 @@ from torchrl.data import Binary, Categorical, MultiCategorical, MultiOneHot, One
 from torchrl.envs.utils import ExplorationType, exploration_type
 
 from emotion_rl.history import NONE, History
+from emotion_rl.mcts.root_gap import ROOT_GAP_KEYS, completed_root_q, root_q_gaps
 
 __all__ = ["EmotionPolicy", "TemperatureSchedule", "select_emotion"]
 
@@ -137,7 +138,9 @@ class EmotionPolicy(TensorDictModuleBase):
     was then drawn; :class:`~emotion_rl.data.selfplay.CollectionStats` averages it into ``search/action_changed``.
     ``predicted_observation`` (float [*B, obs]): the next state the planner imagined for the emotion acted on, its
     root ``dynamics[emotion]`` (NaN when the planner returns no ``dynamics``); the data side measures the model's
-    surprise with it (``EpisodeAssembler``'s novelty).
+    surprise with it (``EpisodeAssembler``'s novelty). ``root_q_gap``, ``root_action_gap`` (float [*B]): the
+    margin of the search's decision at the root, :func:`~emotion_rl.mcts.root_gap.root_q_gaps` of its tree (NaN
+    when the planner returns no ``tree``); the learner's diagnostics compare them with the value error.
     Input batch ``[]`` or ``[n_envs]``. Histories are plain attributes (not in checkpoints), allocated on first use
     on the model's device and dtype; outputs go back to the observation's device. The buffer ``frames`` counts the
     env steps acted on (it drives the temperature schedule and is checkpointed with its owner).
@@ -152,6 +155,7 @@ class EmotionPolicy(TensorDictModuleBase):
         "prior",
         "action_changed",
         "predicted_observation",
+        *ROOT_GAP_KEYS,
     ]
 
     def __init__(
@@ -374,6 +378,7 @@ class EmotionPolicy(TensorDictModuleBase):
             predicted = result.get("dynamics")[rows, emotion].to(obs.dtype)
         else:
             predicted = torch.full_like(obs, float("nan"))
+        gap, action_gap = self._root_gaps(result, greedy_actions)
         out = {
             "action": action_out,
             "emotion": emotion,
@@ -382,11 +387,25 @@ class EmotionPolicy(TensorDictModuleBase):
             "prior": prior,
             "action_changed": action_changed,
             "predicted_observation": predicted,
+            **dict(zip(ROOT_GAP_KEYS, (gap, action_gap), strict=True)),
         }
         for key, value in out.items():
             value = value.to(out_device)
             tensordict.set(key, value[0] if unbatched else value)
         return tensordict
+
+    def _root_gaps(self, result: TensorDictBase, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`~emotion_rl.mcts.root_gap.root_q_gaps` of the search's tree, completed as the planner completes
+        (``completed_value``), with each emotion's greedy action at the root ``actions`` [n_envs, E]; NaN without a
+        tree."""
+        if "tree" not in result.keys():
+            nan = torch.full(actions.shape[:1], float("nan"), device=actions.device)
+            return nan, nan.clone()
+        parent = None
+        if getattr(self.planner, "completed_value", "child") == "parent":
+            parent = self.model.state_value(result.get("values"))
+        gap, action_gap = root_q_gaps(completed_root_q(result.get("tree"), parent), actions)
+        return gap.float(), action_gap.float()
 
     def _encode_action(self, action: torch.Tensor, n_actions: int) -> torch.Tensor:
         spec = self.action_spec
