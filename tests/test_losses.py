@@ -18,6 +18,7 @@ from emotion_rl.losses import (
     ValueLoss,
     masked_mean,
 )
+from emotion_rl.mcts.reference import append_imagined_state
 from emotion_rl.model import EmotionModel
 
 from conftest import N_ACTIONS, N_EMOTIONS, OBS_DIM, random_episodes
@@ -373,6 +374,31 @@ def test_dynamics_from_all_data_trains_every_emotions_head_on_every_transition(a
         action = torch.softmax(model.action_logits(h[b, t]), -1)
     expected = (model.dynamics(h[b, t], action) - episodes["next_observation"][b, t]).pow(2).sum(-1).mean()
     torch.testing.assert_close(per_step[b, t], expected)
+
+
+@pytest.mark.parametrize("all_emotions", [False, True])
+def test_dynamics_at_imagined_tokens_learn_the_next_transition_where_the_search_reads_it(all_emotions, episodes):
+    """``imagined_weight``: step t's loss adds, weighted, the error of ``Z^{e_{t+1}}(h', a_{t+1})`` against
+    ``s_{t+2}`` with ``h'`` the imagined token of the true ``s_{t+1}`` after the real steps ``0..t`` (built here by
+    the literal ``append_imagined_state``); a row's last step adds nothing."""
+    model = make_model()
+    plain = DynamicsLoss(model, action_input="taken", all_emotions=all_emotions).per_step(episodes)["loss"]
+    both = DynamicsLoss(model, action_input="taken", all_emotions=all_emotions, imagined_weight=0.5)
+    extra = both.per_step(episodes)["loss"] - plain
+    b, t = 1, 3  # row 1 holds 7 steps
+    prefix = episodes[b, : t + 1].select("observation", "action", "emotion", "reward")
+    imagined = append_imagined_state(prefix, episodes["next_observation"][b, t])
+    h = model.encode(imagined.unsqueeze(0)).hidden[0, -1]
+    action = torch.nn.functional.one_hot(episodes["action"][b, t + 1], N_ACTIONS).double()
+    target = episodes["next_observation"][b, t + 1]
+    if all_emotions:
+        expected = (model.dynamics(h, action.expand(N_EMOTIONS, -1)) - target).pow(2).sum(-1).mean()
+    else:
+        expected = (model.dynamics(h, action, episodes["emotion"][b, t + 1]) - target).pow(2).sum(-1)
+    torch.testing.assert_close(extra[b, t], 0.5 * expected)
+    assert extra[b, 6] == 0 and extra[2, 2] == 0  # each row's last step
+    with pytest.raises(ValueError, match="imagined_weight"):
+        DynamicsLoss(model, imagined_weight=-1.0)
 
 
 def _bootstrap_reference(model, batch, b, t, n, gamma, scale, terminated):
