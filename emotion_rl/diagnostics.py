@@ -12,16 +12,16 @@ from emotion_rl.model import EmotionModel
 
 __all__ = ["DiagnosticsSchedule", "collection_metrics", "learning_diagnostics"]
 
-SEARCH_STATS = ("kl_visits_prior", "argmax_agreement", "action_changed", "emotion_changed", "surprise")
+SEARCH_STATS = ("kl_target_prior", "argmax_agreement", "action_changed", "emotion_changed", "surprise")
 """The collection's search statistics logged as ``search/<name>`` (docs/training.md)."""
 
 
 def collection_metrics(stats: TensorDictBase) -> dict[str, Tensor]:
     """One collection's logged scalars from the training stream's ``stats``: the finished episodes' mean return
     (when one finished), env steps, episode count, temperature, emotion usage and the search's statistics
-    (``search/kl_visits_prior``: mean KL(visits || prior) at the root; ``search/argmax_agreement``: share of states
-    whose most visited emotion is the prior's favourite; ``search/action_changed`` ...), the non-finite ones
-    left out."""
+    (``search/kl_target_prior``: mean KL(policy target || prior) at the root; ``search/argmax_agreement``: share of
+    states whose policy target's favourite emotion is the prior's favourite; ``search/action_changed`` ...), the
+    non-finite ones left out."""
     logs = {}
     if torch.isfinite(stats["episode_return"]):
         logs["episode/return"] = stats["episode_return"]

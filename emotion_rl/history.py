@@ -26,7 +26,7 @@ EPISODE_KEYS = (
     "done",
     "terminated",
     "truncated",
-    "visit_distribution",
+    "policy_target",
     "return",
     "mask",
 )
@@ -34,7 +34,8 @@ EPISODE_KEYS = (
 the history entry, then ``next_observation`` ``s_{t+1}`` (phase 1's target), ``done`` (True at the episode's last
 step; ``terminated | truncated``), ``terminated`` (the episode ended in a terminal state: no value after it) and
 ``truncated`` (cut by the time limit: the state after it still has a value), bool ``[L]`` each,
-``visit_distribution`` ``[E]`` (the search's, spec 3.3: phase 4's target) and ``return`` (spec 2.2.2: phase 3's
+``policy_target`` ``[E]`` (the search's target, spec 3.3: what phase 4 learns; the visit distribution under the
+pUCT root, the improved policy under the Gumbel root) and ``return`` (spec 2.2.2: phase 3's
 target, literal: it stops at the episode's end)."""
 
 

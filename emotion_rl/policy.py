@@ -111,8 +111,8 @@ class EmotionPolicy(TensorDictModuleBase):
         model: the :class:`~emotion_rl.model.EmotionModel` (anything with a ``context_window`` attribute, unless
             ``context_window`` is given, that the planner knows how to call).
         planner: ``search(model, history, generator=None, explore=False) -> TensorDict[*B]`` with at least
-            ``policy_target`` [*B, E] (what the emotion is drawn from and what phase 4 learns; written out as
-            ``visit_distribution``), ``visit_counts`` [*B, E], ``prior`` [*B, E] (the policy head's
+            ``policy_target`` [*B, E] (what the emotion is drawn from and what phase 4 learns; written out under
+            the same key), ``visit_counts`` [*B, E], ``prior`` [*B, E] (the policy head's
             probabilities at the root, before any root noise) and ``action_logits`` [*B, E, A]; when it also
             returns ``selected_emotion`` [*B] (the Gumbel root), that is the emotion acted on. ``explore`` is
             ``not greedy``: root noise only while acting for training.
@@ -128,7 +128,7 @@ class EmotionPolicy(TensorDictModuleBase):
 
     In keys: ``observation``, ``is_init`` (``InitTracker``), ``prev_reward``
     (:class:`~emotion_rl.data.envs.PreviousReward`).
-    Out keys: ``action``, ``emotion`` (long [*B]), ``visit_distribution`` (float [*B, E]), ``visit_counts``,
+    Out keys: ``action``, ``emotion`` (long [*B]), ``policy_target`` (float [*B, E]), ``visit_counts``,
     ``prior`` (float [*B, E]; the self-play stream compares it with the visits, see
     :class:`~emotion_rl.data.selfplay.CollectionStats`), ``action_changed`` (bool [*B]): the greedy action of the
     emotion acted on, ``argmax_a action_logits[emotion, a]``, differs from the greedy action of the prior's argmax
@@ -147,7 +147,7 @@ class EmotionPolicy(TensorDictModuleBase):
     out_keys = [
         "action",
         "emotion",
-        "visit_distribution",
+        "policy_target",
         "visit_counts",
         "prior",
         "action_changed",
@@ -324,7 +324,7 @@ class EmotionPolicy(TensorDictModuleBase):
         finally:
             self.model.train(was_training)
 
-        visit_distribution = result.get("policy_target").float()  # the search's target (stored for phase 4)
+        policy_target = result.get("policy_target").float()  # the search's target (stored for phase 4)
         visit_counts = result.get("visit_counts")
         prior = result.get("prior").float()
         action_logits = result.get("action_logits")
@@ -332,7 +332,7 @@ class EmotionPolicy(TensorDictModuleBase):
         if "selected_emotion" in result.keys():  # the search chose (Gumbel root): no temperature draw
             emotion = result.get("selected_emotion").to(device)
         else:
-            emotion = select_emotion(visit_distribution, self.temperature, generator=self.generator).to(device)
+            emotion = select_emotion(policy_target, self.temperature, generator=self.generator).to(device)
         logits = action_logits[rows, emotion].float()
         greedy_actions = action_logits.float().argmax(-1)  # [n_envs, E]: each emotion's argmax action (root)
         prior_emotion = prior.argmax(-1)  # ties to the lowest index, as the greedy emotion choice
@@ -356,7 +356,7 @@ class EmotionPolicy(TensorDictModuleBase):
         out = {
             "action": action_out,
             "emotion": emotion,
-            "visit_distribution": visit_distribution,
+            "policy_target": policy_target,
             "visit_counts": visit_counts,
             "prior": prior,
             "action_changed": action_changed,

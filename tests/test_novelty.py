@@ -66,7 +66,7 @@ def test_the_policy_hands_over_the_next_state_it_imagined_for_the_emotion_acted_
 def test_collection_stats_average_the_surprise_over_the_states_with_a_prediction():
     batch = with_predictions(synthetic_batch(2, 3, 0, init=[[0], [0]], done=[[], []]), error=1.0)
     batch["predicted_observation"][1, 2] = float("nan")  # one state without a prediction: not counted
-    batch.set("prior", torch.full((2, 3, batch["visit_distribution"].shape[-1]), 0.125))
+    batch.set("prior", torch.full((2, 3, batch["policy_target"].shape[-1]), 0.125))
     stats = CollectionStats()
     stats.add(batch)
     taken = stats.take([], SelfPlayCounters(), 1.0)

@@ -347,8 +347,8 @@ class EmotionDataModule(LightningDataModule):
         if not isinstance(self.agent, Reanalyzer):
             raise RuntimeError("EmotionDataModule: reanalyze_fraction > 0 needs a connected agent with reanalyze()")
         fresh = self.agent.reanalyze(episodes[:count].to(self.agent.device)).to(episodes.device)
-        episodes.get("visit_distribution")[:count] = fresh
-        self.replay.refresh(index[:count], "visit_distribution", fresh)
+        episodes.get("policy_target")[:count] = fresh
+        self.replay.refresh(index[:count], "policy_target", fresh)
         self.reanalysed_steps += int(episodes.get("mask")[:count].sum())
         return episodes
 

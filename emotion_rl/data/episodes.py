@@ -102,7 +102,7 @@ class EpisodeAssembler:
                 "done": done,
                 "terminated": terminated,
                 "truncated": truncated,
-                "visit_distribution": batch.get("visit_distribution").float(),
+                "policy_target": batch.get("policy_target").float(),
                 "is_init": flat("is_init").bool(),
             },
             batch_size=batch.batch_size,

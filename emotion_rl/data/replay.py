@@ -227,9 +227,19 @@ class EpisodeReplay:
         if state_dict.get("max_episode_steps") is not None:
             self.max_episode_steps = int(state_dict["max_episode_steps"])
         if "steps" in state_dict:
-            kept = TensorDict(state_dict["steps"], batch_size=[state_dict["slots"].numel()])
+            kept = TensorDict(_upgrade(state_dict["steps"]), batch_size=[state_dict["slots"].numel()])
             self._make_storage(kept)
             self.storage.set(state_dict["slots"], kept)
+
+
+RENAMED = {"visit_distribution": "policy_target"}
+"""Stored keys renamed since checkpoints were first written (old name: new name); loading renames them."""
+
+
+def _upgrade(steps: dict) -> dict:
+    """A checkpoint's stored steps with the keys of this version: renamed keys (:data:`RENAMED`) take their new
+    name, so a run saved before a rename resumes."""
+    return {RENAMED.get(key, key): value for key, value in steps.items()}
 
 
 def _pad(steps: TensorDict, length: int) -> TensorDict:

@@ -62,17 +62,18 @@ class SelfPlayCounters:
 
 
 def search_improvement(
-    visits: torch.Tensor, prior: torch.Tensor, eps: float = 1e-12
+    target: torch.Tensor, prior: torch.Tensor, eps: float = 1e-12
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per state, how far the search moved from the policy head: ``KL(visits || prior)`` and whether
-    ``argmax(visits) == argmax(prior)``, both float ``[*B]`` from ``[*B, E]`` inputs.
+    """Per state, how far the search moved from the policy head: ``KL(target || prior)`` of the search's policy
+    target (the visit distribution under the pUCT root, the improved policy under the Gumbel root) and whether
+    ``argmax(target) == argmax(prior)``, both float ``[*B]`` from ``[*B, E]`` inputs.
 
-    Zero-visit emotions add nothing (``0 * log 0 = 0``); the prior is clamped to ``eps`` so the KL stays finite.
+    Zero-weight emotions add nothing (``0 * log 0 = 0``); the prior is clamped to ``eps`` so the KL stays finite.
     """
-    visits = visits.detach().to(torch.float64)
+    target = target.detach().to(torch.float64)
     prior = prior.detach().to(torch.float64)
-    kl = (torch.xlogy(visits, visits) - visits * prior.clamp_min(eps).log()).sum(-1)
-    agree = (visits.argmax(-1) == prior.argmax(-1)).to(torch.float64)
+    kl = (torch.xlogy(target, target) - target * prior.clamp_min(eps).log()).sum(-1)
+    agree = (target.argmax(-1) == prior.argmax(-1)).to(torch.float64)
     return kl, agree
 
 
@@ -103,7 +104,7 @@ class CollectionStats:
     def __init__(self) -> None:
         self.emotion_counts: torch.Tensor | None = None
         self.n_emotions = 0
-        self._search_sums = torch.zeros(2, dtype=torch.float64)  # KL(visits || prior), argmax agreement
+        self._search_sums = torch.zeros(2, dtype=torch.float64)  # KL(target || prior), argmax agreement
         self._search_states = 0
         self._change_sums = torch.zeros(2, dtype=torch.float64)  # action changed, emotion changed
         self._change_states = 0
@@ -111,11 +112,11 @@ class CollectionStats:
 
     def add(self, batch: TensorDict) -> None:
         """Count the emotions of a collector batch ``[n_envs, steps]``, and sum its search-improvement numbers."""
-        self.n_emotions = batch.get("visit_distribution").shape[-1]
+        self.n_emotions = batch.get("policy_target").shape[-1]
         counts = torch.bincount(batch.get("emotion").reshape(-1).to("cpu"), minlength=self.n_emotions).double()
         self.emotion_counts = counts if self.emotion_counts is None else self.emotion_counts + counts
         if "prior" in batch.keys():
-            kl, agree = search_improvement(batch.get("visit_distribution").cpu(), batch.get("prior").cpu())
+            kl, agree = search_improvement(batch.get("policy_target").cpu(), batch.get("prior").cpu())
             self._search_sums += torch.stack([kl.sum(), agree.sum()])
             self._search_states += kl.numel()
         changes = acting_changes(batch)
@@ -131,7 +132,7 @@ class CollectionStats:
     def take(self, returns: list[float], counters: SelfPlayCounters, temperature: float) -> TensorDict:
         """The ``stats`` of a training batch (NaN where nothing new was collected); starts a new tally.
 
-        ``kl_visits_prior``, ``argmax_agreement``, ``action_changed`` and ``emotion_changed``
+        ``kl_target_prior``, ``argmax_agreement``, ``action_changed`` and ``emotion_changed``
         (:func:`acting_changes`) are means over the states collected since the last call.
         """
         episode_return = sum(returns) / len(returns) if returns else math.nan
@@ -161,7 +162,7 @@ class CollectionStats:
                 "episode_return": torch.tensor(episode_return, dtype=torch.float32),
                 "emotion_usage": usage,
                 "temperature": torch.tensor(temperature, dtype=torch.float32),
-                "kl_visits_prior": kl,
+                "kl_target_prior": kl,
                 "argmax_agreement": agreement,
                 "action_changed": action_changed,
                 "emotion_changed": emotion_changed,
