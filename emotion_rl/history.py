@@ -27,6 +27,7 @@ EPISODE_KEYS = (
     "terminated",
     "truncated",
     "policy_target",
+    "novelty",
     "return",
     "mask",
 )
@@ -35,8 +36,10 @@ the history entry, then ``next_observation`` ``s_{t+1}`` (phase 1's target), ``d
 step; ``terminated | truncated``), ``terminated`` (the episode ended in a terminal state: no value after it) and
 ``truncated`` (cut by the time limit: the state after it still has a value), bool ``[L]`` each,
 ``policy_target`` ``[E]`` (the search's target, spec 3.3: what phase 4 learns; the visit distribution under the
-pUCT root, the improved policy under the Gumbel root) and ``return`` (spec 2.2.2: phase 3's
-target, literal: it stops at the episode's end)."""
+pUCT root, the improved policy under the Gumbel root), ``novelty`` (the novelty bonus of the step, in reward units,
+0 unless ``novelty_weight`` is set: every value target adds it to the reward; docs/data.md, "Novelty") and
+``return`` (spec 2.2.2: phase 3's target, literal: it stops at the episode's end; the discounted sum of reward plus
+novelty)."""
 
 
 @tensorclass

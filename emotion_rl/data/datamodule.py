@@ -20,6 +20,7 @@ from torchrl.envs import EnvBase
 from emotion_rl.checkpoint import CheckpointError, rng_state, set_rng_state
 from emotion_rl.data.envs import make_env, probe_env
 from emotion_rl.data.episodes import EpisodeAssembler
+from emotion_rl.data.novelty import NoveltyBonus
 from emotion_rl.data.replay import WINDOW_WEIGHTINGS, EpisodeReplay
 from emotion_rl.data.rollout import evaluate_policy
 from emotion_rl.data.selfplay import (
@@ -88,9 +89,14 @@ class EmotionDataModule(LightningDataModule):
         window_weighting: ``"end"`` (default): window ends uniform over stored steps, every valid step weighs 1, so
             an episode's last steps weigh less. ``"uniform"``: windows also carry ``weight`` (every stored step the
             same expected weight; :meth:`EpisodeReplay.sample_windows`). Whole episodes are uniform already.
-        novelty_weight: exploration by surprise (beyond the specification; docs/data.md, "Novelty"): the stored
-            returns add ``novelty_weight`` times the model's surprise at each step, ``||predicted - real next
-            observation||^2`` with the prediction the policy acted on. 0 (default): the returns of spec 2.2.2.
+        novelty_weight: exploration by surprise (beyond the specification; docs/data.md, "Novelty"): every step
+            stores a bonus, ``novelty_weight`` times the model's surprise there (``||predicted - real next
+            observation||^2`` with the prediction the policy acted on), which every value target adds to the
+            reward (the stored ``return`` included). 0 (default): the returns of spec 2.2.2.
+        novelty_decay_frames: env steps over which the novelty weight falls linearly to 0 (0, default: constant).
+        novelty_normalize: standardise the surprise by its running mean and variance (saved in checkpoints) and
+            clip it to ``[-novelty_clip, novelty_clip]`` before the weight applies (:class:`NoveltyBonus`).
+        novelty_clip: the bound of the standardised surprise (with ``novelty_normalize``).
 
     The agent is handed over with :meth:`connect` (the CLI does), or taken from the trainer's LightningModule in
     :meth:`setup`. Training batch: ``{"episodes": [B, L] (EPISODE_KEYS), "stats": []}``; validation / test batch:
@@ -119,6 +125,9 @@ class EmotionDataModule(LightningDataModule):
         env_factory: str | None = None,
         total_frames: int = -1,
         novelty_weight: float = 0.0,
+        novelty_decay_frames: int = 0,
+        novelty_normalize: bool = False,
+        novelty_clip: float = 5.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -132,9 +141,11 @@ class EmotionDataModule(LightningDataModule):
         if not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
             raise ValueError(f"EmotionDataModule: gamma must be in [0, 1], got {gamma!r}")
         self.gamma = float(gamma)
-        if isinstance(novelty_weight, bool) or not isinstance(novelty_weight, (int, float)) or novelty_weight < 0:
-            raise ValueError(f"EmotionDataModule: novelty_weight must be a number >= 0, got {novelty_weight!r}")
-        self.novelty_weight = float(novelty_weight)
+        try:
+            self.novelty = NoveltyBonus(novelty_weight, novelty_decay_frames, novelty_normalize, novelty_clip)
+        except ValueError as error:
+            raise ValueError(f"EmotionDataModule: {error}") from None
+        self.novelty_weight = self.novelty.weight
         self.seed = _check_int("seed", seed, 0)
         self.val_episodes = _check_int("val_episodes", val_episodes, 1)
         self.collector_workers = _check_int("collector_workers", collector_workers, 0)
@@ -313,7 +324,7 @@ class EmotionDataModule(LightningDataModule):
         if self._resumed_rng is not None:
             set_rng_state(self._resumed_rng)
             self._resumed_rng = None
-        assembler = EpisodeAssembler(self.max_episode_steps, self.gamma, self.novelty_weight)
+        assembler = EpisodeAssembler(self.max_episode_steps, self.gamma, novelty=self.novelty)
         yield from self_play(
             collector,
             policy,
@@ -389,6 +400,7 @@ class EmotionDataModule(LightningDataModule):
             "episodes": self.counters.episodes,
             "stream_starts": self.counters.stream_starts,
             "rng": rng_state(),
+            "novelty": self.novelty.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -404,4 +416,6 @@ class EmotionDataModule(LightningDataModule):
         self.counters = SelfPlayCounters(
             int(state_dict["env_steps"]), int(state_dict["episodes"]), int(state_dict["stream_starts"])
         )
+        if "novelty" in state_dict:  # checkpoints written before the novelty statistics keep fresh ones
+            self.novelty.load_state_dict(state_dict["novelty"])
         self._resumed_rng = state_dict["rng"]  # restored when the training stream starts (_training_batches)

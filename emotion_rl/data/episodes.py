@@ -6,6 +6,8 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives.value.functional import reward2go
 
+from emotion_rl.data.novelty import NoveltyBonus
+
 __all__ = ["EpisodeAssembler", "discounted_returns", "surprise"]
 
 
@@ -42,13 +44,19 @@ class EpisodeAssembler:
     never seen, or cut by a reset without ``done``, are dropped and counted in ``dropped_steps``. ``terminated``
     and ``truncated`` come from ``next/terminated`` and ``next/truncated`` (absent: ``done & ~truncated``, False).
 
-    ``novelty_weight`` (beyond the specification; docs/data.md, "Novelty"): the stored ``return`` becomes the
-    discounted sum of ``r_t + novelty_weight * n_t``, with ``n_t`` the model's surprise at step ``t`` (:func:`surprise`
-    of the policy's ``predicted_observation`` and the real next observation, measured when the step was collected).
-    The rewards themselves are stored unchanged.
+    Novelty (beyond the specification; docs/data.md, "Novelty"): each step stores ``novelty``, the bonus
+    ``novelty(n_t, env_steps)`` (:class:`~emotion_rl.data.novelty.NoveltyBonus`) of the model's surprise ``n_t`` at
+    step ``t`` (:func:`surprise` of the policy's ``predicted_observation`` and the real next observation, measured
+    when the step was collected; 0 without a prediction), and ``return`` is the discounted sum of ``r_t +
+    novelty_t``. The rewards themselves are stored unchanged; every value target reads ``reward + novelty``
+    (:func:`~emotion_rl.losses.common.target_rewards`). ``novelty_weight`` is the shorthand for
+    ``NoveltyBonus(novelty_weight)``; ``novelty`` (a bonus object, whose running statistics outlive the assembler)
+    replaces it.
     """
 
-    def __init__(self, max_len: int, gamma: float = 0.99, novelty_weight: float = 0.0) -> None:
+    def __init__(
+        self, max_len: int, gamma: float = 0.99, novelty_weight: float = 0.0, novelty: NoveltyBonus | None = None
+    ) -> None:
         if int(max_len) < 1:
             raise ValueError(f"EpisodeAssembler: max_len must be >= 1, got {max_len}")
         if not 0.0 <= gamma <= 1.0:
@@ -57,7 +65,7 @@ class EpisodeAssembler:
             raise ValueError(f"EpisodeAssembler: novelty_weight must be >= 0, got {novelty_weight}")
         self.max_len = int(max_len)
         self.gamma = float(gamma)
-        self.novelty_weight = float(novelty_weight)
+        self.novelty = NoveltyBonus(float(novelty_weight)) if novelty is None else novelty
         self._open: dict[int, list[TensorDict] | None] = {}
         self.dropped_steps = 0
         self.finished_returns: list[float] = []  # undiscounted returns of episodes emitted since the last drain
@@ -108,7 +116,9 @@ class EpisodeAssembler:
             batch_size=batch.batch_size,
         ).clone()  # own memory: unfinished episodes outlive the collector's batch
 
-    def ingest(self, batch: TensorDictBase) -> TensorDict | None:
+    def ingest(self, batch: TensorDictBase, env_steps: int = 0) -> TensorDict | None:
+        """The episodes that ended in ``batch``, ``[K, max_len]``, or ``None``; ``env_steps``: the env steps
+        collected so far (they place a decaying novelty weight)."""
         if batch.batch_dims == 1:
             batch = batch.unsqueeze(0)
         if batch.batch_dims != 2:
@@ -131,7 +141,7 @@ class EpisodeAssembler:
                         self.dropped_steps += t + 1 - begin
                     else:
                         chunks.append(steps[env, begin : t + 1])
-                        episodes.append(self._finish(torch.cat(chunks, 0)))
+                        episodes.append(self._finish(torch.cat(chunks, 0), env_steps))
                     chunks, begin = None, t + 1
             if chunks is not None:
                 if n_steps > begin:
@@ -143,7 +153,7 @@ class EpisodeAssembler:
             return None
         return torch.stack(episodes, 0)
 
-    def _finish(self, episode: TensorDict) -> TensorDict:
+    def _finish(self, episode: TensorDict, env_steps: int = 0) -> TensorDict:
         length = episode.batch_size[0]
         if length > self.max_len:
             raise RuntimeError(
@@ -154,9 +164,13 @@ class EpisodeAssembler:
         self.finished_returns.append(float(reward.double().sum()))
         self.finished_lengths.append(length)
         out = episode.exclude("is_init", "predicted_observation")
-        if self.novelty_weight and "predicted_observation" in episode.keys():
-            novelty = surprise(episode.get("predicted_observation"), episode.get("next_observation"))
-            reward = reward + self.novelty_weight * novelty
+        bonus = torch.zeros(length, dtype=torch.float32)
+        if self.novelty.weight and "predicted_observation" in episode.keys():
+            predicted = episode.get("predicted_observation")
+            measured = torch.isfinite(predicted).all(-1)
+            bonus = self.novelty(surprise(predicted, episode.get("next_observation")), measured, env_steps)
+            reward = reward + bonus
+        out.set("novelty", bonus)
         out.set("return", discounted_returns(reward, self.gamma))
         out.set("mask", torch.ones(length, dtype=torch.bool))
         pad = self.max_len - length

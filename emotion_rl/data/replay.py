@@ -234,12 +234,19 @@ class EpisodeReplay:
 
 RENAMED = {"visit_distribution": "policy_target"}
 """Stored keys renamed since checkpoints were first written (old name: new name); loading renames them."""
+ADDED = ("novelty",)
+"""Stored per-step floats added since checkpoints were first written; loading fills a missing one with zeros (no
+novelty bonus: what those runs trained with)."""
 
 
 def _upgrade(steps: dict) -> dict:
     """A checkpoint's stored steps with the keys of this version: renamed keys (:data:`RENAMED`) take their new
-    name, so a run saved before a rename resumes."""
-    return {RENAMED.get(key, key): value for key, value in steps.items()}
+    name and added ones (:data:`ADDED`) are zeros, so a run saved by an earlier version resumes."""
+    steps = {RENAMED.get(key, key): value for key, value in steps.items()}
+    for key in ADDED:
+        if key not in steps:
+            steps[key] = torch.zeros_like(steps["reward"])
+    return steps
 
 
 def _pad(steps: TensorDict, length: int) -> TensorDict:

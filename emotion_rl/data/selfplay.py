@@ -277,7 +277,7 @@ def self_play(
                 batch = batch.reshape(-1, batch.batch_size[-1])
             stats.add(batch)
             counters.env_steps += batch.numel()
-            episodes = assembler.ingest(batch)
+            episodes = assembler.ingest(batch, counters.env_steps)
             if episodes is not None:
                 replay.extend(episodes)
                 counters.episodes += episodes.batch_size[0]

@@ -19,7 +19,7 @@ from tensordict import TensorDictBase
 from torch import Tensor, nn
 
 from emotion_rl.config import Configurable
-from emotion_rl.losses.common import imagined_next, terminated_steps
+from emotion_rl.losses.common import imagined_next, target_rewards, terminated_steps
 from emotion_rl.model import EmotionModel
 
 __all__ = ["MonteCarlo", "NStep", "TDLambda", "TargetNetwork", "ValueEstimator"]
@@ -29,7 +29,8 @@ class ValueEstimator(Configurable):
     """Value targets of phase 3 (spec 2.2.2 and beyond). A subclass implements :meth:`targets`.
 
     ``bootstraps``: whether the targets read a value network (the value loss then keeps an EMA target network);
-    ``reads``: the batch keys read besides the history, the mask and the rewards.
+    ``reads``: the batch keys read besides the history, the mask and the rewards. The rewards of every target are
+    :func:`~emotion_rl.losses.common.target_rewards`: the env's reward plus the step's novelty bonus, if any.
     """
 
     bootstraps: ClassVar[bool] = False
@@ -60,7 +61,7 @@ class MonteCarlo(ValueEstimator):
         batch_size = mask.shape[0]
         last = (mask.long().sum(-1) - 1).clamp(min=0)  # [B]
         rows = torch.arange(batch_size, device=mask.device)
-        reward = return_scale * batch["reward"] * mask
+        reward = return_scale * target_rewards(batch) * mask
         ended = terminated_steps(batch)[rows, last].bool()
         y = return_scale * batch["return"]
         boot = ((y - reward) / gamma)[rows, last].masked_fill(ended, 0.0)
@@ -68,10 +69,10 @@ class MonteCarlo(ValueEstimator):
 
 
 class Bootstrapped(ValueEstimator):
-    """Targets from rewards ``return_scale * r`` bootstrapped from ``network``: ``V^{e_k}(s_k)`` at a real step
-    ``k``; after a row's last step 0 if it terminated, else the policy-weighted value ``sum_e pi(e | s) V^e(s)`` of
-    the imagined token of its ``next_observation`` (a truncation, or the end of a window). A subclass combines the
-    rewards and values (:meth:`combine`)."""
+    """Targets from rewards ``return_scale * r`` (``r`` the reward plus the novelty bonus) bootstrapped from
+    ``network``: ``V^{e_k}(s_k)`` at a real step ``k``; after a row's last step 0 if it terminated, else the
+    policy-weighted value ``sum_e pi(e | s) V^e(s)`` of the imagined token of its ``next_observation`` (a
+    truncation, or the end of a window). A subclass combines the rewards and values (:meth:`combine`)."""
 
     bootstraps = True
     reads = ("next_observation", "done")
@@ -84,7 +85,7 @@ class Bootstrapped(ValueEstimator):
         batch_size = mask.shape[0]
         last = (mask.long().sum(-1) - 1).clamp(min=0)  # [B]
         rows = torch.arange(batch_size, device=mask.device)
-        reward = return_scale * batch["reward"] * mask
+        reward = return_scale * target_rewards(batch) * mask
         ended = terminated_steps(batch)[rows, last].bool()
         encoding = network.encode(batch)
         (imagined,) = imagined_next(network, encoding, batch["next_observation"])
