@@ -28,6 +28,7 @@ EPISODE_KEYS = (
     "truncated",
     "policy_target",
     "novelty",
+    "bootstrap",
     "return",
     "mask",
 )
@@ -37,9 +38,11 @@ step; ``terminated | truncated``), ``terminated`` (the episode ended in a termin
 ``truncated`` (cut by the time limit: the state after it still has a value), bool ``[L]`` each,
 ``policy_target`` ``[E]`` (the search's target, spec 3.3: what phase 4 learns; the visit distribution under the
 pUCT root, the improved policy under the Gumbel root), ``novelty`` (the novelty bonus of the step, in reward units,
-0 unless ``novelty_weight`` is set: every value target adds it to the reward; docs/data.md, "Novelty") and
-``return`` (spec 2.2.2: phase 3's target, literal: it stops at the episode's end; the discounted sum of reward plus
-novelty)."""
+0 unless ``novelty_weight`` is set: every value target adds it to the reward; docs/data.md, "Novelty"),
+``bootstrap`` (in reward units: ``gamma^(T - t) V(s_T)`` in an episode of ``T`` steps cut by the time limit, the
+model's value of the state after its last step when it was stored; 0 after a termination: what a Monte Carlo target
+that sees the time limit adds) and ``return`` (spec 2.2.2: phase 3's target, literal: it stops at the episode's
+end; the discounted sum of reward plus novelty)."""
 
 
 @tensorclass

@@ -42,8 +42,8 @@ def random_episodes(
     n_emotions: int = 8,
 ) -> TensorDict:
     """Episodes of ``lengths`` right-padded to ``max_len`` as the datamodule yields them, ``[B, max_len]``:
-    rewards 1, no novelty bonus, random returns, a normalised random ``policy_target``, zeros past each episode's
-    end."""
+    rewards 1, no novelty bonus or bootstrap, random returns, a normalised random ``policy_target``, zeros past each
+    episode's end."""
     g = torch.Generator().manual_seed(seed)
     batch = len(lengths)
     mask = torch.arange(max_len).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
@@ -59,6 +59,7 @@ def random_episodes(
         truncated=torch.zeros(batch, max_len, dtype=torch.bool),
         policy_target=visits / visits.sum(-1, keepdim=True),
         novelty=torch.zeros(batch, max_len, dtype=dtype),
+        bootstrap=torch.zeros(batch, max_len, dtype=dtype),
         mask=mask,
         batch_size=[batch, max_len],
     )

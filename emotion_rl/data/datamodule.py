@@ -27,6 +27,7 @@ from emotion_rl.data.selfplay import (
     Reanalyzer,
     SelfPlayAgent,
     SelfPlayCounters,
+    StateValuer,
     make_collector,
     self_play,
     shutdown_collector,
@@ -235,6 +236,14 @@ class EmotionDataModule(LightningDataModule):
                 f"EmotionDataModule: reanalyze_fraction > 0 needs an agent with reanalyze(episodes) and device; "
                 f"{name} ({type(agent).__name__}) lacks them. Set reanalyze_fraction: 0"
             )
+        hparams = getattr(agent, "hparams", None)
+        agent_gamma = hparams.get("gamma") if isinstance(hparams, dict) else None
+        if agent_gamma is not None and float(agent_gamma) != self.gamma:
+            raise ValueError(
+                f"EmotionDataModule: {name} discounts its value targets with gamma={agent_gamma} but the data's "
+                f"returns use gamma={self.gamma}; give both the same gamma (the command line links data.gamma into "
+                "the model)"
+            )
         self.agent = agent
 
     def _rank(self) -> int:
@@ -324,7 +333,8 @@ class EmotionDataModule(LightningDataModule):
         if self._resumed_rng is not None:
             set_rng_state(self._resumed_rng)
             self._resumed_rng = None
-        assembler = EpisodeAssembler(self.max_episode_steps, self.gamma, novelty=self.novelty)
+        values = self.agent.truncation_values if isinstance(self.agent, StateValuer) else None
+        assembler = EpisodeAssembler(self.max_episode_steps, self.gamma, novelty=self.novelty, truncation_value=values)
         yield from self_play(
             collector,
             policy,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives.value.functional import reward2go
 
 from emotion_rl.data.novelty import NoveltyBonus
 
-__all__ = ["EpisodeAssembler", "discounted_returns", "surprise"]
+__all__ = ["EpisodeAssembler", "discounted_returns", "surprise", "truncation_bootstrap"]
 
 
 def surprise(predicted: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
@@ -34,6 +36,16 @@ def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
     return out.to(torch.float32).to(rewards.device)
 
 
+def truncation_bootstrap(lengths: torch.Tensor, values: torch.Tensor, gamma: float, max_len: int) -> torch.Tensor:
+    """``gamma^(T_k - t) * values[k]`` at step ``t < T_k`` of episode ``k`` of ``T_k = lengths[k]`` steps, 0 past its
+    end: float32 ``[K, max_len]``, the discounted value of the state after each episode's last step, seen from each of
+    its steps (what a return that does not stop at a time limit adds to ``G_t``). Computed in float64."""
+    steps = torch.arange(max_len, dtype=torch.float64)
+    ahead = lengths.to(torch.float64).unsqueeze(-1) - steps  # T - t
+    out = torch.where(ahead > 0, float(gamma) ** ahead * values.to(torch.float64).unsqueeze(-1), 0.0)
+    return out.to(torch.float32)
+
+
 class EpisodeAssembler:
     """Cut collector batches into whole episodes (spec 3.3: states, actions, emotions, rewards, search targets).
 
@@ -52,10 +64,22 @@ class EpisodeAssembler:
     (:func:`~emotion_rl.losses.common.target_rewards`). ``novelty_weight`` is the shorthand for
     ``NoveltyBonus(novelty_weight)``; ``novelty`` (a bonus object, whose running statistics outlive the assembler)
     replaces it.
+
+    Truncation (docs/data.md, "Episodes and returns"): each step stores ``bootstrap``, ``gamma^(T - t) V(s_T)``
+    (:func:`truncation_bootstrap`) for an episode of ``T`` steps cut by the time limit (``truncated`` and not
+    ``terminated`` at its last step), with ``V(s_T) = truncation_value(episodes)[k]`` the value (in reward units) of
+    the state after its last step, computed when the episode is stored; 0 after a termination, and everywhere
+    without ``truncation_value``. The ``return`` does not include it: a value target chooses to add it
+    (``MonteCarlo(bootstrap_truncation=True)``).
     """
 
     def __init__(
-        self, max_len: int, gamma: float = 0.99, novelty_weight: float = 0.0, novelty: NoveltyBonus | None = None
+        self,
+        max_len: int,
+        gamma: float = 0.99,
+        novelty_weight: float = 0.0,
+        novelty: NoveltyBonus | None = None,
+        truncation_value: Callable[[TensorDict], torch.Tensor] | None = None,
     ) -> None:
         if int(max_len) < 1:
             raise ValueError(f"EpisodeAssembler: max_len must be >= 1, got {max_len}")
@@ -66,6 +90,7 @@ class EpisodeAssembler:
         self.max_len = int(max_len)
         self.gamma = float(gamma)
         self.novelty = NoveltyBonus(float(novelty_weight)) if novelty is None else novelty
+        self.truncation_value = truncation_value
         self._open: dict[int, list[TensorDict] | None] = {}
         self.dropped_steps = 0
         self.finished_returns: list[float] = []  # undiscounted returns of episodes emitted since the last drain
@@ -151,7 +176,19 @@ class EpisodeAssembler:
             self._open[env] = chunks
         if not episodes:
             return None
-        return torch.stack(episodes, 0)
+        return self._bootstrap(torch.stack(episodes, 0))
+
+    def _bootstrap(self, episodes: TensorDict) -> TensorDict:
+        """Set ``bootstrap`` ``[K, max_len]``: the discounted value after each truncated episode, 0 elsewhere."""
+        lengths = episodes.get("mask").long().sum(-1)
+        rows = torch.arange(lengths.numel())
+        last = (lengths - 1).clamp(min=0)
+        cut = episodes.get("truncated")[rows, last] & ~episodes.get("terminated")[rows, last]
+        values = torch.zeros(lengths.numel(), dtype=torch.float64)
+        if self.truncation_value is not None and bool(cut.any()):
+            values[cut] = self.truncation_value(episodes[cut]).detach().to("cpu", torch.float64).reshape(-1)
+        episodes.set("bootstrap", truncation_bootstrap(lengths, values, self.gamma, episodes.batch_size[1]))
+        return episodes
 
     def _finish(self, episode: TensorDict, env_steps: int = 0) -> TensorDict:
         length = episode.batch_size[0]

@@ -234,9 +234,9 @@ class EpisodeReplay:
 
 RENAMED = {"visit_distribution": "policy_target"}
 """Stored keys renamed since checkpoints were first written (old name: new name); loading renames them."""
-ADDED = ("novelty",)
+ADDED = ("novelty", "bootstrap")
 """Stored per-step floats added since checkpoints were first written; loading fills a missing one with zeros (no
-novelty bonus: what those runs trained with)."""
+novelty bonus, no bootstrap at a truncation: what those runs trained with)."""
 
 
 def _upgrade(steps: dict) -> dict:

@@ -23,6 +23,7 @@ __all__ = [
     "Reanalyzer",
     "SelfPlayAgent",
     "SelfPlayCounters",
+    "StateValuer",
     "acting_changes",
     "closing_collector",
     "make_collector",
@@ -49,6 +50,15 @@ class Reanalyzer(Protocol):
     device: torch.device
 
     def reanalyze(self, episodes: TensorDict) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class StateValuer(Protocol):
+    """A learner that values the state after an episode cut by the time limit, when the episode is stored
+    (``EmotionAgent`` is one): ``truncation_values(episodes [K, L]) -> [K]``, in reward units. The data side stores
+    it, discounted, as each step's ``bootstrap`` (docs/data.md, "Episodes and returns")."""
+
+    def truncation_values(self, episodes: TensorDict) -> torch.Tensor: ...
 
 
 @dataclass
