@@ -14,6 +14,12 @@ __all__ = ["DiagnosticsSchedule", "collection_metrics", "learning_diagnostics"]
 
 SEARCH_STATS = ("kl_target_prior", "argmax_agreement", "action_changed", "emotion_changed", "surprise")
 """The collection's search statistics logged as ``search/<name>`` (docs/training.md)."""
+REPLAY_STATS = {
+    "stored_steps": "replay/stored_steps",
+    "stored_episodes": "replay/stored_episodes",
+    "replay_ratio": "replay/ratio",
+}
+"""The replay's size and the effective replay ratio (``stats`` key: logged name; docs/data.md, "Replay ratio")."""
 
 
 def collection_metrics(stats: TensorDictBase) -> dict[str, Tensor]:
@@ -30,10 +36,11 @@ def collection_metrics(stats: TensorDictBase) -> dict[str, Tensor]:
     logs["train/temperature"] = stats["temperature"].float()
     for k, usage in enumerate(stats["emotion_usage"].unbind(-1)):
         logs[f"emotion/usage_{k}"] = usage
-    for key in SEARCH_STATS:
+    names = {**{key: f"search/{key}" for key in SEARCH_STATS}, **REPLAY_STATS}
+    for key, name in names.items():
         value = stats.get(key, None)
         if value is not None and bool(torch.isfinite(value)):
-            logs[f"search/{key}"] = value.float()
+            logs[name] = value.float()
     return logs
 
 

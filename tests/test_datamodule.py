@@ -90,6 +90,7 @@ def test_training_stream_yields_episode_batches_and_stats():
         assert episodes["mask"][:, 0].all()
         keys = {"env_steps", "episodes", "episode_return", "emotion_usage", "temperature", "total_frames_reached"}
         keys |= {"kl_target_prior", "argmax_agreement", "action_changed", "emotion_changed", "surprise"}
+        keys |= {"stored_steps", "stored_episodes", "replay_ratio"}
         assert set(batch["stats"].keys()) == keys and not batch["stats"]["total_frames_reached"]
     first, second = batches[0]["stats"], batches[1]["stats"]
     assert first["env_steps"].item() % 8 == 0 and first["episodes"].item() >= 2
@@ -108,6 +109,11 @@ def test_training_stream_yields_episode_batches_and_stats():
     assert first["surprise"].isnan()  # the fake planner imagines nothing (no dynamics): no surprise measured
     assert second["env_steps"] == first["env_steps"]
     assert batches[2]["stats"]["env_steps"] == first["env_steps"] + 8
+    # the replay's size and the effective replay ratio: valid step-samples trained so far per env step collected
+    assert first["stored_episodes"].item() >= 2 and first["stored_steps"].item() >= 2 * first["stored_episodes"].item()
+    trained = torch.cumsum(torch.stack([b["episodes"]["mask"].sum() for b in batches]), 0)
+    for batch, steps in zip(batches, trained, strict=True):
+        assert batch["stats"]["replay_ratio"].item() == pytest.approx(steps.item() / batch["stats"]["env_steps"].item())
     # temperature follows the env steps collected: TemperatureSchedule(1.0, 0.5, 100)
     steps = batches[2]["stats"]["env_steps"].item()
     assert batches[2]["stats"]["temperature"].item() == pytest.approx(1.0 - 0.5 * steps / 100)

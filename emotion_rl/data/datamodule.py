@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import math
 import time
@@ -21,6 +22,7 @@ from emotion_rl.checkpoint import CheckpointError, rng_state, set_rng_state
 from emotion_rl.data.envs import make_env, probe_env
 from emotion_rl.data.episodes import EpisodeAssembler
 from emotion_rl.data.novelty import NoveltyBonus
+from emotion_rl.data.rate import UpdateRate
 from emotion_rl.data.replay import WINDOW_WEIGHTINGS, EpisodeReplay
 from emotion_rl.data.rollout import evaluate_policy
 from emotion_rl.data.selfplay import (
@@ -72,8 +74,14 @@ class EmotionDataModule(LightningDataModule):
         num_envs: envs stepped together (one batched search per step).
         frames_per_batch: env steps per collection over all envs (rounded up to a multiple of ``num_envs``).
         batch_size: episodes (windows, with ``context_window``) per training batch.
-        updates_per_collection: training batches after each collection (spec 5 steps 8-9, decision 16).
+        updates_per_collection: training batches after each collection (spec 5 steps 8-9, decision 16); ``None``
+            (default): 4, or what ``replay_ratio`` asks for.
+        replay_ratio: trained step-samples per collected env step, ``batch_size * context_window *
+            updates_per_collection / frames_per_batch``: sets ``updates_per_collection`` (fractional rates carried
+            between collections; :class:`~emotion_rl.data.rate.UpdateRate`). Needs windows; ``None``: off.
         replay_capacity: episodes kept (FIFO).
+        replay_capacity_steps: env steps kept (FIFO, whole episodes evicted oldest first once the stored steps exceed
+            it; at least the env's longest episode); ``None`` (default): only ``replay_capacity`` bounds the replay.
         warmup_episodes: finished episodes needed before the first training batch (at least 1).
         gamma: discount of the returns (spec 2.2.2).
         seed: env and stream seed; rank r uses ``seed + r``; evaluation envs ``seed + 10_000``.
@@ -110,7 +118,7 @@ class EmotionDataModule(LightningDataModule):
         num_envs: int = 8,
         frames_per_batch: int = 256,
         batch_size: int = 16,
-        updates_per_collection: int = 4,
+        updates_per_collection: int | None = None,
         replay_capacity: int = 1000,
         warmup_episodes: int = 16,
         gamma: float = 0.99,
@@ -129,6 +137,8 @@ class EmotionDataModule(LightningDataModule):
         novelty_decay_frames: int = 0,
         novelty_normalize: bool = False,
         novelty_clip: float = 5.0,
+        replay_capacity_steps: int | None = None,
+        replay_ratio: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -136,7 +146,6 @@ class EmotionDataModule(LightningDataModule):
         self.num_envs = _check_int("num_envs", num_envs, 1)
         self.frames_per_batch = _check_int("frames_per_batch", frames_per_batch, 1)
         self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.updates_per_collection = _check_int("updates_per_collection", updates_per_collection, 1)
         self.replay_capacity = _check_int("replay_capacity", replay_capacity, 1)
         self.warmup_episodes = _check_int("warmup_episodes", warmup_episodes, 0)
         if not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
@@ -150,14 +159,17 @@ class EmotionDataModule(LightningDataModule):
         self.seed = _check_int("seed", seed, 0)
         self.val_episodes = _check_int("val_episodes", val_episodes, 1)
         self.collector_workers = _check_int("collector_workers", collector_workers, 0)
-        if isinstance(reanalyze_fraction, bool) or not isinstance(reanalyze_fraction, (int, float)):
-            raise ValueError(
-                f"EmotionDataModule: reanalyze_fraction must be a number in [0, 1], got {reanalyze_fraction!r}"
-            )
-        if not 0.0 <= reanalyze_fraction <= 1.0:
-            raise ValueError(f"EmotionDataModule: reanalyze_fraction must be in [0, 1], got {reanalyze_fraction!r}")
+        fraction = reanalyze_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"EmotionDataModule: reanalyze_fraction must be a number in [0, 1], got {fraction!r}")
         self.reanalyze_fraction = float(reanalyze_fraction)
         self.context_window = None if context_window is None else _check_int("context_window", context_window, 1)
+        frames = -(-self.frames_per_batch // self.num_envs) * self.num_envs  # what the collector collects
+        try:
+            self.rate = UpdateRate(updates_per_collection, replay_ratio, frames, self.batch_size, self.context_window)
+        except ValueError as error:
+            raise ValueError(f"EmotionDataModule: {error}") from None
+        self.updates_per_collection = self.rate.per_collection
         if self.context_window is not None and self.reanalyze_fraction:
             raise ValueError(
                 "EmotionDataModule: reanalyze_fraction > 0 needs whole episodes (it re-searches every real prefix "
@@ -188,7 +200,11 @@ class EmotionDataModule(LightningDataModule):
         self._connected_explicitly = False
         self.reanalysed_steps = 0
         self.policy_rng = torch.Generator()  # the training policy's emotion and action draws
-        self.replay = EpisodeReplay(self.replay_capacity, max_episode_steps=self.env_info.max_episode_steps)
+        longest = self.env_info.max_episode_steps
+        if replay_capacity_steps is not None:  # a replay smaller than one longest episode would evict it on arrival
+            _check_int("replay_capacity_steps (one longest episode at least)", replay_capacity_steps, longest)
+        self.replay_capacity_steps = replay_capacity_steps
+        self.replay = EpisodeReplay(self.replay_capacity, None, longest, capacity_steps=replay_capacity_steps)
         self._seed_generators(rank=0)
         self.counters = SelfPlayCounters()
         self._resumed_rng: dict | None = None
@@ -406,9 +422,7 @@ class EmotionDataModule(LightningDataModule):
         return {
             "replay": self.replay.state_dict(),
             "policy_rng": self.policy_rng.get_state(),
-            "env_steps": self.counters.env_steps,
-            "episodes": self.counters.episodes,
-            "stream_starts": self.counters.stream_starts,
+            **dataclasses.asdict(self.counters),  # env_steps, episodes, stream_starts, trained_steps, update_credit
             "rng": rng_state(),
             "novelty": self.novelty.state_dict(),
         }
@@ -423,9 +437,9 @@ class EmotionDataModule(LightningDataModule):
             )
         self.replay.load_state_dict(state_dict["replay"])
         self.policy_rng.set_state(state_dict["policy_rng"])
-        self.counters = SelfPlayCounters(
-            int(state_dict["env_steps"]), int(state_dict["episodes"]), int(state_dict["stream_starts"])
-        )
+        # older checkpoints lack trained_steps and update_credit: the effective ratio then counts from the resume
+        counters = {f.name: state_dict[f.name] for f in dataclasses.fields(SelfPlayCounters) if f.name in state_dict}
+        self.counters = SelfPlayCounters(**counters)
         if "novelty" in state_dict:  # checkpoints written before the novelty statistics keep fresh ones
             self.novelty.load_state_dict(state_dict["novelty"])
         self._resumed_rng = state_dict["rng"]  # restored when the training stream starts (_training_batches)

@@ -27,6 +27,7 @@ __all__ = [
     "acting_changes",
     "closing_collector",
     "make_collector",
+    "replay_stats",
     "search_improvement",
     "self_play",
     "shutdown_collector",
@@ -64,11 +65,24 @@ class StateValuer(Protocol):
 @dataclass
 class SelfPlayCounters:
     """Totals of this process, saved in checkpoints: env steps (they place the temperature schedule), finished
-    episodes, and training streams started (they offset the env seeds of the next stream)."""
+    episodes, training streams started (they offset the env seeds of the next stream), step-samples trained (valid
+    steps of the batches yielded: the effective replay ratio) and the fraction of a training batch carried to the
+    next collection (a fractional ``updates_per_collection``)."""
 
     env_steps: int = 0
     episodes: int = 0
     stream_starts: int = 0
+    trained_steps: int = 0
+    update_credit: float = 0.0
+
+    def updates(self, per_collection: float, reached: bool) -> int:
+        """The training batches of this collection: ``floor(carry + per_collection)`` (at least one when the
+        budget was reached, so the stream's last batch says so), the remainder carried."""
+        credit = self.update_credit + per_collection
+        updates = math.floor(credit + 1e-9)  # a fraction that should be whole is not lost to rounding
+        updates = max(updates, 1) if reached else updates
+        self.update_credit = credit - updates
+        return updates
 
 
 def search_improvement(
@@ -182,6 +196,16 @@ class CollectionStats:
         )
 
 
+def replay_stats(replay: EpisodeReplay, counters: SelfPlayCounters) -> dict[str, torch.Tensor]:
+    """What the replay holds and how hard it is reused: ``stored_steps``, ``stored_episodes`` and ``replay_ratio``,
+    the valid step-samples trained so far per env step collected so far (the effective replay ratio)."""
+    return {
+        "stored_steps": torch.tensor(replay.stored_steps, dtype=torch.long),
+        "stored_episodes": torch.tensor(len(replay), dtype=torch.long),
+        "replay_ratio": torch.tensor(counters.trained_steps / max(counters.env_steps, 1), dtype=torch.float32),
+    }
+
+
 def make_collector(
     policy: TensorDictModuleBase,
     make_env: Callable[..., EnvBase],
@@ -267,12 +291,15 @@ def self_play(
     counters: SelfPlayCounters,
     sample_batch: Callable[[], TensorDict],
     warmup_episodes: int,
-    updates_per_collection: int,
+    updates_per_collection: float,
     total_frames: int = -1,
     on_warmup: Callable[[int, int], None] | None = None,
 ) -> Iterator[TensorDict]:
     """The training stream (spec 5 steps 1-9): after every collection, once the replay holds ``warmup_episodes``
-    episodes (at least one), ``updates_per_collection`` batches ``{"episodes": sample_batch(), "stats"}``.
+    episodes (at least one), ``updates_per_collection`` batches ``{"episodes": sample_batch(), "stats"}`` (a
+    fractional number is carried to the next collection: :meth:`SelfPlayCounters.updates`). The stats also say how
+    many steps and episodes the replay keeps (``stored_steps``, ``stored_episodes``) and the effective replay ratio
+    (``replay_ratio``: valid step-samples trained so far per env step collected so far).
 
     ``total_frames`` (> 0): the stream ends after the batches of the collection that reached that many env steps;
     the last batch's ``stats["total_frames_reached"]`` is True (the learner stops there). ``on_warmup(stored,
@@ -296,12 +323,15 @@ def self_play(
                 if on_warmup is not None:
                     on_warmup(len(replay), needed)
                 continue
-            for update in range(updates_per_collection):
+            updates = counters.updates(updates_per_collection, reached)
+            for update in range(updates):
+                training = sample_batch()
+                counters.trained_steps += int(training.get("mask").sum())
                 returns, _lengths = assembler.drain_finished()
                 batch_stats = stats.take(returns, counters, policy.temperature)
-                last = reached and update == updates_per_collection - 1
-                batch_stats.set("total_frames_reached", torch.tensor(last))
-                yield TensorDict({"episodes": sample_batch(), "stats": batch_stats}, batch_size=[])
+                batch_stats.update(replay_stats(replay, counters))
+                batch_stats.set("total_frames_reached", torch.tensor(reached and update == updates - 1))
+                yield TensorDict({"episodes": training, "stats": batch_stats}, batch_size=[])
             if reached:
                 return
             if isinstance(collector, MultiCollector):
