@@ -37,6 +37,8 @@ def collection_metrics(stats: TensorDictBase) -> dict[str, Tensor]:
     for k, usage in enumerate(stats["emotion_usage"].unbind(-1)):
         logs[f"emotion/usage_{k}"] = usage
     names = {**{key: f"search/{key}" for key in SEARCH_STATS}, **REPLAY_STATS}
+    if "endings" in stats.keys():
+        names.update({("endings", key): f"episode/end_{key}" for key in stats["endings"].keys()})
     for key, name in names.items():
         value = stats.get(key, None)
         if value is not None and bool(torch.isfinite(value)):

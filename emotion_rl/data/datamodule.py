@@ -19,6 +19,7 @@ from torchrl.collectors import MultiCollector
 from torchrl.envs import EnvBase
 
 from emotion_rl.checkpoint import CheckpointError, rng_state, set_rng_state
+from emotion_rl.data.endings import EpisodeEndings
 from emotion_rl.data.envs import make_env, probe_env
 from emotion_rl.data.episodes import EpisodeAssembler
 from emotion_rl.data.novelty import NoveltyBonus
@@ -194,6 +195,7 @@ class EmotionDataModule(LightningDataModule):
             "env_factory": env_factory,
         }
         self.env_info = probe_env(env_id, time_limit, **self.env_options)
+        self.endings = EpisodeEndings.for_env(env_id, **self.env_options)  # why episodes end, where the env tells
         self.env_id = self.env_info.env_id
         self.time_limit = time_limit
         self.agent: SelfPlayAgent | None = None
@@ -350,7 +352,9 @@ class EmotionDataModule(LightningDataModule):
             set_rng_state(self._resumed_rng)
             self._resumed_rng = None
         values = self.agent.truncation_values if isinstance(self.agent, StateValuer) else None
-        assembler = EpisodeAssembler(self.max_episode_steps, self.gamma, novelty=self.novelty, truncation_value=values)
+        assembler = EpisodeAssembler(
+            self.max_episode_steps, self.gamma, novelty=self.novelty, truncation_value=values, endings=self.endings
+        )
         yield from self_play(
             collector,
             policy,

@@ -8,6 +8,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives.value.functional import reward2go
 
+from emotion_rl.data.endings import EpisodeEndings
 from emotion_rl.data.novelty import NoveltyBonus
 
 __all__ = ["EpisodeAssembler", "discounted_returns", "surprise", "truncation_bootstrap"]
@@ -71,6 +72,9 @@ class EpisodeAssembler:
     the state after its last step, computed when the episode is stored; 0 after a termination, and everywhere
     without ``truncation_value``. The ``return`` does not include it: a value target chooses to add it
     (``MonteCarlo(bootstrap_truncation=True)``).
+
+    Each finished episode is also classified by ``endings`` (:class:`~emotion_rl.data.endings.EpisodeEndings`:
+    terminated, truncated, the env's own reasons); :meth:`drain_endings` hands the classes over.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class EpisodeAssembler:
         novelty_weight: float = 0.0,
         novelty: NoveltyBonus | None = None,
         truncation_value: Callable[[TensorDict], torch.Tensor] | None = None,
+        endings: EpisodeEndings | None = None,
     ) -> None:
         if int(max_len) < 1:
             raise ValueError(f"EpisodeAssembler: max_len must be >= 1, got {max_len}")
@@ -91,6 +96,8 @@ class EpisodeAssembler:
         self.gamma = float(gamma)
         self.novelty = NoveltyBonus(float(novelty_weight)) if novelty is None else novelty
         self.truncation_value = truncation_value
+        self.endings = EpisodeEndings() if endings is None else endings
+        self.finished_endings: list[dict[str, bool]] = []  # classes of the episodes emitted since the last drain
         self._open: dict[int, list[TensorDict] | None] = {}
         self.dropped_steps = 0
         self.finished_returns: list[float] = []  # undiscounted returns of episodes emitted since the last drain
@@ -105,6 +112,11 @@ class EpisodeAssembler:
         returns, lengths = self.finished_returns, self.finished_lengths
         self.finished_returns, self.finished_lengths = [], []
         return returns, lengths
+
+    def drain_endings(self) -> list[dict[str, bool]]:
+        """How each episode emitted since the previous call ended (``endings.classify``), oldest first."""
+        endings, self.finished_endings = self.finished_endings, []
+        return endings
 
     @staticmethod
     def _steps(batch: TensorDictBase) -> TensorDict:
@@ -200,6 +212,10 @@ class EpisodeAssembler:
         reward = episode.get("reward")
         self.finished_returns.append(float(reward.double().sum()))
         self.finished_lengths.append(length)
+        last = episode[length - 1]
+        self.finished_endings.append(
+            self.endings.classify(bool(last["terminated"]), bool(last["truncated"]), last["next_observation"])
+        )
         out = episode.exclude("is_init", "predicted_observation")
         bonus = torch.zeros(length, dtype=torch.float32)
         if self.novelty.weight and "predicted_observation" in episode.keys():

@@ -15,6 +15,7 @@ from tensordict.nn import TensorDictModuleBase
 from torchrl.collectors import Collector, MultiCollector
 from torchrl.envs import EnvBase
 
+from emotion_rl.data.endings import ending_shares
 from emotion_rl.data.episodes import EpisodeAssembler, surprise
 from emotion_rl.data.replay import EpisodeReplay
 
@@ -298,8 +299,9 @@ def self_play(
     """The training stream (spec 5 steps 1-9): after every collection, once the replay holds ``warmup_episodes``
     episodes (at least one), ``updates_per_collection`` batches ``{"episodes": sample_batch(), "stats"}`` (a
     fractional number is carried to the next collection: :meth:`SelfPlayCounters.updates`). The stats also say how
-    many steps and episodes the replay keeps (``stored_steps``, ``stored_episodes``) and the effective replay ratio
-    (``replay_ratio``: valid step-samples trained so far per env step collected so far).
+    many steps and episodes the replay keeps (``stored_steps``, ``stored_episodes``), the effective replay ratio
+    (``replay_ratio``: valid step-samples trained so far per env step collected so far) and why the episodes
+    finished since the previous batch ended (``endings``: the share of each of ``assembler.endings.names``).
 
     ``total_frames`` (> 0): the stream ends after the batches of the collection that reached that many env steps;
     the last batch's ``stats["total_frames_reached"]`` is True (the learner stops there). ``on_warmup(stored,
@@ -330,6 +332,8 @@ def self_play(
                 returns, _lengths = assembler.drain_finished()
                 batch_stats = stats.take(returns, counters, policy.temperature)
                 batch_stats.update(replay_stats(replay, counters))
+                shares = ending_shares(assembler.drain_endings(), assembler.endings.names)
+                batch_stats.set("endings", TensorDict(shares, batch_size=[]))
                 batch_stats.set("total_frames_reached", torch.tensor(reached and update == updates - 1))
                 yield TensorDict({"episodes": training, "stats": batch_stats}, batch_size=[])
             if reached:
