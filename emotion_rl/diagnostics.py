@@ -12,7 +12,7 @@ from emotion_rl.model import EmotionModel
 
 __all__ = ["DiagnosticsSchedule", "collection_metrics", "learning_diagnostics"]
 
-SEARCH_STATS = ("kl_target_prior", "argmax_agreement", "action_changed", "emotion_changed", "surprise")
+SEARCH_STATS = ("kl_target_prior", "argmax_agreement", "action_changed", "emotion_changed", "surprise", "root_selected")
 """The collection's search statistics logged as ``search/<name>`` (docs/training.md)."""
 REPLAY_STATS = {
     "stored_steps": "replay/stored_steps",
@@ -33,7 +33,8 @@ def collection_metrics(stats: TensorDictBase) -> dict[str, Tensor]:
         logs["episode/return"] = stats["episode_return"]
     logs["episode/env_steps"] = stats["env_steps"].float()
     logs["episode/count"] = stats["episodes"].float()
-    logs["train/temperature"] = stats["temperature"].float()
+    if torch.isfinite(stats["temperature"]):  # NaN: no temperature draw chose an emotion (the Gumbel root chose)
+        logs["train/temperature"] = stats["temperature"].float()
     for k, usage in enumerate(stats["emotion_usage"].unbind(-1)):
         logs[f"emotion/usage_{k}"] = usage
     names = {**{key: f"search/{key}" for key in SEARCH_STATS}, **REPLAY_STATS}

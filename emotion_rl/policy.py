@@ -9,6 +9,7 @@ when the next call brings it as ``prev_reward``.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,13 @@ from torchrl.envs.utils import ExplorationType, exploration_type
 
 from emotion_rl.history import NONE, History
 
-__all__ = ["EmotionPolicy", "TemperatureSchedule", "select_emotion"]
+__all__ = ["EMOTION_DRAWS", "EmotionDraw", "EmotionPolicy", "TemperatureSchedule", "select_emotion"]
+
+EmotionDraw = Literal["search", "temperature"]
+EMOTION_DRAWS: tuple[str, ...] = EmotionDraw.__args__
+"""How a training policy chooses the emotion it acts on (docs/search.md, "The policy"): ``"search"``, the root rule's
+own choice when it makes one (the Gumbel root's ``selected_emotion``), else a temperature draw from the policy target
+(spec 3.4); ``"temperature"``, always a temperature draw from the policy target."""
 
 
 class TemperatureSchedule:
@@ -125,6 +132,11 @@ class EmotionPolicy(TensorDictModuleBase):
         context_window: ``K``, the most recent real steps the planner sees (default ``model.context_window``); an
             episode that outgrows it slides: the oldest step is dropped (decision 15).
         generator: ``torch.Generator`` for the emotion and action draws and the search's (default: global RNG).
+        emotion_draw: :data:`EMOTION_DRAWS`. ``"search"`` (default): a root rule that chooses the emotion itself (the
+            Gumbel root: its Gumbel noise already samples) acts with its choice, and the temperature does nothing
+            there; ``"temperature"``: the emotion is drawn from ``policy_target`` with the temperature also then
+            (under the Gumbel root: from the improved policy, spec 3.4's schedule on it). Greedy acting always takes
+            the root's choice when there is one (else the target's argmax).
 
     In keys: ``observation``, ``is_init`` (``InitTracker``), ``prev_reward``
     (:class:`~emotion_rl.data.envs.PreviousReward`).
@@ -137,7 +149,9 @@ class EmotionPolicy(TensorDictModuleBase):
     was then drawn; :class:`~emotion_rl.data.selfplay.CollectionStats` averages it into ``search/action_changed``.
     ``predicted_observation`` (float [*B, obs]): the next state the planner imagined for the emotion acted on, its
     root ``dynamics[emotion]`` (NaN when the planner returns no ``dynamics``); the data side measures the model's
-    surprise with it (``EpisodeAssembler``'s novelty).
+    surprise with it (``EpisodeAssembler``'s novelty). ``root_selected`` (bool [*B]): the emotion acted on is the
+    root rule's own choice (no temperature draw chose it); the self-play stream logs its share as
+    ``search/root_selected`` and leaves ``train/temperature`` out when no draw acted.
     Input batch ``[]`` or ``[n_envs]``. Histories are plain attributes (not in checkpoints), allocated on first use
     on the model's device and dtype; outputs go back to the observation's device. The buffer ``frames`` counts the
     env steps acted on (it drives the temperature schedule and is checkpointed with its owner).
@@ -152,6 +166,7 @@ class EmotionPolicy(TensorDictModuleBase):
         "prior",
         "action_changed",
         "predicted_observation",
+        "root_selected",
     ]
 
     def __init__(
@@ -163,8 +178,12 @@ class EmotionPolicy(TensorDictModuleBase):
         action_spec=None,
         context_window: int | None = None,
         generator: torch.Generator | None = None,
+        emotion_draw: EmotionDraw = "search",
     ) -> None:
         super().__init__()
+        if emotion_draw not in EMOTION_DRAWS:
+            raise ValueError(f"EmotionPolicy: emotion_draw must be one of {EMOTION_DRAWS}, got {emotion_draw!r}")
+        self.emotion_draw = emotion_draw
         self.model = model
         self.planner = planner
         if temperature is None:
@@ -329,7 +348,8 @@ class EmotionPolicy(TensorDictModuleBase):
         prior = result.get("prior").float()
         action_logits = result.get("action_logits")
         rows = torch.arange(n_envs, device=device)
-        if "selected_emotion" in result.keys():  # the search chose (Gumbel root): no temperature draw
+        root_selects = "selected_emotion" in result.keys() and (greedy or self.emotion_draw == "search")
+        if root_selects:  # the search chose (Gumbel root): no temperature draw
             emotion = result.get("selected_emotion").to(device)
         else:
             emotion = select_emotion(policy_target, self.temperature, generator=self.generator).to(device)
@@ -361,6 +381,7 @@ class EmotionPolicy(TensorDictModuleBase):
             "prior": prior,
             "action_changed": action_changed,
             "predicted_observation": predicted,
+            "root_selected": torch.full((n_envs,), root_selects, dtype=torch.bool, device=device),
         }
         for key, value in out.items():
             value = value.to(out_device)
@@ -382,5 +403,5 @@ class EmotionPolicy(TensorDictModuleBase):
         temperature = self.temperature_schedule
         return (
             f"greedy={self.greedy}, temperature={temperature!r}, context_window={self.context_window}, "
-            f"one_hot_actions={self.one_hot_actions}"
+            f"one_hot_actions={self.one_hot_actions}, emotion_draw={self.emotion_draw!r}"
         )

@@ -89,7 +89,14 @@ def test_training_stream_yields_episode_batches_and_stats():
         assert episodes.batch_size[0] == 5 and episodes.batch_size[1] <= 6 and set(episodes.keys()) == set(EPISODE_KEYS)
         assert episodes["mask"][:, 0].all()
         keys = {"env_steps", "episodes", "episode_return", "emotion_usage", "temperature", "total_frames_reached"}
-        keys |= {"kl_target_prior", "argmax_agreement", "action_changed", "emotion_changed", "surprise"}
+        keys |= {
+            "kl_target_prior",
+            "argmax_agreement",
+            "action_changed",
+            "emotion_changed",
+            "surprise",
+            "root_selected",
+        }
         keys |= {"stored_steps", "stored_episodes", "replay_ratio", "endings"}
         assert set(batch["stats"].keys()) == keys and not batch["stats"]["total_frames_reached"]
     first, second = batches[0]["stats"], batches[1]["stats"]

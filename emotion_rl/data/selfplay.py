@@ -122,9 +122,10 @@ def acting_changes(batch: TensorDict) -> tuple[torch.Tensor, torch.Tensor] | Non
 
 
 class CollectionStats:
-    """What was collected since the previous training batch: emotion usage, finished episodes' mean return, and
-    how much the search changed the policy head's prior and the agent's actions (when the batches carry ``prior``
-    and ``action_changed``)."""
+    """What was collected since the previous training batch: emotion usage, finished episodes' mean return, how
+    much the search changed the policy head's prior and the agent's actions (when the batches carry ``prior`` and
+    ``action_changed``), and what chose the emotions (``root_selected``: the root rule's own choice, or a temperature
+    draw)."""
 
     def __init__(self) -> None:
         self.emotion_counts: torch.Tensor | None = None
@@ -134,6 +135,7 @@ class CollectionStats:
         self._change_sums = torch.zeros(2, dtype=torch.float64)  # action changed, emotion changed
         self._change_states = 0
         self._surprise_sum, self._surprise_states = 0.0, 0  # the model's surprise, summed over states
+        self._root_selected, self._choices = 0, 0  # states whose emotion the root rule chose, of those that tell
 
     def add(self, batch: TensorDict) -> None:
         """Count the emotions of a collector batch ``[n_envs, steps]``, and sum its search-improvement numbers."""
@@ -148,6 +150,9 @@ class CollectionStats:
         if changes is not None:
             self._change_sums += torch.stack([changes[0].sum(), changes[1].sum()])
             self._change_states += changes[0].numel()
+        if "root_selected" in batch.keys():
+            self._root_selected += int(batch.get("root_selected").sum())
+            self._choices += batch.get("root_selected").numel()
         if "predicted_observation" in batch.keys():  # the model's surprise at the states acted on
             error = surprise(batch.get("predicted_observation").cpu(), batch.get(("next", "observation")).cpu())
             seen = torch.isfinite(batch.get("predicted_observation").cpu()).all(-1)
@@ -158,7 +163,9 @@ class CollectionStats:
         """The ``stats`` of a training batch (NaN where nothing new was collected); starts a new tally.
 
         ``kl_target_prior``, ``argmax_agreement``, ``action_changed`` and ``emotion_changed``
-        (:func:`acting_changes`) are means over the states collected since the last call.
+        (:func:`acting_changes`) are means over the states collected since the last call. ``root_selected`` is the
+        share of them whose emotion the root rule chose itself; ``temperature`` is NaN when every one of them was
+        (no temperature draw acted: the Gumbel root with ``emotion_draw="search"``), else ``temperature``.
         """
         episode_return = sum(returns) / len(returns) if returns else math.nan
         if self.emotion_counts is not None and self.emotion_counts.sum() > 0:
@@ -174,6 +181,10 @@ class CollectionStats:
         else:
             action_changed = emotion_changed = torch.tensor(math.nan)
         mean_surprise = self._surprise_sum / self._surprise_states if self._surprise_states else math.nan
+        root_selected = self._root_selected / self._choices if self._choices else math.nan
+        if self._choices and self._root_selected == self._choices:
+            temperature = math.nan  # no draw used it
+        self._root_selected, self._choices = 0, 0
         self.emotion_counts = None
         self._search_sums = torch.zeros(2, dtype=torch.float64)
         self._search_states = 0
@@ -192,6 +203,7 @@ class CollectionStats:
                 "action_changed": action_changed,
                 "emotion_changed": emotion_changed,
                 "surprise": torch.tensor(mean_surprise, dtype=torch.float32),
+                "root_selected": torch.tensor(root_selected, dtype=torch.float32),
             },
             batch_size=[],
         )
