@@ -69,3 +69,34 @@ def test_a_replay_ratio_next_to_the_shipped_updates_per_collection_is_refused_in
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("emotion_rl: error: EmotionDataModule: replay_ratio=64.0 asks for 16 batches")
     assert "updates_per_collection=8 gives 32" in error and "updates_per_collection: null" in error
+
+
+def test_a_short_fit_with_every_option_on_trains_and_logs_what_they_measure(tmp_path):
+    """All the options at once, through the command line: MC targets that bootstrap at the time limit (TINY's limit
+    is 40 steps), a standardised decaying novelty bonus, a replay bounded in steps, a replay ratio, temperature
+    draws under the Gumbel root."""
+    overrides = [o for variant in VARIANTS for o in learning.parse_variant(f"{variant}={VARIANTS[variant]}")[1]]
+    cli = main(
+        [
+            "fit",
+            f"--config={CONFIG}",
+            *TINY,
+            *dict.fromkeys(overrides),
+            "--data.replay_ratio=16",  # 4 batches per collection of 16 env steps in TINY
+            "--data.replay_capacity_steps=120",
+            "--trainer.max_steps=48",
+            "--trainer.val_check_interval=1000",
+            "--trainer.enable_checkpointing=false",
+            "--trainer.callbacks=[]",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
+    data = cli.datamodule
+    assert cli.trainer.global_step == 48 and data.updates_per_collection == 4
+    assert 0 < data.replay.stored_steps <= 120
+    stored = data.replay.episodes()
+    assert stored["novelty"].abs().sum() > 0 and stored["novelty"].abs().max() <= 3.0 + 1e-6
+    metrics = (tmp_path / "cartpole" / "version_0" / "metrics.csv").read_text()
+    for name in ("replay/ratio", "replay/stored_steps", "episode/end_truncated", "search/root_selected"):
+        assert name in metrics
+    assert "train/temperature" in metrics  # a temperature draw chose the emotions
