@@ -27,7 +27,7 @@ from emotion_rl.history import HISTORY_KEYS, window_index
 from emotion_rl.losses import ActionLoss, DynamicsLoss, MaxValueActionLoss, PolicyLoss, ValueLoss, step_weight
 from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.model import EmotionModel, ImaginedAction
-from emotion_rl.policy import EMOTION_DRAWS, EmotionDraw, EmotionPolicy, TemperatureSchedule
+from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
 from emotion_rl.predict import LoadAndPredict
 
 PHASES = ("dynamics", "action", "value", "policy")
@@ -91,11 +91,6 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
         temperature_start: emotion sampling temperature at the start of training (spec 3.4).
         temperature_end: the temperature after ``temperature_decay_frames`` environment steps.
         temperature_decay_frames: environment steps of the linear temperature decay.
-        emotion_draw: what chooses the emotion a training policy acts on: ``"search"`` (default), the root rule's
-            own choice when it makes one (the Gumbel root: its Gumbel noise samples, and the temperature does
-            nothing), else a temperature draw from the search's policy target (spec 3.4); ``"temperature"``, always
-            a draw from the policy target with the temperature schedule (under the Gumbel root: the improved policy).
-            Greedy acting is the same either way.
         schedule: ``"episode"`` (each phase once per batch) or ``"timestep"`` (spec 2.3's loop over timesteps,
             four optimizer steps per step; decision 11).
         gradient_clip_val: gradient-norm clip applied in every phase before its step (``None``: off).
@@ -128,7 +123,6 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
         temperature_start: float = 1.0,
         temperature_end: float = 0.1,
         temperature_decay_frames: int = 20_000,
-        emotion_draw: EmotionDraw = "search",
         schedule: Schedule = "episode",
         gradient_clip_val: float | None = None,
         log_diagnostics: bool = False,
@@ -136,8 +130,6 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
     ) -> None:
         settings = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         super().__init__()
-        if emotion_draw not in EMOTION_DRAWS:
-            raise ValueError(f"emotion_draw={emotion_draw!r} is not supported; choose one of {list(EMOTION_DRAWS)}")
         if schedule not in Schedule.__args__:
             raise ValueError(f"schedule={schedule!r} is not supported; choose one of {list(Schedule.__args__)}")
         if max_episode_steps < 1:
@@ -176,7 +168,6 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
     def make_policy(self, greedy: bool = False, **kwargs) -> EmotionPolicy:
         """The planner as a TorchRL policy over this agent's model (greedy: argmax emotion and action)."""
         temperature = 0.0 if greedy else self.temperature
-        kwargs.setdefault("emotion_draw", self.hparams.get("emotion_draw", "search"))
         return EmotionPolicy(self.model, self.planner, temperature=temperature, greedy=greedy, **kwargs)
 
     def reanalyze(self, episodes: TensorDict, chunk: int = 256) -> Tensor:

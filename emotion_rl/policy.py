@@ -9,7 +9,6 @@ when the next call brings it as ``prev_reward``.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +20,7 @@ from torchrl.envs.utils import ExplorationType, exploration_type
 
 from emotion_rl.history import NONE, History
 
-__all__ = ["EMOTION_DRAWS", "EmotionDraw", "EmotionPolicy", "TemperatureSchedule", "select_emotion"]
-
-EmotionDraw = Literal["search", "temperature"]
-EMOTION_DRAWS: tuple[str, ...] = EmotionDraw.__args__
-"""How a training policy chooses the emotion it acts on (docs/search.md, "The policy"): ``"search"``, the root rule's
-own choice when it makes one (the Gumbel root's ``selected_emotion``), else a temperature draw from the policy target
-(spec 3.4); ``"temperature"``, always a temperature draw from the policy target."""
+__all__ = ["EmotionPolicy", "TemperatureSchedule", "select_emotion"]
 
 
 class TemperatureSchedule:
@@ -132,11 +125,6 @@ class EmotionPolicy(TensorDictModuleBase):
         context_window: ``K``, the most recent real steps the planner sees (default ``model.context_window``); an
             episode that outgrows it slides: the oldest step is dropped (decision 15).
         generator: ``torch.Generator`` for the emotion and action draws and the search's (default: global RNG).
-        emotion_draw: :data:`EMOTION_DRAWS`. ``"search"`` (default): a root rule that chooses the emotion itself (the
-            Gumbel root: its Gumbel noise already samples) acts with its choice, and the temperature does nothing
-            there; ``"temperature"``: the emotion is drawn from ``policy_target`` with the temperature also then
-            (under the Gumbel root: from the improved policy, spec 3.4's schedule on it). Greedy acting always takes
-            the root's choice when there is one (else the target's argmax).
 
     In keys: ``observation``, ``is_init`` (``InitTracker``), ``prev_reward``
     (:class:`~emotion_rl.data.envs.PreviousReward`).
@@ -178,12 +166,8 @@ class EmotionPolicy(TensorDictModuleBase):
         action_spec=None,
         context_window: int | None = None,
         generator: torch.Generator | None = None,
-        emotion_draw: EmotionDraw = "search",
     ) -> None:
         super().__init__()
-        if emotion_draw not in EMOTION_DRAWS:
-            raise ValueError(f"EmotionPolicy: emotion_draw must be one of {EMOTION_DRAWS}, got {emotion_draw!r}")
-        self.emotion_draw = emotion_draw
         self.model = model
         self.planner = planner
         if temperature is None:
@@ -348,8 +332,8 @@ class EmotionPolicy(TensorDictModuleBase):
         prior = result.get("prior").float()
         action_logits = result.get("action_logits")
         rows = torch.arange(n_envs, device=device)
-        root_selects = "selected_emotion" in result.keys() and (greedy or self.emotion_draw == "search")
-        if root_selects:  # the search chose (Gumbel root): no temperature draw
+        root_selects = "selected_emotion" in result.keys()
+        if root_selects:  # the search chose (Gumbel root): no temperature draw (decision 25)
             emotion = result.get("selected_emotion").to(device)
         else:
             emotion = select_emotion(policy_target, self.temperature, generator=self.generator).to(device)
@@ -403,5 +387,5 @@ class EmotionPolicy(TensorDictModuleBase):
         temperature = self.temperature_schedule
         return (
             f"greedy={self.greedy}, temperature={temperature!r}, context_window={self.context_window}, "
-            f"one_hot_actions={self.one_hot_actions}, emotion_draw={self.emotion_draw!r}"
+            f"one_hot_actions={self.one_hot_actions}"
         )

@@ -1,5 +1,6 @@
-"""What chooses the emotion the agent acts on (docs/search.md, "The policy"): under a root rule that chooses it itself
-(the Gumbel root) the temperature does nothing unless ``emotion_draw="temperature"``, and the log says what acted."""
+"""What chooses the emotion the agent acts on (decision 25; docs/search.md, "The policy"): a root rule that chooses
+it itself (the Gumbel root) acts with its choice and the temperature does nothing, unless it is built with
+``chooses=False``; the log says what acted."""
 
 from __future__ import annotations
 
@@ -7,15 +8,25 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from emotion_rl import EmotionAgent, EmotionMCTS, EmotionPolicy, GumbelRoot
+from emotion_rl import EmotionMCTS, EmotionModel, EmotionPolicy, GumbelRoot
 from emotion_rl.cli import main
 from emotion_rl.data.selfplay import CollectionStats, SelfPlayCounters
 from emotion_rl.diagnostics import collection_metrics
+from emotion_rl.history import History
 
 from conftest import CONFIG
 from fakes import FakeModel, FakePlanner
 
 E, A = 8, 2
+
+
+def step(n: int) -> TensorDict:
+    return TensorDict(
+        observation=torch.zeros(n, 2),
+        is_init=torch.ones(n, 1, dtype=torch.bool),
+        prev_reward=torch.zeros(n, 1),
+        batch_size=[n],
+    )
 
 
 class ChoosingPlanner(FakePlanner):
@@ -29,38 +40,41 @@ class ChoosingPlanner(FakePlanner):
         return result
 
 
-def step(n: int) -> TensorDict:
-    return TensorDict(
-        observation=torch.zeros(n, 2),
-        is_init=torch.ones(n, 1, dtype=torch.bool),
-        prev_reward=torch.zeros(n, 1),
-        batch_size=[n],
-    )
-
-
-@pytest.mark.parametrize(
-    ("emotion_draw", "greedy", "acted", "root_selected"),
-    [
-        ("search", False, 1, True),
-        ("temperature", False, 5, False),
-        ("search", True, 1, True),
-        ("temperature", True, 1, True),
-    ],
-)
-def test_the_root_rules_choice_acts_unless_the_emotion_is_drawn_with_the_temperature(
-    emotion_draw, greedy, acted, root_selected
-):
-    policy = EmotionPolicy(
-        FakeModel(), ChoosingPlanner(A, E), temperature=1.0, greedy=greedy, emotion_draw=emotion_draw
-    )
-    policy.generator = torch.Generator().manual_seed(0)
+@pytest.mark.parametrize("greedy", [False, True])
+def test_the_root_rules_choice_acts_and_the_policy_says_so(greedy):
+    policy = EmotionPolicy(FakeModel(), ChoosingPlanner(A, E), temperature=1.0, greedy=greedy)
     out = policy(step(3))
-    assert out["emotion"].tolist() == [acted] * 3  # the target is one-hot: a temperature draw can only give 5
-    assert out["root_selected"].tolist() == [root_selected] * 3
+    assert out["emotion"].tolist() == [1, 1, 1]  # a temperature draw from the one-hot target could only give 5
+    assert out["root_selected"].all()
     plain = EmotionPolicy(FakeModel(), FakePlanner(A, E), temperature=1.0)(step(2))  # no root choice: a draw
     assert not plain["root_selected"].any()
-    with pytest.raises(ValueError, match="emotion_draw must be one of"):
-        EmotionPolicy(FakeModel(), FakePlanner(A, E), emotion_draw="gumbel")
+
+
+def test_a_gumbel_root_that_does_not_choose_lets_the_policy_draw_from_its_improved_policy():
+    torch.manual_seed(0)
+    model = EmotionModel(2, A, d_model=16, n_layers=1, n_heads=2, context_window=4)
+    history = History.of(TensorDict(
+        observation=torch.randn(3, 2, 2),
+        action=torch.zeros(3, 2, dtype=torch.long),
+        emotion=torch.zeros(3, 2, dtype=torch.long),
+        reward=torch.zeros(3, 2),
+        batch_size=[3, 2],
+    ))  # fmt: skip
+    chooser = EmotionMCTS(8, root_rule=GumbelRoot(considered=4))
+    drawer = EmotionMCTS(8, root_rule=GumbelRoot(considered=4, chooses=False))
+    chosen = chooser.search(model, history, generator=torch.Generator().manual_seed(1), explore=True)
+    drawn = drawer.search(model, history, generator=torch.Generator().manual_seed(1), explore=True)
+    assert "selected_emotion" in chosen.keys() and "selected_emotion" not in drawn.keys()
+    torch.testing.assert_close(drawn["policy_target"], chosen["policy_target"])  # the same search and target
+    assert torch.equal(drawn["visit_counts"], chosen["visit_counts"])
+    assert repr(GumbelRoot(chooses=False)).endswith("chooses=False)") and "chooses" not in repr(GumbelRoot())
+    # the policy draws from that target with its temperature (argmax when greedy), and says a draw acted
+    policy = EmotionPolicy(model, drawer, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    out = policy(step(64))
+    assert not out["root_selected"].any() and len(set(out["emotion"].tolist())) > 1
+    greedy = EmotionPolicy(model, drawer, greedy=True)
+    acted = greedy(step(3))["emotion"]
+    assert acted.tolist() == drawer.search(model, greedy.histories())["policy_target"].argmax(-1).tolist()
 
 
 def test_the_temperature_is_logged_only_when_a_draw_chose_and_the_share_the_root_chose_always():
@@ -82,15 +96,10 @@ def test_the_temperature_is_logged_only_when_a_draw_chose_and_the_share_the_root
     assert logs["train/temperature"].item() == pytest.approx(0.7) and logs["search/root_selected"].item() == 0.25
 
 
-def test_the_agent_hands_its_emotion_draw_to_its_policies_and_the_command_line_sets_it():
-    torch.manual_seed(0)
-    agent = EmotionAgent(
-        2, 2, 8, d_model=16, n_layers=1, n_heads=2, planner=EmotionMCTS(4, root_rule=GumbelRoot(considered=4))
-    )
-    assert agent.make_policy().emotion_draw == "search" and agent.hparams.emotion_draw == "search"
-    drawn = EmotionAgent(2, 2, 8, d_model=16, n_layers=1, n_heads=2, emotion_draw="temperature")
-    assert drawn.make_policy().emotion_draw == "temperature" and drawn.make_policy(greedy=True).greedy
-    with pytest.raises(ValueError, match="emotion_draw='gumbel' is not supported"):
-        EmotionAgent(2, 2, 8, emotion_draw="gumbel")
-    cli = main([f"--config={CONFIG}", "--trainer.logger=false", "--model.emotion_draw=temperature"], run=False)
-    assert cli.model.make_policy().emotion_draw == "temperature"
+def test_the_command_line_makes_the_shipped_gumbel_root_leave_the_choice_to_the_temperature():
+    option = "--model.planner.init_args.root_rule.init_args.chooses=false"
+    cli = main([f"--config={CONFIG}", "--trainer.logger=false", option], run=False)
+    root = cli.model.planner.root_rule
+    assert isinstance(root, GumbelRoot) and root.chooses is False and root.considered == 8
+    shipped = main([f"--config={CONFIG}", "--trainer.logger=false"], run=False).model.planner.root_rule
+    assert shipped.chooses is True

@@ -25,7 +25,7 @@ VARIANTS = {
     "novelty_decay": "--data.novelty_weight=1.0,--data.novelty_decay_frames=20000",
     "fresh": "--data.replay_capacity_steps=10000",
     "rr64": "--data.updates_per_collection=null,--data.replay_ratio=64",
-    "draw_t": "--model.emotion_draw=temperature",
+    "draw_t": "--model.planner.init_args.root_rule.init_args.chooses=false",
 }
 
 
@@ -41,7 +41,7 @@ def test_the_shipped_config_leaves_every_option_off():
     assert (data.novelty.weight, data.novelty.normalize, data.novelty.decay_frames) == (0.0, False, 0)
     assert data.replay.capacity_steps is None and data.replay_capacity_steps is None
     assert data.updates_per_collection == 8 and data.rate.ratio == 2 * 32 * 8 / 16  # TINY: batch 2, 16 frames
-    assert agent.make_policy().emotion_draw == "search"
+    assert agent.planner.root_rule.chooses is True
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -59,7 +59,7 @@ def test_each_option_is_set_by_its_override_string(variant):
     elif variant == "rr64":
         assert data.updates_per_collection == pytest.approx(64 * 16 / (2 * 32)) and data.rate.ratio == 64
     elif variant == "draw_t":
-        assert agent.make_policy().emotion_draw == "temperature"
+        assert agent.planner.root_rule.chooses is False
 
 
 def test_a_replay_ratio_next_to_the_shipped_updates_per_collection_is_refused_in_one_line(capsys):

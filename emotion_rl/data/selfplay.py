@@ -165,7 +165,7 @@ class CollectionStats:
         ``kl_target_prior``, ``argmax_agreement``, ``action_changed`` and ``emotion_changed``
         (:func:`acting_changes`) are means over the states collected since the last call. ``root_selected`` is the
         share of them whose emotion the root rule chose itself; ``temperature`` is NaN when every one of them was
-        (no temperature draw acted: the Gumbel root with ``emotion_draw="search"``), else ``temperature``.
+        (no temperature draw acted: the Gumbel root chose every emotion, decision 25), else ``temperature``.
         """
         episode_return = sum(returns) / len(returns) if returns else math.nan
         if self.emotion_counts is not None and self.emotion_counts.sum() > 0:
