@@ -24,10 +24,11 @@ REPLAY_STATS = {
 
 def collection_metrics(stats: TensorDictBase) -> dict[str, Tensor]:
     """One collection's logged scalars from the training stream's ``stats``: the finished episodes' mean return
-    (when one finished), env steps, episode count, temperature, emotion usage and the search's statistics
+    (when one finished) and why they ended (``episode/end_<class>`` shares), env steps, episode count, the
+    temperature (when a temperature draw chose emotions, decision 25), emotion usage, the search's statistics
     (``search/kl_target_prior``: mean KL(policy target || prior) at the root; ``search/argmax_agreement``: share of
-    states whose policy target's favourite emotion is the prior's favourite; ``search/action_changed`` ...), the
-    non-finite ones left out."""
+    states whose policy target's favourite emotion is the prior's favourite; ``search/action_changed`` ...) and the
+    replay's (``replay/stored_steps``, ``replay/stored_episodes``, ``replay/ratio``), the non-finite ones left out."""
     logs = {}
     if torch.isfinite(stats["episode_return"]):
         logs["episode/return"] = stats["episode_return"]
