@@ -311,7 +311,8 @@ def search_gain_of(agent, data, seed: int, args: argparse.Namespace) -> dict:  #
 
     settings = {"env_id": args.env_id, "time_limit": data.hparams.time_limit}
     settings.update({key: data.hparams.get(key) for key in ("env_kwargs", "env_wrappers", "env_factory")})
-    report = measure(agent, settings, args.search_gain, seed + 30_000, log=lambda *_: None)
+    disagreements = getattr(args, "disagreements", 0)
+    report = measure(agent, settings, args.search_gain, seed + 30_000, log=lambda *_: None, disagreements=disagreements)
     for row in report["rows"].values():
         row.pop("returns", None)
         row.pop("lengths", None)
@@ -549,6 +550,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="ENV_STEPS",
         help="instead of stopping at the first evaluation at the threshold, train this many env steps more (the "
         "budget then no longer applies), to show the run stays solved",
+    )
+    parser.add_argument(
+        "--disagreements",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --search-gain: per episode, up to K states where the emotions' heads disagree, each action rolled "
+        "out on a copy of the env (benchmarks/emotion_heads.py; CartPole, Acrobot, MountainCar)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one CPU core each)")
     parser.add_argument("--out", help="result folder (default: benchmarks/results/learning/<env id>)")

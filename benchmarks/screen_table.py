@@ -34,6 +34,12 @@ def gain_of(result: dict) -> tuple[float, float, float] | None:
     return rows["search"]["mean"], rows["prior"]["mean"], max(singles)
 
 
+def agreement_of(result: dict) -> float | None:
+    """The pairwise agreement of the emotions' greedy actions over the search's states, if measured."""
+    heads = (result.get("search_gain") or {}).get("heads") or {}
+    return heads.get("pairwise_agreement")
+
+
 def table(folder: Path, baseline: str | None = None) -> str:
     runs: dict[str, dict[int, dict]] = defaultdict(dict)
     for path in sorted(folder.glob("*.json")):
@@ -41,7 +47,7 @@ def table(folder: Path, baseline: str | None = None) -> str:
         if "variant" in result and "final_return_mean" in result:
             runs[result["variant"]][int(result["seed"])] = result
     seeds = sorted({seed for per_seed in runs.values() for seed in per_seed})
-    header = ["variant", *(f"seed {s}" for s in seeds), "IQM", "gain > 0", "ms / env step"]
+    header = ["variant", *(f"seed {s}" for s in seeds), "IQM", "gain > 0", "head agreement", "ms / env step"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     order = sorted(runs, key=lambda v: (v != baseline, v))
     for variant in order:
@@ -63,8 +69,12 @@ def table(folder: Path, baseline: str | None = None) -> str:
             cells.append(cell)
         finals = [r["final_return_mean"] for r in per_seed.values()]
         ms = np.median([1000 * r["train_s_per_env_step"] for r in per_seed.values()])
+        agreement = [a for r in per_seed.values() if (a := agreement_of(r)) is not None]
+        agree = f"{np.mean(agreement):.2f}" if agreement else "-"
         lines.append(
-            f"| {variant} | " + " | ".join(cells) + f" | {iqm(finals):.0f} | {positive}/{measured} | {ms:.1f} |"
+            f"| {variant} | "
+            + " | ".join(cells)
+            + f" | {iqm(finals):.0f} | {positive}/{measured} | {agree} | {ms:.1f} |"
         )
     return "\n".join(lines)
 

@@ -15,15 +15,21 @@ where its emotion differs from the prior's argmax (``emotion_changed``), and the
 argmax agreement the training logs as ``search/*``. The gain is ``search - max(prior, best single emotion)``: a
 search that does not beat the best of its fixed alternatives is not earning its cost, whatever the return.
 
+Over the ``search`` row's states, the emotions' heads (``emotion_heads.py``): their pairwise agreement (the share
+of emotion pairs whose argmax actions agree, per state, averaged; the ``E x E`` matrix), each emotion's usage and,
+with ``--disagreements K``, at up to ``K`` states per episode where the heads disagree, whether the search's action
+returns at least as much as every other head's, each rolled out on a copy of the env (``--horizon`` steps).
+
     python benchmarks/search_gain.py models/cartpole.ckpt --env-id CartPole-v1 --episodes 100 \\
         --out benchmarks/results/search_gain/cartpole_shipped.json
     python benchmarks/search_gain.py runs/cartpole/version_0/checkpoints/last.ckpt --episodes 20
+    python benchmarks/search_gain.py models/cartpole.ckpt --env-id CartPole-v1 --episodes 20 --disagreements 3
 
 The env comes from the checkpoint's datamodule section (``env_id``, its options and ``time_limit``) when it has
 one; a weights-only checkpoint such as ``models/cartpole.ckpt`` has none, so ``--env-id`` is then required.
 ``--time-limit`` caps every episode (default: the checkpoint's ``time_limit``, else the env's registered limit).
 Needs the ``viz`` or ``benchmark`` extra (the checkpoint is read with ``emotion_rl.viz.load_agent``).
-See docs/benchmarks.md, "Search gain".
+See docs/benchmarks.md, "Search gain" and "Emotion heads".
 """
 
 from __future__ import annotations
@@ -37,6 +43,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from emotion_heads import (
+    HeadRecorder,
+    RecordingPlanner,
+    check_copyable,
+    check_disagreements,
+    head_agreement,
+    heads_table,
+)
 
 from emotion_rl.data.envs import make_env, probe_env
 from emotion_rl.data.rollout import play
@@ -87,20 +101,40 @@ def planners(agent) -> dict[str, object]:  # noqa: ANN001 - an EmotionAgent
     return rows
 
 
-def play_row(agent, planner, settings: dict, episodes: int, seed: int, max_steps: int) -> dict:  # noqa: ANN001
+def play_row(
+    agent,  # noqa: ANN001 - an EmotionAgent
+    planner,  # noqa: ANN001
+    settings: dict,
+    episodes: int,
+    seed: int,
+    max_steps: int,
+    heads: bool = False,
+    disagreements: int = 0,
+    horizon: int = 100,
+) -> dict:
     """``episodes`` greedy episodes of ``planner`` over ``agent.model``, one env each, envs seeded by ``seed``.
 
     Returns the per-episode returns and lengths (each env's first episode, as ``evaluate_policy`` counts them), the
     first observations (the start states), and the per-state means over the visited states of ``action_changed``,
-    ``emotion_changed``, ``KL(visits || prior)`` and argmax agreement.
+    ``emotion_changed``, ``KL(visits || prior)`` and argmax agreement. ``heads``: also the emotions' head agreement
+    and usage over those states (``emotion_heads.head_agreement``) and, with ``disagreements`` ``K > 0``, the
+    disagreement check at up to ``K`` states per episode with ``horizon`` steps per rollout (played after the row,
+    on copies: the row's own episodes are the same with or without it).
     """
     options = {key: settings[key] for key in ENV_OPTIONS}
     env = make_env(settings["env_id"], episodes, seed=seed, max_episode_steps=settings["time_limit"], **options)
     generator = torch.Generator().manual_seed(seed)  # the search draws only under random options (ties, noise)
-    policy = EmotionPolicy(agent.model, planner, greedy=True, generator=generator)
+    policy = EmotionPolicy(
+        agent.model, RecordingPlanner(planner) if heads else planner, greedy=True, generator=generator
+    )
+    acting = policy
+    if heads:
+        acting = HeadRecorder(
+            policy, env if disagreements else None, disagreements, generator=torch.Generator().manual_seed(seed + 1)
+        )
     start = time.perf_counter()
     try:
-        steps = play(env, policy, max_steps, break_when_any_done=False, break_when_all_done=True)
+        steps = play(env, acting, max_steps, break_when_any_done=False, break_when_all_done=True)
     finally:
         env.close()
     seconds = time.perf_counter() - start
@@ -115,7 +149,7 @@ def play_row(agent, planner, settings: dict, episodes: int, seed: int, max_steps
     def visited_mean(values: torch.Tensor) -> float:
         return float(values[first].to(torch.float64).mean())
 
-    return {
+    row = {
         "returns": returns.tolist(),
         "lengths": first.sum(-1).tolist(),
         "start_observations": steps.get("observation")[:, 0].tolist(),
@@ -126,6 +160,17 @@ def play_row(agent, planner, settings: dict, episodes: int, seed: int, max_steps
         "states": int(first.sum()),
         "seconds": seconds,
     }
+    if heads:
+        greedy, emotion = acting.states()
+        if greedy.shape[0] != row["states"]:
+            raise RuntimeError(f"recorded {greedy.shape[0]} states of the heads, the row visited {row['states']}")
+        row["heads"] = head_agreement(greedy, emotion)
+    if heads and disagreements:
+        start = time.perf_counter()
+        check = torch.Generator().manual_seed(seed + 2)
+        row["disagreements"] = check_disagreements(agent.model, planner, acting.branch_points(), horizon, check)
+        row["disagreements"]["seconds"] = time.perf_counter() - start
+    return row
 
 
 def summarize(row: dict) -> dict:
@@ -147,17 +192,25 @@ def measure(
     seed: int,
     rows: Sequence[str] | None = None,
     log=print,  # noqa: ANN001
+    disagreements: int = 0,
+    horizon: int = 100,
 ) -> dict:
     """Every row of :func:`planners` (or those named in ``rows``) on the same start states; the report without
-    the checkpoint's name (:func:`main` adds it)."""
+    the checkpoint's name (:func:`main` adds it). Over the ``search`` row's states, the emotions' head agreement and
+    usage (``heads``) and, with ``disagreements`` ``K > 0`` (gymnasium's CartPole, Acrobot or MountainCar only), the
+    disagreement check of ``emotion_heads`` at up to ``K`` states per episode, ``horizon`` steps per rollout."""
     info = probe_env(settings["env_id"], settings["time_limit"], **{key: settings[key] for key in ENV_OPTIONS})
     max_steps = int(info.max_episode_steps)
+    if disagreements:
+        check_copyable(settings)  # before any episode is played
     results: dict[str, dict] = {}
     starts = None
     for name, planner in planners(agent).items():
         if rows is not None and name not in rows and name != "search":
             continue
-        row = summarize(play_row(agent, planner, settings, episodes, seed, max_steps))
+        heads = name == "search"  # the heads' agreement and the check are measured on the search's states
+        check = disagreements if heads else 0
+        row = summarize(play_row(agent, planner, settings, episodes, seed, max_steps, heads, check, horizon))
         if starts is None:
             starts = row["start_observations"]
         elif row["start_observations"] != starts:
@@ -168,6 +221,7 @@ def measure(
     baselines = {name: row["mean"] for name, row in results.items() if name != "search"}
     best = max(baselines, key=baselines.get) if baselines else None
     search = results["search"]
+    heads, check = search.pop("heads"), search.pop("disagreements", None)  # the search's states: the report's own
     return {
         "env_id": settings["env_id"],
         "env_options": {key: settings[key] for key in ENV_OPTIONS if settings[key] is not None},
@@ -179,6 +233,8 @@ def measure(
         "search_vs_prior": {
             key: search[key] for key in ("action_changed", "emotion_changed", "kl_target_prior", "argmax_agreement")
         },
+        "heads": heads,
+        "disagreements": check,
         "best_baseline": best,
         "gain": search["mean"] - baselines[best] if best is not None else math.nan,
         "gain_over_prior": search["mean"] - results["prior"]["mean"] if "prior" in results else math.nan,
@@ -186,12 +242,15 @@ def measure(
 
 
 def table(report: dict) -> str:
-    """The printed summary: one line per row, then the search's changes and its gain."""
-    lines = [f"{'row':<10} {'mean':>8} {'std':>7} {'min':>7} {'max':>7}  action_changed emotion_changed"]
+    """The printed summary: one line per row (with the search's usage of each emotion), then the search's changes,
+    its gain, the heads' agreement and the disagreement check."""
+    usage = report["heads"]["usage"]
+    lines = [f"{'row':<10} {'mean':>8} {'std':>7} {'min':>7} {'max':>7}  action_changed emotion_changed  usage"]
     for name, row in report["rows"].items():
+        used = f"{usage[int(name.removeprefix('emotion_'))]:6.3f}" if name.startswith("emotion_") else f"{'':>6}"
         lines.append(
             f"{name:<10} {row['mean']:8.1f} {row['std']:7.1f} {row['min']:7.1f} {row['max']:7.1f}  "
-            f"{row['action_changed']:14.3f} {row['emotion_changed']:15.3f}"
+            f"{row['action_changed']:14.3f} {row['emotion_changed']:15.3f}  {used}"
         )
     versus = report["search_vs_prior"]
     lines += [
@@ -203,6 +262,8 @@ def table(report: dict) -> str:
         f"KL(target || prior) {versus['kl_target_prior']:.3f}, argmax agreement {versus['argmax_agreement']:.3f}",
         f"gain = search - max(prior, best single emotion) = {report['gain']:+.1f} (best: {report['best_baseline']}); "
         f"search - prior = {report['gain_over_prior']:+.1f}",
+        "",
+        heads_table(report["heads"], report["disagreements"]),
     ]
     return "\n".join(lines)
 
@@ -215,11 +276,29 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="env seed: the same start states for every row")
     parser.add_argument("--out", default=None, help="write the report as JSON here")
     parser.add_argument("--time-limit", type=int, default=None, help="steps per episode at most")
+    parser.add_argument(
+        "--disagreements",
+        type=int,
+        default=0,
+        metavar="K",
+        help="the disagreement check at up to K states per search episode where the heads disagree (0: off; "
+        "CartPole, Acrobot, MountainCar)",
+    )
+    parser.add_argument(
+        "--horizon",
+        type=int,
+        default=100,
+        help="steps per rollout of the disagreement check (its first action included)",
+    )
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
     if args.time_limit is not None and args.time_limit < 1:
         parser.error(f"--time-limit must be >= 1, got {args.time_limit}")
+    if args.disagreements < 0:
+        parser.error(f"--disagreements must be >= 0, got {args.disagreements}")
+    if args.horizon < 1:
+        parser.error(f"--horizon must be >= 1, got {args.horizon}")
     return args
 
 
@@ -233,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.set_num_threads(1)
     settings = env_settings(args.ckpt, args.env_id, args.time_limit)
     agent = load_agent(args.ckpt)
-    report = {"checkpoint": display_path(args.ckpt), **measure(agent, settings, args.episodes, args.seed)}
+    check = {"disagreements": args.disagreements, "horizon": args.horizon}
+    report = {"checkpoint": display_path(args.ckpt), **measure(agent, settings, args.episodes, args.seed, **check)}
     print(table(report))
     if args.out:
         out = Path(args.out)

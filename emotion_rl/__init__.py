@@ -37,6 +37,7 @@ from emotion_rl.losses import (
     PhaseLoss,
     PolicyLoss,
     TDLambda,
+    TemperamentActionLoss,
     ValueEstimator,
     ValueLoss,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "PriorPlanner",
     "RecordEnvironment",
     "TDLambda",
+    "TemperamentActionLoss",
     "TemperatureSchedule",
     "ValueEstimator",
     "ValueLoss",

@@ -163,6 +163,10 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
         )
         # the value loss's EMA target network, when its targets bootstrap: registered here, so saved with the agent
         self.target_network = getattr(self.losses.value, "target_network", None)
+        # outputs a loss learns of its own (PhaseLoss.own_heads): trained by its phase's optimizer, saved with the agent
+        self.loss_heads = torch.nn.ModuleDict(
+            {phase: loss.own_heads() for phase, loss in zip(PHASES, self.losses, strict=True) if loss.own_heads()}
+        )
 
     # ------------------------------------------------------------------ acting (spec 5 steps 1-3)
     def make_policy(self, greedy: bool = False, **kwargs) -> EmotionPolicy:
@@ -270,9 +274,10 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
             loss.after_update()
         return logs
 
-    def diagnostics(self, batch: TensorDict) -> dict[str, Tensor]:
-        """:func:`~emotion_rl.diagnostics.learning_diagnostics` of this agent's model on ``batch``."""
-        return learning_diagnostics(self.model, self.losses.value, batch)
+    def diagnostics(self, batch: TensorDict, stats: TensorDict | None = None) -> dict[str, Tensor]:
+        """:func:`~emotion_rl.diagnostics.learning_diagnostics` of this agent's model on ``batch`` (and the search's
+        root gaps that the collection's ``stats`` carry)."""
+        return learning_diagnostics(self.model, self.losses.value, batch, stats)
 
     def training_step(self, dataloader_iter: Iterator) -> None:
         """Lightning's step: exactly one batch from the data iterator, then :meth:`train_batch`.
@@ -312,7 +317,7 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
         self.log_dict(logs, batch_size=episodes.shape[0])
         self._log_collection(batch["stats"])
         if self.hparams.log_diagnostics and self.diagnostics_schedule.due(batch["stats"]):
-            self.log_dict(self.diagnostics(episodes), batch_size=episodes.shape[0])
+            self.log_dict(self.diagnostics(episodes, batch["stats"]), batch_size=episodes.shape[0])
         if self._trainer is not None and bool(batch["stats"].get("total_frames_reached", torch.tensor(False))):
             self.trainer.should_stop = True  # data.total_frames env steps were collected and trained on
 
@@ -343,9 +348,12 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
 
     # ------------------------------------------------------------------ optimizers (spec 3.2)
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """Four Adams (spec 3.2), each one head group (``head_lr``) plus the shared transformer (``transformer_lr``)."""
+        """Four Adams (spec 3.2), each one head group (``head_lr``; with the heads its loss learns of its own) plus
+        the shared transformer (``transformer_lr``)."""
         transformer = self.model.transformer_parameters()
         heads = self.model.head_parameters()
+        for phase, own in self.loss_heads.items():
+            heads[phase] = [*heads[phase], *own.parameters()]
         return [
             torch.optim.Adam(
                 [

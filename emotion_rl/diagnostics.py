@@ -1,5 +1,6 @@
 """What the learner logs about itself besides its losses (docs/training.md, "Diagnostics"): how different the
-emotions' action heads are, and how well the values read at imagined tokens match their targets."""
+emotions' action heads are, how well the values read at imagined tokens match their targets, and whether the
+search's decisions lead by more than the values' error."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from tensordict import TensorDictBase
 from torch import Tensor
 
 from emotion_rl.losses import ValueLoss, masked_mean, step_weight
+from emotion_rl.mcts.root_gap import ROOT_GAP_KEYS
 from emotion_rl.model import EmotionModel
 
-__all__ = ["DiagnosticsSchedule", "collection_metrics", "learning_diagnostics"]
+__all__ = ["DiagnosticsSchedule", "collection_metrics", "gap_diagnostics", "learning_diagnostics"]
 
 SEARCH_STATS = ("kl_target_prior", "argmax_agreement", "action_changed", "emotion_changed", "surprise", "root_selected")
 """The collection's search statistics logged as ``search/<name>`` (docs/training.md)."""
@@ -66,10 +68,19 @@ class DiagnosticsSchedule:
 
 
 @torch.no_grad()
-def learning_diagnostics(model: EmotionModel, value_loss: ValueLoss, batch: TensorDictBase) -> dict[str, Tensor]:
+def learning_diagnostics(
+    model: EmotionModel, value_loss: ValueLoss, batch: TensorDictBase, stats: TensorDictBase | None = None
+) -> dict[str, Tensor]:
     """Per batch ``[B, L]``: each action head's entropy and how often the heads' argmax actions agree (pairs of
     emotions); the values read at imagined tokens (``value_loss``'s targets): their error on ``y_{t+1}`` (true and
-    predicted next state) and their bias against the value at the real next token (mean over emotions)."""
+    predicted next state) and their bias against the value at the real next token (mean over emotions); the value
+    error, ``value_rmse``: the root mean square of ``V^{e_t}(s_t) - y_t``, phase 3's error in value units.
+
+    With the collection's ``stats`` carrying the search's root gaps at the collected states (``root_q_gap``,
+    ``root_action_gap``; :class:`~emotion_rl.data.selfplay.CollectionStats`): per gap, its median over the value
+    error (``<gap>_over_value_rmse``) and the share of states where it is smaller (``<gap>_below_value_rmse``):
+    decisions taken on a lead the values cannot resolve (issue 23).
+    """
     mask, weight = batch["mask"], step_weight(batch)
     encoding = model.encode(batch)
     log_probs = torch.log_softmax(model.action_logits(encoding.hidden), dim=-1)  # [B, L, E, A]
@@ -79,7 +90,11 @@ def learning_diagnostics(model: EmotionModel, value_loss: ValueLoss, batch: Tens
     best = log_probs.argmax(-1)
     pairs = ((best.unsqueeze(-1) == best.unsqueeze(-2)).sum((-1, -2)) - n).to(entropy.dtype)
     logs["diagnostics/action_agreement"] = masked_mean(pairs / max(n * (n - 1), 1), weight)
-    _, next_targets = value_loss.targets(batch)
+    targets, next_targets = value_loss.targets(batch)
+    value_error = model.emotion_values(encoding.hidden, batch["emotion"]) - targets
+    rmse = masked_mean(value_error.pow(2), weight).sqrt()
+    logs["diagnostics/value_rmse"] = rmse
+    logs.update(gap_diagnostics(stats, rmse))
     errors = value_loss.imagined_errors(batch, encoding, next_targets)
     logs["diagnostics/imagined_value_error_true"] = masked_mean(errors[0], weight)
     logs["diagnostics/imagined_value_error_predicted"] = masked_mean(errors[1], weight)
@@ -87,4 +102,18 @@ def learning_diagnostics(model: EmotionModel, value_loss: ValueLoss, batch: Tens
     real_next = model.emotion_values(encoding.hidden[:, 1:]).mean(-1)
     has_next = mask[:, 1:] & mask[:, :-1]
     logs["diagnostics/imagined_value_bias"] = masked_mean(imagined[:, :-1].mean(-1) - real_next, has_next)
+    return logs
+
+
+def gap_diagnostics(stats: TensorDictBase | None, rmse: Tensor) -> dict[str, Tensor]:
+    """``diagnostics/<gap>_over_value_rmse`` (median gap / ``rmse``) and ``diagnostics/<gap>_below_value_rmse``
+    (share of gaps < ``rmse``) for each root gap the collection's ``stats`` carry with at least one state."""
+    logs = {}
+    for key in ROOT_GAP_KEYS:
+        gaps = None if stats is None else stats.get(key, None)
+        if gaps is None or gaps.numel() == 0:
+            continue
+        gaps = gaps.to(rmse.device, rmse.dtype)
+        logs[f"diagnostics/{key}_over_value_rmse"] = gaps.median() / rmse
+        logs[f"diagnostics/{key}_below_value_rmse"] = (gaps < rmse).to(rmse.dtype).mean()
     return logs

@@ -19,6 +19,7 @@ from torchrl.data import Binary, Categorical, MultiCategorical, MultiOneHot, One
 from torchrl.envs.utils import ExplorationType, exploration_type
 
 from emotion_rl.history import NONE, History
+from emotion_rl.mcts.root_gap import ROOT_GAP_KEYS, completed_root_q, root_q_gaps
 
 __all__ = ["EmotionPolicy", "TemperatureSchedule", "select_emotion"]
 
@@ -137,9 +138,12 @@ class EmotionPolicy(TensorDictModuleBase):
     was then drawn; :class:`~emotion_rl.data.selfplay.CollectionStats` averages it into ``search/action_changed``.
     ``predicted_observation`` (float [*B, obs]): the next state the planner imagined for the emotion acted on, its
     root ``dynamics[emotion]`` (NaN when the planner returns no ``dynamics``); the data side measures the model's
-    surprise with it (``EpisodeAssembler``'s novelty). ``root_selected`` (bool [*B]): the emotion acted on is the
-    root rule's own choice (no temperature draw chose it); the self-play stream logs its share as
-    ``search/root_selected`` and leaves ``train/temperature`` out when no draw acted.
+    surprise with it (``EpisodeAssembler``'s novelty). ``root_q_gap``, ``root_action_gap`` (float [*B]): the
+    margin of the search's decision at the root, :func:`~emotion_rl.mcts.root_gap.root_q_gaps` of its tree (NaN
+    when the planner returns no ``tree``); the learner's diagnostics compare them with the value error.
+    ``root_selected`` (bool [*B]): the emotion acted on is the root rule's own choice (no temperature draw chose
+    it); the self-play stream logs its share as ``search/root_selected`` and leaves ``train/temperature`` out when
+    no draw acted.
     Input batch ``[]`` or ``[n_envs]``. Histories are plain attributes (not in checkpoints), allocated on first use
     on the model's device and dtype; outputs go back to the observation's device. The buffer ``frames`` counts the
     env steps acted on (it drives the temperature schedule and is checkpointed with its owner).
@@ -154,6 +158,7 @@ class EmotionPolicy(TensorDictModuleBase):
         "prior",
         "action_changed",
         "predicted_observation",
+        *ROOT_GAP_KEYS,
         "root_selected",
     ]
 
@@ -247,6 +252,27 @@ class EmotionPolicy(TensorDictModuleBase):
         history = self._history[:, :max_len].clone()
         history.mask = torch.arange(max_len, device=self._length.device) < self._length.unsqueeze(-1)
         return history
+
+    def set_histories(self, history: History) -> None:
+        """Continue the episodes of ``history`` ``[n_envs, T]`` (``T <= context_window``, ``mask`` a valid prefix of
+        at least one entry, as :meth:`histories` returns it): the next call must bring each one's next state with
+        ``is_init`` False. Why: a what-if rollout (a copy of an env, another action at its last step) continues a
+        real episode with its own real history, without touching the policy that played it. The histories are copied
+        to the model's device and dtype."""
+        n_envs, length = history.batch_size
+        if length > self.context_window:
+            raise ValueError(
+                f"EmotionPolicy.set_histories: {length} steps exceed the context window of {self.context_window}"
+            )
+        lengths = history.lengths()
+        if bool((lengths < 1).any()):
+            raise ValueError("EmotionPolicy.set_histories: every history needs at least one step (its current state)")
+        device, dtype = self._model_device_dtype(history.observation)
+        full = History.empty(n_envs, self.context_window, history.observation.shape[2:], dtype, device)
+        for name in ("observation", "action", "emotion", "reward"):
+            field = getattr(full, name)
+            field[:, :length] = getattr(history, name).to(device, field.dtype)
+        self._history, self._length = full, lengths.to(device)
 
     def _model_device_dtype(self, fallback: torch.Tensor) -> tuple[torch.device, torch.dtype]:
         """Device and floating dtype of the model's parameters (the observation's when it has none)."""
@@ -357,6 +383,7 @@ class EmotionPolicy(TensorDictModuleBase):
             predicted = result.get("dynamics")[rows, emotion].to(obs.dtype)
         else:
             predicted = torch.full_like(obs, float("nan"))
+        gap, action_gap = self._root_gaps(result, greedy_actions)
         out = {
             "action": action_out,
             "emotion": emotion,
@@ -365,12 +392,26 @@ class EmotionPolicy(TensorDictModuleBase):
             "prior": prior,
             "action_changed": action_changed,
             "predicted_observation": predicted,
+            **dict(zip(ROOT_GAP_KEYS, (gap, action_gap), strict=True)),
             "root_selected": torch.full((n_envs,), root_selects, dtype=torch.bool, device=device),
         }
         for key, value in out.items():
             value = value.to(out_device)
             tensordict.set(key, value[0] if unbatched else value)
         return tensordict
+
+    def _root_gaps(self, result: TensorDictBase, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`~emotion_rl.mcts.root_gap.root_q_gaps` of the search's tree, completed as the planner completes
+        (``completed_value``), with each emotion's greedy action at the root ``actions`` [n_envs, E]; NaN without a
+        tree."""
+        if "tree" not in result.keys():
+            nan = torch.full(actions.shape[:1], float("nan"), device=actions.device)
+            return nan, nan.clone()
+        parent = None
+        if getattr(self.planner, "completed_value", "child") == "parent":
+            parent = self.model.state_value(result.get("values"))
+        gap, action_gap = root_q_gaps(completed_root_q(result.get("tree"), parent), actions)
+        return gap.float(), action_gap.float()
 
     def _encode_action(self, action: torch.Tensor, n_actions: int) -> torch.Tensor:
         spec = self.action_spec

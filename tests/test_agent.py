@@ -285,6 +285,19 @@ def test_diagnostics_are_off_by_default_and_logged_once_per_collection_when_on(m
     assert "train/phase1_dynamics_loss" in logged and not any(key.startswith("diagnostics/") for key in logged)
 
 
+def test_diagnostics_compare_the_root_gaps_the_collection_carries_with_the_value_error(monkeypatch, episodes):
+    agent, _ = _manual_agent(monkeypatch, log_diagnostics=True)
+    logged = {}
+    monkeypatch.setattr(agent, "log_dict", lambda logs, **k: logged.update(logs))
+    batch = _batch(episodes)
+    batch["stats", "root_q_gap"] = torch.tensor([0.0, 0.0, 1e6])  # two states decided on nothing, one far ahead
+    agent.train_batch(batch)
+    assert logged["diagnostics/value_rmse"] > 0
+    assert logged["diagnostics/root_q_gap_below_value_rmse"].item() == pytest.approx(2 / 3)
+    assert logged["diagnostics/root_q_gap_over_value_rmse"].item() == 0.0  # the median gap
+    assert "diagnostics/root_action_gap_over_value_rmse" not in logged
+
+
 def test_diagnostics_interval_logs_them_once_per_interval_of_env_steps(monkeypatch, episodes):
     """``diagnostics_interval=100``: collections at 64, 128, 192, 256 env steps cross 100 and 200, so the
     diagnostics come at 64 (the first), 128 and 256; with 0, at every collection."""

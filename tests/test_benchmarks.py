@@ -67,7 +67,8 @@ def test_the_screen_table_gives_each_variant_its_seeds_iqm_and_search_gain(tmp_p
     def write(variant: str, seed: int, final: float, search: float, prior: float) -> None:
         rows = {"search": {"mean": search}, "prior": {"mean": prior}, "emotion_0": {"mean": 9.0}}
         result = learning.summarize(variant, seed, [point(1000, final)], 10_000, 100.0, [final], ARGS)
-        (tmp_path / f"{variant}_s{seed}.json").write_text(json.dumps({**result, "search_gain": {"rows": rows}}))
+        gain = {"rows": rows, "heads": {"pairwise_agreement": 0.5 if variant == "base" else 0.25}}
+        (tmp_path / f"{variant}_s{seed}.json").write_text(json.dumps({**result, "search_gain": gain}))
 
     for seed, final in enumerate([100.0, 200.0, 300.0, 400.0, 500.0]):
         write("base", seed, final, search=final, prior=final - 10)
@@ -75,7 +76,7 @@ def test_the_screen_table_gives_each_variant_its_seeds_iqm_and_search_gain(tmp_p
     text = screen_table.table(tmp_path, baseline="base")
     base, other = text.splitlines()[2:4]
     assert base.startswith("| base |") and other.startswith("| other |")
-    assert "| 300 | 5/5 |" in base and "| 350 | 0/5 |" in other  # IQM of 100..500 is 300
+    assert "| 300 | 5/5 | 0.50 |" in base and "| 350 | 0/5 | 0.25 |" in other  # IQM of 100..500 is 300
     assert "500.0 (475 at 1,000) (500 / 490 / 9)" in base
 
 

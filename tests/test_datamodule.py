@@ -98,6 +98,7 @@ def test_training_stream_yields_episode_batches_and_stats():
             "root_selected",
         }
         keys |= {"stored_steps", "stored_episodes", "replay_ratio", "endings"}
+        keys |= {"root_q_gap", "root_action_gap"}  # per collected state, for the diagnostics
         assert set(batch["stats"].keys()) == keys and not batch["stats"]["total_frames_reached"]
     first, second = batches[0]["stats"], batches[1]["stats"]
     assert first["env_steps"].item() % 8 == 0 and first["episodes"].item() >= 2

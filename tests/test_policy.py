@@ -341,3 +341,32 @@ def test_torchrl_deterministic_exploration_makes_any_policy_act_greedily():
         assert torch.equal(out["emotion"], greedy["emotion"]) and torch.equal(out["action"], greedy["action"])
     with set_exploration_type(ExplorationType.RANDOM):
         assert not exploring.acting_greedily
+
+
+def test_set_histories_continues_real_episodes_in_another_policy_without_touching_the_first():
+    policy = EmotionPolicy(FakeModel(context_window=4), RecordingPlanner(), greedy=True)
+    policy(step_input([[0, 0], [5, 5]], [True, True], [0.0, 0.0]))
+    policy(step_input([[1, 1], [6, 6]], [False, False], [1.0, 2.0]))
+    policy(step_input([[7, 7], [8, 8]], [True, False], [0.0, 3.0]))  # env 0 restarted: histories of 1 and 3 steps
+    before = policy.histories()
+
+    fork = EmotionPolicy(FakeModel(context_window=4), RecordingPlanner(), greedy=True)
+    fork.set_histories(before[[1, 0]])  # in another order
+    assert fork.history_lengths.tolist() == [3, 1]
+    for t in range(3):  # the fork slides past its window like the original would
+        fork(step_input([[10 + t, 0], [20 + t, 0]], [False, False], [4.0 + t, -1.0]))
+    after = fork.histories()
+    assert fork.history_lengths.tolist() == [4, 4]
+    assert after.observation[0, :, 0].tolist() == [8.0, 10.0, 11.0, 12.0]  # env 1's last real step, then the fork's
+    assert after.reward[0, :3].tolist() == [4.0, 5.0, 6.0] and after.action[0, 0] == before.action[1, 2]
+    assert after.observation[1, :, 0].tolist() == [7.0, 20.0, 21.0, 22.0]
+    again = policy.histories()  # the original is untouched
+    for name in ("observation", "action", "emotion", "reward", "mask"):
+        assert torch.equal(getattr(again, name), getattr(before, name))
+
+    with pytest.raises(ValueError, match="exceed the context window of 2"):
+        EmotionPolicy(FakeModel(context_window=2), RecordingPlanner()).set_histories(before)
+    empty = before.clone()
+    empty.mask[0] = False
+    with pytest.raises(ValueError, match="at least one step"):
+        fork.set_histories(empty)

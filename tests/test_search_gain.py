@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,8 @@ BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "search_gain.py
 
 
 def load_benchmark():
+    if str(BENCHMARK.parent) not in sys.path:  # it imports its sibling emotion_heads, as when run as a script
+        sys.path.insert(0, str(BENCHMARK.parent))
     spec = importlib.util.spec_from_file_location("search_gain", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -247,6 +250,10 @@ def test_the_benchmark_plays_every_row_on_the_same_start_states_and_writes_its_j
         "argmax_agreement",
     }
     assert math.isfinite(written["search_vs_prior"]["kl_target_prior"])
+    heads = written["heads"]  # over the search's states; the check is off by default
+    assert heads["states"] == written["rows"]["search"]["states"] and len(heads["usage"]) == 8
+    assert sum(heads["usage"]) == pytest.approx(1.0) and 0.0 <= heads["pairwise_agreement"] <= 1.0
+    assert written["disagreements"] is None
 
 
 def test_a_weights_only_checkpoint_needs_the_env_id(tiny_checkpoint, tmp_path):

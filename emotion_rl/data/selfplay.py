@@ -18,6 +18,7 @@ from torchrl.envs import EnvBase
 from emotion_rl.data.endings import ending_shares
 from emotion_rl.data.episodes import EpisodeAssembler, surprise
 from emotion_rl.data.replay import EpisodeReplay
+from emotion_rl.mcts.root_gap import ROOT_GAP_KEYS
 
 __all__ = [
     "CollectionStats",
@@ -124,8 +125,8 @@ def acting_changes(batch: TensorDict) -> tuple[torch.Tensor, torch.Tensor] | Non
 class CollectionStats:
     """What was collected since the previous training batch: emotion usage, finished episodes' mean return, how
     much the search changed the policy head's prior and the agent's actions (when the batches carry ``prior`` and
-    ``action_changed``), and what chose the emotions (``root_selected``: the root rule's own choice, or a temperature
-    draw)."""
+    ``action_changed``), the search's root gaps at every state (when they carry ``ROOT_GAP_KEYS``), and what chose
+    the emotions (``root_selected``: the root rule's own choice, or a temperature draw)."""
 
     def __init__(self) -> None:
         self.emotion_counts: torch.Tensor | None = None
@@ -135,6 +136,7 @@ class CollectionStats:
         self._change_sums = torch.zeros(2, dtype=torch.float64)  # action changed, emotion changed
         self._change_states = 0
         self._surprise_sum, self._surprise_states = 0.0, 0  # the model's surprise, summed over states
+        self._gaps: dict[str, list[torch.Tensor]] = {key: [] for key in ROOT_GAP_KEYS}
         self._root_selected, self._choices = 0, 0  # states whose emotion the root rule chose, of those that tell
 
     def add(self, batch: TensorDict) -> None:
@@ -158,14 +160,20 @@ class CollectionStats:
             seen = torch.isfinite(batch.get("predicted_observation").cpu()).all(-1)
             self._surprise_sum += float(error[seen].double().sum())
             self._surprise_states += int(seen.sum())
+        for key in ROOT_GAP_KEYS:
+            if key in batch.keys():
+                gaps = batch.get(key).detach().reshape(-1).to("cpu", torch.float32)
+                self._gaps[key].append(gaps[torch.isfinite(gaps)])
 
     def take(self, returns: list[float], counters: SelfPlayCounters, temperature: float) -> TensorDict:
         """The ``stats`` of a training batch (NaN where nothing new was collected); starts a new tally.
 
         ``kl_target_prior``, ``argmax_agreement``, ``action_changed`` and ``emotion_changed``
-        (:func:`acting_changes`) are means over the states collected since the last call. ``root_selected`` is the
-        share of them whose emotion the root rule chose itself; ``temperature`` is NaN when every one of them was
-        (no temperature draw acted: the Gumbel root chose every emotion, decision 25), else ``temperature``.
+        (:func:`acting_changes`) are means over the states collected since the last call; ``root_q_gap`` and
+        ``root_action_gap`` float ``[n]`` hold each of those states' finite gap (empty when none). ``root_selected``
+        is the share of the states whose emotion the root rule chose itself; ``temperature`` is NaN when every one
+        of them was (no temperature draw acted: the Gumbel root chose every emotion, decision 25), else
+        ``temperature``.
         """
         episode_return = sum(returns) / len(returns) if returns else math.nan
         if self.emotion_counts is not None and self.emotion_counts.sum() > 0:
@@ -191,6 +199,8 @@ class CollectionStats:
         self._change_sums = torch.zeros(2, dtype=torch.float64)
         self._change_states = 0
         self._surprise_sum, self._surprise_states = 0.0, 0
+        gaps = {key: torch.cat(parts) if parts else torch.zeros(0) for key, parts in self._gaps.items()}
+        self._gaps = {key: [] for key in ROOT_GAP_KEYS}
         return TensorDict(
             {
                 "env_steps": torch.tensor(counters.env_steps, dtype=torch.long),
@@ -204,6 +214,7 @@ class CollectionStats:
                 "emotion_changed": emotion_changed,
                 "surprise": torch.tensor(mean_surprise, dtype=torch.float32),
                 "root_selected": torch.tensor(root_selected, dtype=torch.float32),
+                **gaps,
             },
             batch_size=[],
         )

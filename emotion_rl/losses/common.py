@@ -89,6 +89,9 @@ class PhaseLoss(LossModule):
     ``encoding``: the batch already encoded by the model (:meth:`EmotionModel.encode`), when a caller shares one
     forward between phases whose parameters did not change in between (docs/performance.md); ``None`` encodes
     afresh. A phase that stops gradients at ``h_t`` detaches what it is given.
+
+    A loss may learn outputs of its own (a module on ``h_t``, e.g. the temperaments' values, :meth:`own_heads`):
+    the agent trains them with the phase's optimizer, at the head learning rate, and saves them with the model.
     """
 
     name: ClassVar[str]
@@ -110,6 +113,10 @@ class PhaseLoss(LossModule):
     def per_step(self, batch: TensorDictBase, encoding: Encoding | None = None) -> TensorDict:
         """Per-step ``loss`` and diagnostics, TensorDict ``[B, L]``."""
         raise NotImplementedError
+
+    def own_heads(self) -> torch.nn.Module | None:
+        """The outputs this loss learns of its own, beside the model's heads (None: none)."""
+        return None
 
     def after_update(self) -> None:
         """Called by the agent after each update (all four phases): a loss with state of its own (the value loss's
