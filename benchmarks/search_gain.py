@@ -144,7 +144,7 @@ def play_row(
     reward = steps.get(("next", "reward")).reshape(steps.batch_size).to(torch.float64)
     returns = torch.where(first, reward, torch.zeros_like(reward)).sum(-1)
     action_changed, emotion_changed = acting_changes(steps)
-    kl, agreement = search_improvement(steps.get("visit_distribution"), steps.get("prior"))
+    kl, agreement = search_improvement(steps.get("policy_target"), steps.get("prior"))
 
     def visited_mean(values: torch.Tensor) -> float:
         return float(values[first].to(torch.float64).mean())
@@ -155,7 +155,7 @@ def play_row(
         "start_observations": steps.get("observation")[:, 0].tolist(),
         "action_changed": visited_mean(action_changed),
         "emotion_changed": visited_mean(emotion_changed),
-        "kl_visits_prior": visited_mean(kl),
+        "kl_target_prior": visited_mean(kl),
         "argmax_agreement": visited_mean(agreement),
         "states": int(first.sum()),
         "seconds": seconds,
@@ -231,7 +231,7 @@ def measure(
         "planner": repr(agent.planner),
         "rows": results,
         "search_vs_prior": {
-            key: search[key] for key in ("action_changed", "emotion_changed", "kl_visits_prior", "argmax_agreement")
+            key: search[key] for key in ("action_changed", "emotion_changed", "kl_target_prior", "argmax_agreement")
         },
         "heads": heads,
         "disagreements": check,
@@ -259,7 +259,7 @@ def table(report: dict) -> str:
         f"{report['time_limit']}), {report['planner']}",
         f"search vs prior over the search's {report['rows']['search']['states']} states: action changed "
         f"{versus['action_changed']:.3f}, emotion changed {versus['emotion_changed']:.3f}, "
-        f"KL(visits || prior) {versus['kl_visits_prior']:.3f}, argmax agreement {versus['argmax_agreement']:.3f}",
+        f"KL(target || prior) {versus['kl_target_prior']:.3f}, argmax agreement {versus['argmax_agreement']:.3f}",
         f"gain = search - max(prior, best single emotion) = {report['gain']:+.1f} (best: {report['best_baseline']}); "
         f"search - prior = {report['gain_over_prior']:+.1f}",
         "",

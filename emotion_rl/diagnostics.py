@@ -14,28 +14,39 @@ from emotion_rl.model import EmotionModel
 
 __all__ = ["DiagnosticsSchedule", "collection_metrics", "gap_diagnostics", "learning_diagnostics"]
 
-SEARCH_STATS = ("kl_visits_prior", "argmax_agreement", "action_changed", "emotion_changed", "surprise")
+SEARCH_STATS = ("kl_target_prior", "argmax_agreement", "action_changed", "emotion_changed", "surprise", "root_selected")
 """The collection's search statistics logged as ``search/<name>`` (docs/training.md)."""
+REPLAY_STATS = {
+    "stored_steps": "replay/stored_steps",
+    "stored_episodes": "replay/stored_episodes",
+    "replay_ratio": "replay/ratio",
+}
+"""The replay's size and the effective replay ratio (``stats`` key: logged name; docs/data.md, "Replay ratio")."""
 
 
 def collection_metrics(stats: TensorDictBase) -> dict[str, Tensor]:
     """One collection's logged scalars from the training stream's ``stats``: the finished episodes' mean return
-    (when one finished), env steps, episode count, temperature, emotion usage and the search's statistics
-    (``search/kl_visits_prior``: mean KL(visits || prior) at the root; ``search/argmax_agreement``: share of states
-    whose most visited emotion is the prior's favourite; ``search/action_changed`` ...), the non-finite ones
-    left out."""
+    (when one finished) and why they ended (``episode/end_<class>`` shares), env steps, episode count, the
+    temperature (when a temperature draw chose emotions, decision 25), emotion usage, the search's statistics
+    (``search/kl_target_prior``: mean KL(policy target || prior) at the root; ``search/argmax_agreement``: share of
+    states whose policy target's favourite emotion is the prior's favourite; ``search/action_changed`` ...) and the
+    replay's (``replay/stored_steps``, ``replay/stored_episodes``, ``replay/ratio``), the non-finite ones left out."""
     logs = {}
     if torch.isfinite(stats["episode_return"]):
         logs["episode/return"] = stats["episode_return"]
     logs["episode/env_steps"] = stats["env_steps"].float()
     logs["episode/count"] = stats["episodes"].float()
-    logs["train/temperature"] = stats["temperature"].float()
+    if torch.isfinite(stats["temperature"]):  # NaN: no temperature draw chose an emotion (the Gumbel root chose)
+        logs["train/temperature"] = stats["temperature"].float()
     for k, usage in enumerate(stats["emotion_usage"].unbind(-1)):
         logs[f"emotion/usage_{k}"] = usage
-    for key in SEARCH_STATS:
+    names = {**{key: f"search/{key}" for key in SEARCH_STATS}, **REPLAY_STATS}
+    if "endings" in stats.keys():
+        names.update({("endings", key): f"episode/end_{key}" for key in stats["endings"].keys()})
+    for key, name in names.items():
         value = stats.get(key, None)
         if value is not None and bool(torch.isfinite(value)):
-            logs[f"search/{key}"] = value.float()
+            logs[name] = value.float()
     return logs
 
 

@@ -26,7 +26,9 @@ EPISODE_KEYS = (
     "done",
     "terminated",
     "truncated",
-    "visit_distribution",
+    "policy_target",
+    "novelty",
+    "bootstrap",
     "return",
     "mask",
 )
@@ -34,8 +36,13 @@ EPISODE_KEYS = (
 the history entry, then ``next_observation`` ``s_{t+1}`` (phase 1's target), ``done`` (True at the episode's last
 step; ``terminated | truncated``), ``terminated`` (the episode ended in a terminal state: no value after it) and
 ``truncated`` (cut by the time limit: the state after it still has a value), bool ``[L]`` each,
-``visit_distribution`` ``[E]`` (the search's, spec 3.3: phase 4's target) and ``return`` (spec 2.2.2: phase 3's
-target, literal: it stops at the episode's end)."""
+``policy_target`` ``[E]`` (the search's target, spec 3.3: what phase 4 learns; the visit distribution under the
+pUCT root, the improved policy under the Gumbel root), ``novelty`` (the novelty bonus of the step, in reward units,
+0 unless ``novelty_weight`` is set: every value target adds it to the reward; docs/data.md, "Novelty"),
+``bootstrap`` (in reward units: ``gamma^(T - t) V(s_T)`` in an episode of ``T`` steps cut by the time limit, the
+model's value of the state after its last step when it was stored; 0 after a termination: what a Monte Carlo target
+that sees the time limit adds) and ``return`` (spec 2.2.2: phase 3's target, literal: it stops at the episode's
+end; the discounted sum of reward plus novelty)."""
 
 
 @tensorclass

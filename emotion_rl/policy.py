@@ -112,8 +112,8 @@ class EmotionPolicy(TensorDictModuleBase):
         model: the :class:`~emotion_rl.model.EmotionModel` (anything with a ``context_window`` attribute, unless
             ``context_window`` is given, that the planner knows how to call).
         planner: ``search(model, history, generator=None, explore=False) -> TensorDict[*B]`` with at least
-            ``policy_target`` [*B, E] (what the emotion is drawn from and what phase 4 learns; written out as
-            ``visit_distribution``), ``visit_counts`` [*B, E], ``prior`` [*B, E] (the policy head's
+            ``policy_target`` [*B, E] (what the emotion is drawn from and what phase 4 learns; written out under
+            the same key), ``visit_counts`` [*B, E], ``prior`` [*B, E] (the policy head's
             probabilities at the root, before any root noise) and ``action_logits`` [*B, E, A]; when it also
             returns ``selected_emotion`` [*B] (the Gumbel root), that is the emotion acted on. ``explore`` is
             ``not greedy``: root noise only while acting for training.
@@ -129,7 +129,7 @@ class EmotionPolicy(TensorDictModuleBase):
 
     In keys: ``observation``, ``is_init`` (``InitTracker``), ``prev_reward``
     (:class:`~emotion_rl.data.envs.PreviousReward`).
-    Out keys: ``action``, ``emotion`` (long [*B]), ``visit_distribution`` (float [*B, E]), ``visit_counts``,
+    Out keys: ``action``, ``emotion`` (long [*B]), ``policy_target`` (float [*B, E]), ``visit_counts``,
     ``prior`` (float [*B, E]; the self-play stream compares it with the visits, see
     :class:`~emotion_rl.data.selfplay.CollectionStats`), ``action_changed`` (bool [*B]): the greedy action of the
     emotion acted on, ``argmax_a action_logits[emotion, a]``, differs from the greedy action of the prior's argmax
@@ -141,6 +141,9 @@ class EmotionPolicy(TensorDictModuleBase):
     surprise with it (``EpisodeAssembler``'s novelty). ``root_q_gap``, ``root_action_gap`` (float [*B]): the
     margin of the search's decision at the root, :func:`~emotion_rl.mcts.root_gap.root_q_gaps` of its tree (NaN
     when the planner returns no ``tree``); the learner's diagnostics compare them with the value error.
+    ``root_selected`` (bool [*B]): the emotion acted on is the root rule's own choice (no temperature draw chose
+    it); the self-play stream logs its share as ``search/root_selected`` and leaves ``train/temperature`` out when
+    no draw acted.
     Input batch ``[]`` or ``[n_envs]``. Histories are plain attributes (not in checkpoints), allocated on first use
     on the model's device and dtype; outputs go back to the observation's device. The buffer ``frames`` counts the
     env steps acted on (it drives the temperature schedule and is checkpointed with its owner).
@@ -150,12 +153,13 @@ class EmotionPolicy(TensorDictModuleBase):
     out_keys = [
         "action",
         "emotion",
-        "visit_distribution",
+        "policy_target",
         "visit_counts",
         "prior",
         "action_changed",
         "predicted_observation",
         *ROOT_GAP_KEYS,
+        "root_selected",
     ]
 
     def __init__(
@@ -349,15 +353,16 @@ class EmotionPolicy(TensorDictModuleBase):
         finally:
             self.model.train(was_training)
 
-        visit_distribution = result.get("policy_target").float()  # the search's target (stored for phase 4)
+        policy_target = result.get("policy_target").float()  # the search's target (stored for phase 4)
         visit_counts = result.get("visit_counts")
         prior = result.get("prior").float()
         action_logits = result.get("action_logits")
         rows = torch.arange(n_envs, device=device)
-        if "selected_emotion" in result.keys():  # the search chose (Gumbel root): no temperature draw
+        root_selects = "selected_emotion" in result.keys()
+        if root_selects:  # the search chose (Gumbel root): no temperature draw (decision 25)
             emotion = result.get("selected_emotion").to(device)
         else:
-            emotion = select_emotion(visit_distribution, self.temperature, generator=self.generator).to(device)
+            emotion = select_emotion(policy_target, self.temperature, generator=self.generator).to(device)
         logits = action_logits[rows, emotion].float()
         greedy_actions = action_logits.float().argmax(-1)  # [n_envs, E]: each emotion's argmax action (root)
         prior_emotion = prior.argmax(-1)  # ties to the lowest index, as the greedy emotion choice
@@ -382,12 +387,13 @@ class EmotionPolicy(TensorDictModuleBase):
         out = {
             "action": action_out,
             "emotion": emotion,
-            "visit_distribution": visit_distribution,
+            "policy_target": policy_target,
             "visit_counts": visit_counts,
             "prior": prior,
             "action_changed": action_changed,
             "predicted_observation": predicted,
             **dict(zip(ROOT_GAP_KEYS, (gap, action_gap), strict=True)),
+            "root_selected": torch.full((n_envs,), root_selects, dtype=torch.bool, device=device),
         }
         for key, value in out.items():
             value = value.to(out_device)

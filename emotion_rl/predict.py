@@ -86,7 +86,8 @@ class LoadAndPredict:
                 envs with ``autoreset_mode=SAME_STEP``). ``None``: no env starts (every env, when ``state`` is None).
             deterministic: True: the greedy evaluation policy (argmax emotion of the search, argmax action), as
                 ``validate`` plays. False: acting as training does, at the end of its temperature schedule: the
-                emotion drawn from the search's visits at ``temperature_end`` (or the Gumbel root's choice), the
+                emotion drawn from the search's policy target at ``temperature_end`` (or the Gumbel root's choice,
+                unless it is built with ``chooses=False``), the
                 action drawn from that emotion's action head, root noise when the agent has any; drawn from torch's
                 global generator (``torch.manual_seed``).
             reward: ``[n_envs]`` (or one number): the reward of the step that returned ``observation``, which the

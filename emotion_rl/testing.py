@@ -42,7 +42,8 @@ def random_episodes(
     n_emotions: int = 8,
 ) -> TensorDict:
     """Episodes of ``lengths`` right-padded to ``max_len`` as the datamodule yields them, ``[B, max_len]``:
-    rewards 1, random returns, a normalised random ``visit_distribution``, zeros past each episode's end."""
+    rewards 1, no novelty bonus or bootstrap, random returns, a normalised random ``policy_target``, zeros past each
+    episode's end."""
     g = torch.Generator().manual_seed(seed)
     batch = len(lengths)
     mask = torch.arange(max_len).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
@@ -56,7 +57,9 @@ def random_episodes(
         done=torch.zeros(batch, max_len, dtype=torch.bool),
         terminated=torch.zeros(batch, max_len, dtype=torch.bool),
         truncated=torch.zeros(batch, max_len, dtype=torch.bool),
-        visit_distribution=visits / visits.sum(-1, keepdim=True),
+        policy_target=visits / visits.sum(-1, keepdim=True),
+        novelty=torch.zeros(batch, max_len, dtype=dtype),
+        bootstrap=torch.zeros(batch, max_len, dtype=dtype),
         mask=mask,
         batch_size=[batch, max_len],
     )
@@ -67,7 +70,7 @@ def random_episodes(
 def training_batch(episodes: TensorDict, env_steps: int = 0, n_episodes: int | None = None) -> TensorDict:
     """The training stream's batch around ``episodes`` ``[B, L]``: ``{episodes, stats}``, with collection stats
     that log nothing surprising (uniform emotion usage, no finished episode's return, temperature 1)."""
-    n_emotions = episodes["visit_distribution"].shape[-1]
+    n_emotions = episodes["policy_target"].shape[-1]
     stats = TensorDict(
         env_steps=torch.tensor(env_steps),
         episodes=torch.tensor(episodes.shape[0] if n_episodes is None else n_episodes),

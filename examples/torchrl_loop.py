@@ -1,9 +1,9 @@
 """The emotion planner inside a plain TorchRL loop, no Lightning: collector, replay buffer, and another agent.
 
 Another TorchRL agent picks up :class:`emotion_rl.EmotionPolicy` like any policy module: a ``Collector`` runs it on a
-batched environment, the collected transitions (with the planner's extra keys ``emotion``, ``visit_distribution``
+batched environment, the collected transitions (with the planner's extra keys ``emotion``, ``policy_target``
 and ``visit_counts``) go into a ``TensorDictReplayBuffer``, and the agent learns from them. Here the "other agent"
-is a small MLP that distils the search: it learns to predict the planner's visit distribution over emotions from
+is a small MLP that distils the search: it learns to predict the planner's policy target over emotions from
 the observation alone (a cheap amortised planner; the cross-entropy loss of spec 2.2.1, on a network of its own).
 
     python examples/torchrl_loop.py                       # CartPole-v1, 8 envs, 50 simulations, 2,048 frames
@@ -69,18 +69,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(100_000), batch_size=args.batch_size)
 
-    # The other agent: observation -> distribution over the 8 emotions, trained on the planner's visit distributions.
+    # The other agent: observation -> distribution over the 8 emotions, trained on the planner's policy targets.
     student = nn.Sequential(nn.Linear(obs_dim, 64), nn.Tanh(), nn.Linear(64, model.n_emotions))
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
     losses, frames = [], 0
     with closing_collector(make_collector(args, env, policy)) as collector:  # shut down, weight-sync schemes too
         for batch in collector:
             frames += batch.numel()
-            buffer.extend(batch.reshape(-1).select("observation", "emotion", "visit_distribution", ("next", "reward")))
+            buffer.extend(batch.reshape(-1).select("observation", "emotion", "policy_target", ("next", "reward")))
             for _ in range(4):
                 sample = buffer.sample()
                 log_prob = torch.log_softmax(student(sample["observation"]), dim=-1)
-                loss = -(sample["visit_distribution"] * log_prob).sum(-1).mean()
+                loss = -(sample["policy_target"] * log_prob).sum(-1).mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

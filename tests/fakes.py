@@ -230,7 +230,7 @@ def synthetic_batch(n_envs: int, steps: int, offset: int, init: list[list[int]],
             "observation": obs,
             "action": torch.nn.functional.one_hot(action, A) if one_hot else action,
             "emotion": (action + 3) % E,
-            "visit_distribution": visits,
+            "policy_target": visits,
             "is_init": is_init,
             "next": {
                 "observation": obs + torch.tensor([0.0, 1.0]),

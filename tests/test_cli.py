@@ -51,9 +51,9 @@ def test_fit_writes_finite_losses_and_a_checkpoint_that_validate_reads_back(tmp_
     assert any(r.get("val/return_mean") for r in rows), "no greedy evaluation was logged during fit"
     assert any(r.get("episode/return") for r in rows)
     assert any(r.get("emotion/usage_0") for r in rows)
-    kl = [float(r["search/kl_visits_prior"]) for r in rows if r.get("search/kl_visits_prior")]
+    kl = [float(r["search/kl_target_prior"]) for r in rows if r.get("search/kl_target_prior")]
     agreement = [float(r["search/argmax_agreement"]) for r in rows if r.get("search/argmax_agreement")]
-    assert kl and all(math.isfinite(v) and v >= 0 for v in kl), "search/kl_visits_prior was not logged"
+    assert kl and all(math.isfinite(v) and v >= 0 for v in kl), "search/kl_target_prior was not logged"
     assert agreement and all(0 <= v <= 1 for v in agreement), "search/argmax_agreement was not logged"
     for key in ("search/action_changed", "search/emotion_changed"):
         shares = [float(r[key]) for r in rows if r.get(key)]

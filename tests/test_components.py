@@ -88,10 +88,10 @@ def test_a_configurable_records_its_arguments_with_defaults_and_keeps_them_throu
     planner = EmotionMCTS(7, root_rule=root)
     expected = {**EmotionMCTS().init_args(), "num_simulations": 7, "root_rule": root}
     assert planner.init_args() == expected
-    assert root.init_args() == {"considered": 4, "c_visit": 50.0, "c_scale": 0.1}
+    assert root.init_args() == {"considered": 4, "c_visit": 50.0, "c_scale": 0.1, "chooses": True}
     for copied in (copy.deepcopy(planner), pickle.loads(pickle.dumps(planner))):  # worker collectors pickle it
         assert to_config(copied) == to_config(planner)
-    assert NStep(3).init_args() == {"n": 3} and MonteCarlo().init_args() == {}
+    assert NStep(3).init_args() == {"n": 3} and MonteCarlo().init_args() == {"bootstrap_truncation": False}
 
 
 def test_to_config_writes_instances_classes_and_partials_as_plain_nested_values():
@@ -124,7 +124,7 @@ def test_instantiate_builds_what_to_config_wrote_nested_and_with_the_callers_arg
     config = to_config(EmotionMCTS(5, q_transform="minmax", root_rule=GumbelRoot(considered=3)))
     assert config["init_args"]["root_rule"] == {
         "class_path": "emotion_rl.GumbelRoot",
-        "init_args": {"considered": 3, "c_visit": 50.0, "c_scale": 0.1},
+        "init_args": {"considered": 3, "c_visit": 50.0, "c_scale": 0.1, "chooses": True},
     }
     planner = instantiate(config)
     assert type(planner) is EmotionMCTS and planner.num_simulations == 5 and planner.q_transform == "minmax"
@@ -185,7 +185,7 @@ def test_python_objects_go_through_a_checkpoint_and_come_back_the_same(tmp_path)
     ``weights_only=True`` and ``load_from_checkpoint`` rebuilds the same planner and losses."""
     L.seed_everything(0, verbose=False)
     data = EmotionDataModule(
-        "CartPole-v1", num_envs=2, frames_per_batch=8, batch_size=2, warmup_episodes=1, time_limit=8
+        "CartPole-v1", num_envs=2, frames_per_batch=8, batch_size=2, warmup_episodes=1, time_limit=8, gamma=0.9
     )
     agent = EmotionAgent(
         data.obs_dim,

@@ -39,7 +39,7 @@ def test_collection_stats_measure_how_far_the_search_moved_from_the_prior():
     visits = torch.tensor([[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]], [[0.0, 0.0, 1.0], [0.2, 0.3, 0.5]]])
     prior = torch.tensor([[[0.5, 0.25, 0.25], [0.25, 0.5, 0.25]], [[0.0, 0.5, 0.5], [0.2, 0.3, 0.5]]])
     batch = TensorDict(
-        visit_distribution=visits,
+        policy_target=visits,
         prior=prior,
         emotion=torch.tensor([[0, 1], [2, 2]]),
         batch_size=[2, 2],
@@ -55,14 +55,14 @@ def test_collection_stats_measure_how_far_the_search_moved_from_the_prior():
     counters = SelfPlayCounters(env_steps=6)
     taken = stats.take([], counters, temperature=1.0)
     flat_kl = kl.flatten().tolist() + kl[0].tolist()
-    assert taken["kl_visits_prior"].item() == pytest.approx(sum(flat_kl) / 6, rel=1e-6)
+    assert taken["kl_target_prior"].item() == pytest.approx(sum(flat_kl) / 6, rel=1e-6)
     assert taken["argmax_agreement"].item() == pytest.approx(3 / 6)
     again = stats.take([], counters, temperature=1.0)  # nothing new collected
-    assert again["kl_visits_prior"].isnan() and again["argmax_agreement"].isnan()
+    assert again["kl_target_prior"].isnan() and again["argmax_agreement"].isnan()
     # a zero prior where the visits are positive stays finite (epsilon), and a batch without prior counts nothing
     assert math.isfinite(search_improvement(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))[0].item())
     stats.add(batch.exclude("prior"))
-    assert stats.take([], counters, temperature=1.0)["kl_visits_prior"].isnan()
+    assert stats.take([], counters, temperature=1.0)["kl_target_prior"].isnan()
 
 
 def test_datamodule_exposes_env_sizes_and_validates_settings():
@@ -89,7 +89,15 @@ def test_training_stream_yields_episode_batches_and_stats():
         assert episodes.batch_size[0] == 5 and episodes.batch_size[1] <= 6 and set(episodes.keys()) == set(EPISODE_KEYS)
         assert episodes["mask"][:, 0].all()
         keys = {"env_steps", "episodes", "episode_return", "emotion_usage", "temperature", "total_frames_reached"}
-        keys |= {"kl_visits_prior", "argmax_agreement", "action_changed", "emotion_changed", "surprise"}
+        keys |= {
+            "kl_target_prior",
+            "argmax_agreement",
+            "action_changed",
+            "emotion_changed",
+            "surprise",
+            "root_selected",
+        }
+        keys |= {"stored_steps", "stored_episodes", "replay_ratio", "endings"}
         keys |= {"root_q_gap", "root_action_gap"}  # per collected state, for the diagnostics
         assert set(batch["stats"].keys()) == keys and not batch["stats"]["total_frames_reached"]
     first, second = batches[0]["stats"], batches[1]["stats"]
@@ -98,9 +106,9 @@ def test_training_stream_yields_episode_batches_and_stats():
     assert math.isfinite(first["episode_return"].item())
     assert second["emotion_usage"].isnan().all() and second["episode_return"].isnan()  # nothing new since
     # FakePlanner: uniform prior, 13 of 20 visits on one emotion -> a known KL, and argmax ties go to emotion 0
-    assert first["kl_visits_prior"].item() == pytest.approx(_kl_of_fake_planner(), rel=1e-5)
+    assert first["kl_target_prior"].item() == pytest.approx(_kl_of_fake_planner(), rel=1e-5)
     assert 0.0 <= first["argmax_agreement"].item() <= 1.0
-    assert second["kl_visits_prior"].isnan() and second["argmax_agreement"].isnan()
+    assert second["kl_target_prior"].isnan() and second["argmax_agreement"].isnan()
     # uniform prior: its favourite is emotion 0, whose greedy action is 0; emotion e's is e % A
     usage = first["emotion_usage"]
     assert first["emotion_changed"].item() == pytest.approx(1.0 - usage[0].item(), abs=1e-6)
@@ -109,6 +117,11 @@ def test_training_stream_yields_episode_batches_and_stats():
     assert first["surprise"].isnan()  # the fake planner imagines nothing (no dynamics): no surprise measured
     assert second["env_steps"] == first["env_steps"]
     assert batches[2]["stats"]["env_steps"] == first["env_steps"] + 8
+    # the replay's size and the effective replay ratio: valid step-samples trained so far per env step collected
+    assert first["stored_episodes"].item() >= 2 and first["stored_steps"].item() >= 2 * first["stored_episodes"].item()
+    trained = torch.cumsum(torch.stack([b["episodes"]["mask"].sum() for b in batches]), 0)
+    for batch, steps in zip(batches, trained, strict=True):
+        assert batch["stats"]["replay_ratio"].item() == pytest.approx(steps.item() / batch["stats"]["env_steps"].item())
     # temperature follows the env steps collected: TemperatureSchedule(1.0, 0.5, 100)
     steps = batches[2]["stats"]["env_steps"].item()
     assert batches[2]["stats"]["temperature"].item() == pytest.approx(1.0 - 0.5 * steps / 100)

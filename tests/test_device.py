@@ -91,7 +91,7 @@ def test_the_agent_moves_whole_and_its_policy_acts_in_a_cpu_env(device, dtype):
     assert steps.batch_size == (2, 8)
     assert_on(steps, torch.device("cpu"))
     assert steps["observation"].dtype == torch.float32
-    for key in ("visit_distribution", "prior"):
+    for key in ("policy_target", "prior"):
         assert steps[key].dtype == torch.float32
         torch.testing.assert_close(steps[key].sum(-1), torch.ones(2, 8))
     assert ((steps["emotion"] >= 0) & (steps["emotion"] < N_EMOTIONS)).all()

@@ -88,7 +88,7 @@ def test_collected_episodes_are_whole_real_and_contiguous():
         # 13 of 20 visits on emotion (history length) % E, history length t + 1)
         expected = torch.full((n, E), 1 / 20)
         expected[torch.arange(n), (torch.arange(n) + 1) % E] = 13 / 20
-        torch.testing.assert_close(episode["visit_distribution"][:n], expected)
+        torch.testing.assert_close(episode["policy_target"][:n], expected)
         assert not episode["mask"][n:].any()
 
 

@@ -186,15 +186,15 @@ def test_phase3_value_targets_are_the_actual_returns_of_the_selected_emotion(epi
     torch.testing.assert_close(per_step[b, t], (values[b, t, e] - 0.5 * episodes["return"][b, t]) ** 2)
 
 
-def test_phase4_policy_imitates_the_stored_visit_distribution(episodes):
+def test_phase4_policy_imitates_the_stored_policy_target(episodes):
     model = make_model()
     per_step = PolicyLoss(model).per_step(episodes)["loss"]
     policy = model.heads(model.encode(episodes).hidden)["policy"]
     b, t = 2, 1
-    expected = -(episodes["visit_distribution"][b, t] * torch.log(policy[b, t])).sum()
+    expected = -(episodes["policy_target"][b, t] * torch.log(policy[b, t])).sum()
     torch.testing.assert_close(per_step[b, t], expected)
     # the loss is minimised (to the entropy) by the visit distribution itself
-    target = episodes["visit_distribution"][b, t]
+    target = episodes["policy_target"][b, t]
     entropy = -(target * target.log()).sum()
     assert per_step[b, t] >= entropy
 

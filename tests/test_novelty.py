@@ -1,18 +1,22 @@
 """Exploration by surprise (docs/data.md, "Novelty"): the policy hands over the next state it imagined, the data
-side measures the model's surprise at the real one and, with ``novelty_weight``, adds it to the stored returns."""
+side measures the model's surprise at the real one and, with ``novelty_weight``, stores a bonus per step that every
+value target adds to the reward (normalised and clipped, or decaying, as options)."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
 import torch
 from tensordict import TensorDict
 
-from emotion_rl import EmotionDataModule, EmotionMCTS, EmotionModel, EmotionPolicy
+from emotion_rl import EmotionDataModule, EmotionMCTS, EmotionModel, EmotionPolicy, MonteCarlo, NStep, TDLambda
 from emotion_rl.data.envs import make_env
 from emotion_rl.data.episodes import EpisodeAssembler, discounted_returns, surprise
+from emotion_rl.data.novelty import NoveltyBonus
 from emotion_rl.data.selfplay import CollectionStats, SelfPlayCounters
+from emotion_rl.losses import target_rewards
 
 from fakes import synthetic_batch
 
@@ -37,16 +41,106 @@ def test_novelty_weight_adds_the_surprise_to_the_stored_returns_and_leaves_rewar
     episodes = EpisodeAssembler(max_len=6, gamma=0.5, novelty_weight=weight).ingest(batch)
     rewards = torch.tensor([0.0, 1.0, 2.0, 3.0])
     assert episodes["reward"][0, :4].tolist() == rewards.tolist()
+    assert episodes["novelty"][0].tolist() == [weight * 4.0] * 4 + [0.0, 0.0]  # the bonus, a key of its own
     expected = discounted_returns(rewards + weight * 4.0, 0.5)
     torch.testing.assert_close(episodes["return"][0, :4], expected)
     assert "predicted_observation" not in episodes.keys()  # not stored: the replay keeps the episode keys
 
 
-def test_novelty_needs_a_non_negative_weight():
+def novel_episodes(weight: float, gamma: float) -> TensorDict:
+    """Two terminated episodes (5 and 3 steps) whose steps carry surprises 1, 4, 9, ... (error 1, 2, 3, ...)."""
+    batch = synthetic_batch(2, 5, 0, init=[[0], [0]], done=[[4], [2]])
+    predicted = batch.get(("next", "observation")).clone()
+    predicted[..., 0] += torch.arange(1.0, 6.0)
+    batch.set("predicted_observation", predicted)
+    return EpisodeAssembler(max_len=5, gamma=gamma, novelty_weight=weight).ingest(batch)
+
+
+@pytest.mark.parametrize("estimator", [NStep(5), NStep(8), TDLambda(1.0)])
+def test_every_value_target_reads_the_reward_with_the_novelty_bonus(estimator):
+    """Over terminated episodes the n-step (n >= length) and TD(1) targets are the discounted rewards: they must
+    equal the Monte Carlo targets, whose stored return holds the bonus, and so must the row-end y_{t+1}."""
+    gamma, scale = 0.9, 0.1
+    episodes = novel_episodes(weight=0.5, gamma=gamma)
+    episodes = episodes.apply(lambda x: x.double() if x.is_floating_point() else x)
+    assert episodes["novelty"].abs().sum() > 0
+    torch.manual_seed(0)
+    network = EmotionModel(2, 2, d_model=16, n_layers=1, n_heads=2, context_window=5).double()
+    y_mc, next_mc = MonteCarlo().targets(episodes, network, gamma, scale)
+    y, next_y = estimator.targets(episodes, network, gamma, scale)
+    mask = episodes["mask"]
+    torch.testing.assert_close(y[mask], y_mc[mask])
+    torch.testing.assert_close(next_y[mask], next_mc[mask])
+    reward = (episodes["reward"] + episodes["novelty"]) * scale  # MC's own next target: (y_t - r_t) / gamma
+    inside = mask[:, 1:] & mask[:, :-1]
+    torch.testing.assert_close(((y_mc[:, :-1] - reward[:, :-1]) / gamma)[inside], y_mc[:, 1:][inside])
+    assert torch.equal(target_rewards(episodes), episodes["reward"] + episodes["novelty"])
+    assert torch.equal(target_rewards(episodes.exclude("novelty")), episodes["reward"])  # hand-made batches
+
+
+def test_the_novelty_bonus_is_standardised_by_its_running_statistics_and_clipped():
+    rng = torch.Generator().manual_seed(0)
+    bonus = NoveltyBonus(weight=2.0, normalize=True, clip=1.5)
+    seen = []
+    for _ in range(3):
+        surprise_ = torch.rand(40, generator=rng) * 100.0  # raw errors of a wide observation range
+        measured = torch.rand(40, generator=rng) > 0.2
+        out = bonus(surprise_, measured)
+        seen.append(surprise_[measured].double())
+        everything = torch.cat(seen)
+        mean, std = everything.mean(), everything.std(unbiased=False)
+        expected = (2.0 * ((surprise_.double() - mean) / std).clamp(-1.5, 1.5)).float()
+        torch.testing.assert_close(out[measured], expected[measured], rtol=1e-4, atol=1e-4)
+        assert out[~measured].eq(0).all()  # no prediction, no bonus
+    assert out.abs().max() <= 2.0 * 1.5 + 1e-6
+    # in units of the surprise's spread: the same surprises 1000 times larger give the same bonus
+    small, large = NoveltyBonus(1.0, normalize=True), NoveltyBonus(1.0, normalize=True)
+    values = torch.rand(64, generator=rng)
+    all_measured = torch.ones(64, dtype=torch.bool)
+    torch.testing.assert_close(small(values, all_measured), large(1000.0 * values, all_measured), rtol=1e-4, atol=1e-4)
+    raw = NoveltyBonus(1.0)(1000.0 * values, all_measured)
+    torch.testing.assert_close(raw, 1000.0 * values)  # without normalize: the raw surprise, as before
+
+
+def test_a_decaying_novelty_weight_falls_linearly_to_zero():
+    bonus = NoveltyBonus(weight=0.8, decay_frames=1000)
+    assert [bonus.weight_at(n) for n in (0, 250, 1000, 5000)] == pytest.approx([0.8, 0.6, 0.0, 0.0])
+    ones, measured = torch.ones(3), torch.ones(3, dtype=torch.bool)
+    torch.testing.assert_close(bonus(ones, measured, env_steps=500), torch.full((3,), 0.4))
+    assert bonus(ones, measured, env_steps=1000).eq(0).all()
+    assert NoveltyBonus(weight=0.8).weight_at(10**9) == 0.8  # no decay by default
+    # the assembler places the weight with the env steps collected when the episode is stored
+    batch = with_predictions(synthetic_batch(1, 4, 0, init=[[0]], done=[[3]]), error=1.0)
+    episodes = EpisodeAssembler(max_len=4, novelty=NoveltyBonus(0.8, decay_frames=1000)).ingest(batch, env_steps=750)
+    torch.testing.assert_close(episodes["novelty"][0], torch.full((4,), 0.2))
+
+
+def test_the_novelty_statistics_are_saved_with_the_datamodule_and_restored():
+    data = EmotionDataModule(novelty_weight=1.0, novelty_normalize=True, novelty_clip=3.0)
+    data.novelty(torch.tensor([1.0, 2.0, 6.0]), torch.ones(3, dtype=torch.bool))
+    state = data.state_dict()
+    assert state["novelty"] == data.novelty.state_dict() and state["novelty"]["mean"] == pytest.approx(3.0, rel=1e-3)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    restored = EmotionDataModule(novelty_weight=1.0, novelty_normalize=True, novelty_clip=3.0)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    probe = torch.tensor([0.0, 4.0, 100.0])
+    measured = torch.ones(3, dtype=torch.bool)
+    assert torch.equal(restored.novelty(probe, measured), data.novelty(probe, measured))
+    older = {key: value for key, value in state.items() if key != "novelty"}
+    EmotionDataModule().load_state_dict(older)  # a checkpoint written before the statistics: fresh ones
+
+
+def test_novelty_needs_a_non_negative_weight_and_sound_settings():
     with pytest.raises(ValueError, match="novelty_weight"):
         EpisodeAssembler(max_len=4, novelty_weight=-1.0)
     with pytest.raises(ValueError, match="novelty_weight"):
         EmotionDataModule(novelty_weight=-0.1)
+    with pytest.raises(ValueError, match="EmotionDataModule: novelty_decay_frames must be an integer >= 0"):
+        EmotionDataModule(novelty_decay_frames=-5)
+    with pytest.raises(ValueError, match="EmotionDataModule: novelty_clip must be a finite number > 0"):
+        EmotionDataModule(novelty_clip=0.0)
 
 
 def test_the_policy_hands_over_the_next_state_it_imagined_for_the_emotion_acted_on():
@@ -66,7 +160,7 @@ def test_the_policy_hands_over_the_next_state_it_imagined_for_the_emotion_acted_
 def test_collection_stats_average_the_surprise_over_the_states_with_a_prediction():
     batch = with_predictions(synthetic_batch(2, 3, 0, init=[[0], [0]], done=[[], []]), error=1.0)
     batch["predicted_observation"][1, 2] = float("nan")  # one state without a prediction: not counted
-    batch.set("prior", torch.full((2, 3, batch["visit_distribution"].shape[-1]), 0.125))
+    batch.set("prior", torch.full((2, 3, batch["policy_target"].shape[-1]), 0.125))
     stats = CollectionStats()
     stats.add(batch)
     taken = stats.take([], SelfPlayCounters(), 1.0)

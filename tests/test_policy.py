@@ -234,7 +234,7 @@ def test_action_encoding_follows_the_action_spec():
     out = categorical(step_input([[1, 1], [2, 2]], [True, True], [0.0, 0.0]))
     assert out["action"].shape == (2,) and out["action"].tolist() == [1, 2]
     assert out["emotion"].dtype == torch.long
-    assert out["visit_distribution"].shape == (2, E) and out["visit_counts"].shape == (2, E)
+    assert out["policy_target"].shape == (2, E) and out["visit_counts"].shape == (2, E)
 
 
 def test_the_policy_writes_the_planners_prior():
@@ -270,7 +270,7 @@ def test_policy_accepts_an_unbatched_env_and_requires_prev_reward():
     policy = EmotionPolicy(FakeModel(), RecordingPlanner(), greedy=True)
     td = TensorDict(observation=torch.ones(2), is_init=torch.ones(1, dtype=torch.bool), prev_reward=torch.zeros(1))
     out = policy(td)
-    assert out["emotion"].shape == () and out["visit_distribution"].shape == (E,)
+    assert out["emotion"].shape == () and out["policy_target"].shape == (E,)
     with pytest.raises(KeyError, match="PreviousReward"):
         policy(TensorDict(observation=torch.ones(1, 2), is_init=torch.ones(1, 1, dtype=torch.bool), batch_size=[1]))
 

@@ -1,4 +1,4 @@
-"""Reanalyze (as in MuZero): fresh searches on stored real histories refresh the stored visit distributions."""
+"""Reanalyze (as in MuZero): fresh searches on stored real histories refresh the stored policy targets."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_reanalyze_is_the_search_on_each_real_prefix():
     for b, length in enumerate([5, 9, 2]):
         for t in range(length):
             prefix = episodes[b : b + 1, : t + 1].select("observation", "action", "emotion", "reward")
-            expected = agent.planner.search(agent.model, prefix)["visit_distribution"][0]
+            expected = agent.planner.search(agent.model, prefix)["policy_target"][0]
             torch.testing.assert_close(fresh[b, t], expected, msg=f"episode {b} step {t}")
         assert fresh[b, length:].eq(0).all(), "padding got a distribution"
     assert torch.equal(agent.reanalyze(episodes, chunk=4), fresh), "chunking changed the result"
@@ -42,7 +42,7 @@ def test_datamodule_refreshes_that_share_of_each_batch_and_writes_it_back_to_the
     batch = data._sample_batch()
     count = round(fraction * 4)
     fresh = agent.reanalyze(batch[:count])
-    torch.testing.assert_close(batch["visit_distribution"][:count], fresh)
+    torch.testing.assert_close(batch["policy_target"][:count], fresh)
     replay, length = data.replay.episodes(), batch.shape[1]
 
     def slot(row: int) -> int:  # sampling is with replacement: find the stored episode a row came from
@@ -50,11 +50,11 @@ def test_datamodule_refreshes_that_share_of_each_batch_and_writes_it_back_to_the
 
     refreshed = {slot(row): row for row in range(count)}
     for index in range(5):
-        stored_now = replay["visit_distribution"][index, :length]
+        stored_now = replay["policy_target"][index, :length]
         if index in refreshed:
             torch.testing.assert_close(stored_now, fresh[refreshed[index]], msg=f"slot {index} not written back")
         else:
-            assert torch.equal(stored_now, stored["visit_distribution"][index, :length]), f"slot {index} changed"
+            assert torch.equal(stored_now, stored["policy_target"][index, :length]), f"slot {index} changed"
     assert data.reanalysed_steps == int(batch["mask"][:count].sum())
 
 

@@ -39,6 +39,21 @@ def test_replay_state_dict_round_trip_loads_with_weights_only():
     assert sorted(restored.episodes()["mask"].sum(-1).tolist()) == [1, 3, 4, 5]
 
 
+def test_a_replay_saved_by_an_earlier_version_loads_with_the_keys_of_this_one():
+    replay = EpisodeReplay(capacity_episodes=4)
+    replay.extend(make_episodes([2, 3]))
+    state = replay.state_dict()
+    steps = dict(state["steps"])
+    steps["visit_distribution"] = steps.pop("policy_target")  # as written before the rename
+    del steps["novelty"]  # and before the novelty bonus was stored per step
+    restored = EpisodeReplay(capacity_episodes=4)
+    restored.load_state_dict({**state, "steps": steps})
+    assert torch.equal(restored.episodes()["policy_target"], replay.episodes()["policy_target"])
+    assert restored.episodes()["novelty"].eq(0).all()
+    restored.extend(make_episodes([1]))  # new episodes store the same keys
+    assert "visit_distribution" not in restored.storage[:].keys()
+
+
 def test_replay_windows_are_the_recent_history_of_a_uniformly_drawn_step():
     replay = EpisodeReplay(capacity_episodes=4)
     replay.extend(make_episodes([2, 5]))

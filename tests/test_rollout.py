@@ -26,7 +26,7 @@ def test_play_is_a_torchrl_rollout_that_stops_at_the_first_end_or_plays_on():
     )
     assert steps.batch_size[0] == 3 and steps["next", "done"][:, -1].any() and not steps["next", "done"][:, :-1].any()
     assert len(seen) == steps.batch_size[1] - 1  # after every step but the last
-    assert {"observation", "action", "emotion", "visit_distribution", "is_init"} <= set(steps.keys())
+    assert {"observation", "action", "emotion", "policy_target", "is_init"} <= set(steps.keys())
     assert steps["action"].shape[-1] == A  # one-hot, in the env's encoding (play sets the policy's action_spec)
     longer = play(make_env(COUNTER_ID, num_envs=3, seed=5), fake_policy(True), 20, break_when_any_done=False)
     assert longer.batch_size == (3, 20) and longer["is_init"][:, 1:].any()  # finished envs were reset and played on

@@ -83,7 +83,7 @@ def test_the_stream_keeps_each_collected_states_finite_gaps_until_they_are_taken
         n = len(gaps)
         return TensorDict(
             emotion=torch.zeros(1, n, dtype=torch.long),
-            visit_distribution=torch.full((1, n, 2), 0.5),
+            policy_target=torch.full((1, n, 2), 0.5),
             root_q_gap=torch.tensor([gaps]),
             root_action_gap=torch.tensor([action_gaps]),
             batch_size=[1, n],

@@ -82,7 +82,7 @@ def test_a_fixed_emotion_planner_acts_through_that_emotions_action_head(emotion,
         if greedy:
             assert out["action"].tolist() == FAVOURED[:, emotion].tolist()
     assert model.calls == 4  # one model evaluation per step, no simulation
-    assert out["visit_counts"].eq(0).all() and out["visit_distribution"][:, emotion].eq(1).all()
+    assert out["visit_counts"].eq(0).all() and out["policy_target"][:, emotion].eq(1).all()
 
 
 def test_the_prior_planner_acts_through_the_priors_argmax_emotion():
@@ -91,7 +91,7 @@ def test_the_prior_planner_acts_through_the_priors_argmax_emotion():
     out = policy(step_input(2))
     assert out["emotion"].tolist() == [3, 6]
     assert out["action"].tolist() == [FAVOURED[0, 3].item(), FAVOURED[1, 6].item()]
-    assert torch.equal(out["visit_distribution"], out["prior"]) and out["visit_counts"].eq(0).all()
+    assert torch.equal(out["policy_target"], out["prior"]) and out["visit_counts"].eq(0).all()
     assert not out["action_changed"].any()  # acting on the prior's emotion changes nothing, by definition
 
 
@@ -163,7 +163,7 @@ def test_collection_stats_average_action_and_emotion_changes_over_the_collected_
     prior = torch.zeros(2, 3, E)
     prior[..., 1] = 1.0  # the prior's argmax emotion is 1 everywhere
     batch = TensorDict(
-        visit_distribution=prior.clone(),
+        policy_target=prior.clone(),
         prior=prior,
         emotion=torch.tensor([[1, 2, 3], [1, 1, 4]]),
         action_changed=torch.tensor([[False, True, False], [False, False, True]]),
@@ -246,10 +246,10 @@ def test_the_benchmark_plays_every_row_on_the_same_start_states_and_writes_its_j
     assert set(written["search_vs_prior"]) == {
         "action_changed",
         "emotion_changed",
-        "kl_visits_prior",
+        "kl_target_prior",
         "argmax_agreement",
     }
-    assert math.isfinite(written["search_vs_prior"]["kl_visits_prior"])
+    assert math.isfinite(written["search_vs_prior"]["kl_target_prior"])
     heads = written["heads"]  # over the search's states; the check is off by default
     assert heads["states"] == written["rows"]["search"]["states"] and len(heads["usage"]) == 8
     assert sum(heads["usage"]) == pytest.approx(1.0) and 0.0 <= heads["pairwise_agreement"] <= 1.0

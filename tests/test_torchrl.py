@@ -82,8 +82,8 @@ def test_any_collector_runs_the_policy_and_each_env_history_restarts_at_its_epis
     assert bool(batch["is_init"].any()) and int(steps.max()) > 5, "the check needs episode starts and long episodes"
     action = batch["action"]
     assert action.shape == ((*batch.batch_size,) if categorical else (*batch.batch_size, 2))
-    assert {"emotion", "visit_distribution", "visit_counts"} <= set(batch.keys())
-    torch.testing.assert_close(batch["visit_distribution"].sum(-1), torch.ones(batch.batch_size))
+    assert {"emotion", "policy_target", "visit_counts"} <= set(batch.keys())
+    torch.testing.assert_close(batch["policy_target"].sum(-1), torch.ones(batch.batch_size))
 
 
 def test_an_env_the_policy_cannot_drive_fails_at_construction_naming_what_is_supported():

@@ -167,7 +167,7 @@ def write_diagnostics(path: Path, with_search: bool = True) -> None:
             }
         )
         if with_search:
-            row.update({"search/kl_visits_prior": 0.1 * step, "search/argmax_agreement": 1.0 - 0.1 * step})
+            row.update({"search/kl_target_prior": 0.1 * step, "search/argmax_agreement": 1.0 - 0.1 * step})
     header = sorted({key for row in rows for key in row})
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, header)
@@ -184,7 +184,7 @@ def test_diagnostics_figure_has_its_panels_and_notes_what_is_missing(tmp_path):
         "Action agreement between emotions",
         "Imagined value bias",
         "Imagined value errors",
-        "Search vs prior: KL(visits || prior)",
+        "Search vs prior: KL(policy target || prior)",
         "Search vs prior: argmax agreement",
     ]
     assert_labelled(fig)
@@ -200,7 +200,10 @@ def test_diagnostics_figure_has_its_panels_and_notes_what_is_missing(tmp_path):
 
     write_diagnostics(metrics, with_search=False)
     notes = texts(plot_diagnostics(metrics))
-    assert "search/kl_visits_prior not logged" in notes and "search/argmax_agreement not logged" in notes
+    assert (
+        "search/kl_target_prior, search/kl_visits_prior not logged" in notes
+        and "search/argmax_agreement not logged" in notes
+    )
     write_metrics(metrics)  # neither diagnostics nor search metrics
     with pytest.raises(ValueError, match="none of the diagnostics"):
         plot_diagnostics(metrics)

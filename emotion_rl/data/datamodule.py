@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import math
 import time
@@ -18,14 +19,18 @@ from torchrl.collectors import MultiCollector
 from torchrl.envs import EnvBase
 
 from emotion_rl.checkpoint import CheckpointError, rng_state, set_rng_state
+from emotion_rl.data.endings import EpisodeEndings
 from emotion_rl.data.envs import make_env, probe_env
 from emotion_rl.data.episodes import EpisodeAssembler
+from emotion_rl.data.novelty import NoveltyBonus
+from emotion_rl.data.rate import UpdateRate
 from emotion_rl.data.replay import WINDOW_WEIGHTINGS, EpisodeReplay
 from emotion_rl.data.rollout import evaluate_policy
 from emotion_rl.data.selfplay import (
     Reanalyzer,
     SelfPlayAgent,
     SelfPlayCounters,
+    StateValuer,
     make_collector,
     self_play,
     shutdown_collector,
@@ -70,8 +75,14 @@ class EmotionDataModule(LightningDataModule):
         num_envs: envs stepped together (one batched search per step).
         frames_per_batch: env steps per collection over all envs (rounded up to a multiple of ``num_envs``).
         batch_size: episodes (windows, with ``context_window``) per training batch.
-        updates_per_collection: training batches after each collection (spec 5 steps 8-9, decision 16).
+        updates_per_collection: training batches after each collection (spec 5 steps 8-9, decision 16); ``None``
+            (default): 4, or what ``replay_ratio`` asks for.
+        replay_ratio: trained step-samples per collected env step, ``batch_size * context_window *
+            updates_per_collection / frames_per_batch``: sets ``updates_per_collection`` (fractional rates carried
+            between collections; :class:`~emotion_rl.data.rate.UpdateRate`). Needs windows; ``None``: off.
         replay_capacity: episodes kept (FIFO).
+        replay_capacity_steps: env steps kept (FIFO, whole episodes evicted oldest first once the stored steps exceed
+            it; at least the env's longest episode); ``None`` (default): only ``replay_capacity`` bounds the replay.
         warmup_episodes: finished episodes needed before the first training batch (at least 1).
         gamma: discount of the returns (spec 2.2.2).
         seed: env and stream seed; rank r uses ``seed + r``; evaluation envs ``seed + 10_000``.
@@ -88,9 +99,14 @@ class EmotionDataModule(LightningDataModule):
         window_weighting: ``"end"`` (default): window ends uniform over stored steps, every valid step weighs 1, so
             an episode's last steps weigh less. ``"uniform"``: windows also carry ``weight`` (every stored step the
             same expected weight; :meth:`EpisodeReplay.sample_windows`). Whole episodes are uniform already.
-        novelty_weight: exploration by surprise (beyond the specification; docs/data.md, "Novelty"): the stored
-            returns add ``novelty_weight`` times the model's surprise at each step, ``||predicted - real next
-            observation||^2`` with the prediction the policy acted on. 0 (default): the returns of spec 2.2.2.
+        novelty_weight: exploration by surprise (beyond the specification; docs/data.md, "Novelty"): every step
+            stores a bonus, ``novelty_weight`` times the model's surprise there (``||predicted - real next
+            observation||^2`` with the prediction the policy acted on), which every value target adds to the
+            reward (the stored ``return`` included). 0 (default): the returns of spec 2.2.2.
+        novelty_decay_frames: env steps over which the novelty weight falls linearly to 0 (0, default: constant).
+        novelty_normalize: standardise the surprise by its running mean and variance (saved in checkpoints) and
+            clip it to ``[-novelty_clip, novelty_clip]`` before the weight applies (:class:`NoveltyBonus`).
+        novelty_clip: the bound of the standardised surprise (with ``novelty_normalize``).
 
     The agent is handed over with :meth:`connect` (the CLI does), or taken from the trainer's LightningModule in
     :meth:`setup`. Training batch: ``{"episodes": [B, L] (EPISODE_KEYS), "stats": []}``; validation / test batch:
@@ -103,7 +119,7 @@ class EmotionDataModule(LightningDataModule):
         num_envs: int = 8,
         frames_per_batch: int = 256,
         batch_size: int = 16,
-        updates_per_collection: int = 4,
+        updates_per_collection: int | None = None,
         replay_capacity: int = 1000,
         warmup_episodes: int = 16,
         gamma: float = 0.99,
@@ -119,6 +135,11 @@ class EmotionDataModule(LightningDataModule):
         env_factory: str | None = None,
         total_frames: int = -1,
         novelty_weight: float = 0.0,
+        novelty_decay_frames: int = 0,
+        novelty_normalize: bool = False,
+        novelty_clip: float = 5.0,
+        replay_capacity_steps: int | None = None,
+        replay_ratio: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -126,26 +147,30 @@ class EmotionDataModule(LightningDataModule):
         self.num_envs = _check_int("num_envs", num_envs, 1)
         self.frames_per_batch = _check_int("frames_per_batch", frames_per_batch, 1)
         self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.updates_per_collection = _check_int("updates_per_collection", updates_per_collection, 1)
         self.replay_capacity = _check_int("replay_capacity", replay_capacity, 1)
         self.warmup_episodes = _check_int("warmup_episodes", warmup_episodes, 0)
         if not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
             raise ValueError(f"EmotionDataModule: gamma must be in [0, 1], got {gamma!r}")
         self.gamma = float(gamma)
-        if isinstance(novelty_weight, bool) or not isinstance(novelty_weight, (int, float)) or novelty_weight < 0:
-            raise ValueError(f"EmotionDataModule: novelty_weight must be a number >= 0, got {novelty_weight!r}")
-        self.novelty_weight = float(novelty_weight)
+        try:
+            self.novelty = NoveltyBonus(novelty_weight, novelty_decay_frames, novelty_normalize, novelty_clip)
+        except ValueError as error:
+            raise ValueError(f"EmotionDataModule: {error}") from None
+        self.novelty_weight = self.novelty.weight
         self.seed = _check_int("seed", seed, 0)
         self.val_episodes = _check_int("val_episodes", val_episodes, 1)
         self.collector_workers = _check_int("collector_workers", collector_workers, 0)
-        if isinstance(reanalyze_fraction, bool) or not isinstance(reanalyze_fraction, (int, float)):
-            raise ValueError(
-                f"EmotionDataModule: reanalyze_fraction must be a number in [0, 1], got {reanalyze_fraction!r}"
-            )
-        if not 0.0 <= reanalyze_fraction <= 1.0:
-            raise ValueError(f"EmotionDataModule: reanalyze_fraction must be in [0, 1], got {reanalyze_fraction!r}")
+        fraction = reanalyze_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"EmotionDataModule: reanalyze_fraction must be a number in [0, 1], got {fraction!r}")
         self.reanalyze_fraction = float(reanalyze_fraction)
         self.context_window = None if context_window is None else _check_int("context_window", context_window, 1)
+        frames = -(-self.frames_per_batch // self.num_envs) * self.num_envs  # what the collector collects
+        try:
+            self.rate = UpdateRate(updates_per_collection, replay_ratio, frames, self.batch_size, self.context_window)
+        except ValueError as error:
+            raise ValueError(f"EmotionDataModule: {error}") from None
+        self.updates_per_collection = self.rate.per_collection
         if self.context_window is not None and self.reanalyze_fraction:
             raise ValueError(
                 "EmotionDataModule: reanalyze_fraction > 0 needs whole episodes (it re-searches every real prefix "
@@ -170,13 +195,18 @@ class EmotionDataModule(LightningDataModule):
             "env_factory": env_factory,
         }
         self.env_info = probe_env(env_id, time_limit, **self.env_options)
+        self.endings = EpisodeEndings.for_env(env_id, **self.env_options)  # why episodes end, where the env tells
         self.env_id = self.env_info.env_id
         self.time_limit = time_limit
         self.agent: SelfPlayAgent | None = None
         self._connected_explicitly = False
         self.reanalysed_steps = 0
         self.policy_rng = torch.Generator()  # the training policy's emotion and action draws
-        self.replay = EpisodeReplay(self.replay_capacity, max_episode_steps=self.env_info.max_episode_steps)
+        longest = self.env_info.max_episode_steps
+        if replay_capacity_steps is not None:  # a replay smaller than one longest episode would evict it on arrival
+            _check_int("replay_capacity_steps (one longest episode at least)", replay_capacity_steps, longest)
+        self.replay_capacity_steps = replay_capacity_steps
+        self.replay = EpisodeReplay(self.replay_capacity, None, longest, capacity_steps=replay_capacity_steps)
         self._seed_generators(rank=0)
         self.counters = SelfPlayCounters()
         self._resumed_rng: dict | None = None
@@ -223,6 +253,14 @@ class EmotionDataModule(LightningDataModule):
             raise TypeError(
                 f"EmotionDataModule: reanalyze_fraction > 0 needs an agent with reanalyze(episodes) and device; "
                 f"{name} ({type(agent).__name__}) lacks them. Set reanalyze_fraction: 0"
+            )
+        hparams = getattr(agent, "hparams", None)
+        agent_gamma = hparams.get("gamma") if isinstance(hparams, dict) else None
+        if agent_gamma is not None and float(agent_gamma) != self.gamma:
+            raise ValueError(
+                f"EmotionDataModule: {name} discounts its value targets with gamma={agent_gamma} but the data's "
+                f"returns use gamma={self.gamma}; give both the same gamma (the command line links data.gamma into "
+                "the model)"
             )
         self.agent = agent
 
@@ -313,7 +351,10 @@ class EmotionDataModule(LightningDataModule):
         if self._resumed_rng is not None:
             set_rng_state(self._resumed_rng)
             self._resumed_rng = None
-        assembler = EpisodeAssembler(self.max_episode_steps, self.gamma, self.novelty_weight)
+        values = self.agent.truncation_values if isinstance(self.agent, StateValuer) else None
+        assembler = EpisodeAssembler(
+            self.max_episode_steps, self.gamma, novelty=self.novelty, truncation_value=values, endings=self.endings
+        )
         yield from self_play(
             collector,
             policy,
@@ -347,8 +388,8 @@ class EmotionDataModule(LightningDataModule):
         if not isinstance(self.agent, Reanalyzer):
             raise RuntimeError("EmotionDataModule: reanalyze_fraction > 0 needs a connected agent with reanalyze()")
         fresh = self.agent.reanalyze(episodes[:count].to(self.agent.device)).to(episodes.device)
-        episodes.get("visit_distribution")[:count] = fresh
-        self.replay.refresh(index[:count], "visit_distribution", fresh)
+        episodes.get("policy_target")[:count] = fresh
+        self.replay.refresh(index[:count], "policy_target", fresh)
         self.reanalysed_steps += int(episodes.get("mask")[:count].sum())
         return episodes
 
@@ -385,10 +426,9 @@ class EmotionDataModule(LightningDataModule):
         return {
             "replay": self.replay.state_dict(),
             "policy_rng": self.policy_rng.get_state(),
-            "env_steps": self.counters.env_steps,
-            "episodes": self.counters.episodes,
-            "stream_starts": self.counters.stream_starts,
+            **dataclasses.asdict(self.counters),  # env_steps, episodes, stream_starts, trained_steps, update_credit
             "rng": rng_state(),
+            "novelty": self.novelty.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -401,7 +441,9 @@ class EmotionDataModule(LightningDataModule):
             )
         self.replay.load_state_dict(state_dict["replay"])
         self.policy_rng.set_state(state_dict["policy_rng"])
-        self.counters = SelfPlayCounters(
-            int(state_dict["env_steps"]), int(state_dict["episodes"]), int(state_dict["stream_starts"])
-        )
+        # older checkpoints lack trained_steps and update_credit: the effective ratio then counts from the resume
+        counters = {f.name: state_dict[f.name] for f in dataclasses.fields(SelfPlayCounters) if f.name in state_dict}
+        self.counters = SelfPlayCounters(**counters)
+        if "novelty" in state_dict:  # checkpoints written before the novelty statistics keep fresh ones
+            self.novelty.load_state_dict(state_dict["novelty"])
         self._resumed_rng = state_dict["rng"]  # restored when the training stream starts (_training_batches)

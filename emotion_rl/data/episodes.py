@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives.value.functional import reward2go
 
-__all__ = ["EpisodeAssembler", "discounted_returns", "surprise"]
+from emotion_rl.data.endings import EpisodeEndings
+from emotion_rl.data.novelty import NoveltyBonus
+
+__all__ = ["EpisodeAssembler", "discounted_returns", "surprise", "truncation_bootstrap"]
 
 
 def surprise(predicted: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
@@ -32,6 +37,16 @@ def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
     return out.to(torch.float32).to(rewards.device)
 
 
+def truncation_bootstrap(lengths: torch.Tensor, values: torch.Tensor, gamma: float, max_len: int) -> torch.Tensor:
+    """``gamma^(T_k - t) * values[k]`` at step ``t < T_k`` of episode ``k`` of ``T_k = lengths[k]`` steps, 0 past its
+    end: float32 ``[K, max_len]``, the discounted value of the state after each episode's last step, seen from each of
+    its steps (what a return that does not stop at a time limit adds to ``G_t``). Computed in float64."""
+    steps = torch.arange(max_len, dtype=torch.float64)
+    ahead = lengths.to(torch.float64).unsqueeze(-1) - steps  # T - t
+    out = torch.where(ahead > 0, float(gamma) ** ahead * values.to(torch.float64).unsqueeze(-1), 0.0)
+    return out.to(torch.float32)
+
+
 class EpisodeAssembler:
     """Cut collector batches into whole episodes (spec 3.3: states, actions, emotions, rewards, search targets).
 
@@ -42,13 +57,35 @@ class EpisodeAssembler:
     never seen, or cut by a reset without ``done``, are dropped and counted in ``dropped_steps``. ``terminated``
     and ``truncated`` come from ``next/terminated`` and ``next/truncated`` (absent: ``done & ~truncated``, False).
 
-    ``novelty_weight`` (beyond the specification; docs/data.md, "Novelty"): the stored ``return`` becomes the
-    discounted sum of ``r_t + novelty_weight * n_t``, with ``n_t`` the model's surprise at step ``t`` (:func:`surprise`
-    of the policy's ``predicted_observation`` and the real next observation, measured when the step was collected).
-    The rewards themselves are stored unchanged.
+    Novelty (beyond the specification; docs/data.md, "Novelty"): each step stores ``novelty``, the bonus
+    ``novelty(n_t, env_steps)`` (:class:`~emotion_rl.data.novelty.NoveltyBonus`) of the model's surprise ``n_t`` at
+    step ``t`` (:func:`surprise` of the policy's ``predicted_observation`` and the real next observation, measured
+    when the step was collected; 0 without a prediction), and ``return`` is the discounted sum of ``r_t +
+    novelty_t``. The rewards themselves are stored unchanged; every value target reads ``reward + novelty``
+    (:func:`~emotion_rl.losses.common.target_rewards`). ``novelty_weight`` is the shorthand for
+    ``NoveltyBonus(novelty_weight)``; ``novelty`` (a bonus object, whose running statistics outlive the assembler)
+    replaces it.
+
+    Truncation (docs/data.md, "Episodes and returns"): each step stores ``bootstrap``, ``gamma^(T - t) V(s_T)``
+    (:func:`truncation_bootstrap`) for an episode of ``T`` steps cut by the time limit (``truncated`` and not
+    ``terminated`` at its last step), with ``V(s_T) = truncation_value(episodes)[k]`` the value (in reward units) of
+    the state after its last step, computed when the episode is stored; 0 after a termination, and everywhere
+    without ``truncation_value``. The ``return`` does not include it: a value target chooses to add it
+    (``MonteCarlo(bootstrap_truncation=True)``).
+
+    Each finished episode is also classified by ``endings`` (:class:`~emotion_rl.data.endings.EpisodeEndings`:
+    terminated, truncated, the env's own reasons); :meth:`drain_endings` hands the classes over.
     """
 
-    def __init__(self, max_len: int, gamma: float = 0.99, novelty_weight: float = 0.0) -> None:
+    def __init__(
+        self,
+        max_len: int,
+        gamma: float = 0.99,
+        novelty_weight: float = 0.0,
+        novelty: NoveltyBonus | None = None,
+        truncation_value: Callable[[TensorDict], torch.Tensor] | None = None,
+        endings: EpisodeEndings | None = None,
+    ) -> None:
         if int(max_len) < 1:
             raise ValueError(f"EpisodeAssembler: max_len must be >= 1, got {max_len}")
         if not 0.0 <= gamma <= 1.0:
@@ -57,7 +94,10 @@ class EpisodeAssembler:
             raise ValueError(f"EpisodeAssembler: novelty_weight must be >= 0, got {novelty_weight}")
         self.max_len = int(max_len)
         self.gamma = float(gamma)
-        self.novelty_weight = float(novelty_weight)
+        self.novelty = NoveltyBonus(float(novelty_weight)) if novelty is None else novelty
+        self.truncation_value = truncation_value
+        self.endings = EpisodeEndings() if endings is None else endings
+        self.finished_endings: list[dict[str, bool]] = []  # classes of the episodes emitted since the last drain
         self._open: dict[int, list[TensorDict] | None] = {}
         self.dropped_steps = 0
         self.finished_returns: list[float] = []  # undiscounted returns of episodes emitted since the last drain
@@ -72,6 +112,11 @@ class EpisodeAssembler:
         returns, lengths = self.finished_returns, self.finished_lengths
         self.finished_returns, self.finished_lengths = [], []
         return returns, lengths
+
+    def drain_endings(self) -> list[dict[str, bool]]:
+        """How each episode emitted since the previous call ended (``endings.classify``), oldest first."""
+        endings, self.finished_endings = self.finished_endings, []
+        return endings
 
     @staticmethod
     def _steps(batch: TensorDictBase) -> TensorDict:
@@ -102,13 +147,15 @@ class EpisodeAssembler:
                 "done": done,
                 "terminated": terminated,
                 "truncated": truncated,
-                "visit_distribution": batch.get("visit_distribution").float(),
+                "policy_target": batch.get("policy_target").float(),
                 "is_init": flat("is_init").bool(),
             },
             batch_size=batch.batch_size,
         ).clone()  # own memory: unfinished episodes outlive the collector's batch
 
-    def ingest(self, batch: TensorDictBase) -> TensorDict | None:
+    def ingest(self, batch: TensorDictBase, env_steps: int = 0) -> TensorDict | None:
+        """The episodes that ended in ``batch``, ``[K, max_len]``, or ``None``; ``env_steps``: the env steps
+        collected so far (they place a decaying novelty weight)."""
         if batch.batch_dims == 1:
             batch = batch.unsqueeze(0)
         if batch.batch_dims != 2:
@@ -131,7 +178,7 @@ class EpisodeAssembler:
                         self.dropped_steps += t + 1 - begin
                     else:
                         chunks.append(steps[env, begin : t + 1])
-                        episodes.append(self._finish(torch.cat(chunks, 0)))
+                        episodes.append(self._finish(torch.cat(chunks, 0), env_steps))
                     chunks, begin = None, t + 1
             if chunks is not None:
                 if n_steps > begin:
@@ -141,9 +188,21 @@ class EpisodeAssembler:
             self._open[env] = chunks
         if not episodes:
             return None
-        return torch.stack(episodes, 0)
+        return self._bootstrap(torch.stack(episodes, 0))
 
-    def _finish(self, episode: TensorDict) -> TensorDict:
+    def _bootstrap(self, episodes: TensorDict) -> TensorDict:
+        """Set ``bootstrap`` ``[K, max_len]``: the discounted value after each truncated episode, 0 elsewhere."""
+        lengths = episodes.get("mask").long().sum(-1)
+        rows = torch.arange(lengths.numel())
+        last = (lengths - 1).clamp(min=0)
+        cut = episodes.get("truncated")[rows, last] & ~episodes.get("terminated")[rows, last]
+        values = torch.zeros(lengths.numel(), dtype=torch.float64)
+        if self.truncation_value is not None and bool(cut.any()):
+            values[cut] = self.truncation_value(episodes[cut]).detach().to("cpu", torch.float64).reshape(-1)
+        episodes.set("bootstrap", truncation_bootstrap(lengths, values, self.gamma, episodes.batch_size[1]))
+        return episodes
+
+    def _finish(self, episode: TensorDict, env_steps: int = 0) -> TensorDict:
         length = episode.batch_size[0]
         if length > self.max_len:
             raise RuntimeError(
@@ -153,10 +212,18 @@ class EpisodeAssembler:
         reward = episode.get("reward")
         self.finished_returns.append(float(reward.double().sum()))
         self.finished_lengths.append(length)
+        last = episode[length - 1]
+        self.finished_endings.append(
+            self.endings.classify(bool(last["terminated"]), bool(last["truncated"]), last["next_observation"])
+        )
         out = episode.exclude("is_init", "predicted_observation")
-        if self.novelty_weight and "predicted_observation" in episode.keys():
-            novelty = surprise(episode.get("predicted_observation"), episode.get("next_observation"))
-            reward = reward + self.novelty_weight * novelty
+        bonus = torch.zeros(length, dtype=torch.float32)
+        if self.novelty.weight and "predicted_observation" in episode.keys():
+            predicted = episode.get("predicted_observation")
+            measured = torch.isfinite(predicted).all(-1)
+            bonus = self.novelty(surprise(predicted, episode.get("next_observation")), measured, env_steps)
+            reward = reward + bonus
+        out.set("novelty", bonus)
         out.set("return", discounted_returns(reward, self.gamma))
         out.set("mask", torch.ones(length, dtype=torch.bool))
         pad = self.max_len - length

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
@@ -20,8 +22,9 @@ STORED_KEYS = tuple(key for key in EPISODE_KEYS if key != "mask") + ("episode", 
 
 class _EpisodeSlices(SliceSampler):
     """TorchRL's ``SliceSampler`` over the stored episodes (trajectory key ``episode``), drawing only among the
-    newest ``replay.capacity`` episodes, uniformly or in proportion to their length, and always padding slices to
-    ``slice_len`` (``("collector", "mask")`` marks the real steps). ``last_lengths``: the drawn episodes' lengths."""
+    episodes the replay keeps (ids from ``replay.oldest_episode`` on), uniformly or in proportion to their length,
+    and always padding slices to ``slice_len`` (``("collector", "mask")`` marks the real steps). ``last_lengths``:
+    the drawn episodes' lengths."""
 
     def __init__(self, replay: EpisodeReplay, slice_len: int, windows: bool) -> None:
         super().__init__(
@@ -40,7 +43,7 @@ class _EpisodeSlices(SliceSampler):
         self, lengths, start_idx, stop_idx, seq_length, num_slices, storage_length, traj_idx=None, *, storage
     ):  # noqa: ANN001, ANN202, E501 - SliceSampler's hook
         episode = storage[start_idx[:, 0]].get("episode")
-        valid = (episode >= max(self.replay.oldest_episode, 0)).nonzero().squeeze(-1)
+        valid = (episode >= self.replay.oldest_episode).nonzero().squeeze(-1)
         valid = valid[episode[valid].argsort()]  # canonical order: the draw does not depend on the storage layout
         weights = lengths[valid].double() if self.proportional else torch.ones(valid.numel(), dtype=torch.float64)
         traj_idx = valid[torch.multinomial(weights, num_slices, replacement=True, generator=self._rng)]
@@ -54,14 +57,17 @@ class _EpisodeSlices(SliceSampler):
 
 
 class EpisodeReplay:
-    """FIFO replay of the newest ``capacity_episodes`` whole episodes, stored flat: a ``LazyTensorStorage`` of steps
-    (``STORED_KEYS``) sampled by TorchRL's ``SliceSampler`` with the episode id as trajectory key.
+    """FIFO replay of whole episodes, stored flat: a ``LazyTensorStorage`` of steps (``STORED_KEYS``) sampled by
+    TorchRL's ``SliceSampler`` with the episode id as trajectory key. It keeps the newest ``capacity_episodes``
+    episodes and, with ``capacity_steps``, no more steps than that: after each added episode the oldest whole
+    episodes are evicted until both limits hold (docs/data.md, "Replay").
 
     Whole episodes, because ``h_t`` reads the episode from step 0 (spec 1.3); windows (:meth:`sample_windows`) are
-    slices ending at a stored step. The storage holds ``(capacity_episodes + 1) * max_episode_steps`` steps (taken
-    from the width of the first :meth:`extend` when not given); an episode never wraps around its end, and older
-    steps are overwritten in order, so the newest ``capacity_episodes`` episodes are always whole. Memory and
-    checkpoints grow with the steps stored, not with ``capacity * time limit`` (docs/data.md, "Replay").
+    slices ending at a stored step. The storage holds ``(capacity_episodes + 1) * max_episode_steps`` steps, or
+    ``capacity_steps + max_episode_steps`` when that is fewer (``max_episode_steps`` taken from the width of the first
+    :meth:`extend` when not given); an episode never wraps around its end, and older steps are overwritten in order,
+    so the episodes kept are always whole. Memory and checkpoints grow with the steps stored, not with ``capacity *
+    time limit``.
     """
 
     def __init__(
@@ -69,24 +75,44 @@ class EpisodeReplay:
         capacity_episodes: int,
         generator: torch.Generator | None = None,
         max_episode_steps: int | None = None,
+        capacity_steps: int | None = None,
     ) -> None:
         if int(capacity_episodes) < 1:
             raise ValueError(f"EpisodeReplay: capacity_episodes must be >= 1, got {capacity_episodes}")
         self.capacity = int(capacity_episodes)
+        self.capacity_steps = None if capacity_steps is None else int(capacity_steps)
         self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
+        self._check_capacity_steps()
         self.generator = generator if generator is not None else torch.Generator()
         self.storage: LazyTensorStorage | None = None
         self._buffers: dict[tuple[bool, int], TensorDictReplayBuffer] = {}
         self.cursor = 0  # next storage slot
         self.next_episode = 0  # id of the next episode added
+        self.oldest_episode = 0  # id of the oldest episode kept (sampled)
+        self._lengths: deque[int] = deque()  # lengths of the episodes kept, oldest first
+        self.stored_steps = 0  # their total
 
-    @property
-    def oldest_episode(self) -> int:
-        """Id of the oldest episode still sampled."""
-        return self.next_episode - self.capacity
+    def _check_capacity_steps(self) -> None:
+        """Refuse a ``capacity_steps`` that cannot hold one longest episode (its steps would be evicted at once)."""
+        if self.capacity_steps is None:
+            return
+        longest = self.max_episode_steps or 1
+        if self.capacity_steps < longest:
+            raise ValueError(
+                f"EpisodeReplay: capacity_steps ({self.capacity_steps}) must hold at least one whole episode of the "
+                f"longest kind ({longest} steps); raise it to {longest} or more"
+            )
 
     def __len__(self) -> int:
-        return min(self.next_episode, self.capacity)
+        return self.next_episode - self.oldest_episode
+
+    @property
+    def size(self) -> int:
+        """Steps the storage holds (kept episodes and the room a new one needs)."""
+        size = (self.capacity + 1) * self.max_episode_steps
+        if self.capacity_steps is not None:
+            size = min(size, self.capacity_steps + self.max_episode_steps)
+        return size
 
     def seed(self, seed: int) -> None:
         """Sample from a generator seeded with ``seed`` from now on."""
@@ -94,16 +120,19 @@ class EpisodeReplay:
 
     def _make_storage(self, template: TensorDictBase) -> None:
         """Allocate the storage from one stored step, every slot marked empty (episode -1: never sampled)."""
-        size = (self.capacity + 1) * self.max_episode_steps
+        size = self.size
         self.storage = LazyTensorStorage(size)
         empty = template[:1].expand(size).clone().zero_()
         empty.get("episode").fill_(-1)
         self.storage.set(torch.arange(size), empty)
 
     def extend(self, episodes: TensorDictBase) -> None:
-        """Add ``[K, max_len]`` episodes (right-padded, ``mask`` True on the valid prefix), oldest first."""
-        self.max_episode_steps = self.max_episode_steps or episodes.batch_size[1]
-        size = (self.capacity + 1) * self.max_episode_steps
+        """Add ``[K, max_len]`` episodes (right-padded, ``mask`` True on the valid prefix), oldest first; after each,
+        evict the oldest whole episodes until ``capacity_episodes`` and ``capacity_steps`` hold."""
+        if self.max_episode_steps is None:
+            self.max_episode_steps = episodes.batch_size[1]
+            self._check_capacity_steps()
+        size = self.size
         lengths = episodes.get("mask").sum(-1).tolist()
         for k, length in enumerate(lengths):
             if length > self.max_episode_steps:
@@ -118,6 +147,17 @@ class EpisodeReplay:
             self.storage.set(torch.arange(self.cursor, self.cursor + length), steps)
             self.cursor += length
             self.next_episode += 1
+            self._lengths.append(length)
+            self.stored_steps += length
+            self._evict()
+
+    def _evict(self) -> None:
+        """Drop the oldest episodes (their steps stay in the storage, never drawn, until overwritten) while more
+        than ``capacity_episodes`` episodes or ``capacity_steps`` steps are kept."""
+        steps = self.capacity_steps
+        while len(self._lengths) > self.capacity or (steps is not None and self.stored_steps > steps):
+            self.stored_steps -= self._lengths.popleft()
+            self.oldest_episode += 1
 
     def _buffer(self, windows: bool, slice_len: int) -> TensorDictReplayBuffer:
         key = (windows, slice_len)
@@ -196,7 +236,7 @@ class EpisodeReplay:
             return TensorDict({}, batch_size=[0])
         steps = self.storage[:]
         out = []
-        for episode in range(max(self.oldest_episode, 0), self.next_episode):
+        for episode in range(self.oldest_episode, self.next_episode):
             rows = steps[steps.get("episode") == episode]
             rows = rows[rows.get("step").argsort()].select(*EPISODE_KEYS[:-1])
             rows.set("mask", torch.ones(rows.batch_size, dtype=torch.bool))
@@ -204,32 +244,58 @@ class EpisodeReplay:
         return torch.stack(out)
 
     def state_dict(self) -> dict:
-        """The newest ``capacity`` episodes' steps with their slots (not the stale ones), the cursor, the episode
-        counter and the generator; loads with ``torch.load(weights_only=True)``."""
+        """The kept episodes' steps with their slots (not the stale ones), the cursor, the episode counter, the
+        oldest kept episode and the generator; loads with ``torch.load(weights_only=True)``."""
         state = {
             "cursor": self.cursor,
             "next_episode": self.next_episode,
+            "oldest_episode": self.oldest_episode,
             "max_episode_steps": self.max_episode_steps,
             "generator": self.generator.get_state(),
         }
         if self.storage is not None:
             steps = self.storage[:]
-            keep = steps.get("episode") >= max(self.oldest_episode, 0)
+            keep = steps.get("episode") >= self.oldest_episode
             state["steps"] = steps[keep].to_dict()
             state["slots"] = keep.nonzero().squeeze(-1)
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.cursor, self.next_episode = int(state_dict["cursor"]), int(state_dict["next_episode"])
+        oldest = state_dict.get("oldest_episode", self.next_episode - self.capacity)  # older checkpoints: by count
+        self.oldest_episode = max(int(oldest), 0)
         self.generator.set_state(state_dict["generator"])
+        self._lengths.clear()
+        self.stored_steps = 0
         self._buffers.clear()
         self.storage = None
         if state_dict.get("max_episode_steps") is not None:
             self.max_episode_steps = int(state_dict["max_episode_steps"])
         if "steps" in state_dict:
-            kept = TensorDict(state_dict["steps"], batch_size=[state_dict["slots"].numel()])
+            kept = TensorDict(_upgrade(state_dict["steps"]), batch_size=[state_dict["slots"].numel()])
             self._make_storage(kept)
             self.storage.set(state_dict["slots"], kept)
+            episode = kept.get("episode")
+            counts = torch.bincount(episode - self.oldest_episode, minlength=len(self)).tolist()
+            self._lengths.extend(counts)
+            self.stored_steps = sum(counts)
+
+
+RENAMED = {"visit_distribution": "policy_target"}
+"""Stored keys renamed since checkpoints were first written (old name: new name); loading renames them."""
+ADDED = ("novelty", "bootstrap")
+"""Stored per-step floats added since checkpoints were first written; loading fills a missing one with zeros (no
+novelty bonus, no bootstrap at a truncation: what those runs trained with)."""
+
+
+def _upgrade(steps: dict) -> dict:
+    """A checkpoint's stored steps with the keys of this version: renamed keys (:data:`RENAMED`) take their new
+    name and added ones (:data:`ADDED`) are zeros, so a run saved by an earlier version resumes."""
+    steps = {RENAMED.get(key, key): value for key, value in steps.items()}
+    for key in ADDED:
+        if key not in steps:
+            steps[key] = torch.zeros_like(steps["reward"])
+    return steps
 
 
 def _pad(steps: TensorDict, length: int) -> TensorDict:

@@ -15,6 +15,7 @@ from tensordict.nn import TensorDictModuleBase
 from torchrl.collectors import Collector, MultiCollector
 from torchrl.envs import EnvBase
 
+from emotion_rl.data.endings import ending_shares
 from emotion_rl.data.episodes import EpisodeAssembler, surprise
 from emotion_rl.data.replay import EpisodeReplay
 from emotion_rl.mcts.root_gap import ROOT_GAP_KEYS
@@ -24,9 +25,11 @@ __all__ = [
     "Reanalyzer",
     "SelfPlayAgent",
     "SelfPlayCounters",
+    "StateValuer",
     "acting_changes",
     "closing_collector",
     "make_collector",
+    "replay_stats",
     "search_improvement",
     "self_play",
     "shutdown_collector",
@@ -52,28 +55,51 @@ class Reanalyzer(Protocol):
     def reanalyze(self, episodes: TensorDict) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class StateValuer(Protocol):
+    """A learner that values the state after an episode cut by the time limit, when the episode is stored
+    (``EmotionAgent`` is one): ``truncation_values(episodes [K, L]) -> [K]``, in reward units. The data side stores
+    it, discounted, as each step's ``bootstrap`` (docs/data.md, "Episodes and returns")."""
+
+    def truncation_values(self, episodes: TensorDict) -> torch.Tensor: ...
+
+
 @dataclass
 class SelfPlayCounters:
     """Totals of this process, saved in checkpoints: env steps (they place the temperature schedule), finished
-    episodes, and training streams started (they offset the env seeds of the next stream)."""
+    episodes, training streams started (they offset the env seeds of the next stream), step-samples trained (valid
+    steps of the batches yielded: the effective replay ratio) and the fraction of a training batch carried to the
+    next collection (a fractional ``updates_per_collection``)."""
 
     env_steps: int = 0
     episodes: int = 0
     stream_starts: int = 0
+    trained_steps: int = 0
+    update_credit: float = 0.0
+
+    def updates(self, per_collection: float, reached: bool) -> int:
+        """The training batches of this collection: ``floor(carry + per_collection)`` (at least one when the
+        budget was reached, so the stream's last batch says so), the remainder carried."""
+        credit = self.update_credit + per_collection
+        updates = math.floor(credit + 1e-9)  # a fraction that should be whole is not lost to rounding
+        updates = max(updates, 1) if reached else updates
+        self.update_credit = credit - updates
+        return updates
 
 
 def search_improvement(
-    visits: torch.Tensor, prior: torch.Tensor, eps: float = 1e-12
+    target: torch.Tensor, prior: torch.Tensor, eps: float = 1e-12
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per state, how far the search moved from the policy head: ``KL(visits || prior)`` and whether
-    ``argmax(visits) == argmax(prior)``, both float ``[*B]`` from ``[*B, E]`` inputs.
+    """Per state, how far the search moved from the policy head: ``KL(target || prior)`` of the search's policy
+    target (the visit distribution under the pUCT root, the improved policy under the Gumbel root) and whether
+    ``argmax(target) == argmax(prior)``, both float ``[*B]`` from ``[*B, E]`` inputs.
 
-    Zero-visit emotions add nothing (``0 * log 0 = 0``); the prior is clamped to ``eps`` so the KL stays finite.
+    Zero-weight emotions add nothing (``0 * log 0 = 0``); the prior is clamped to ``eps`` so the KL stays finite.
     """
-    visits = visits.detach().to(torch.float64)
+    target = target.detach().to(torch.float64)
     prior = prior.detach().to(torch.float64)
-    kl = (torch.xlogy(visits, visits) - visits * prior.clamp_min(eps).log()).sum(-1)
-    agree = (visits.argmax(-1) == prior.argmax(-1)).to(torch.float64)
+    kl = (torch.xlogy(target, target) - target * prior.clamp_min(eps).log()).sum(-1)
+    agree = (target.argmax(-1) == prior.argmax(-1)).to(torch.float64)
     return kl, agree
 
 
@@ -99,31 +125,36 @@ def acting_changes(batch: TensorDict) -> tuple[torch.Tensor, torch.Tensor] | Non
 class CollectionStats:
     """What was collected since the previous training batch: emotion usage, finished episodes' mean return, how
     much the search changed the policy head's prior and the agent's actions (when the batches carry ``prior`` and
-    ``action_changed``), and the search's root gaps at every state (when they carry ``ROOT_GAP_KEYS``)."""
+    ``action_changed``), the search's root gaps at every state (when they carry ``ROOT_GAP_KEYS``), and what chose
+    the emotions (``root_selected``: the root rule's own choice, or a temperature draw)."""
 
     def __init__(self) -> None:
         self.emotion_counts: torch.Tensor | None = None
         self.n_emotions = 0
-        self._search_sums = torch.zeros(2, dtype=torch.float64)  # KL(visits || prior), argmax agreement
+        self._search_sums = torch.zeros(2, dtype=torch.float64)  # KL(target || prior), argmax agreement
         self._search_states = 0
         self._change_sums = torch.zeros(2, dtype=torch.float64)  # action changed, emotion changed
         self._change_states = 0
         self._surprise_sum, self._surprise_states = 0.0, 0  # the model's surprise, summed over states
         self._gaps: dict[str, list[torch.Tensor]] = {key: [] for key in ROOT_GAP_KEYS}
+        self._root_selected, self._choices = 0, 0  # states whose emotion the root rule chose, of those that tell
 
     def add(self, batch: TensorDict) -> None:
         """Count the emotions of a collector batch ``[n_envs, steps]``, and sum its search-improvement numbers."""
-        self.n_emotions = batch.get("visit_distribution").shape[-1]
+        self.n_emotions = batch.get("policy_target").shape[-1]
         counts = torch.bincount(batch.get("emotion").reshape(-1).to("cpu"), minlength=self.n_emotions).double()
         self.emotion_counts = counts if self.emotion_counts is None else self.emotion_counts + counts
         if "prior" in batch.keys():
-            kl, agree = search_improvement(batch.get("visit_distribution").cpu(), batch.get("prior").cpu())
+            kl, agree = search_improvement(batch.get("policy_target").cpu(), batch.get("prior").cpu())
             self._search_sums += torch.stack([kl.sum(), agree.sum()])
             self._search_states += kl.numel()
         changes = acting_changes(batch)
         if changes is not None:
             self._change_sums += torch.stack([changes[0].sum(), changes[1].sum()])
             self._change_states += changes[0].numel()
+        if "root_selected" in batch.keys():
+            self._root_selected += int(batch.get("root_selected").sum())
+            self._choices += batch.get("root_selected").numel()
         if "predicted_observation" in batch.keys():  # the model's surprise at the states acted on
             error = surprise(batch.get("predicted_observation").cpu(), batch.get(("next", "observation")).cpu())
             seen = torch.isfinite(batch.get("predicted_observation").cpu()).all(-1)
@@ -137,9 +168,12 @@ class CollectionStats:
     def take(self, returns: list[float], counters: SelfPlayCounters, temperature: float) -> TensorDict:
         """The ``stats`` of a training batch (NaN where nothing new was collected); starts a new tally.
 
-        ``kl_visits_prior``, ``argmax_agreement``, ``action_changed`` and ``emotion_changed``
+        ``kl_target_prior``, ``argmax_agreement``, ``action_changed`` and ``emotion_changed``
         (:func:`acting_changes`) are means over the states collected since the last call; ``root_q_gap`` and
-        ``root_action_gap`` float ``[n]`` hold each of those states' finite gap (empty when none).
+        ``root_action_gap`` float ``[n]`` hold each of those states' finite gap (empty when none). ``root_selected``
+        is the share of the states whose emotion the root rule chose itself; ``temperature`` is NaN when every one
+        of them was (no temperature draw acted: the Gumbel root chose every emotion, decision 25), else
+        ``temperature``.
         """
         episode_return = sum(returns) / len(returns) if returns else math.nan
         if self.emotion_counts is not None and self.emotion_counts.sum() > 0:
@@ -155,6 +189,10 @@ class CollectionStats:
         else:
             action_changed = emotion_changed = torch.tensor(math.nan)
         mean_surprise = self._surprise_sum / self._surprise_states if self._surprise_states else math.nan
+        root_selected = self._root_selected / self._choices if self._choices else math.nan
+        if self._choices and self._root_selected == self._choices:
+            temperature = math.nan  # no draw used it
+        self._root_selected, self._choices = 0, 0
         self.emotion_counts = None
         self._search_sums = torch.zeros(2, dtype=torch.float64)
         self._search_states = 0
@@ -170,15 +208,26 @@ class CollectionStats:
                 "episode_return": torch.tensor(episode_return, dtype=torch.float32),
                 "emotion_usage": usage,
                 "temperature": torch.tensor(temperature, dtype=torch.float32),
-                "kl_visits_prior": kl,
+                "kl_target_prior": kl,
                 "argmax_agreement": agreement,
                 "action_changed": action_changed,
                 "emotion_changed": emotion_changed,
                 "surprise": torch.tensor(mean_surprise, dtype=torch.float32),
+                "root_selected": torch.tensor(root_selected, dtype=torch.float32),
                 **gaps,
             },
             batch_size=[],
         )
+
+
+def replay_stats(replay: EpisodeReplay, counters: SelfPlayCounters) -> dict[str, torch.Tensor]:
+    """What the replay holds and how hard it is reused: ``stored_steps``, ``stored_episodes`` and ``replay_ratio``,
+    the valid step-samples trained so far per env step collected so far (the effective replay ratio)."""
+    return {
+        "stored_steps": torch.tensor(replay.stored_steps, dtype=torch.long),
+        "stored_episodes": torch.tensor(len(replay), dtype=torch.long),
+        "replay_ratio": torch.tensor(counters.trained_steps / max(counters.env_steps, 1), dtype=torch.float32),
+    }
 
 
 def make_collector(
@@ -266,12 +315,16 @@ def self_play(
     counters: SelfPlayCounters,
     sample_batch: Callable[[], TensorDict],
     warmup_episodes: int,
-    updates_per_collection: int,
+    updates_per_collection: float,
     total_frames: int = -1,
     on_warmup: Callable[[int, int], None] | None = None,
 ) -> Iterator[TensorDict]:
     """The training stream (spec 5 steps 1-9): after every collection, once the replay holds ``warmup_episodes``
-    episodes (at least one), ``updates_per_collection`` batches ``{"episodes": sample_batch(), "stats"}``.
+    episodes (at least one), ``updates_per_collection`` batches ``{"episodes": sample_batch(), "stats"}`` (a
+    fractional number is carried to the next collection: :meth:`SelfPlayCounters.updates`). The stats also say how
+    many steps and episodes the replay keeps (``stored_steps``, ``stored_episodes``), the effective replay ratio
+    (``replay_ratio``: valid step-samples trained so far per env step collected so far) and why the episodes
+    finished since the previous batch ended (``endings``: the share of each of ``assembler.endings.names``).
 
     ``total_frames`` (> 0): the stream ends after the batches of the collection that reached that many env steps;
     the last batch's ``stats["total_frames_reached"]`` is True (the learner stops there). ``on_warmup(stored,
@@ -286,7 +339,7 @@ def self_play(
                 batch = batch.reshape(-1, batch.batch_size[-1])
             stats.add(batch)
             counters.env_steps += batch.numel()
-            episodes = assembler.ingest(batch)
+            episodes = assembler.ingest(batch, counters.env_steps)
             if episodes is not None:
                 replay.extend(episodes)
                 counters.episodes += episodes.batch_size[0]
@@ -295,12 +348,17 @@ def self_play(
                 if on_warmup is not None:
                     on_warmup(len(replay), needed)
                 continue
-            for update in range(updates_per_collection):
+            updates = counters.updates(updates_per_collection, reached)
+            for update in range(updates):
+                training = sample_batch()
+                counters.trained_steps += int(training.get("mask").sum())
                 returns, _lengths = assembler.drain_finished()
                 batch_stats = stats.take(returns, counters, policy.temperature)
-                last = reached and update == updates_per_collection - 1
-                batch_stats.set("total_frames_reached", torch.tensor(last))
-                yield TensorDict({"episodes": sample_batch(), "stats": batch_stats}, batch_size=[])
+                batch_stats.update(replay_stats(replay, counters))
+                shares = ending_shares(assembler.drain_endings(), assembler.endings.names)
+                batch_stats.set("endings", TensorDict(shares, batch_size=[]))
+                batch_stats.set("total_frames_reached", torch.tensor(reached and update == updates - 1))
+                yield TensorDict({"episodes": training, "stats": batch_stats}, batch_size=[])
             if reached:
                 return
             if isinstance(collector, MultiCollector):

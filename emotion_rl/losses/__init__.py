@@ -17,7 +17,15 @@ agent takes each as a factory called with its model (``action_loss: class_path +
 """
 
 from emotion_rl.losses.action import ActionLoss, AssignedActionLoss, LiteralActionLoss, MaxValueActionLoss
-from emotion_rl.losses.common import PhaseLoss, frozen, imagined_next, masked_mean, step_weight, terminated_steps
+from emotion_rl.losses.common import (
+    PhaseLoss,
+    frozen,
+    imagined_next,
+    masked_mean,
+    step_weight,
+    target_rewards,
+    terminated_steps,
+)
 from emotion_rl.losses.dynamics import DynamicsAction, DynamicsLoss
 from emotion_rl.losses.policy import PolicyLoss
 from emotion_rl.losses.targets import MonteCarlo, NStep, TargetNetwork, TDLambda, ValueEstimator
@@ -44,5 +52,6 @@ __all__ = [
     "imagined_next",
     "masked_mean",
     "step_weight",
+    "target_rewards",
     "terminated_steps",
 ]

@@ -15,7 +15,15 @@ from torchrl.objectives import LossModule
 from emotion_rl.history import HISTORY_KEYS
 from emotion_rl.model import EmotionModel, Encoding
 
-__all__ = ["PhaseLoss", "frozen", "imagined_next", "masked_mean", "step_weight", "terminated_steps"]
+__all__ = [
+    "PhaseLoss",
+    "frozen",
+    "imagined_next",
+    "masked_mean",
+    "step_weight",
+    "target_rewards",
+    "terminated_steps",
+]
 
 
 @contextmanager
@@ -55,6 +63,15 @@ def imagined_next(model: EmotionModel, encoding: Encoding, *observations: Tensor
         visible, positions = visible.repeat(1, count, 1), positions.repeat(1, count)
     hidden = model.encode_imagined(encoding, torch.cat(observations, dim=1), positions, visible)
     return list(hidden.split(length, dim=1))
+
+
+def target_rewards(batch: TensorDictBase) -> Tensor:
+    """The reward every value target reads, ``[B, L]``: the env's ``reward`` plus the step's ``novelty`` bonus when
+    the batch has one (docs/data.md, "Novelty"). The one place the bonus joins the reward, so Monte Carlo returns
+    (whose stored ``return`` already holds it), their row-end bootstrap and n-step / TD(lambda) targets agree. The
+    model's tokens keep the env's reward."""
+    reward = batch.get("reward")
+    return reward + batch.get("novelty") if "novelty" in batch.keys() else reward
 
 
 def terminated_steps(batch: TensorDictBase) -> Tensor:

@@ -19,7 +19,7 @@ from tensordict import TensorDictBase
 from torch import Tensor, nn
 
 from emotion_rl.config import Configurable
-from emotion_rl.losses.common import imagined_next, terminated_steps
+from emotion_rl.losses.common import imagined_next, target_rewards, terminated_steps
 from emotion_rl.model import EmotionModel
 
 __all__ = ["MonteCarlo", "NStep", "TDLambda", "TargetNetwork", "ValueEstimator"]
@@ -29,7 +29,8 @@ class ValueEstimator(Configurable):
     """Value targets of phase 3 (spec 2.2.2 and beyond). A subclass implements :meth:`targets`.
 
     ``bootstraps``: whether the targets read a value network (the value loss then keeps an EMA target network);
-    ``reads``: the batch keys read besides the history, the mask and the rewards.
+    ``reads``: the batch keys read besides the history, the mask and the rewards. The rewards of every target are
+    :func:`~emotion_rl.losses.common.target_rewards`: the env's reward plus the step's novelty bonus, if any.
     """
 
     bootstraps: ClassVar[bool] = False
@@ -46,32 +47,54 @@ class ValueEstimator(Configurable):
 class MonteCarlo(ValueEstimator):
     """Spec 2.2.2: ``y_t = return_scale * G_t``, the actual discounted return (the batch's ``return``). Past a row's
     end without termination, ``y_{t+1} = (y_t - return_scale * r_t) / gamma`` (from ``G_t = r_t + gamma G_{t+1}``,
-    so ``gamma`` must be the data's). Reads no network."""
+    so ``gamma`` must be the data's). Reads no network.
 
-    reads = ("return",)
+    Args:
+        bootstrap_truncation: beyond the specification: ``G_t`` does not stop at a time limit. For an episode of
+            ``T`` steps cut by the time limit, ``y_t = return_scale * (G_t + gamma^(T - t) V(s_T))``, the batch's
+            ``bootstrap`` (the model's value of the state after the last step, computed when the episode was stored;
+            0 after a termination); the row-end ``y_{t+1}`` after that last step is then ``V(s_T)``, not the 0 of a
+            fall. False (default): the literal return (decision 19).
+    """
+
+    def __init__(self, bootstrap_truncation: bool = False) -> None:
+        self.bootstrap_truncation = bool(bootstrap_truncation)
+        self.reads = ("return", "bootstrap") if self.bootstrap_truncation else ("return",)
+
+    def returns(self, batch: TensorDictBase) -> Tensor:
+        """``G_t`` ``[B, L]`` in reward units: the stored ``return``, plus ``bootstrap`` with
+        ``bootstrap_truncation``."""
+        if not self.bootstrap_truncation:
+            return batch["return"]
+        if "bootstrap" not in batch.keys():
+            raise ValueError(
+                "MonteCarlo(bootstrap_truncation=True) needs the batch's 'bootstrap' key, which EmotionDataModule "
+                "stores with every episode; add it to a hand-made batch, or set bootstrap_truncation: false"
+            )
+        return batch["return"] + batch["bootstrap"]
 
     @torch.no_grad()
     def targets(
         self, batch: TensorDictBase, network: EmotionModel, gamma: float, return_scale: float, with_next: bool = True
     ) -> tuple[Tensor, Tensor | None]:
         if not with_next:
-            return return_scale * batch["return"], None
+            return return_scale * self.returns(batch), None
         mask = batch["mask"]
         batch_size = mask.shape[0]
         last = (mask.long().sum(-1) - 1).clamp(min=0)  # [B]
         rows = torch.arange(batch_size, device=mask.device)
-        reward = return_scale * batch["reward"] * mask
+        reward = return_scale * target_rewards(batch) * mask
         ended = terminated_steps(batch)[rows, last].bool()
-        y = return_scale * batch["return"]
+        y = return_scale * self.returns(batch)
         boot = ((y - reward) / gamma)[rows, last].masked_fill(ended, 0.0)
         return y, torch.cat([y[:, 1:], y.new_zeros(batch_size, 1)], 1).index_put((rows, last), boot)
 
 
 class Bootstrapped(ValueEstimator):
-    """Targets from rewards ``return_scale * r`` bootstrapped from ``network``: ``V^{e_k}(s_k)`` at a real step
-    ``k``; after a row's last step 0 if it terminated, else the policy-weighted value ``sum_e pi(e | s) V^e(s)`` of
-    the imagined token of its ``next_observation`` (a truncation, or the end of a window). A subclass combines the
-    rewards and values (:meth:`combine`)."""
+    """Targets from rewards ``return_scale * r`` (``r`` the reward plus the novelty bonus) bootstrapped from
+    ``network``: ``V^{e_k}(s_k)`` at a real step ``k``; after a row's last step 0 if it terminated, else the
+    policy-weighted value ``sum_e pi(e | s) V^e(s)`` of the imagined token of its ``next_observation`` (a
+    truncation, or the end of a window). A subclass combines the rewards and values (:meth:`combine`)."""
 
     bootstraps = True
     reads = ("next_observation", "done")
@@ -84,7 +107,7 @@ class Bootstrapped(ValueEstimator):
         batch_size = mask.shape[0]
         last = (mask.long().sum(-1) - 1).clamp(min=0)  # [B]
         rows = torch.arange(batch_size, device=mask.device)
-        reward = return_scale * batch["reward"] * mask
+        reward = return_scale * target_rewards(batch) * mask
         ended = terminated_steps(batch)[rows, last].bool()
         encoding = network.encode(batch)
         (imagined,) = imagined_next(network, encoding, batch["next_observation"])

@@ -200,6 +200,10 @@ class GumbelRoot(RootRule):
     Args:
         considered: ``m``, emotions sampled at the root.
         c_visit, c_scale: ``sigma(q) = (c_visit + max_b N(b)) * c_scale * q``.
+        chooses: the root chooses the emotion to act with, the halving winner (``selected_emotion``; the
+            temperature schedule then does nothing, decision 25). False (beyond the paper): it returns the policy
+            target only, and the policy draws the emotion from that improved policy with its temperature schedule
+            (spec 3.4; the argmax when greedy).
 
     The completion of unvisited children and the floor of the rescaling are the planner's (``completed_value``,
     ``min_spread`` of :class:`~emotion_rl.mcts.search.EmotionMCTS`).
@@ -207,11 +211,12 @@ class GumbelRoot(RootRule):
 
     select = staticmethod(gumbel_root)
 
-    def __init__(self, considered: int = 8, c_visit: float = 50.0, c_scale: float = 0.1) -> None:
+    def __init__(self, considered: int = 8, c_visit: float = 50.0, c_scale: float = 0.1, chooses: bool = True) -> None:
         if considered < 1 or c_visit < 0 or c_scale < 0:
             raise ValueError(f"GumbelRoot: need considered >= 1, c_visit >= 0, c_scale >= 0: {considered}, "
                              f"{c_visit}, {c_scale}")  # fmt: skip
         self.considered, self.c_visit, self.c_scale = int(considered), float(c_visit), float(c_scale)
+        self.chooses = bool(chooses)
 
     def start(self, tree: Tree, num_simulations: int, draw: Callable[[], np.random.Generator] | None) -> tuple:
         """``(gumbel, logits, considered [B, E], schedule [num_simulations], c_visit, c_scale, tiny)``."""
@@ -241,7 +246,8 @@ class GumbelRoot(RootRule):
             z = logits[env] + sigma
             z = np.exp(z - z.max())
             policy[env] = z / z.sum()
-        return RootDecision(policy, emotion)
+        return RootDecision(policy, emotion if self.chooses else None)
 
     def __repr__(self) -> str:
-        return f"GumbelRoot(considered={self.considered}, c_visit={self.c_visit}, c_scale={self.c_scale})"
+        chooses = "" if self.chooses else ", chooses=False"
+        return f"GumbelRoot(considered={self.considered}, c_visit={self.c_visit}, c_scale={self.c_scale}{chooses})"

@@ -43,14 +43,14 @@ __all__ = [
 @dataclass
 class EpisodeRecord:
     """One played episode: ``observation`` ``[T, obs]`` (the state each step acted in), ``action``, ``emotion``
-    ``[T]``, ``reward`` ``[T]``, the search's ``visit_distribution`` ``[T, E]``, and the rendered ``frames``
+    ``[T]``, ``reward`` ``[T]``, the search's ``policy_target`` ``[T, E]``, and the rendered ``frames``
     (``rgb_array`` images, one per step, showing the state the step acted in) when rendering was asked for."""
 
     observation: torch.Tensor
     action: torch.Tensor
     emotion: torch.Tensor
     reward: torch.Tensor
-    visit_distribution: torch.Tensor
+    policy_target: torch.Tensor
     terminated: bool
     frames: list[np.ndarray] = field(default_factory=list)
 
@@ -146,7 +146,7 @@ def play_episode(
         action=steps["action"].reshape(-1).long(),
         emotion=steps["emotion"].reshape(-1).long(),
         reward=steps["next", "reward"].reshape(-1),
-        visit_distribution=steps["visit_distribution"].float(),
+        policy_target=steps["policy_target"].float(),
         terminated=bool(steps["next", "terminated"][-1]),
         frames=frames,
     )
@@ -249,7 +249,7 @@ def plot_emotion_map(
     emotion chosen there, next to how often each emotion was chosen."""
     obs = _stack(records, "observation").double().numpy()
     emotion = _stack(records, "emotion").numpy()
-    n_emotions = records[0].visit_distribution.shape[-1]
+    n_emotions = records[0].policy_target.shape[-1]
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     ax, ax_count = fig.subplots(1, 2, width_ratios=[2, 1])
     for e in range(n_emotions):

@@ -313,8 +313,11 @@ def plot_diagnostics(csv_path: str | os.PathLike, title: str | None = None, x: s
         ),
         (
             axes[1, 1],
-            [("search/kl_visits_prior", "KL(visits || prior)")],
-            "Search vs prior: KL(visits || prior)",
+            [
+                ("search/kl_target_prior", "KL(target || prior)"),
+                ("search/kl_visits_prior", "KL(visits || prior), runs logged before the rename"),
+            ],
+            "Search vs prior: KL(policy target || prior)",
             "mean KL at the root (nats)",
             False,
         ),
