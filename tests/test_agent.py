@@ -63,7 +63,7 @@ def test_the_agent_builds_one_loss_module_per_phase_from_its_components(action_l
     assert agent.hparams.action_loss["class_path"] == f"emotion_rl.{cls.__name__}"
     assert agent.hparams.dynamics_loss == {
         "class_path": "emotion_rl.DynamicsLoss",
-        "init_args": {"action_input": "taken", "all_emotions": False},
+        "init_args": {"action_input": "taken", "all_emotions": False, "imagined_weight": 0.0},
     }
     assert agent.hparams.value_loss["init_args"]["return_scale"] == 0.5 and agent.hparams.gamma == 0.9
     assert all(key.startswith("model.") for key in agent.state_dict()), "the losses must not save the model twice"

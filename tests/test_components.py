@@ -101,7 +101,7 @@ def test_to_config_writes_instances_classes_and_partials_as_plain_nested_values(
     }
     assert to_config(DynamicsLoss) == {
         "class_path": "emotion_rl.DynamicsLoss",
-        "init_args": {"action_input": "action_head", "all_emotions": False},
+        "init_args": {"action_input": "action_head", "all_emotions": False, "imagined_weight": 0.0},
     }
     loss = to_config(partial(ValueLoss, return_scale=0.5, target=TDLambda(0.8)))
     assert loss == {
