@@ -7,6 +7,11 @@ rules became objects) gets the root rule's class_path + init_args.
 
     python benchmarks/convert_checkpoint.py models/cartpole.ckpt                 # rewrites the file in place
     python benchmarks/convert_checkpoint.py old.ckpt --out new.ckpt
+    python benchmarks/convert_checkpoint.py run.ckpt --strip --out models/x.ckpt  # a model to ship
+
+``--strip`` keeps what loading a model needs (weights without the EMA target network, the agent's and the
+datamodule's hyper-parameters, the versions and step counts) and drops optimizer states, loops and replay: the file
+loads with ``EmotionAgent.load`` and ``torch.load(weights_only=True)`` but cannot resume a run (models/README.md).
 
 A checkpoint trained with an option that has since been removed (docs/results.md, "Options removed") is refused:
 the current agent cannot reproduce it. The file is read with ``torch.load(weights_only=True)`` and written
@@ -137,6 +142,15 @@ def convert_hparams(old: dict) -> dict:
     return new
 
 
+def is_current(checkpoint: dict) -> bool:
+    """Whether ``checkpoint``'s hyper-parameters are already in the current form (nothing to convert)."""
+    try:
+        convert_hparams(checkpoint["hyper_parameters"])
+    except ValueError as error:
+        return "already in the current form" in str(error)
+    return False
+
+
 def convert(checkpoint: dict) -> dict:
     """``checkpoint`` with converted hyper-parameters and target-network keys (a new dict; tensors shared)."""
     converted = dict(checkpoint)
@@ -150,14 +164,42 @@ def convert(checkpoint: dict) -> dict:
     return converted
 
 
+SHIPPED_KEYS = (
+    "state_dict",
+    "hyper_parameters",
+    "pytorch-lightning_version",
+    "epoch",
+    "global_step",
+    "datamodule_hparams_name",
+    "datamodule_hyper_parameters",
+    "environment",  # the env record (emotion_rl/env_record.py)
+)
+"""What a shipped model keeps (``--strip``)."""
+
+
+def strip(checkpoint: dict) -> dict:
+    """``checkpoint`` reduced to ``SHIPPED_KEYS``, its state dict without the EMA target network's copy."""
+    kept = {key: checkpoint[key] for key in SHIPPED_KEYS if key in checkpoint}
+    kept["state_dict"] = {
+        key: value
+        for key, value in checkpoint["state_dict"].items()
+        if not key.startswith(("target_", "target_network."))
+    }
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: over the checkpoint)")
+    parser.add_argument("--strip", action="store_true", help="keep only what loading needs (a model to ship)")
     args = parser.parse_args(argv)
     out = args.out or args.checkpoint
     try:
-        converted = convert(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
+        checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        converted = strip(checkpoint) if args.strip and is_current(checkpoint) else convert(checkpoint)
+        if args.strip:
+            converted = strip(converted)
     except ValueError as error:
         print(f"convert_checkpoint: {args.checkpoint}: {error}", file=sys.stderr)
         return 2
