@@ -66,7 +66,7 @@ def make_agent(args: argparse.Namespace, info: EnvInfo) -> EmotionAgent:
         n_layers=args.n_layers,
         n_heads=args.n_heads,
         imagined_action="one_hot",  # the search imagines with the argmax action, as phase 1 learns
-        planner=EmotionMCTS(args.simulations, q_transform="minmax_completed", root_rule=GumbelRoot()),
+        planner=EmotionMCTS(args.simulations, q_transform="minmax_completed", min_spread=0.1, root_rule=GumbelRoot()),
         dynamics_loss=partial(DynamicsLoss, action_input="taken", all_emotions=True),  # decision 8
         action_loss=partial(AssignedActionLoss, update_transformer=False),  # emotion e prefers action e mod A
         value_loss=partial(ValueLoss, return_scale=0.02, target=MonteCarlo(), imagined_weight=1.0, all_emotions=True),
