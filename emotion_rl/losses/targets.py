@@ -163,13 +163,24 @@ class TDLambda(Bootstrapped):
         self.lam = lam
 
     def combine(self, reward: Tensor, v_next: Tensor, last: Tensor, gamma: float) -> Tensor:
-        length = reward.shape[1]
-        g, y = v_next[:, length], torch.zeros_like(reward)
-        for t in range(length - 1, -1, -1):
-            after = torch.where(t == last, v_next[:, t + 1], g)  # G_{t+1} past the end: the bootstrap
-            g = reward[:, t] + gamma * ((1 - self.lam) * v_next[:, t + 1] + self.lam * after)
-            y[:, t] = g
-        return y
+        return lambda_returns(reward, v_next, last, gamma, self.lam)
+
+
+def lambda_returns(reward: Tensor, v_next: Tensor, last: Tensor, gamma: float | Tensor, lam: float) -> Tensor:
+    """TD(lambda) targets ``y_t = r_t + gamma ((1 - lam) V(s_{t+1}) + lam y_{t+1})``, backwards from each row's
+    last valid step ``last`` ``[B]``, where ``y_{last+1}`` is the bootstrap ``v_next[:, last + 1]``.
+
+    ``reward`` ``[B, L, *F]``, ``v_next`` ``[B, L + 1, *F]`` (``V(s_k)``), ``gamma`` a float or a tensor
+    broadcasting against ``*F`` (one discount per emotion, as the temperaments use). Returns ``y`` ``[B, L, *F]``.
+    """
+    length = reward.shape[1]
+    at_end = last.view(-1, *([1] * (reward.dim() - 2)))  # [B, 1...] against the trailing dims
+    g, y = v_next[:, length], torch.zeros_like(reward)
+    for t in range(length - 1, -1, -1):
+        after = torch.where(t == at_end, v_next[:, t + 1], g)  # G_{t+1} past the end: the bootstrap
+        g = reward[:, t] + gamma * ((1 - lam) * v_next[:, t + 1] + lam * after)
+        y[:, t] = g
+    return y
 
 
 class TargetNetwork(nn.Module):

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from emotion_rl.losses.action import ActionLoss
 from emotion_rl.losses.common import imagined_next, step_weight, terminated_steps
+from emotion_rl.losses.targets import lambda_returns
 from emotion_rl.model import EmotionModel, Encoding, PerEmotionMLP
 
 __all__ = ["TemperamentActionLoss"]
@@ -122,7 +123,7 @@ class TemperamentActionLoss(ActionLoss):
     def value_targets(self, batch: TensorDictBase, encoding: Encoding) -> tuple[Tensor, Tensor]:
         """TD(lambda) targets ``[B, L, E]`` of every ``W^e`` and the novelty ``[B, L]`` they read."""
         mask = batch["mask"]
-        batch_size, length = mask.shape
+        batch_size = mask.shape[0]
         last = (mask.long().sum(-1) - 1).clamp(min=0)
         rows = torch.arange(batch_size, device=mask.device)
         novelty = self.novelty(batch, encoding.hidden)
@@ -133,12 +134,7 @@ class TemperamentActionLoss(ActionLoss):
         boot = self.values(after[rows, last]).masked_fill(ended, 0.0)
         v_next = torch.cat([self.values(encoding.hidden), boot.new_zeros(batch_size, 1, boot.shape[-1])], 1)
         v_next[rows, last + 1] = boot  # [B, L + 1, E]: W(s_k); past a row's end its bootstrap
-        g, y = v_next[:, length], torch.zeros_like(reward)
-        for t in range(length - 1, -1, -1):
-            beyond = torch.where((t == last).unsqueeze(-1), v_next[:, t + 1], g)
-            g = reward[:, t] + self.gammas * ((1 - self.lam) * v_next[:, t + 1] + self.lam * beyond)
-            y[:, t] = g
-        return y, novelty
+        return lambda_returns(reward, v_next, last, self.gammas, self.lam), novelty
 
     def action_values(self, batch: TensorDictBase, encoding: Encoding) -> tuple[Tensor, Tensor]:
         """``q^e(a)`` ``[B, L, A, E]``: every ``W^e`` at the imagined next state of each action (the dynamics head
