@@ -69,7 +69,13 @@ def make_agent(args: argparse.Namespace, info: EnvInfo) -> EmotionAgent:
         planner=EmotionMCTS(args.simulations, q_transform="minmax_completed", min_spread=0.1, root_rule=GumbelRoot()),
         dynamics_loss=partial(DynamicsLoss, action_input="taken", all_emotions=True),  # decision 8
         action_loss=partial(AssignedActionLoss, update_transformer=False),  # emotion e prefers action e mod A
-        value_loss=partial(ValueLoss, return_scale=0.02, target=MonteCarlo(), imagined_weight=1.0, all_emotions=True),
+        value_loss=partial(
+            ValueLoss,
+            return_scale=0.02,
+            target=MonteCarlo(bootstrap_truncation=True),
+            imagined_weight=1.0,
+            all_emotions=True,
+        ),
         gamma=args.gamma,
         head_lr=1e-3,
         transformer_lr=3e-4,
