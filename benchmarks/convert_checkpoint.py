@@ -1,16 +1,18 @@
 """Convert a checkpoint saved before the planner and the losses became components (decision 23) so that the current
 ``EmotionAgent`` loads it: its flat hyper-parameters (``num_simulations``, ``phase2_objective``, ``return_scale``,
-...) become the planner's and the four losses' class_path + init_args, and the EMA target network's weights move
-from ``target_model.*`` to ``target_network.network.*``. Weights and everything else stay as they are. A checkpoint
-whose planner config still names its root flat (``root_rule: gumbel``, ``gumbel_considered``, ...: before root
-rules became objects) gets the root rule's class_path + init_args.
+...) become the planner's and the four losses' class_path + init_args. Weights and everything else stay as they
+are, except an EMA target network's copy (``target_model.*``, ``target_network.*``), which the Monte-Carlo targets
+never read and which the agent no longer has. A checkpoint whose planner config still names its root flat
+(``root_rule: gumbel``, ``gumbel_considered``, ...: before root rules became objects) gets the root rule's
+class_path + init_args; one whose value loss still holds ``target_tau`` (the EMA rate of that target network)
+loses it.
 
     python benchmarks/convert_checkpoint.py models/cartpole.ckpt                 # rewrites the file in place
     python benchmarks/convert_checkpoint.py old.ckpt --out new.ckpt
     python benchmarks/convert_checkpoint.py run.ckpt --strip --out models/x.ckpt  # a model to ship
 
-``--strip`` keeps what loading a model needs (weights without the EMA target network, the agent's and the
-datamodule's hyper-parameters, the versions and step counts) and drops optimizer states, loops and replay: the file
+``--strip`` keeps what loading a model needs (the weights, the agent's and the datamodule's hyper-parameters, the
+versions and step counts) and drops optimizer states, loops and replay: the file
 loads with ``EmotionAgent.load`` and ``torch.load(weights_only=True)`` but cannot resume a run (models/README.md).
 
 A checkpoint trained with an option that has since been removed (docs/results.md, "Options removed") is refused:
@@ -39,6 +41,8 @@ REMOVED = {
     "tie_break": "lowest",
 }
 """Options of the old agent that no longer exist, with the value that trained as the current agent does."""
+BOOTSTRAPPED = {"n_step": "NStep", "td_lambda": "TDLambda"}
+"""The removed value targets that bootstrapped from an EMA target network: the old ``value_target`` and the class."""
 KEPT = (
     "obs_dim",
     "n_actions",
@@ -94,14 +98,39 @@ def planner_config(old: dict) -> dict:
     return {"class_path": "emotion_rl.EmotionMCTS", "init_args": init_args}
 
 
+def value_loss_config(config: dict) -> dict | None:
+    """A current-form value loss ``config`` without ``target_tau`` (None: it holds none). ``target_tau`` only moved
+    the EMA target network of a bootstrapped target; a removed target (``NStep``, ``TDLambda``) is refused."""
+    init_args = config.get("init_args") or {}
+    target = (init_args.get("target") or {}).get("class_path", "")
+    if target.startswith("emotion_rl.") and target.rsplit(".", 1)[-1] in BOOTSTRAPPED.values():
+        raise ValueError(f"the checkpoint was trained with value_loss.target={target}, an option that was removed")
+    if "target_tau" not in init_args:
+        return None
+    return {**config, "init_args": {key: value for key, value in init_args.items() if key != "target_tau"}}
+
+
+def convert_current(old: dict) -> dict:
+    """Hyper-parameters already in the component form, with what has changed since: a planner that takes the
+    root's settings flat, a value loss that holds ``target_tau``."""
+    new = dict(old)
+    planner = old["planner"].get("init_args", {})
+    if not (isinstance(planner.get("root_rule"), dict) or "root_rule" not in planner):
+        new["planner"] = planner_config(planner)
+    value_loss = value_loss_config(old["value_loss"]) if isinstance(old.get("value_loss"), dict) else None
+    if value_loss is not None:
+        new["value_loss"] = value_loss
+    if new == old:
+        raise ValueError("these hyper-parameters are already in the current form")
+    return new
+
+
 def convert_hparams(old: dict) -> dict:
     """The current agent's hyper-parameters for the old flat ``old`` (a ``ValueError`` naming a removed option that
-    the checkpoint used). Settings the old checkpoint did not record take the old agent's defaults."""
-    if "planner" in old:  # components already; the planner may still take the root's settings flat
-        planner = old["planner"].get("init_args", {})
-        if isinstance(planner.get("root_rule"), dict) or "root_rule" not in planner:
-            raise ValueError("these hyper-parameters are already in the current form")
-        return {**old, "planner": planner_config(planner)}
+    the checkpoint used). Settings the old checkpoint did not record take the old agent's defaults; ``target_tau``
+    is dropped (the Monte-Carlo targets read no target network)."""
+    if "planner" in old:  # components already
+        return convert_current(old)
     for name, inert in REMOVED.items():
         if old.get(name, inert) != inert:
             raise ValueError(f"the checkpoint was trained with {name}={old[name]!r}, an option that was removed")
@@ -109,11 +138,8 @@ def convert_hparams(old: dict) -> dict:
     if objective not in ACTION_LOSSES:
         raise ValueError(f"the checkpoint was trained with phase2_objective={objective!r}, which was removed")
     target = old.get("value_target", "monte_carlo")
-    estimators = {
-        "monte_carlo": {"class_path": "emotion_rl.MonteCarlo", "init_args": {}},
-        "n_step": {"class_path": "emotion_rl.NStep", "init_args": {"n": old.get("value_n_step", 5)}},
-        "td_lambda": {"class_path": "emotion_rl.TDLambda", "init_args": {"lam": old.get("value_lambda", 0.95)}},
-    }
+    if target != "monte_carlo":
+        raise ValueError(f"the checkpoint was trained with value_target={target!r}, an option that was removed")
     new = {name: old[name] for name in KEPT if name in old}
     new["planner"] = planner_config(old)
     new["dynamics_loss"] = {
@@ -131,8 +157,7 @@ def convert_hparams(old: dict) -> dict:
         "class_path": "emotion_rl.ValueLoss",
         "init_args": {
             "return_scale": old.get("return_scale", 1.0),
-            "target": estimators[target],
-            "target_tau": old.get("target_tau", 0.005),
+            "target": {"class_path": "emotion_rl.MonteCarlo", "init_args": {}},
             "imagined_weight": old.get("imagined_value_weight", 0.0),
             "all_emotions": old.get("value_all_emotions", False),
         },
@@ -152,14 +177,14 @@ def is_current(checkpoint: dict) -> bool:
 
 
 def convert(checkpoint: dict) -> dict:
-    """``checkpoint`` with converted hyper-parameters and target-network keys (a new dict; tensors shared)."""
+    """``checkpoint`` with converted hyper-parameters and without an EMA target network's weights (a new dict;
+    tensors shared)."""
     converted = dict(checkpoint)
     converted["hyper_parameters"] = convert_hparams(checkpoint["hyper_parameters"])
-    if "planner" in checkpoint["hyper_parameters"]:  # only the planner's form changes
-        return converted
     converted["state_dict"] = {
-        key.replace("target_model.", "target_network.network.", 1) if key.startswith("target_model.") else key: value
+        key: value
         for key, value in checkpoint["state_dict"].items()
+        if not key.startswith(("target_model.", "target_network."))
     }
     return converted
 
@@ -178,14 +203,8 @@ SHIPPED_KEYS = (
 
 
 def strip(checkpoint: dict) -> dict:
-    """``checkpoint`` reduced to ``SHIPPED_KEYS``, its state dict without the EMA target network's copy."""
-    kept = {key: checkpoint[key] for key in SHIPPED_KEYS if key in checkpoint}
-    kept["state_dict"] = {
-        key: value
-        for key, value in checkpoint["state_dict"].items()
-        if not key.startswith(("target_", "target_network."))
-    }
-    return kept
+    """``checkpoint`` reduced to ``SHIPPED_KEYS``."""
+    return {key: checkpoint[key] for key in SHIPPED_KEYS if key in checkpoint}
 
 
 def main(argv: list[str] | None = None) -> int:

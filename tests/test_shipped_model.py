@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from emotion_rl import EmotionAgent, MonteCarlo, TemperamentActionLoss
 from emotion_rl.data.envs import make_env
 from emotion_rl.data.rollout import evaluate_policy
 from emotion_rl.viz import load_agent
@@ -22,6 +23,17 @@ def test_the_shipped_cartpole_model_loads_with_weights_only_and_balances():
     agent = load_agent(MODEL)
     result = evaluate_policy(make_env("CartPole-v1", 2, seed=12345), agent.make_policy(greedy=True), 150)
     assert torch.equal(result["episode_length"], torch.tensor([150, 150]))  # an untrained agent falls within ~40
+
+
+def test_the_temperament_probe_model_loads_with_its_own_value_heads():
+    """models/cartpole_temperaments.ckpt (notebooks/03_emotions.ipynb) loads with EmotionAgent.load, its weights
+    and the temperaments' own heads (loss_heads.*) as stored."""
+    path = ROOT / "models" / "cartpole_temperaments.ckpt"
+    agent = EmotionAgent.load(path)
+    stored = torch.load(path, weights_only=True)["state_dict"]
+    assert type(agent.losses.action) is TemperamentActionLoss and type(agent.losses.value.target) is MonteCarlo
+    assert set(agent.state_dict()) == set(stored) and any(key.startswith("loss_heads.") for key in stored)
+    assert all(torch.equal(value, stored[key]) for key, value in agent.state_dict().items())
 
 
 OLD_HPARAMS = {  # models/cartpole.ckpt's hyper-parameters before the planner and the losses became components
@@ -51,7 +63,8 @@ def _converter():
 
 def test_the_shipped_model_is_its_old_checkpoint_converted():
     """benchmarks/convert_checkpoint.py maps the old flat hyper-parameters onto the components the model now holds;
-    an option that was removed is refused, and an EMA target network's weights get their new name."""
+    an option that was removed is refused; target_tau and an EMA target network's weights, which Monte-Carlo targets
+    never read, are dropped."""
     convert = _converter()
     assert convert.convert_hparams(OLD_HPARAMS) == torch.load(MODEL, weights_only=True)["hyper_parameters"]
     with pytest.raises(ValueError, match="tie_break"):
@@ -64,10 +77,31 @@ def test_the_shipped_model_is_its_old_checkpoint_converted():
         convert.convert_hparams({**OLD_HPARAMS, "action_awr_coef": 0.5})
     with pytest.raises(ValueError, match="improvement"):
         convert.convert_hparams({**OLD_HPARAMS, "phase2_objective": "improvement"})
-    bootstrapped = convert.convert_hparams({**OLD_HPARAMS, "value_target": "td_lambda", "value_lambda": 0.8})
-    assert bootstrapped["value_loss"]["init_args"]["target"] == {
-        "class_path": "emotion_rl.TDLambda",
-        "init_args": {"lam": 0.8},
-    }
+    for target in ("td_lambda", "n_step"):
+        with pytest.raises(ValueError, match=f"value_target='{target}'"):
+            convert.convert_hparams({**OLD_HPARAMS, "value_target": target})
+    assert "target_tau" not in convert.convert_hparams({**OLD_HPARAMS, "target_tau": 0.1})["value_loss"]["init_args"]
     old = {"hyper_parameters": OLD_HPARAMS, "state_dict": {"model.w": torch.zeros(1), "target_model.w": torch.ones(1)}}
-    assert set(convert.convert(old)["state_dict"]) == {"model.w", "target_network.network.w"}
+    assert set(convert.convert(old)["state_dict"]) == {"model.w"}
+
+
+def test_a_checkpoint_in_the_current_form_loses_target_tau_and_a_bootstrapped_target_is_refused():
+    """The component form of before the bootstrapped targets were removed: a value loss holding target_tau (inert
+    with Monte-Carlo targets) loads once the converter dropped it; NStep and TDLambda are refused by name."""
+    convert = _converter()
+    current = torch.load(MODEL, weights_only=True)["hyper_parameters"]
+    with pytest.raises(ValueError, match="already in the current form"):
+        convert.convert_hparams(current)
+    value_loss = current["value_loss"]
+    with_tau = {**current, "value_loss": {**value_loss, "init_args": {**value_loss["init_args"], "target_tau": 0.005}}}
+    assert convert.convert_hparams(with_tau) == current
+    for removed in ("emotion_rl.TDLambda", "emotion_rl.NStep"):
+        target = {"class_path": removed, "init_args": {}}
+        bootstrapped = {
+            **with_tau,
+            "value_loss": {**value_loss, "init_args": {**value_loss["init_args"], "target": target}},
+        }
+        with pytest.raises(ValueError, match=f"value_loss.target={removed}"):
+            convert.convert_hparams(bootstrapped)
+    checkpoint = {"hyper_parameters": with_tau, "state_dict": {"model.w": torch.zeros(1)}}
+    assert convert.convert(checkpoint)["hyper_parameters"] == current and not convert.is_current(checkpoint)
