@@ -9,7 +9,7 @@ The public API, by layer (docs/index.md):
   :func:`play`, :func:`closing_collector` / :func:`shutdown_collector` (collectors that exit cleanly);
 - learning: the four phase losses (:class:`DynamicsLoss`; :class:`ActionLoss` and its objectives
   :class:`MaxValueActionLoss`, :class:`LiteralActionLoss`, :class:`AssignedActionLoss`; :class:`ValueLoss` with its
-  value estimators :class:`MonteCarlo`, :class:`NStep`, :class:`TDLambda`; :class:`PolicyLoss`; spec 2.2),
+  value estimator :class:`MonteCarlo` (the base: :class:`ValueEstimator`); :class:`PolicyLoss`; spec 2.2),
   :class:`EmotionAgent` (LightningModule, spec 2.3), :class:`EmotionDataModule` (collector and replay, spec 3.3, 5);
 - components in configs: :class:`Configurable`, :func:`to_config`, :func:`instantiate` (class_path + init_args);
 - loading and acting: ``EmotionAgent.load`` and ``predict`` (:class:`~emotion_rl.predict.LoadAndPredict`);
@@ -33,10 +33,8 @@ from emotion_rl.losses import (
     LiteralActionLoss,
     MaxValueActionLoss,
     MonteCarlo,
-    NStep,
     PhaseLoss,
     PolicyLoss,
-    TDLambda,
     TemperamentActionLoss,
     ValueEstimator,
     ValueLoss,
@@ -70,12 +68,10 @@ __all__ = [
     "LiteralActionLoss",
     "MaxValueActionLoss",
     "MonteCarlo",
-    "NStep",
     "PhaseLoss",
     "PolicyLoss",
     "PriorPlanner",
     "RecordEnvironment",
-    "TDLambda",
     "TemperamentActionLoss",
     "TemperatureSchedule",
     "ValueEstimator",

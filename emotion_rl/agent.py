@@ -161,8 +161,6 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
             build(value_loss, self.model, gamma),
             build(policy_loss, self.model),
         )
-        # the value loss's EMA target network, when its targets bootstrap: registered here, so saved with the agent
-        self.target_network = getattr(self.losses.value, "target_network", None)
         # outputs a loss learns of its own (PhaseLoss.own_heads): trained by its phase's optimizer, saved with the agent
         self.loss_heads = torch.nn.ModuleDict(
             {phase: loss.own_heads() for phase, loss in zip(PHASES, self.losses, strict=True) if loss.own_heads()}
@@ -249,8 +247,7 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
         return loss.detach()
 
     def update(self, batch: TensorDict, optimizers: Sequence[torch.optim.Optimizer] | None = None) -> dict[str, Tensor]:
-        """The four phases of spec 2.3 in order, each a step of its own optimizer; then each loss's
-        ``after_update`` (the value loss's EMA target network).
+        """The four phases of spec 2.3 in order, each a step of its own optimizer.
 
         ``batch`` ``[B, L]``: the steps whose losses count are its ``weight`` (when present) or its ``mask``.
         ``optimizers``: the four optimizers in phase order; default the Trainer's (a loop without a Trainer passes
@@ -270,8 +267,6 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
         logs["train/phase3_value_loss"] = self._step(opt_value, "value", out["loss_value"])
         out = self.losses.policy(batch)  # phase 4: policy head + transformer
         logs["train/phase4_policy_loss"] = self._step(opt_policy, "policy", out["loss_policy"])
-        for loss in self.losses:
-            loss.after_update()
         return logs
 
     def diagnostics(self, batch: TensorDict, stats: TensorDict | None = None) -> dict[str, Tensor]:

@@ -10,15 +10,13 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from emotion_rl import EmotionAgent, EmotionMCTS, GumbelRoot
+from emotion_rl import EmotionAgent, EmotionMCTS, GumbelRoot, MonteCarlo
 from emotion_rl.agent import PHASES
 from emotion_rl.losses import (
     DynamicsLoss,
     LiteralActionLoss,
     MaxValueActionLoss,
-    NStep,
     PolicyLoss,
-    TDLambda,
     ValueLoss,
     masked_mean,
 )
@@ -205,7 +203,7 @@ def test_non_finite_gradient_of_a_finite_loss_stops_before_the_phase_steps(monke
     [
         ({"action_loss": {"class_path": "emotion_rl.losses.Nowhere"}}, "class_path"),
         ({"dynamics_loss": partial(DynamicsLoss, action_input="sampled")}, "action_input"),
-        ({"value_loss": {"class_path": "emotion_rl.ValueLoss", "init_args": {"n_step": 3}}}, "n_step"),
+        ({"value_loss": {"class_path": "emotion_rl.ValueLoss", "init_args": {"discount": 0.9}}}, "discount"),
         ({"schedule": "batch"}, "schedule"),
     ],
 )
@@ -230,35 +228,21 @@ def test_learning_options_reach_the_loss_modules():
     agent = make_agent(
         dynamics_loss=partial(DynamicsLoss, all_emotions=True),
         action_loss=partial(MaxValueActionLoss, update_transformer=False),
-        value_loss=partial(ValueLoss, imagined_weight=0.5, target=TDLambda(0.8), target_tau=0.1),
+        value_loss=partial(ValueLoss, imagined_weight=0.5, target=MonteCarlo(bootstrap_truncation=True)),
         gamma=0.97,
     )
     dynamics, action, value, _ = agent.losses
     assert dynamics.all_emotions
     assert not action.update_transformer
-    assert type(value.target) is TDLambda and (value.target.lam, value.gamma, value.imagined_weight) == (0.8, 0.97, 0.5)
-    assert value.target_network is agent.target_network and agent.target_network.network is not agent.model
-    assert agent.target_network.tau == 0.1 and value.bootstrap_model is agent.target_network.network
-    assert any(key.startswith("target_network.") for key in agent.state_dict()), "the target network is not saved"
+    assert type(value.target) is MonteCarlo and value.target.bootstrap_truncation
+    assert (value.gamma, value.imagined_weight) == (0.97, 0.5)
     assert agent.hparams.value_loss["init_args"]["target"] == {
-        "class_path": "emotion_rl.TDLambda",
-        "init_args": {"lam": 0.8},
+        "class_path": "emotion_rl.MonteCarlo",
+        "init_args": {"bootstrap_truncation": True},
     }
+    assert all(key.startswith("model.") for key in agent.state_dict()), "the agent saves the model and nothing else"
     with pytest.raises(TypeError, match="ValueEstimator"):
         make_agent(value_loss=partial(ValueLoss, target="gae"))
-
-
-def test_bootstrapped_targets_read_an_ema_of_the_model_updated_after_each_update(monkeypatch, episodes):
-    agent, _ = _manual_agent(monkeypatch, value_loss=partial(ValueLoss, target=NStep(), target_tau=0.25))
-    target = agent.target_network.network
-    target_before = [p.detach().clone() for p in target.parameters()]
-    agent.train_batch(_batch(episodes))
-    for old, new, online in zip(target_before, target.parameters(), agent.model.parameters(), strict=True):
-        torch.testing.assert_close(new, old + 0.25 * (online.detach() - old))
-    assert not any(p.requires_grad for p in target.parameters())
-    tau_one = make_agent(value_loss=partial(ValueLoss, target=NStep(), target_tau=1.0))
-    assert tau_one.target_network is None and tau_one.losses.value.bootstrap_model is tau_one.model, "tau 1: the model"
-    assert make_agent().target_network is None, "Monte Carlo targets read no network"
 
 
 def test_diagnostics_are_off_by_default_and_logged_once_per_collection_when_on(monkeypatch, episodes):

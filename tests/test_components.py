@@ -25,11 +25,10 @@ from emotion_rl import (
     GumbelRoot,
     MaxValueActionLoss,
     MonteCarlo,
-    NStep,
     PolicyLoss,
     RootDecision,
     RootRule,
-    TDLambda,
+    ValueEstimator,
     ValueLoss,
     instantiate,
     to_config,
@@ -68,6 +67,21 @@ def rarest_first(tree, selection, env, root, simulation, state) -> int:
     return loop.select_child(tree, selection, root, env)
 
 
+class ShrunkReturn(ValueEstimator):
+    """A value target defined outside the package: the Monte Carlo targets times ``shrink``; counts its calls."""
+
+    calls = 0
+    reads = ("return",)
+
+    def __init__(self, shrink: float = 1.0) -> None:
+        self.shrink = shrink
+
+    def targets(self, batch, network, gamma, return_scale, with_next=True):
+        ShrunkReturn.calls += 1
+        y, y_next = MonteCarlo().targets(batch, network, gamma, return_scale, with_next)
+        return self.shrink * y, None if y_next is None else self.shrink * y_next
+
+
 class RarestFirstRoot(RootRule):
     """A root rule defined outside the package (compiled with ``loop.kernel``); counts its searches."""
 
@@ -91,7 +105,8 @@ def test_a_configurable_records_its_arguments_with_defaults_and_keeps_them_throu
     assert root.init_args() == {"considered": 4, "c_visit": 50.0, "c_scale": 0.1, "chooses": True}
     for copied in (copy.deepcopy(planner), pickle.loads(pickle.dumps(planner))):  # worker collectors pickle it
         assert to_config(copied) == to_config(planner)
-    assert NStep(3).init_args() == {"n": 3} and MonteCarlo().init_args() == {"bootstrap_truncation": False}
+    assert MonteCarlo(True).init_args() == {"bootstrap_truncation": True}
+    assert MonteCarlo().init_args() == {"bootstrap_truncation": False} and ShrunkReturn().init_args() == {"shrink": 1.0}
 
 
 def test_to_config_writes_instances_classes_and_partials_as_plain_nested_values():
@@ -103,13 +118,12 @@ def test_to_config_writes_instances_classes_and_partials_as_plain_nested_values(
         "class_path": "emotion_rl.DynamicsLoss",
         "init_args": {"action_input": "action_head", "all_emotions": False, "imagined_weight": 0.0},
     }
-    loss = to_config(partial(ValueLoss, return_scale=0.5, target=TDLambda(0.8)))
+    loss = to_config(partial(ValueLoss, return_scale=0.5, target=MonteCarlo(bootstrap_truncation=True)))
     assert loss == {
         "class_path": "emotion_rl.ValueLoss",
         "init_args": {
             "return_scale": 0.5,
-            "target": {"class_path": "emotion_rl.TDLambda", "init_args": {"lam": 0.8}},
-            "target_tau": 0.005,
+            "target": {"class_path": "emotion_rl.MonteCarlo", "init_args": {"bootstrap_truncation": True}},
             "imagined_weight": 0.0,
             "all_emotions": False,
         },
@@ -129,9 +143,9 @@ def test_instantiate_builds_what_to_config_wrote_nested_and_with_the_callers_arg
     planner = instantiate(config)
     assert type(planner) is EmotionMCTS and planner.num_simulations == 5 and planner.q_transform == "minmax"
     assert type(planner.root_rule) is GumbelRoot and planner.root_rule.considered == 3
-    loss = instantiate(to_config(partial(ValueLoss, target=NStep(2), target_tau=0.5)), tiny_model, 0.9)
-    assert type(loss) is ValueLoss and type(loss.target) is NStep and loss.target.n == 2
-    assert loss.gamma == 0.9 and loss.target_network.tau == 0.5 and loss.model is tiny_model
+    loss = instantiate(to_config(partial(ValueLoss, target=ShrunkReturn(0.5))), tiny_model, 0.9)
+    assert type(loss) is ValueLoss and type(loss.target) is ShrunkReturn and loss.target.shrink == 0.5
+    assert loss.gamma == 0.9 and loss.model is tiny_model
 
 
 def test_what_cannot_be_written_or_built_is_refused_with_the_reason():
@@ -144,8 +158,8 @@ def test_what_cannot_be_written_or_built_is_refused_with_the_reason():
         to_config(Local())
     with pytest.raises(TypeError, match="keyword arguments"):
         to_config(partial(ValueLoss, None))  # a positional argument: the model is the caller's
-    with pytest.raises(ValueError, match=r"has no argument \['n_step'\]"):
-        to_config({"class_path": "emotion_rl.ValueLoss", "init_args": {"n_step": 3}})
+    with pytest.raises(ValueError, match=r"has no argument \['discount'\]"):
+        to_config({"class_path": "emotion_rl.ValueLoss", "init_args": {"discount": 0.9}})
     with pytest.raises(ValueError, match="does not name an importable class"):
         instantiate({"class_path": "emotion_rl.NoSuchLoss"})
     with pytest.raises(ValueError, match="class_path and init_args only"):
@@ -157,7 +171,7 @@ def test_the_agent_has_at_most_25_hyperparameters_and_shares_none_with_its_compo
     arguments = set(inspect.signature(EmotionAgent).parameters)
     assert len(arguments) <= 25, sorted(arguments)
     components = [EmotionMCTS, DynamicsLoss, ActionLoss, MaxValueActionLoss, LiteralActionLoss, AssignedActionLoss]
-    components += [ValueLoss, PolicyLoss, MonteCarlo, NStep, TDLambda]
+    components += [ValueLoss, PolicyLoss, MonteCarlo]
     for component in components:
         settings = set(to_config(component)["init_args"])
         assert not arguments & settings, f"{component.__name__} settings also declared by the agent"
@@ -176,7 +190,7 @@ def _same_components(loaded: EmotionAgent, agent: EmotionAgent) -> None:
     for mine, theirs in zip(loaded.losses, agent.losses, strict=True):
         assert type(mine) is type(theirs)
         assert to_config(mine.__class__) == to_config(theirs.__class__)
-    for name, value in agent.state_dict().items():  # the model and the value loss's EMA target network
+    for name, value in agent.state_dict().items():  # the model's weights
         assert torch.equal(loaded.state_dict()[name], value), name
 
 
@@ -197,7 +211,7 @@ def test_python_objects_go_through_a_checkpoint_and_come_back_the_same(tmp_path)
         planner=EmotionMCTS(3, q_transform="minmax_completed", root_rule=GumbelRoot()),
         dynamics_loss=partial(DynamicsLoss, action_input="taken", all_emotions=True),
         action_loss=partial(AssignedActionLoss, update_transformer=False),
-        value_loss=partial(ValueLoss, return_scale=0.1, target=NStep(2), target_tau=0.5, imagined_weight=1.0),
+        value_loss=partial(ValueLoss, return_scale=0.1, target=ShrunkReturn(0.5), imagined_weight=1.0),
         gamma=0.9,
     )
     trainer = L.Trainer(
@@ -215,13 +229,12 @@ def test_python_objects_go_through_a_checkpoint_and_come_back_the_same(tmp_path)
     path = tmp_path / "agent.ckpt"
     trainer.save_checkpoint(path)
     hparams = load_checkpoint(path)["hyper_parameters"]  # weights_only: plain values
-    assert hparams["value_loss"]["init_args"]["target"] == {"class_path": "emotion_rl.NStep", "init_args": {"n": 2}}
+    target = {"class_path": f"{__name__}.ShrunkReturn", "init_args": {"shrink": 0.5}}
+    assert hparams["value_loss"]["init_args"]["target"] == target
     loaded = EmotionAgent.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     _same_components(loaded, agent)
-    assert loaded.losses.value.target_network.tau == 0.5 and loaded.losses.value.gamma == 0.9
-    pairs = zip(agent.target_network.network.parameters(), agent.model.parameters(), strict=True)
-    moved = [not torch.equal(a, b) for a, b in pairs]
-    assert any(moved), "the EMA copy should lag the model after a few updates (else the test checks nothing)"
+    assert type(loaded.losses.value.target) is ShrunkReturn and loaded.losses.value.target.shrink == 0.5
+    assert loaded.losses.value.gamma == 0.9
 
 
 def test_a_root_rule_of_ones_own_is_the_search_s_root():
@@ -237,10 +250,11 @@ def test_a_root_rule_of_ones_own_is_the_search_s_root():
 
 
 def test_a_root_rule_and_a_loss_of_ones_own_run_a_fit_from_the_config_and_its_checkpoint_rebuilds_them(tmp_path):
-    """A root rule and a value loss defined in this file, named by class_path on the command line, run a short
-    fit; the run's checkpoint (written by the CLI) loads back with the same components, their options included."""
+    """A root rule, a value loss and a value target defined in this file, named by class_path on the command line,
+    run a short fit; the run's checkpoint (written by the CLI) loads back with the same components, their options
+    included."""
     logs = tmp_path / "runs"
-    ScaledValueLoss.calls = RarestFirstRoot.starts = 0
+    ScaledValueLoss.calls = RarestFirstRoot.starts = ShrunkReturn.calls = 0
     cli = main(
         [
             "fit",
@@ -248,8 +262,8 @@ def test_a_root_rule_and_a_loss_of_ones_own_run_a_fit_from_the_config_and_its_ch
             *TINY,
             f"--model.value_loss={__name__}.ScaledValueLoss",
             "--model.value_loss.scale=0.5",
-            "--model.value_loss.target=emotion_rl.NStep",
-            "--model.value_loss.target.n=3",
+            f"--model.value_loss.target={__name__}.ShrunkReturn",
+            "--model.value_loss.target.shrink=0.5",
             f"--model.planner.init_args.root_rule={__name__}.RarestFirstRoot",
             "--trainer.max_steps=8",
             f"--trainer.logger.init_args.save_dir={logs}",
@@ -257,8 +271,8 @@ def test_a_root_rule_and_a_loss_of_ones_own_run_a_fit_from_the_config_and_its_ch
     )
     value = cli.model.losses.value
     assert type(value) is ScaledValueLoss and value.scale == 0.5 and value.return_scale == 0.02  # base.yaml's kept
-    assert type(value.target) is NStep and value.target.n == 3 and value.gamma == 0.98  # linked from data.gamma
-    assert ScaledValueLoss.calls >= 2, "the loss from the config did not train"
+    assert type(value.target) is ShrunkReturn and value.target.shrink == 0.5 and value.gamma == 0.98  # data.gamma
+    assert ScaledValueLoss.calls >= 2 and ShrunkReturn.calls >= 2, "the loss from the config did not train"
     assert type(cli.model.planner.root_rule) is RarestFirstRoot and RarestFirstRoot.starts >= 2, "nor searched"
     last = logs / "cartpole" / "version_0" / "checkpoints" / "last.ckpt"
     hparams = load_checkpoint(last)["hyper_parameters"]
@@ -268,6 +282,7 @@ def test_a_root_rule_and_a_loss_of_ones_own_run_a_fit_from_the_config_and_its_ch
     loaded = EmotionAgent.load_from_checkpoint(last, map_location="cpu", weights_only=True)
     _same_components(loaded, cli.model)
     assert loaded.losses.value.scale == 0.5 and type(loaded.losses.action) is AssignedActionLoss
+    assert type(loaded.losses.value.target) is ShrunkReturn and loaded.losses.value.target.shrink == 0.5
     assert hparams["planner"]["init_args"]["root_rule"] == {
         "class_path": f"{__name__}.RarestFirstRoot",
         "init_args": {},
@@ -284,10 +299,16 @@ def test_the_shipped_config_builds_the_agent_the_python_objects_build():
         cli.datamodule.max_episode_steps,
         context_window=32,
         imagined_action="one_hot",
-        planner=EmotionMCTS(50, q_transform="minmax_completed", root_rule=GumbelRoot()),
+        planner=EmotionMCTS(50, q_transform="minmax_completed", min_spread=0.1, root_rule=GumbelRoot()),
         dynamics_loss=partial(DynamicsLoss, action_input="taken", all_emotions=True),
         action_loss=partial(AssignedActionLoss, update_transformer=False),
-        value_loss=partial(ValueLoss, return_scale=0.02, target=MonteCarlo(), imagined_weight=1.0, all_emotions=True),
+        value_loss=partial(
+            ValueLoss,
+            return_scale=0.02,
+            target=MonteCarlo(bootstrap_truncation=True),
+            imagined_weight=1.0,
+            all_emotions=True,
+        ),
         gamma=0.98,
         head_lr=1e-3,
         transformer_lr=3e-4,
@@ -299,7 +320,7 @@ def test_the_shipped_config_builds_the_agent_the_python_objects_build():
 
 
 def test_plain_values_everywhere_in_the_hyperparameters():
-    agent = _tiny_agent(value_loss=partial(ValueLoss, target=TDLambda()), planner=EmotionMCTS(4))
+    agent = _tiny_agent(value_loss=partial(ValueLoss, target=ShrunkReturn(0.5)), planner=EmotionMCTS(4))
 
     def plain(value) -> bool:
         if isinstance(value, dict):

@@ -12,12 +12,11 @@ from emotion_rl.losses import (
     DynamicsLoss,
     LiteralActionLoss,
     MaxValueActionLoss,
-    NStep,
     PolicyLoss,
-    TDLambda,
     ValueLoss,
     masked_mean,
 )
+from emotion_rl.losses.targets import lambda_returns
 from emotion_rl.mcts.reference import append_imagined_state
 from emotion_rl.model import EmotionModel
 
@@ -274,14 +273,8 @@ def test_unknown_settings_are_refused_naming_them():
         ValueLoss(make_model(), 1.5)
     with pytest.raises(ValueError, match="imagined_weight"):
         ValueLoss(make_model(), GAMMA, imagined_weight=-1.0)
-    with pytest.raises(ValueError, match="target_tau"):
-        ValueLoss(make_model(), GAMMA, target=NStep(), target_tau=0.0)
     with pytest.raises(TypeError, match="ValueEstimator"):
-        ValueLoss(make_model(), GAMMA, target="n_step")
-    with pytest.raises(ValueError, match="n must be"):
-        NStep(0)
-    with pytest.raises(ValueError, match="lam must be"):
-        TDLambda(1.5)
+        ValueLoss(make_model(), GAMMA, target="monte_carlo")
 
 
 # ---------------------------------------------------------------------------------------------------- options
@@ -401,80 +394,46 @@ def test_dynamics_at_imagined_tokens_learn_the_next_transition_where_the_search_
         DynamicsLoss(model, imagined_weight=-1.0)
 
 
-def _bootstrap_reference(model, batch, b, t, n, gamma, scale, terminated):
-    """n-step target of step t of row b, by hand (model.evaluate on prefixes)."""
-    last = int(batch["mask"][b].sum()) - 1
-    m = min(n, last + 1 - t)
-    y = sum(gamma**k * scale * batch["reward"][b, t + k] for k in range(m))
-    if t + m <= last:
-        prefix = batch[b : b + 1, : t + m + 1]
-        v = model.evaluate(prefix)["values"][0, batch["emotion"][b, t + m]]
-    elif terminated:
-        v = torch.zeros((), dtype=torch.float64)
-    else:
-        out = model.evaluate(
-            batch[b : b + 1, : last + 1], imagined_observation=batch["next_observation"][b, last : last + 1]
-        )
-        v = (out["policy"][0] * out["values"][0]).sum()
-    return y + gamma**m * v
+def test_lambda_returns_by_hand_with_one_discount_per_emotion_and_a_row_that_ends_early():
+    """TD(lambda) backwards from each row's last step (the temperaments' values): y_last = r + gamma V_boot, then
+    y_t = r_t + gamma ((1 - lam) V(s_{t+1}) + lam y_{t+1}); a row's padding never reaches its real steps."""
+    reward = torch.tensor([[[1.0, 1.0], [2.0, 2.0], [4.0, 4.0]], [[1.0, 1.0], [100.0, 100.0], [100.0, 100.0]]])
+    v_next = torch.tensor(
+        [[[0.0, 0.0], [2.0, 2.0], [4.0, 4.0], [8.0, 8.0]], [[0.0, 0.0], [2.0, 2.0], [50.0] * 2, [50.0] * 2]]
+    )
+    last = torch.tensor([2, 0])  # row 1 ends at step 0: v_next[1, 1] is its bootstrap, the rest padding
+    y = lambda_returns(reward, v_next, last, torch.tensor([0.5, 1.0]), 0.5)  # gamma 0.5 for emotion 0, 1 for 1
+    # emotion 0: y2 = 4 + .5 * 8 = 8, y1 = 2 + .5 (.5 * 4 + .5 * 8) = 5, y0 = 1 + .5 (.5 * 2 + .5 * 5) = 2.75
+    # emotion 1: y2 = 4 + 8 = 12, y1 = 2 + (.5 * 4 + .5 * 12) = 10, y0 = 1 + (.5 * 2 + .5 * 10) = 7
+    torch.testing.assert_close(y[0], torch.tensor([[2.75, 7.0], [5.0, 10.0], [8.0, 12.0]]))
+    torch.testing.assert_close(y[1, 0], torch.tensor([1.0 + 0.5 * 2.0, 1.0 + 2.0]))
+    one_step = lambda_returns(reward[..., 0], v_next[..., 0], last, 0.5, 0.0)  # [B, L], a float gamma: r + gamma V
+    torch.testing.assert_close(one_step[0], torch.tensor([1.0 + 1.0, 2.0 + 2.0, 4.0 + 4.0]))
+    full = lambda_returns(reward[..., 0], v_next[..., 0], last, 0.5, 1.0)  # the return, bootstrapped at the end
+    torch.testing.assert_close(full[:, 0], torch.tensor([1.0 + 0.5 * 2.0 + 0.25 * 4.0 + 0.125 * 8.0, 1.0 + 0.5 * 2.0]))
 
 
-@pytest.mark.parametrize("n", [1, 3, 20])
-def test_n_step_targets_bootstrap_from_the_target_model_and_stop_at_termination(n):
-    model, target = make_model(), make_model()
-    with torch.no_grad():
-        for p in target.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    batch = random_episodes([6, 4, 5], max_len=6, seed=4, dtype=torch.float64).exclude(
-        "terminated", "truncated"
-    )  # `done` alone: terminated
-    batch["done"][1, 3] = True
-    loss_module = ValueLoss(model, 0.9, return_scale=0.5, target=NStep(n))
-    loss_module.target_network.network.load_state_dict(target.state_dict())  # the EMA copy the targets read
-    y, y_next = loss_module.targets(batch)
-    for b, length in enumerate([6, 4, 5]):
-        for t in range(length):
-            expected = _bootstrap_reference(target, batch, b, t, n, 0.9, 0.5, terminated=b == 1)
-            torch.testing.assert_close(y[b, t], expected, msg=f"b={b} t={t}")
-    torch.testing.assert_close(y_next[0, :5], y[0, 1:6])
-    assert y_next[1, 3] == 0, "after a termination the next value is 0"
-    torch.testing.assert_close(NStep(n).targets(batch, target, 0.9, 0.5)[0], y, rtol=0, atol=0)
-
-
-def test_td_lambda_spans_one_step_and_monte_carlo_with_bootstrap():
-    model = make_model()
-    batch = random_episodes([6, 4, 5], max_len=6, seed=4, dtype=torch.float64).exclude(
-        "terminated", "truncated"
-    )  # `done` alone: terminated
-    batch["done"][1, 3] = True
-
-    def targets(estimator):
-        return ValueLoss(model, 0.9, return_scale=0.5, target=estimator).targets(batch)[0] * batch["mask"]
-
-    torch.testing.assert_close(targets(TDLambda(0.0)), targets(NStep(1)))
-    torch.testing.assert_close(targets(TDLambda(1.0)), targets(NStep(6)))
-    mid = targets(TDLambda(0.5))
-    assert not torch.allclose(mid, targets(NStep(1)))
-
-
-def test_terminated_and_truncated_keys_decide_the_bootstrap_and_done_alone_means_terminated():
+def test_terminated_and_truncated_keys_decide_the_value_after_a_row_and_done_alone_means_terminated():
+    """Past a row's last step the Monte Carlo y_{t+1} is 0 after a termination, else (y_t - r_t) / gamma; without
+    terminated/truncated keys every done is a termination."""
     model = make_model()
     batch = random_episodes([4, 4], max_len=4, seed=6, dtype=torch.float64).exclude(
         "terminated", "truncated"
     )  # `done` alone: terminated
     batch["done"][:, 3] = True
-    loss_module = ValueLoss(model, 0.9, target=NStep(2))
-    done_only = loss_module.targets(batch)[0]
+    loss_module = ValueLoss(model, 0.9, return_scale=0.5, imagined_weight=1.0)
+    y, done_only = loss_module.targets(batch)
+    assert done_only[:, 3].eq(0).all(), "done alone: a termination, nothing after it"
     explicit = batch.clone()
     explicit["terminated"] = batch["done"].clone()
     explicit["terminated"][1, 3] = False  # row 1 was cut by a time limit
     explicit["truncated"] = batch["done"] & ~explicit["terminated"]
-    split = loss_module.targets(explicit)[0]
+    split_y, split = loss_module.targets(explicit)
+    torch.testing.assert_close(split_y, y)  # the return itself does not change (decision 19)
     torch.testing.assert_close(split[0], done_only[0])
-    assert not torch.allclose(split[1, 2:], done_only[1, 2:]), "a truncation must bootstrap"
-    out = model.evaluate(batch[1:2], imagined_observation=batch["next_observation"][1, 3:4])
-    boot = (out["policy"][0] * out["values"][0]).sum()
-    torch.testing.assert_close(split[1, 3] - done_only[1, 3], 0.9 * boot)
+    torch.testing.assert_close(split[1, :3], done_only[1, :3])
+    torch.testing.assert_close(split[1, 3], (y[1, 3] - 0.5 * batch["reward"][1, 3]) / 0.9)
+    assert split[1, 3] != 0
 
 
 def test_the_literal_value_loss_reads_only_the_return_besides_the_history(episodes):

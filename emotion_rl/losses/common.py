@@ -118,10 +118,6 @@ class PhaseLoss(LossModule):
         """The outputs this loss learns of its own, beside the model's heads (None: none)."""
         return None
 
-    def after_update(self) -> None:
-        """Called by the agent after each update (all four phases): a loss with state of its own (the value loss's
-        EMA target network) moves it here. Nothing by default."""
-
     def encode(self, batch: TensorDictBase, encoding: Encoding | None) -> Encoding:
         """``encoding`` when given, else the model's encoding of ``batch`` (with gradients)."""
         return self.model.encode(batch) if encoding is None else encoding

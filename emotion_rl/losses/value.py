@@ -1,5 +1,5 @@
-"""Phase 3 (spec 2.2.2): the value heads learn targets from an estimator (Monte Carlo returns, n-step or TD(lambda)
-targets; ``emotion_rl/losses/targets.py``), optionally also at the imagined tokens the search reads."""
+"""Phase 3 (spec 2.2.2): the value heads learn targets from an estimator (the Monte Carlo return,
+``emotion_rl/losses/targets.py``), optionally also at the imagined tokens the search reads."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from tensordict import TensorDict, TensorDictBase
 from torch import Tensor
 
 from emotion_rl.losses.common import PhaseLoss, imagined_next, terminated_steps
-from emotion_rl.losses.targets import MonteCarlo, TargetNetwork, ValueEstimator
+from emotion_rl.losses.targets import MonteCarlo, ValueEstimator
 from emotion_rl.model import EmotionModel, Encoding
 
 __all__ = ["ValueLoss"]
@@ -19,9 +19,8 @@ class ValueLoss(PhaseLoss):
     """Phase 3 (spec 2.2.2): ``(V^e(s_t) - y_t)^2`` for the selected emotion. Trains the value heads and the
     transformer.
 
-    The targets ``y`` (value units) come from ``target`` (:class:`~emotion_rl.losses.targets.ValueEstimator`). A
-    bootstrapping estimator reads ``target_network``: an EMA copy of the model (:class:`TargetNetwork`, stepped by
-    :meth:`after_update`), or the model itself when ``target_tau`` is 1.
+    The targets ``y`` (value units) come from ``target`` (:class:`~emotion_rl.losses.targets.ValueEstimator`), given
+    the model this loss trains.
 
     ``imagined_weight`` > 0 also trains the values read at imagined tokens ``(none, none, 0, s)`` after each step
     ``t`` (position ``t + 1``, the slot the search reads), for ``s`` the true ``s_{t+1}`` and the dynamics head's
@@ -40,7 +39,6 @@ class ValueLoss(PhaseLoss):
         return_scale: targets are ``return_scale * G`` (rewards times ``return_scale``): the value heads and the
             search work in those units.
         target: the value estimator; ``None``: :class:`~emotion_rl.losses.targets.MonteCarlo` (spec 2.2.2).
-        target_tau: EMA rate of the target network a bootstrapping estimator reads (1: the model itself).
         imagined_weight: weight of the imagined-token value errors (0: off).
         all_emotions: every emotion's value learns each step, weighted as above.
     """
@@ -53,7 +51,6 @@ class ValueLoss(PhaseLoss):
         gamma: float,
         return_scale: float = 1.0,
         target: ValueEstimator | None = None,
-        target_tau: float = 0.005,
         imagined_weight: float = 0.0,
         all_emotions: bool = False,
     ) -> None:
@@ -66,23 +63,11 @@ class ValueLoss(PhaseLoss):
             raise ValueError(f"imagined_weight must be >= 0, got {imagined_weight}")
         self.target = MonteCarlo() if target is None else target
         if not isinstance(self.target, ValueEstimator):
-            raise TypeError(f"target must be a ValueEstimator (MonteCarlo, NStep, TDLambda), got {self.target!r}")
+            raise TypeError(f"target must be a ValueEstimator (e.g. MonteCarlo), got {self.target!r}")
         self.gamma, self.return_scale = gamma, return_scale
         self.imagined_weight, self.all_emotions = imagined_weight, all_emotions
-        bootstraps = self.target.bootstraps
-        self.target_network = TargetNetwork(model, target_tau) if bootstraps and target_tau < 1 else None
         reads = self.target.reads + (("next_observation", "done") if imagined_weight else ())
         self.reads = tuple(dict.fromkeys(reads))
-
-    @property
-    def bootstrap_model(self) -> EmotionModel:
-        """The network the targets read: the EMA copy, or the model itself."""
-        return self.model if self.target_network is None else self.target_network.network
-
-    def after_update(self) -> None:
-        """Step the EMA target network (the agent calls it after each update)."""
-        if self.target_network is not None:
-            self.target_network.step()
 
     def per_step(self, batch: TensorDictBase, encoding: Encoding | None = None) -> TensorDict:
         encoding = self.encode(batch, encoding)
@@ -108,7 +93,7 @@ class ValueLoss(PhaseLoss):
 
     def targets(self, batch: TensorDictBase, with_next: bool = True) -> tuple[Tensor, Tensor | None]:
         """``y_t`` and ``y_{t+1}`` ``[B, L]`` in value units (no gradient), from :attr:`target`."""
-        return self.target.targets(batch, self.bootstrap_model, self.gamma, self.return_scale, with_next)
+        return self.target.targets(batch, self.model, self.gamma, self.return_scale, with_next)
 
     def imagined_hidden(self, batch: TensorDictBase, encoding: Encoding) -> tuple[Tensor, Tensor]:
         """Hidden states ``[B, L, d]`` of the imagined token after step ``t`` of the true ``s_{t+1}`` and of the
