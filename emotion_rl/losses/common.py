@@ -67,9 +67,9 @@ def imagined_next(model: EmotionModel, encoding: Encoding, *observations: Tensor
 
 def target_rewards(batch: TensorDictBase) -> Tensor:
     """The reward every value target reads, ``[B, L]``: the env's ``reward`` plus the step's ``novelty`` bonus when
-    the batch has one (docs/data.md, "Novelty"). The one place the bonus joins the reward, so Monte Carlo returns
-    (whose stored ``return`` already holds it), their row-end bootstrap and n-step / TD(lambda) targets agree. The
-    model's tokens keep the env's reward."""
+    the batch has one (docs/data.md, "Novelty"). The one place the bonus joins the reward, so the Monte Carlo returns
+    (whose stored ``return`` already holds it) and their row-end bootstrap agree. The model's tokens keep the env's
+    reward."""
     reward = batch.get("reward")
     return reward + batch.get("novelty") if "novelty" in batch.keys() else reward
 
