@@ -15,6 +15,8 @@ from emotion_rl.viz import load_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "cartpole.ckpt"
+PREVIOUS = ROOT / "models" / "cartpole_before_values.ckpt"
+"""The model shipped before the values screens (models/README.md), converted from the flat hyper-parameters."""
 
 
 def test_the_shipped_cartpole_model_loads_with_weights_only_and_balances():
@@ -36,7 +38,7 @@ def test_the_temperament_probe_model_loads_with_its_own_value_heads():
     assert all(torch.equal(value, stored[key]) for key, value in agent.state_dict().items())
 
 
-OLD_HPARAMS = {  # models/cartpole.ckpt's hyper-parameters before the planner and the losses became components
+OLD_HPARAMS = {  # models/cartpole_before_values.ckpt's hyper-parameters before the components (decision 23)
     **dict(n_emotions=8, d_model=64, n_layers=2, n_heads=4, head_hidden=None, num_simulations=50, c_puct=1.0),
     **dict(max_depth=3, q_transform="minmax_completed", completed_value="child", tie_break="lowest"),
     **dict(dirichlet_alpha=0.3, dirichlet_fraction=0.0, root_rule="gumbel", gumbel_considered=8),
@@ -66,10 +68,10 @@ def test_the_shipped_model_is_its_old_checkpoint_converted():
     an option that was removed is refused; target_tau and an EMA target network's weights, which Monte-Carlo targets
     never read, are dropped."""
     convert = _converter()
-    assert convert.convert_hparams(OLD_HPARAMS) == torch.load(MODEL, weights_only=True)["hyper_parameters"]
+    assert convert.convert_hparams(OLD_HPARAMS) == torch.load(PREVIOUS, weights_only=True)["hyper_parameters"]
     with pytest.raises(ValueError, match="tie_break"):
         convert.convert_hparams({**OLD_HPARAMS, "tie_break": "random"})
-    current = torch.load(MODEL, weights_only=True)["hyper_parameters"]  # a planner naming its root flat, as once
+    current = torch.load(PREVIOUS, weights_only=True)["hyper_parameters"]  # a planner naming its root flat, as once
     flat_root = {**current["planner"]["init_args"], "root_rule": "gumbel", "gumbel_considered": 8}
     flat_root.update(gumbel_c_visit=50.0, gumbel_c_scale=0.1, tie_break="lowest", value_readout="mean")
     assert convert.convert_hparams({**current, "planner": {"init_args": flat_root}}) == current
