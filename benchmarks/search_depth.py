@@ -49,6 +49,7 @@ from search_gain import ENV_OPTIONS, display_path, env_settings
 from tensordict import TensorDict
 
 from emotion_rl.data.envs import make_env, probe_env
+from emotion_rl.data.episodes import discounted_returns as episode_returns
 from emotion_rl.data.rollout import play
 from emotion_rl.mcts.root_gap import completed_root_q, root_q_gaps
 from emotion_rl.policy import EmotionPolicy
@@ -99,13 +100,9 @@ class Search:
 
 # ---------------------------------------------------------------------------------------------- bookkeeping
 def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
-    """``G_t = r_t + gamma G_{t+1}`` over one episode ``[T]``, float64, ``G`` after the last step 0."""
-    out = np.zeros(len(rewards), dtype=np.float64)
-    running = 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        running = float(rewards[t]) + gamma * running
-        out[t] = running
-    return out
+    """``G_t = r_t + gamma G_{t+1}`` over one episode ``[T]`` (``G`` after the last step 0), as numpy float64: the
+    returns the agent's replay stores (:func:`emotion_rl.data.episodes.discounted_returns`)."""
+    return episode_returns(torch.as_tensor(np.asarray(rewards, dtype=np.float32)), gamma).double().numpy()
 
 
 def cut_returns(episode: Episode, gamma: float, tolerance: float = CUT_TOLERANCE) -> np.ndarray:

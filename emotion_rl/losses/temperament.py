@@ -92,10 +92,10 @@ class TemperamentActionLoss(ActionLoss):
     def per_step(self, batch: TensorDictBase, encoding: Encoding | None = None) -> TensorDict:
         encoding = self.encode(batch, encoding)
         hidden = encoding.hidden if self.update_transformer else encoding.hidden.detach()
-        with torch.no_grad():
-            targets, novelty = self.value_targets(batch, encoding)
-            q, imagined = self.action_values(batch, encoding)  # [B, L, A, E], the imagined next states' W
         values = self.values(hidden)  # [B, L, E]
+        with torch.no_grad():
+            targets, novelty = self.value_targets(batch, encoding, values.detach())
+            q, imagined = self.action_values(batch, encoding)  # [B, L, A, E], the imagined next states' W
         value_loss = (values - targets).pow(2).sum(-1)
         advantage = q - q.mean(-2, keepdim=True)
         weight = step_weight(batch).to(q.dtype)
@@ -120,8 +120,11 @@ class TemperamentActionLoss(ActionLoss):
         mean = (error * weight).sum() / weight.sum().clamp(min=1)
         return (error / mean.clamp_min(1e-8)).clamp(max=5.0) * (weight > 0)
 
-    def value_targets(self, batch: TensorDictBase, encoding: Encoding) -> tuple[Tensor, Tensor]:
-        """TD(lambda) targets ``[B, L, E]`` of every ``W^e`` and the novelty ``[B, L]`` they read."""
+    def value_targets(
+        self, batch: TensorDictBase, encoding: Encoding, values: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """TD(lambda) targets ``[B, L, E]`` of every ``W^e`` and the novelty ``[B, L]`` they read. ``values``: ``W``
+        at the real steps ``[B, L, E]`` when the caller has them (no gradient needed), else computed here."""
         mask = batch["mask"]
         batch_size = mask.shape[0]
         last = (mask.long().sum(-1) - 1).clamp(min=0)
@@ -132,7 +135,8 @@ class TemperamentActionLoss(ActionLoss):
         (after,) = imagined_next(self.model, encoding, batch["next_observation"])
         ended = terminated_steps(batch)[rows, last].bool().unsqueeze(-1)
         boot = self.values(after[rows, last]).masked_fill(ended, 0.0)
-        v_next = torch.cat([self.values(encoding.hidden), boot.new_zeros(batch_size, 1, boot.shape[-1])], 1)
+        values = self.values(encoding.hidden) if values is None else values
+        v_next = torch.cat([values, boot.new_zeros(batch_size, 1, boot.shape[-1])], 1)
         v_next[rows, last + 1] = boot  # [B, L + 1, E]: W(s_k); past a row's end its bootstrap
         return lambda_returns(reward, v_next, last, self.gammas, self.lam), novelty
 
