@@ -26,7 +26,7 @@ from emotion_rl.diagnostics import DiagnosticsSchedule, collection_metrics, lear
 from emotion_rl.history import HISTORY_KEYS, window_index
 from emotion_rl.losses import ActionLoss, DynamicsLoss, MaxValueActionLoss, PolicyLoss, ValueLoss, step_weight
 from emotion_rl.mcts.search import EmotionMCTS
-from emotion_rl.model import EmotionModel, ImaginedAction
+from emotion_rl.model import EmotionModel, ImaginedAction, evaluating
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
 from emotion_rl.predict import LoadAndPredict
 
@@ -195,12 +195,8 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
         history = history.apply(lambda x: x.to(dtype) if x.is_floating_point() else x)
         history.set("mask", valid.to(self.device))
         after = episodes["next_observation"][torch.arange(count), last].to(self.device, dtype)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with evaluating(self.model):
             value = self.model.evaluate(history, imagined_observation=after)["value"]
-        finally:
-            self.model.train(was_training)
         scale = float(getattr(self.losses.value, "return_scale", 1.0))
         return (value / scale).to("cpu", torch.float32)
 

@@ -9,6 +9,8 @@ runs imagined tokens against them. The planner's fused form of the same computat
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -372,3 +374,28 @@ class EmotionModel(nn.Module):
             rows = torch.arange(encoding.hidden.shape[0], device=encoding.hidden.device)
             out = self.evaluate_imagined(encoding, imagined_observation.reshape(-1, self.obs_dim), rows)
         return out.reshape(encoding.batch_shape)
+
+
+def parameter_device_dtype(module: nn.Module, fallback: Tensor | None = None) -> tuple[torch.device, torch.dtype]:
+    """The device and floating type of ``module``'s first floating parameter (``fallback``'s device and floating
+    type, or the default dtype, when it has none): where inputs must go before the module reads them."""
+    for tensor in module.parameters():
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    if fallback is None:
+        return torch.device("cpu"), torch.get_default_dtype()
+    return fallback.device, fallback.dtype if fallback.is_floating_point() else torch.get_default_dtype()
+
+
+@contextmanager
+def evaluating(module: nn.Module, fallback: Tensor | None = None) -> Iterator[tuple[torch.device, torch.dtype]]:
+    """``with evaluating(model) as (device, dtype):`` the module in eval mode without gradients, its training mode
+    restored on exit (also on an error); yields :func:`parameter_device_dtype`. Acting, reanalyze and the plots read
+    the model this way: dropout off, nothing recorded for backward."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield parameter_device_dtype(module, fallback)
+    finally:
+        module.train(was_training)

@@ -20,6 +20,7 @@ from torchrl.envs.utils import ExplorationType, exploration_type
 
 from emotion_rl.history import NONE, History
 from emotion_rl.mcts.root_gap import ROOT_GAP_KEYS, completed_root_q, root_q_gaps
+from emotion_rl.model import evaluating, parameter_device_dtype
 
 __all__ = ["EmotionPolicy", "TemperatureSchedule", "select_emotion"]
 
@@ -267,19 +268,12 @@ class EmotionPolicy(TensorDictModuleBase):
         lengths = history.lengths()
         if bool((lengths < 1).any()):
             raise ValueError("EmotionPolicy.set_histories: every history needs at least one step (its current state)")
-        device, dtype = self._model_device_dtype(history.observation)
+        device, dtype = parameter_device_dtype(self.model, history.observation)
         full = History.empty(n_envs, self.context_window, history.observation.shape[2:], dtype, device)
         for name in ("observation", "action", "emotion", "reward"):
             field = getattr(full, name)
             field[:, :length] = getattr(history, name).to(device, field.dtype)
         self._history, self._length = full, lengths.to(device)
-
-    def _model_device_dtype(self, fallback: torch.Tensor) -> tuple[torch.device, torch.dtype]:
-        """Device and floating dtype of the model's parameters (the observation's when it has none)."""
-        for tensor in self.model.parameters():
-            if tensor.is_floating_point():
-                return tensor.device, tensor.dtype
-        return fallback.device, fallback.dtype if fallback.is_floating_point() else torch.get_default_dtype()
 
     def _append_observation(self, obs: torch.Tensor, is_init: torch.Tensor, prev_reward: torch.Tensor) -> None:
         """Start new histories where is_init, record r_{t-1} elsewhere, append s_t with a/e = NONE and r = 0;
@@ -334,7 +328,7 @@ class EmotionPolicy(TensorDictModuleBase):
         if "is_init" not in td.keys():
             raise KeyError("EmotionPolicy needs 'is_init' in its input: add torchrl's InitTracker() to the env")
         out_device = td.get("observation").device
-        device, dtype = self._model_device_dtype(td.get("observation"))
+        device, dtype = parameter_device_dtype(self.model, td.get("observation"))
         obs = td.get("observation").to(device, dtype)
         if obs.ndim != 2:
             raise ValueError(f"EmotionPolicy expects observations of shape [n_envs, obs_dim], got {tuple(obs.shape)}")
@@ -344,14 +338,9 @@ class EmotionPolicy(TensorDictModuleBase):
         self._append_observation(obs, is_init, prev_reward)
         history = self.histories()
 
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                greedy = self.acting_greedily
-                result = self.planner.search(self.model, history, generator=self.generator, explore=not greedy)
-        finally:
-            self.model.train(was_training)
+        greedy = self.acting_greedily
+        with evaluating(self.model):
+            result = self.planner.search(self.model, history, generator=self.generator, explore=not greedy)
 
         policy_target = result.get("policy_target").float()  # the search's target (stored for phase 4)
         visit_counts = result.get("visit_counts")

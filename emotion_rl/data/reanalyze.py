@@ -7,7 +7,7 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from emotion_rl.mcts.search import EmotionMCTS
-from emotion_rl.model import EmotionModel
+from emotion_rl.model import EmotionModel, evaluating
 
 __all__ = ["reanalyze"]
 
@@ -23,16 +23,13 @@ def reanalyze(planner: EmotionMCTS, model: EmotionModel, episodes: TensorDict, c
     (the replay stores float32 on the CPU); the result is where the episodes are.
     """
     batch, length = episodes.shape
-    device, dtype = _device_dtype(model)
     mask = episodes["mask"]
-    rows = mask.nonzero().to(device)  # [R, 2]: (episode, step), in step order within each episode
-    rows = rows[rows[:, 1].argsort(stable=True)]  # group short prefixes together
     out = torch.zeros(batch, length, model.n_emotions, device=mask.device)
-    real = episodes.select("observation", "action", "emotion", "reward").to(device)
-    real = real.apply(lambda x: x.to(dtype) if x.is_floating_point() else x)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model) as (device, dtype):
+        rows = mask.nonzero().to(device)  # [R, 2]: (episode, step), in step order within each episode
+        rows = rows[rows[:, 1].argsort(stable=True)]  # group short prefixes together
+        real = episodes.select("observation", "action", "emotion", "reward").to(device)
+        real = real.apply(lambda x: x.to(dtype) if x.is_floating_point() else x)
         for start in range(0, rows.shape[0], chunk):
             b, t = rows[start : start + chunk].unbind(-1)
             longest = int(t.max()) + 1
@@ -40,12 +37,4 @@ def reanalyze(planner: EmotionMCTS, model: EmotionModel, episodes: TensorDict, c
             history.set("mask", torch.arange(longest, device=t.device) <= t.unsqueeze(-1))
             visits = planner.search(model, history)["policy_target"]
             out[b.to(out.device), t.to(out.device)] = visits.to(out.device, out.dtype)
-    finally:
-        model.train(was_training)
     return out
-
-
-def _device_dtype(model: EmotionModel) -> tuple[torch.device, torch.dtype]:
-    """The device and floating type of the model's parameters."""
-    parameter = next(p for p in model.parameters() if p.is_floating_point())
-    return parameter.device, parameter.dtype

@@ -27,6 +27,7 @@ from emotion_rl.data.envs import make_env
 from emotion_rl.data.episodes import discounted_returns
 from emotion_rl.data.rollout import play
 from emotion_rl.history import NONE, window_index
+from emotion_rl.model import evaluating
 from emotion_rl.viz.style import CARTPOLE_OBSERVATION, Figure, emotion_color
 
 __all__ = [
@@ -211,10 +212,7 @@ def episode_outputs(model: torch.nn.Module, record: EpisodeRecord) -> TensorDict
     ``h_t`` for every step (decision 11), the same ``h_t`` the search saw. An episode longer than the model's
     context (an agent with ``context_window``) is read as the policy read it: ``h_t`` from the window of the last
     ``context_window`` real steps ending at ``t``, all windows in one batch."""
-    was_training = model.training
-    model.eval()
-    try:
-        dtype = next(model.parameters()).dtype
+    with evaluating(model) as (_, dtype):
         length, window = record.length, model.context_window
         steps = torch.arange(length)
         if length <= window:  # the whole episode; entry t's action, emotion and reward only feed token t + 1
@@ -232,8 +230,6 @@ def episode_outputs(model: torch.nn.Module, record: EpisodeRecord) -> TensorDict
         hidden = model.encode(history).hidden
         hidden = hidden[0] if length <= window else hidden[steps, valid.sum(-1) - 1]
         return model.heads(hidden)
-    finally:
-        model.train(was_training)
 
 
 def _stack(records: Iterable[EpisodeRecord], key: str) -> torch.Tensor:
