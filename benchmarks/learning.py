@@ -3,10 +3,15 @@
 Every run, emotion agent or baseline, follows one protocol:
 
 1. Train, evaluating greedily every ``--eval-every`` environment steps on ``--eval-episodes`` episodes (the same
-   fixed start states each time). Training stops at the first evaluation whose mean return reaches
-   ``--threshold`` (the agent is "solved" there: Lightning's ``EarlyStopping(stopping_threshold=...)`` for the
-   emotion agent, stable-baselines3's ``StopTrainingOnRewardThreshold`` for PPO), or at ``--budget`` env steps,
-   or after ``--max-minutes`` of training wall time (evaluations excluded), whichever comes first. With
+   fixed start states each time). Under ``--protocol hold`` (the default) every run trains its whole ``--budget``
+   and is scored by what it holds: ``score`` is the mean of its evaluations over the last third of the budget,
+   ``held`` says whether any evaluation after its first at ``--threshold`` fell below ``--hold-floor``
+   (``emotion_rl.evaluation``); each evaluation also records why its episodes ended (``end_*``), and with
+   ``--paired-decision`` the other greedy decision's return on the same network and start states. Under
+   ``--protocol first`` (the earlier protocol, which selected lucky peaks: docs/results.md) training stops at the
+   first evaluation whose mean return reaches ``--threshold`` (Lightning's ``EarlyStopping(stopping_threshold=...)``
+   for the emotion agent, stable-baselines3's ``StopTrainingOnRewardThreshold`` for PPO), or at ``--budget`` env
+   steps, or after ``--max-minutes`` of training wall time (evaluations excluded), whichever comes first. With
    ``--continue-after N`` an emotion run does not stop at the threshold: it trains ``N`` env steps more (the budget
    applies only until the threshold is first reached), so that the final evaluation shows whether it stays solved
    (``stays_solved`` in its result).
@@ -68,6 +73,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's package, also when run from a worktree
+
+from emotion_rl.evaluation import first_reached, held, last_third_mean  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "learning"
 LEGACY_ENV = "CartPole-v1"
 """The env of result files written directly in ``RESULTS`` (and of result files that name no env)."""
@@ -190,7 +199,7 @@ def overrides_of(args: argparse.Namespace, variant: str) -> list[str]:
 def stop_limit(curve: list[dict], threshold: float, budget: int, continue_after: int | None) -> int:
     """Env steps at which a run stops: the budget, or with ``continue_after``, once the curve first reaches the
     threshold, that evaluation's env steps plus ``continue_after`` (whatever the budget)."""
-    reached = next((point["env_steps"] for point in curve if point["return_mean"] >= threshold), None)
+    reached = first_reached(curve, threshold)
     return budget if reached is None or continue_after is None else reached + continue_after
 
 
@@ -233,16 +242,25 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
             # and this hook (the next batch's collection starts later, inside training_step).
             if trainer.sanity_checking:
                 return
+            metrics = trainer.callback_metrics
+            point = {
+                "env_steps": int(trainer.datamodule.env_steps),
+                "return_mean": float(metrics["val/return_mean"]),
+                **{key[len("val/") :]: float(value) for key, value in metrics.items() if key.startswith("val/end_")},
+            }
+            if args.paired_decision:  # the other greedy decision, same network, same start states
+                data = trainer.datamodule
+                env = data.make_env(data.val_episodes, data.seed + 10_000)
+                try:
+                    policy = pl_module.make_policy(greedy=True, greedy_decision=other_decision(pl_module))
+                    paired = evaluate_policy(env, policy, data.max_episode_steps)
+                finally:
+                    env.close()
+                point[f"return_mean_by_{other_decision(pl_module)}"] = float(paired["episode_return"].mean())
             now = time.perf_counter()
             self.evaluating_s += now - self._batch_end
-            self.curve.append(
-                {
-                    "env_steps": int(trainer.datamodule.env_steps),
-                    "wall_s": now - self.start - self.evaluating_s,
-                    "wall_with_evals_s": now - self.start,
-                    "return_mean": float(trainer.callback_metrics["val/return_mean"]),
-                }
-            )
+            point.update(wall_s=now - self.start - self.evaluating_s, wall_with_evals_s=now - self.start)
+            self.curve.append(point)
 
     name = f"{variant}_s{seed}" + ("_cost" if args.cost_only else "")
     overrides = [
@@ -276,7 +294,7 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
     )
     record = Record()
     cli.trainer.callbacks.append(record)
-    if not args.cost_only and args.continue_after is None:
+    if not args.cost_only and args.continue_after is None and args.protocol == "first":
         stop = EarlyStopping("val/return_mean", mode="max", stopping_threshold=args.threshold, patience=10**9)
         cli.trainer.callbacks.append(stop)
     record.start = time.perf_counter()
@@ -289,6 +307,10 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
         env = data.make_env(args.final_episodes, seed + 20_000)
         try:
             final = evaluate_policy(env, cli.model.make_policy(greedy=True), data.max_episode_steps)
+            final_paired = None
+            if args.paired_decision:
+                paired = cli.model.make_policy(greedy=True, greedy_decision=other_decision(cli.model))
+                final_paired = evaluate_policy(env, paired, data.max_episode_steps)["episode_return"].tolist()
         finally:
             env.close()
         model_path = Path(args.out) / "models" / f"{name}.ckpt"  # the final weights, to look inside (not committed)
@@ -300,7 +322,17 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
     result = summarize(variant, seed, record.curve, env_steps, train_wall, final["episode_return"].tolist(), args)
     if gain is not None:
         result["search_gain"] = gain
+    result["greedy_decision"] = cli.model.hparams.get("greedy_decision", "emotion")
+    if final_paired is not None:
+        other = other_decision(cli.model)
+        result[f"final_return_mean_by_{other}"] = sum(final_paired) / len(final_paired)
+        result[f"score_by_{other}"] = last_third_mean(record.curve, args.budget, f"return_mean_by_{other}")
     return result
+
+
+def other_decision(agent) -> str:  # noqa: ANN001 - an EmotionAgent
+    """The greedy decision the agent is not configured with (``emotion_rl.decision``): the paired evaluation's."""
+    return "action" if agent.hparams.get("greedy_decision", "emotion") == "emotion" else "emotion"
 
 
 def search_gain_of(agent, data, seed: int, args: argparse.Namespace) -> dict:  # noqa: ANN001
@@ -396,7 +428,9 @@ def run_ppo(args: argparse.Namespace, seed: int) -> dict:
 
     evaluation = Evaluate(
         eval_env,
-        callback_on_new_best=StopTrainingOnRewardThreshold(reward_threshold=args.threshold, verbose=0),
+        callback_on_new_best=StopTrainingOnRewardThreshold(reward_threshold=args.threshold, verbose=0)
+        if args.protocol == "first"
+        else None,
         eval_freq=max(1, args.eval_every // n_envs),  # calls of the callback: one per step of the n_envs envs
         n_eval_episodes=args.eval_episodes,
         deterministic=True,
@@ -455,6 +489,7 @@ def summarize(
     """One run's result: the curve, when (env steps, wall time) it first reached the threshold, the final evaluation."""
     reached = next((point for point in curve if point["return_mean"] >= args.threshold), None)
     final_mean = sum(final) / len(final)
+    protocol = getattr(args, "protocol", "first")
     return {
         "variant": variant,
         "overrides": overrides_of(args, variant) if variant not in BASELINES else [],
@@ -476,6 +511,10 @@ def summarize(
         "solved": final_mean >= args.threshold,
         "continue_after": getattr(args, "continue_after", None),
         "stays_solved": (final_mean >= args.threshold) if reached and getattr(args, "continue_after", None) else None,
+        "protocol": protocol,
+        "score": last_third_mean(curve, args.budget) if protocol == "hold" else None,
+        "held": held(curve, args.threshold, args.hold_floor) if protocol == "hold" else None,
+        "hold_floor": args.hold_floor if protocol == "hold" else None,
     }
 
 
@@ -529,8 +568,30 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME=--OPTION=VALUE[,...]",
         help="an ad-hoc variant: the config with these overrides (repeatable)",
     )
+    parser.add_argument(
+        "--protocol",
+        choices=("hold", "first"),
+        default="hold",
+        help="hold (default): every run trains its whole budget and scores the mean of its evaluations over the "
+        "last third (emotion_rl.evaluation); first: the earlier protocol, which stops at the first evaluation at "
+        "the threshold",
+    )
+    parser.add_argument(
+        "--hold-floor", type=float, default=400.0, help="a run held its first threshold evaluation if none after it "
+        "fell below this (CartPole: 400)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--paired-decision",
+        action="store_true",
+        help="at every evaluation and at the final one, also play the other greedy decision (emotion_rl.decision) "
+        "on the same network and start states",
+    )
     parser.add_argument("--budget", type=int, help="env steps at most per run (default: per env)")
-    parser.add_argument("--max-minutes", type=float, default=10.0, help="training wall time at most per run")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="training wall time at most per run (default: none under --protocol hold, 10 under first)",
+    )
     parser.add_argument(
         "--threshold", type=float, help="evaluation mean return that solves the task (default: per env)"
     )
@@ -574,6 +635,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-one", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.max_minutes is None:
+        args.max_minutes = math.inf if args.protocol == "hold" else 10.0
     args.adhoc = {}
     for name, overrides in args.adhoc_specs:
         if name in args.adhoc:

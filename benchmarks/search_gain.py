@@ -94,10 +94,20 @@ def env_settings(ckpt_path: str | os.PathLike, env_id: str | None, time_limit: i
     return settings
 
 
-def planners(agent) -> dict[str, object]:  # noqa: ANN001 - an EmotionAgent
-    """The rows: ``search`` (the agent's planner), ``prior``, and ``emotion_<e>`` for every emotion."""
-    rows: dict[str, object] = {"search": agent.planner, "prior": PriorPlanner()}
-    rows.update({f"emotion_{e}": FixedEmotionPlanner(e) for e in range(agent.model.n_emotions)})
+def planners(agent) -> dict[str, tuple[object, str]]:  # noqa: ANN001 - an EmotionAgent
+    """The rows, each a planner and the greedy decision it acts with (``emotion_rl.decision``): ``search`` (the
+    agent's planner and decision), ``search_by_<other>`` (the same search, the other decision), ``values`` (no
+    search, the action whose emotions' mean root value ``V^e`` is highest: Q-greedy in the network's own values),
+    ``prior``, and ``emotion_<e>`` for every emotion."""
+    configured = getattr(agent, "hparams", {}).get("greedy_decision", "emotion")
+    other = "action" if configured == "emotion" else "emotion"
+    rows: dict[str, tuple[object, str]] = {
+        "search": (agent.planner, configured),
+        f"search_by_{other}": (agent.planner, other),
+        "values": (PriorPlanner(), "action"),
+        "prior": (PriorPlanner(), "emotion"),
+    }
+    rows.update({f"emotion_{e}": (FixedEmotionPlanner(e), "emotion") for e in range(agent.model.n_emotions)})
     return rows
 
 
@@ -111,8 +121,10 @@ def play_row(
     heads: bool = False,
     disagreements: int = 0,
     horizon: int = 100,
+    decision: str = "emotion",
 ) -> dict:
-    """``episodes`` greedy episodes of ``planner`` over ``agent.model``, one env each, envs seeded by ``seed``.
+    """``episodes`` greedy episodes of ``planner`` over ``agent.model``, one env each, envs seeded by ``seed``,
+    acting by the greedy ``decision`` (``emotion_rl.decision``).
 
     Returns the per-episode returns and lengths (each env's first episode, as ``evaluate_policy`` counts them), the
     first observations (the start states), and the per-state means over the visited states of ``action_changed``,
@@ -125,7 +137,11 @@ def play_row(
     env = make_env(settings["env_id"], episodes, seed=seed, max_episode_steps=settings["time_limit"], **options)
     generator = torch.Generator().manual_seed(seed)  # the search draws only under random options (ties, noise)
     policy = EmotionPolicy(
-        agent.model, RecordingPlanner(planner) if heads else planner, greedy=True, generator=generator
+        agent.model,
+        RecordingPlanner(planner) if heads else planner,
+        greedy=True,
+        generator=generator,
+        greedy_decision=decision,
     )
     acting = policy
     if heads:
@@ -205,12 +221,13 @@ def measure(
         check_copyable(settings)  # before any episode is played
     results: dict[str, dict] = {}
     starts = None
-    for name, planner in planners(agent).items():
+    for name, (planner, decision) in planners(agent).items():
         if rows is not None and name not in rows and name != "search":
             continue
         heads = name == "search"  # the heads' agreement and the check are measured on the search's states
         check = disagreements if heads else 0
-        row = summarize(play_row(agent, planner, settings, episodes, seed, max_steps, heads, check, horizon))
+        row = play_row(agent, planner, settings, episodes, seed, max_steps, heads, check, horizon, decision)
+        row = summarize(row)
         if starts is None:
             starts = row["start_observations"]
         elif row["start_observations"] != starts:
@@ -218,7 +235,7 @@ def measure(
         del row["start_observations"]
         results[name] = row
         log(f"{name:<10} mean {row['mean']:8.1f}  ({row['seconds']:.1f} s)")
-    baselines = {name: row["mean"] for name, row in results.items() if name != "search"}
+    baselines = {name: row["mean"] for name, row in results.items() if name == "prior" or name.startswith("emotion_")}
     best = max(baselines, key=baselines.get) if baselines else None
     search = results["search"]
     heads, check = search.pop("heads"), search.pop("disagreements", None)  # the search's states: the report's own
@@ -238,6 +255,7 @@ def measure(
         "best_baseline": best,
         "gain": search["mean"] - baselines[best] if best is not None else math.nan,
         "gain_over_prior": search["mean"] - results["prior"]["mean"] if "prior" in results else math.nan,
+        "gain_over_values": search["mean"] - results["values"]["mean"] if "values" in results else math.nan,
     }
 
 

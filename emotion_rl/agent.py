@@ -22,6 +22,7 @@ from torch import Tensor
 
 from emotion_rl.config import instantiate, to_config
 from emotion_rl.data.reanalyze import reanalyze
+from emotion_rl.decision import GREEDY_DECISIONS, GreedyDecision
 from emotion_rl.diagnostics import DiagnosticsSchedule, collection_metrics, learning_diagnostics
 from emotion_rl.history import HISTORY_KEYS, window_index
 from emotion_rl.losses import ActionLoss, DynamicsLoss, MaxValueActionLoss, PolicyLoss, ValueLoss, step_weight
@@ -98,6 +99,9 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
             forward pass each time; docs/training.md, "Diagnostics").
         diagnostics_interval: env steps between two diagnostics (on the first collection that reaches the next
             multiple); 0: every collection. Logging only: the training is the same.
+        greedy_decision: how the greedy policy (evaluation, ``predict``) acts on the search: ``"emotion"`` (spec 5
+            step 3, through the chosen emotion) or ``"action"`` (per action, the emotions that take it pooled;
+            decision 26, :mod:`emotion_rl.decision`). Training's exploring policy is the same either way.
     """
 
     def __init__(
@@ -127,9 +131,14 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
         gradient_clip_val: float | None = None,
         log_diagnostics: bool = False,
         diagnostics_interval: int = 0,
+        greedy_decision: GreedyDecision = "emotion",
     ) -> None:
         settings = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         super().__init__()
+        if greedy_decision not in GREEDY_DECISIONS:
+            raise ValueError(
+                f"greedy_decision={greedy_decision!r} is not supported; choose one of {list(GREEDY_DECISIONS)}"
+            )
         if schedule not in Schedule.__args__:
             raise ValueError(f"schedule={schedule!r} is not supported; choose one of {list(Schedule.__args__)}")
         if max_episode_steps < 1:
@@ -170,6 +179,7 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
     def make_policy(self, greedy: bool = False, **kwargs) -> EmotionPolicy:
         """The planner as a TorchRL policy over this agent's model (greedy: argmax emotion and action)."""
         temperature = 0.0 if greedy else self.temperature
+        kwargs.setdefault("greedy_decision", self.hparams.get("greedy_decision", "emotion"))
         return EmotionPolicy(self.model, self.planner, temperature=temperature, greedy=greedy, **kwargs)
 
     def reanalyze(self, episodes: TensorDict, chunk: int = 256) -> Tensor:
@@ -336,6 +346,9 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
         self.log(f"{stage}/return_mean", returns.mean(), prog_bar=True)
         self.log(f"{stage}/return_std", returns.std(unbiased=False))
         self.log(f"{stage}/length_mean", batch["episode_length"].float().mean())
+        for key in batch.keys():
+            if key.startswith("end_"):  # why the greedy episodes ended (the datamodule's EpisodeEndings)
+                self.log(f"{stage}/{key}", batch[key].float())
 
     # ------------------------------------------------------------------ optimizers (spec 3.2)
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:

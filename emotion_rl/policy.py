@@ -18,6 +18,7 @@ from torch import nn
 from torchrl.data import Binary, Categorical, MultiCategorical, MultiOneHot, OneHot
 from torchrl.envs.utils import ExplorationType, exploration_type
 
+from emotion_rl.decision import GREEDY_DECISIONS, decide_by_action, root_q
 from emotion_rl.history import NONE, History
 from emotion_rl.mcts.root_gap import ROOT_GAP_KEYS, completed_root_q, root_q_gaps
 from emotion_rl.model import evaluating, parameter_device_dtype
@@ -127,6 +128,9 @@ class EmotionPolicy(TensorDictModuleBase):
         context_window: ``K``, the most recent real steps the planner sees (default ``model.context_window``); an
             episode that outgrows it slides: the oldest step is dropped (decision 15).
         generator: ``torch.Generator`` for the emotion and action draws and the search's (default: global RNG).
+        greedy_decision: how a greedy call turns the search into an action (:mod:`emotion_rl.decision`):
+            ``"emotion"`` (spec 5 step 3: the chosen emotion's argmax action) or ``"action"`` (the action whose
+            emotions' mean completed root ``Q`` is highest; decision 26). Exploring calls are unchanged.
 
     In keys: ``observation``, ``is_init`` (``InitTracker``), ``prev_reward``
     (:class:`~emotion_rl.data.envs.PreviousReward`).
@@ -172,8 +176,15 @@ class EmotionPolicy(TensorDictModuleBase):
         action_spec=None,
         context_window: int | None = None,
         generator: torch.Generator | None = None,
+        greedy_decision: str = "emotion",
     ) -> None:
         super().__init__()
+        if greedy_decision not in GREEDY_DECISIONS:
+            raise ValueError(
+                f"EmotionPolicy: greedy_decision={greedy_decision!r} is not supported; choose one of "
+                f"{list(GREEDY_DECISIONS)}"
+            )
+        self.greedy_decision = greedy_decision
         self.model = model
         self.planner = planner
         if temperature is None:
@@ -352,8 +363,14 @@ class EmotionPolicy(TensorDictModuleBase):
             emotion = result.get("selected_emotion").to(device)
         else:
             emotion = select_emotion(policy_target, self.temperature, generator=self.generator).to(device)
-        logits = action_logits[rows, emotion].float()
         greedy_actions = action_logits.float().argmax(-1)  # [n_envs, E]: each emotion's argmax action (root)
+        root_selected = torch.full((n_envs,), root_selects, dtype=torch.bool, device=device)
+        if greedy and self.greedy_decision == "action":
+            q = root_q(result, self._parent_value(result))
+            decided, _ = decide_by_action(q, greedy_actions, emotion, action_logits.shape[-1])
+            root_selected &= decided == emotion
+            emotion = decided
+        logits = action_logits[rows, emotion].float()
         prior_emotion = prior.argmax(-1)  # ties to the lowest index, as the greedy emotion choice
         action_changed = greedy_actions[rows, emotion] != greedy_actions[rows, prior_emotion]
         if greedy:
@@ -382,7 +399,7 @@ class EmotionPolicy(TensorDictModuleBase):
             "action_changed": action_changed,
             "predicted_observation": predicted,
             **dict(zip(ROOT_GAP_KEYS, (gap, action_gap), strict=True)),
-            "root_selected": torch.full((n_envs,), root_selects, dtype=torch.bool, device=device),
+            "root_selected": root_selected,
         }
         for key, value in out.items():
             value = value.to(out_device)
@@ -396,11 +413,15 @@ class EmotionPolicy(TensorDictModuleBase):
         if "tree" not in result.keys():
             nan = torch.full(actions.shape[:1], float("nan"), device=actions.device)
             return nan, nan.clone()
-        parent = None
-        if getattr(self.planner, "completed_value", "child") == "parent":
-            parent = self.model.state_value(result.get("values"))
-        gap, action_gap = root_q_gaps(completed_root_q(result.get("tree"), parent), actions)
+        gap, action_gap = root_q_gaps(completed_root_q(result.get("tree"), self._parent_value(result)), actions)
         return gap.float(), action_gap.float()
+
+    def _parent_value(self, result: TensorDictBase) -> torch.Tensor | None:
+        """The root's own value ``[n_envs]`` where the planner completes unvisited children with it
+        (``completed_value="parent"``), else None."""
+        if getattr(self.planner, "completed_value", "child") != "parent":
+            return None
+        return self.model.state_value(result.get("values"))
 
     def _encode_action(self, action: torch.Tensor, n_actions: int) -> torch.Tensor:
         spec = self.action_spec
@@ -417,5 +438,5 @@ class EmotionPolicy(TensorDictModuleBase):
         temperature = self.temperature_schedule
         return (
             f"greedy={self.greedy}, temperature={temperature!r}, context_window={self.context_window}, "
-            f"one_hot_actions={self.one_hot_actions}"
+            f"one_hot_actions={self.one_hot_actions}, greedy_decision={self.greedy_decision!r}"
         )

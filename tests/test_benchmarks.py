@@ -374,3 +374,15 @@ def test_scrub_paths_removes_the_installed_files_the_repository_and_a_revision_t
     learning.scrub_paths(log, {str(tree): "<abc1234>"})
     text = log.read_text()
     assert text == "<site-packages>/lightning/cli.py:1: warning\nconfigs/base.yaml\n--out <abc1234>/out\n"
+
+
+def test_the_hold_protocol_trains_the_budget_and_scores_the_last_third_and_whether_the_run_held():
+    args = learning.parse(["--out", "x", "--budget", "3000"])
+    assert args.protocol == "hold" and args.max_minutes == math.inf and args.hold_floor == 400.0
+    assert learning.parse(["--out", "x", "--protocol", "first"]).max_minutes == 10.0
+    curve = [point(1000, 480.0), point(2000, 390.0), point(3000, 500.0)]
+    result = learning.summarize("emotion", 0, curve, 3000, 30.0, [500.0], args)
+    assert result["score"] == pytest.approx(445.0)  # the evaluations at 2,000 and 3,000 env steps
+    assert result["held"] is False and result["reached_env_steps"] == 1000
+    first = learning.summarize("emotion", 0, curve, 3000, 30.0, [500.0], ARGS)  # the earlier protocol
+    assert first["score"] is None and first["held"] is None

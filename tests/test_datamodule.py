@@ -319,3 +319,17 @@ def test_a_torchrl_env_factory_trains_end_to_end_through_the_cli_and_total_frame
     assert (agent.hparams.obs_dim, agent.hparams.n_actions) == (3, 3)
     assert data.env_steps == 64 and data.episodes > 0  # 4 collections of 16 steps
     assert cli.trainer.global_step == 4 * 8 * 4  # 8 batches per collection (the first already stores 2 episodes)
+
+
+def test_validation_records_why_the_greedy_episodes_ended():
+    dm = fake_datamodule(COUNTER_ID, val_episodes=16)
+    result = next(iter(dm.val_dataloader()))
+    env = dm.make_env(16, dm.seed + 10_000)  # the evaluation's envs: each first episode's planned length at reset
+    planned = env.reset()["observation"][:, 1]
+    env.close()
+    # CounterEnv ends an episode itself at its planned length; the registration's time limit (6) cuts the longer ones
+    assert torch.equal(result["episode_length"], planned.clamp(max=6).long())
+    truncated = (planned > 6).float().mean()
+    assert 0 < truncated < 1
+    assert result["end_truncated"].item() == pytest.approx(truncated.item())
+    assert result["end_terminated"].item() == pytest.approx(1.0 - truncated.item())

@@ -235,7 +235,13 @@ def test_the_benchmark_plays_every_row_on_the_same_start_states_and_writes_its_j
     assert written["env_id"] == "CartPole-v1"  # read from the checkpoint's datamodule section
     assert (written["episodes"], written["seed"], written["time_limit"]) == (2, 0, 8)
     assert written["checkpoint"] == "last.ckpt"  # outside the checkout: no machine path
-    assert list(written["rows"]) == ["search", "prior", *(f"emotion_{e}" for e in range(8))]
+    assert list(written["rows"]) == [
+        "search",
+        "search_by_action",
+        "values",
+        "prior",
+        *(f"emotion_{e}" for e in range(8)),
+    ]
     for row in written["rows"].values():
         assert len(row["returns"]) == 2 and all(1 <= r <= 8 for r in row["returns"])
         assert row["mean"] == pytest.approx(sum(row["returns"]) / 2) and row["min"] == min(row["returns"])

@@ -110,7 +110,7 @@ class EmotionDataModule(LightningDataModule):
 
     The agent is handed over with :meth:`connect` (the CLI does), or taken from the trainer's LightningModule in
     :meth:`setup`. Training batch: ``{"episodes": [B, L] (EPISODE_KEYS), "stats": []}``; validation / test batch:
-    ``{"episode_return": [val_episodes], "episode_length": [val_episodes]}``.
+    ``{"episode_return": [val_episodes], "episode_length": [val_episodes], "end_<class>": []}`` (:attr:`endings`).
     """
 
     def __init__(
@@ -412,7 +412,8 @@ class EmotionDataModule(LightningDataModule):
             result = evaluate_policy(env, policy, self.max_episode_steps)
         finally:
             env.close()
-        yield result
+        shares = self.endings.evaluation_shares(result)  # why the greedy episodes ended, as training records it
+        yield result.select("episode_return", "episode_length").update({f"end_{k}": v for k, v in shares.items()})
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_Stream(self._evaluation), batch_size=None, collate_fn=_identity)

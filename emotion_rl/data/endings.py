@@ -76,6 +76,14 @@ class EpisodeEndings:
             ending[name] = bool(terminated) and reason(final_observation)
         return ending
 
+    def evaluation_shares(self, evaluation: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:func:`ending_shares` of the episodes of an evaluation (``evaluate_policy``'s ``terminated``,
+        ``truncated`` ``[n]`` and ``final_observation`` ``[n, obs]``)."""
+        flags = zip(evaluation["terminated"].tolist(), evaluation["truncated"].tolist(), strict=True)
+        finals = evaluation["final_observation"]
+        endings = [self.classify(term, trunc, final) for (term, trunc), final in zip(flags, finals, strict=True)]
+        return ending_shares(endings, self.names)
+
 
 def ending_shares(endings: Sequence[Mapping[str, bool]], names: Sequence[str]) -> dict[str, torch.Tensor]:
     """The share of ``endings`` in each class of ``names`` (float32 scalars; NaN when no episode finished)."""

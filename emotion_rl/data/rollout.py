@@ -42,8 +42,10 @@ def play(
 def evaluate_policy(env: EnvBase, policy: Callable[[TensorDictBase], TensorDictBase], max_steps: int) -> TensorDict:
     """Play the first episode of every env of ``env`` (batch ``[n]``) for up to ``max_steps`` steps.
 
-    Returns TensorDict ``[]`` with ``episode_return`` float ``[n]`` (undiscounted, summed in float64 step by step)
-    and ``episode_length`` long ``[n]``.
+    Returns TensorDict ``[]`` with ``episode_return`` float ``[n]`` (undiscounted, summed in float64 step by step),
+    ``episode_length`` long ``[n]``, and how each episode ended: ``terminated`` and ``truncated`` bool ``[n]`` (both
+    False for an episode ``max_steps`` cut) and ``final_observation`` ``[n, *obs]`` (``s_T``, what
+    :class:`~emotion_rl.data.endings.EpisodeEndings` reads the environment's own reasons from).
     """
     steps = play(env, policy, max_steps, break_when_any_done=False, break_when_all_done=True)
     steps = steps.reshape(-1, steps.batch_size[-1]).to("cpu")
@@ -51,4 +53,14 @@ def evaluate_policy(env: EnvBase, policy: Callable[[TensorDictBase], TensorDictB
     first = (done.cumsum(-1) - done) == 0  # the steps of each env's first episode
     reward = steps.get(("next", "reward")).reshape(steps.batch_size).to(torch.float64)
     returns = torch.where(first, reward, torch.zeros_like(reward)).cumsum(-1)[:, -1]
-    return TensorDict({"episode_return": returns.float(), "episode_length": first.sum(-1)}, batch_size=[])
+    length = first.sum(-1)
+    rows, last = torch.arange(length.shape[0]), length - 1
+    ending = {}
+    for key in ("terminated", "truncated"):
+        flag = steps.get(("next", key), None)
+        ending[key] = (
+            torch.zeros_like(length, dtype=torch.bool) if flag is None else flag.reshape(steps.batch_size)[rows, last]
+        )
+    final = steps.get(("next", "observation"))[rows, last]
+    result = {"episode_return": returns.float(), "episode_length": length, **ending, "final_observation": final}
+    return TensorDict(result, batch_size=[])
