@@ -101,40 +101,11 @@ class LoadAndPredict:
         Raises ``ValueError`` (one line) for an observation of the wrong size or a missing reward, and
         :class:`~emotion_rl.data.envs.NonFiniteError` for a NaN or infinite observation or reward.
         """
-        obs = torch.as_tensor(np.asarray(observation) if not isinstance(observation, torch.Tensor) else observation)
-        single = obs.ndim == 1
-        obs = obs.unsqueeze(0) if single else obs
-        obs_dim = int(self.model.obs_dim)
-        if obs.ndim != 2 or obs.shape[-1] != obs_dim:
-            raise ValueError(
-                f"EmotionAgent.predict: observation has shape {tuple(np.shape(observation))}; this model reads "
-                f"observations of size {obs_dim}: pass [{obs_dim}] for one env or [n_envs, {obs_dim}]"
-            )
+        obs, single = _observations(observation, int(self.model.obs_dim))
         n_envs = obs.shape[0]
-        obs = obs.float() if not obs.is_floating_point() else obs
-        if state is None:
-            starts = torch.ones(n_envs, dtype=torch.bool)
-        elif episode_start is None:
-            starts = torch.zeros(n_envs, dtype=torch.bool)
-        else:
-            starts = _per_env("episode_start", episode_start, n_envs, bool)
-        if state is not None and state.n_envs != n_envs and not bool(starts.all()):
-            raise ValueError(
-                f"EmotionAgent.predict: the state holds {state.n_envs} envs' histories, the observation {n_envs}; "
-                "pass state=None (or episode_start True for every env) to start new episodes"
-            )
+        starts = _episode_starts(state, episode_start, n_envs)
         _refuse_non_finite("observation", obs, torch.ones(n_envs, dtype=torch.bool))
-        if reward is None:
-            if not bool(starts.all()):
-                raise ValueError(
-                    "EmotionAgent.predict: the model reads the reward of the previous step with each observation; "
-                    "pass reward=<what env.step returned with this observation> (ignored where an episode starts)"
-                )
-            rewards = torch.zeros(n_envs)
-        else:
-            rewards = _per_env("reward", reward, n_envs, np.float64)
-            _refuse_non_finite("reward", rewards.unsqueeze(-1), ~starts)
-            rewards = torch.where(starts, torch.zeros_like(rewards), rewards)
+        rewards = _rewards(reward, starts)
         if state is None or state.n_envs != n_envs:
             state = PredictState(self._predict_policy(), n_envs)
         state.policy.greedy = bool(deterministic)
@@ -155,6 +126,53 @@ class LoadAndPredict:
         if isinstance(schedule, TemperatureSchedule):
             policy.frames.fill_(schedule.decay_frames)
         return policy
+
+
+def _observations(observation: np.ndarray | torch.Tensor, obs_dim: int) -> tuple[torch.Tensor, bool]:
+    """``(obs, single)``: ``observation`` as a float tensor ``[n_envs, obs_dim]``, and whether it was one unbatched
+    ``[obs_dim]``; ``ValueError`` naming the sizes this model reads for another shape."""
+    obs = torch.as_tensor(np.asarray(observation) if not isinstance(observation, torch.Tensor) else observation)
+    single = obs.ndim == 1
+    obs = obs.unsqueeze(0) if single else obs
+    if obs.ndim != 2 or obs.shape[-1] != obs_dim:
+        raise ValueError(
+            f"EmotionAgent.predict: observation has shape {tuple(np.shape(observation))}; this model reads "
+            f"observations of size {obs_dim}: pass [{obs_dim}] for one env or [n_envs, {obs_dim}]"
+        )
+    return (obs.float() if not obs.is_floating_point() else obs), single
+
+
+def _episode_starts(state: PredictState | None, episode_start: object, n_envs: int) -> torch.Tensor:
+    """Bool ``[n_envs]``: where an episode starts (every env without a ``state``, none without ``episode_start``);
+    ``ValueError`` when ``state`` holds another number of envs and not every env starts."""
+    if state is None:
+        starts = torch.ones(n_envs, dtype=torch.bool)
+    elif episode_start is None:
+        starts = torch.zeros(n_envs, dtype=torch.bool)
+    else:
+        starts = _per_env("episode_start", episode_start, n_envs, bool)
+    if state is not None and state.n_envs != n_envs and not bool(starts.all()):
+        raise ValueError(
+            f"EmotionAgent.predict: the state holds {state.n_envs} envs' histories, the observation {n_envs}; "
+            "pass state=None (or episode_start True for every env) to start new episodes"
+        )
+    return starts
+
+
+def _rewards(reward: object, starts: torch.Tensor) -> torch.Tensor:
+    """The previous step's reward per env ``[n_envs]`` (decision 13), 0 where an episode ``starts``; ``ValueError``
+    when it is missing for an env that continues, :class:`NonFiniteError` when such an env's is not finite."""
+    n_envs = starts.shape[0]
+    if reward is None:
+        if not bool(starts.all()):
+            raise ValueError(
+                "EmotionAgent.predict: the model reads the reward of the previous step with each observation; "
+                "pass reward=<what env.step returned with this observation> (ignored where an episode starts)"
+            )
+        return torch.zeros(n_envs)
+    rewards = _per_env("reward", reward, n_envs, np.float64)
+    _refuse_non_finite("reward", rewards.unsqueeze(-1), ~starts)
+    return torch.where(starts, torch.zeros_like(rewards), rewards)
 
 
 def _per_env(name: str, value: object, n_envs: int, dtype: type) -> torch.Tensor:

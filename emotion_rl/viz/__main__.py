@@ -65,10 +65,8 @@ def _env_id(config: str | None, ckpt_path: str, env_id: str | None) -> str:
     return EnvironmentRecord.of_checkpoint(load_checkpoint(ckpt_path)).env_id or "CartPole-v1"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m emotion_rl.viz {plot,render,tree}``; a missing or unreadable input exits with status 2."""
-    parser = argparse.ArgumentParser(prog="python -m emotion_rl.viz", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_plot_command(commands: argparse._SubParsersAction) -> None:
+    """``plot METRICS [--out] [--dpi] [--title]``."""
     plot = commands.add_parser(
         "plot",
         help="plot a run's metrics.csv to PNG (no TensorBoard needed); with diagnostics/* or search/* metrics also "
@@ -85,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     plot.add_argument("--dpi", type=int, default=80)
     plot.add_argument("--title", default=None)
+
+
+def _add_checkpoint_commands(commands: argparse._SubParsersAction) -> None:
+    """``render`` and ``tree``: their shared checkpoint, env and output flags, then each one's own."""
     for name, text in (
         ("render", "play greedy episodes: an animated GIF of one (--out x.gif) or an MP4 of --episodes (--out x.mp4)"),
         ("tree", "draw one search tree"),
@@ -107,46 +109,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     tree.add_argument("--c_puct", type=float, default=None, help="default: the checkpoint's")
     tree.add_argument("--min_visits", type=int, default=2, help="draw deeper children with at least this many visits")
     tree.add_argument("--dpi", type=int, default=80)
+
+
+def _plot(args: argparse.Namespace) -> None:
+    """``plot``: the curves to ``--out``, and the diagnostics figure next to them when the CSV has any."""
+    args.out = args.out or default_plot_path(args.metrics)
+    plot_metrics(args.metrics, title=args.title).savefig(args.out, dpi=args.dpi)
+    print(f"wrote {args.out}")
+    if has_diagnostics(read_metrics(args.metrics)):
+        extra = diagnostics_path(args.out)
+        plot_diagnostics(args.metrics, title=args.title).savefig(extra, dpi=args.dpi)
+        print(f"wrote {extra}")
+
+
+def _render(args: argparse.Namespace, agent, env_id: str) -> None:  # noqa: ANN001 - EmotionAgent
+    """``render``: ``--episodes`` greedy episodes as one MP4 for a ``.mp4`` ``--out``, else one as a GIF."""
+    if Path(args.out).suffix.lower() == ".mp4":
+        returns = record_video(agent, args.out, env_id, args.seed, args.episodes, args.max_steps, fps=args.fps)
+        shown = ", ".join(f"{r:.0f}" for r in returns)
+        print(f"wrote {args.out}: {len(returns)} greedy episode(s) of {env_id}, returns {shown}")
+        return
+    record = render_episode(agent, args.out, env_id, args.seed, args.max_steps, fps=args.fps, scale=args.scale)
+    print(f"wrote {args.out}: {record.length} frames, return {record.episode_return:.0f}")
+
+
+def _tree(args: argparse.Namespace, agent, env_id: str) -> None:  # noqa: ANN001 - EmotionAgent
+    """``tree``: the agent's own search at ``--step`` of a greedy episode, ``--num_simulations`` and ``--c_puct``
+    on top, drawn to ``--out``."""
+    record = play_episode(agent, env_id, seed=args.seed, max_steps=args.step + 1)
+    step = min(args.step, record.length - 1)
+    planner = agent.planner.replace(  # the agent's own search (root rule, Q transform, ...), the flags on top
+        num_simulations=args.num_simulations or agent.planner.num_simulations,
+        c_puct=agent.planner.c_puct if args.c_puct is None else args.c_puct,
+    )
+    result = planner.search(agent.model, record.history(step, window=agent.hparams.get("context_window")))
+    title = (
+        f"{env_id}, step {step} of a greedy episode (seed {args.seed}): {planner.num_simulations} simulations, "
+        f"c_puct {planner.c_puct:g}, {type(planner.root_rule).__name__}\n"
+        f"N visits, Q = W/N (value units), P prior; deeper children with N >= "
+        f"{args.min_visits}"
+    )
+    draw_search_tree(result, min_visits=args.min_visits, title=title).savefig(args.out, dpi=args.dpi)
+    print(f"wrote {args.out}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m emotion_rl.viz {plot,render,tree}``; a missing or unreadable input exits with status 2."""
+    parser = argparse.ArgumentParser(prog="python -m emotion_rl.viz", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_plot_command(commands)
+    _add_checkpoint_commands(commands)
     args = parser.parse_args(argv)
     sub = commands.choices[args.command]
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
     try:
         if args.command == "plot":
-            args.out = args.out or default_plot_path(args.metrics)
-            plot_metrics(args.metrics, title=args.title).savefig(args.out, dpi=args.dpi)
-            print(f"wrote {args.out}")
-            if has_diagnostics(read_metrics(args.metrics)):
-                extra = diagnostics_path(args.out)
-                plot_diagnostics(args.metrics, title=args.title).savefig(extra, dpi=args.dpi)
-                print(f"wrote {extra}")
+            _plot(args)
             return 0
         agent = load_agent(args.ckpt_path)
         env_id = _env_id(args.config, args.ckpt_path, args.env_id)
-        if args.command == "render" and Path(args.out).suffix.lower() == ".mp4":
-            returns = record_video(agent, args.out, env_id, args.seed, args.episodes, args.max_steps, fps=args.fps)
-            shown = ", ".join(f"{r:.0f}" for r in returns)
-            print(f"wrote {args.out}: {len(returns)} greedy episode(s) of {env_id}, returns {shown}")
-            return 0
-        if args.command == "render":
-            record = render_episode(agent, args.out, env_id, args.seed, args.max_steps, fps=args.fps, scale=args.scale)
-            print(f"wrote {args.out}: {record.length} frames, return {record.episode_return:.0f}")
-            return 0
-        record = play_episode(agent, env_id, seed=args.seed, max_steps=args.step + 1)
-        step = min(args.step, record.length - 1)
-        planner = agent.planner.replace(  # the agent's own search (root rule, Q transform, ...), the flags on top
-            num_simulations=args.num_simulations or agent.planner.num_simulations,
-            c_puct=agent.planner.c_puct if args.c_puct is None else args.c_puct,
-        )
-        result = planner.search(agent.model, record.history(step, window=agent.hparams.get("context_window")))
-        title = (
-            f"{env_id}, step {step} of a greedy episode (seed {args.seed}): {planner.num_simulations} simulations, "
-            f"c_puct {planner.c_puct:g}, {type(planner.root_rule).__name__}\n"
-            f"N visits, Q = W/N (value units), P prior; deeper children with N >= "
-            f"{args.min_visits}"
-        )
-        draw_search_tree(result, min_visits=args.min_visits, title=title).savefig(args.out, dpi=args.dpi)
-        print(f"wrote {args.out}")
+        (_render if args.command == "render" else _tree)(args, agent, env_id)
         return 0
     except (FileNotFoundError, ValueError) as error:
         sub.error(str(error))

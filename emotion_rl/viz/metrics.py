@@ -262,6 +262,61 @@ def _entropy_panel(ax, rows: Sequence[Mapping[str, float]], x: str, xlabel: str)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="emotion", title_fontsize=7)
 
 
+_DIAGNOSTIC_LINE_PANELS = (
+    (
+        (0, 1),
+        (("diagnostics/action_agreement", "action agreement"),),
+        "Action agreement between emotions",
+        "share of emotion pairs with the same argmax action",
+        True,
+    ),
+    (
+        (0, 2),
+        (("diagnostics/imagined_value_bias", "imagined - real"),),
+        "Imagined value bias",
+        "value at imagined s_t+1 - value at real t+1 (value units)",
+        False,
+    ),
+    (
+        (1, 0),
+        (
+            ("diagnostics/imagined_value_error_true", "true next state"),
+            ("diagnostics/imagined_value_error_predicted", "predicted next state"),
+        ),
+        "Imagined value errors",
+        "squared error on y_t+1 (value units^2)",
+        False,
+    ),
+    (
+        (1, 1),
+        (
+            ("search/kl_target_prior", "KL(target || prior)"),
+            ("search/kl_visits_prior", "KL(visits || prior), runs logged before the rename"),
+        ),
+        "Search vs prior: KL(policy target || prior)",
+        "mean KL at the root (nats)",
+        False,
+    ),
+    (
+        (1, 2),
+        (("search/argmax_agreement", "argmax agreement"),),
+        "Search vs prior: argmax agreement",
+        "share of states, argmax visits = argmax prior",
+        True,
+    ),
+)
+"""The line panels of :func:`plot_diagnostics`: ``((row, column), ((key, label), ...), title, ylabel,
+unit_interval)``; the panel at ``(0, 0)`` is the action-head entropies."""
+
+
+def _diagnostics_x_axis(rows: Sequence[Mapping[str, float]], x: str) -> tuple[str, str]:
+    """``(x, xlabel)`` of :func:`plot_diagnostics`: ``x``, or the training batch when ``x="env_steps"`` but
+    ``episode/env_steps`` was not logged."""
+    if x == "env_steps" and not len(_series(rows, "episode/env_steps")[0]):  # not logged: batches it is
+        x = "batch"
+    return x, "environment steps" if x == "env_steps" else BATCH_AXIS
+
+
 def plot_diagnostics(csv_path: str | os.PathLike, title: str | None = None, x: str = "env_steps") -> Figure:
     """What shows whether learning works, from a run's ``metrics.csv``, in six panels.
 
@@ -280,57 +335,12 @@ def plot_diagnostics(csv_path: str | os.PathLike, title: str | None = None, x: s
         raise ValueError(
             f"{csv_path} holds none of the diagnostics ({', '.join(p + '*' for p in DIAGNOSTIC_PREFIXES)})"
         )
-    if x == "env_steps" and not len(_series(rows, "episode/env_steps")[0]):  # not logged: batches it is
-        x = "batch"
-    xlabel = "environment steps" if x == "env_steps" else BATCH_AXIS
+    x, xlabel = _diagnostics_x_axis(rows, x)
     fig = Figure(figsize=(15, 8), layout="constrained")
     axes = fig.subplots(2, 3)
     _entropy_panel(axes[0, 0], rows, x, xlabel)
-    panels = (
-        (
-            axes[0, 1],
-            [("diagnostics/action_agreement", "action agreement")],
-            "Action agreement between emotions",
-            "share of emotion pairs with the same argmax action",
-            True,
-        ),
-        (
-            axes[0, 2],
-            [("diagnostics/imagined_value_bias", "imagined - real")],
-            "Imagined value bias",
-            "value at imagined s_t+1 - value at real t+1 (value units)",
-            False,
-        ),
-        (
-            axes[1, 0],
-            [
-                ("diagnostics/imagined_value_error_true", "true next state"),
-                ("diagnostics/imagined_value_error_predicted", "predicted next state"),
-            ],
-            "Imagined value errors",
-            "squared error on y_t+1 (value units^2)",
-            False,
-        ),
-        (
-            axes[1, 1],
-            [
-                ("search/kl_target_prior", "KL(target || prior)"),
-                ("search/kl_visits_prior", "KL(visits || prior), runs logged before the rename"),
-            ],
-            "Search vs prior: KL(policy target || prior)",
-            "mean KL at the root (nats)",
-            False,
-        ),
-        (
-            axes[1, 2],
-            [("search/argmax_agreement", "argmax agreement")],
-            "Search vs prior: argmax agreement",
-            "share of states, argmax visits = argmax prior",
-            True,
-        ),
-    )
-    for ax, lines, panel_title, ylabel, unit_interval in panels:
-        _line_panel(ax, rows, lines, panel_title, ylabel, x, xlabel, unit_interval)
+    for at, lines, panel_title, ylabel, unit_interval in _DIAGNOSTIC_LINE_PANELS:
+        _line_panel(axes[at], rows, lines, panel_title, ylabel, x, xlabel, unit_interval)
     axes[0, 2].axhline(0.0, color="0.6", lw=0.8, ls=":")
     fig.suptitle(title if title is not None else f"Diagnostics: {csv_path}")
     return fig

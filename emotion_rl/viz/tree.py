@@ -84,23 +84,9 @@ def _edge_label(edge: SearchEdge) -> str:
     return f"e{edge.emotion}  N={edge.visits}  Q={edge.q:+.3f}  P={edge.prior:.3f}"
 
 
-def draw_search_tree(
-    search: TensorDictBase,
-    index: int = 0,
-    min_visits: int = 1,
-    title: str | None = None,
-) -> Figure:
-    """Draw one search tree (spec 1.1 - 1.4), root on the left, one column per depth (up to ``max_depth``).
-
-    Every drawn child is labelled ``e<k>  N=<visits>  Q=<mean value>  P=<prior>``, with N, W, Q and P as in spec
-    1.1 (``Q = W / N``, 0 unvisited: decision 2). Marker size grows with N, colour is the emotion. The root's
-    eight children are always drawn; deeper children only with ``N >= min_visits``. A child that was expanded
-    (visited twice or more above ``max_depth``, spec 1.4) has its own children in the next column.
-    """
-    edges = search_edges(search, index, min_visits)
-    tree = _tree_of(search, index)
-    total = int(tree.get("child_visits")[0].sum())
-    # layout: leaves in depth-first order get consecutive rows; a parent sits at the mean row of its children
+def _tree_rows(edges: Sequence[SearchEdge]) -> tuple[dict[int, float], float, int]:
+    """``(rows, root_row, n_rows)``: the row of each edge (by index in ``edges``), the root's, and how many rows.
+    Leaves in depth-first order get consecutive rows; a parent sits at the mean row of its children."""
     by_parent: dict[int, list[int]] = {}
     for i, edge in enumerate(edges):
         by_parent.setdefault(edge.parent, []).append(i)
@@ -118,10 +104,11 @@ def draw_search_tree(
         return rows[i]
 
     root_row = float(np.mean([place(i) for i in by_parent.get(0, [])])) if edges else 0.0
-    n_rows = max(next_row[0], 1)
-    max_depth = max((e.depth for e in edges), default=1)
-    fig = Figure(figsize=(4.0 + 3.4 * max_depth, max(3.0, 0.26 * n_rows + 1.2)), layout="constrained")
-    ax = fig.subplots()
+    return rows, root_row, max(next_row[0], 1)
+
+
+def _draw_edges(ax, edges: Sequence[SearchEdge], rows: dict[int, float], root_row: float) -> None:  # noqa: ANN001
+    """A grey line from each edge's parent to it, then its marker (size with N, colour the emotion) and label."""
     incoming = {edge.child: i for i, edge in enumerate(edges) if edge.child >= 0}  # node -> edge leading to it
     for i, edge in enumerate(edges):
         parent_row = root_row if edge.parent == 0 else rows[incoming[edge.parent]]
@@ -132,8 +119,10 @@ def draw_search_tree(
         ax.scatter([edge.depth], [rows[i]], s=size, color=face, edgecolors=emotion_color(edge.emotion), zorder=2)
         label = _edge_label(edge)
         ax.text(edge.depth + 0.06, rows[i], label, fontsize=8, va="center", family="monospace", zorder=3, bbox=_BOX)
-    ax.scatter([0], [root_row], s=60, color="black", zorder=2)
-    ax.text(-0.06, root_row, f"root  N={total}", fontsize=8, va="center", ha="right", family="monospace")
+
+
+def _tree_axes(ax, max_depth: int, n_rows: int, min_visits: int) -> None:  # noqa: ANN001 - matplotlib Axes
+    """Limits, one tick per depth, the axis labels, no frame but the bottom."""
     ax.set_xlim(-0.9, max_depth + 1.0)
     ax.set_ylim(n_rows - 0.5, -0.8)
     ax.set_xticks(range(max_depth + 1))
@@ -142,6 +131,32 @@ def draw_search_tree(
     ax.set_ylabel(f"children with N >= {min_visits} (root: all)")
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
+
+
+def draw_search_tree(
+    search: TensorDictBase,
+    index: int = 0,
+    min_visits: int = 1,
+    title: str | None = None,
+) -> Figure:
+    """Draw one search tree (spec 1.1 - 1.4), root on the left, one column per depth (up to ``max_depth``).
+
+    Every drawn child is labelled ``e<k>  N=<visits>  Q=<mean value>  P=<prior>``, with N, W, Q and P as in spec
+    1.1 (``Q = W / N``, 0 unvisited: decision 2). Marker size grows with N, colour is the emotion. The root's
+    eight children are always drawn; deeper children only with ``N >= min_visits``. A child that was expanded
+    (visited twice or more above ``max_depth``, spec 1.4) has its own children in the next column.
+    """
+    edges = search_edges(search, index, min_visits)
+    tree = _tree_of(search, index)
+    total = int(tree.get("child_visits")[0].sum())
+    rows, root_row, n_rows = _tree_rows(edges)
+    max_depth = max((e.depth for e in edges), default=1)
+    fig = Figure(figsize=(4.0 + 3.4 * max_depth, max(3.0, 0.26 * n_rows + 1.2)), layout="constrained")
+    ax = fig.subplots()
+    _draw_edges(ax, edges, rows, root_row)
+    ax.scatter([0], [root_row], s=60, color="black", zorder=2)
+    ax.text(-0.06, root_row, f"root  N={total}", fontsize=8, va="center", ha="right", family="monospace")
+    _tree_axes(ax, max_depth, n_rows, min_visits)
     ax.set_title(
         title or f"Search tree: {total} simulations. N visits, Q = W/N mean value (value units), P policy prior",
         fontsize=10,
