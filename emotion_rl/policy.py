@@ -324,12 +324,57 @@ class EmotionPolicy(TensorDictModuleBase):
 
     # ------------------------------------------------------------------ acting
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """One step for every env of the batch: record the observation, search, choose the emotion and the action,
+        write the out keys (class docstring) into ``tensordict``."""
         if tensordict.batch_dims > 1:
             raise ValueError(
                 f"EmotionPolicy expects a batch of [] or [n_envs], got batch_size {tuple(tensordict.batch_size)}"
             )
         unbatched = tensordict.batch_dims == 0
         td = tensordict.unsqueeze(0) if unbatched else tensordict
+        obs, is_init, prev_reward = self._read_inputs(td)
+        self._append_observation(obs, is_init, prev_reward)
+        greedy = self.acting_greedily
+        with evaluating(self.model):
+            result = self.planner.search(self.model, self.histories(), generator=self.generator, explore=not greedy)
+
+        action_logits = result.get("action_logits")
+        greedy_actions = action_logits.float().argmax(-1)  # [n_envs, E]: each emotion's argmax action (root)
+        emotion, root_selected = self._choose_emotion(result, greedy_actions, greedy, obs.device)
+        rows = torch.arange(obs.shape[0], device=obs.device)
+        logits = action_logits[rows, emotion].float()
+        action = self._choose_action(logits, greedy, obs.device)
+        position = self._length - 1
+        self._history.action[rows, position] = action
+        self._history.emotion[rows, position] = emotion
+        self.frames += obs.shape[0]
+
+        prior = result.get("prior").float()
+        prior_emotion = prior.argmax(-1)  # ties to the lowest index, as the greedy emotion choice
+        if "dynamics" in result.keys():
+            predicted = result.get("dynamics")[rows, emotion].to(obs.dtype)
+        else:
+            predicted = torch.full_like(obs, float("nan"))
+        out = {
+            "action": self._encode_action(action, logits.shape[-1]),
+            "emotion": emotion,
+            "policy_target": result.get("policy_target").float(),  # the search's target (stored for phase 4)
+            "visit_counts": result.get("visit_counts"),
+            "prior": prior,
+            "action_changed": greedy_actions[rows, emotion] != greedy_actions[rows, prior_emotion],
+            "predicted_observation": predicted,
+            **dict(zip(ROOT_GAP_KEYS, self._root_gaps(result, greedy_actions), strict=True)),
+            "root_selected": root_selected,
+        }
+        out_device = td.get("observation").device
+        for key, value in out.items():
+            value = value.to(out_device)
+            tensordict.set(key, value[0] if unbatched else value)
+        return tensordict
+
+    def _read_inputs(self, td: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``observation`` ``[n_envs, obs]`` (on the model's device and dtype), ``is_init`` and ``prev_reward``
+        ``[n_envs]`` of a ``[n_envs]`` batch, each checked with the fix in its message."""
         n_envs = td.batch_size[0]
         if "prev_reward" not in td.keys():
             raise KeyError(
@@ -338,73 +383,42 @@ class EmotionPolicy(TensorDictModuleBase):
             )
         if "is_init" not in td.keys():
             raise KeyError("EmotionPolicy needs 'is_init' in its input: add torchrl's InitTracker() to the env")
-        out_device = td.get("observation").device
         device, dtype = parameter_device_dtype(self.model, td.get("observation"))
         obs = td.get("observation").to(device, dtype)
         if obs.ndim != 2:
             raise ValueError(f"EmotionPolicy expects observations of shape [n_envs, obs_dim], got {tuple(obs.shape)}")
         is_init = td.get("is_init").to(device).reshape(n_envs).bool()
-        prev_reward = td.get("prev_reward").to(device).reshape(n_envs)
+        return obs, is_init, td.get("prev_reward").to(device).reshape(n_envs)
 
-        self._append_observation(obs, is_init, prev_reward)
-        history = self.histories()
-
-        greedy = self.acting_greedily
-        with evaluating(self.model):
-            result = self.planner.search(self.model, history, generator=self.generator, explore=not greedy)
-
-        policy_target = result.get("policy_target").float()  # the search's target (stored for phase 4)
-        visit_counts = result.get("visit_counts")
-        prior = result.get("prior").float()
-        action_logits = result.get("action_logits")
-        rows = torch.arange(n_envs, device=device)
+    def _choose_emotion(
+        self, result: TensorDictBase, greedy_actions: torch.Tensor, greedy: bool, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The emotion acted through ``[n_envs]`` and whether it is the root rule's own choice: the root rule's
+        (decision 25) or a draw from the policy target with the temperature (spec 3.4); when greedy under
+        ``greedy_decision="action"``, moved to an emotion of the best pooled action (decision 26)."""
+        n_envs = greedy_actions.shape[0]
         root_selects = "selected_emotion" in result.keys()
         if root_selects:  # the search chose (Gumbel root): no temperature draw (decision 25)
             emotion = result.get("selected_emotion").to(device)
         else:
-            emotion = select_emotion(policy_target, self.temperature, generator=self.generator).to(device)
-        greedy_actions = action_logits.float().argmax(-1)  # [n_envs, E]: each emotion's argmax action (root)
+            emotion = select_emotion(result.get("policy_target"), self.temperature, generator=self.generator)
+            emotion = emotion.to(device)
         root_selected = torch.full((n_envs,), root_selects, dtype=torch.bool, device=device)
         if greedy and self.greedy_decision == "action":
             q = root_q(result, self._parent_value(result))
-            decided, _ = decide_by_action(q, greedy_actions, emotion, action_logits.shape[-1])
+            n_actions = result.get("action_logits").shape[-1]
+            decided, _ = decide_by_action(q, greedy_actions, emotion, n_actions)
             root_selected &= decided == emotion
             emotion = decided
-        logits = action_logits[rows, emotion].float()
-        prior_emotion = prior.argmax(-1)  # ties to the lowest index, as the greedy emotion choice
-        action_changed = greedy_actions[rows, emotion] != greedy_actions[rows, prior_emotion]
+        return emotion, root_selected
+
+    def _choose_action(self, logits: torch.Tensor, greedy: bool, device: torch.device) -> torch.Tensor:
+        """The action ``[n_envs]`` from the chosen emotion's action logits ``[n_envs, A]``: the argmax when greedy,
+        else a draw from their softmax (spec 5 step 3)."""
         if greedy:
-            action = logits.argmax(-1)
-        else:
-            probs = logits.softmax(-1).to(_draw_device(self.generator, logits))
-            action = torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).to(device)
-
-        position = self._length - 1
-        self._history.action[rows, position] = action
-        self._history.emotion[rows, position] = emotion
-        self.frames += n_envs
-
-        action_out = self._encode_action(action, logits.shape[-1])
-        if "dynamics" in result.keys():
-            predicted = result.get("dynamics")[rows, emotion].to(obs.dtype)
-        else:
-            predicted = torch.full_like(obs, float("nan"))
-        gap, action_gap = self._root_gaps(result, greedy_actions)
-        out = {
-            "action": action_out,
-            "emotion": emotion,
-            "policy_target": policy_target,
-            "visit_counts": visit_counts,
-            "prior": prior,
-            "action_changed": action_changed,
-            "predicted_observation": predicted,
-            **dict(zip(ROOT_GAP_KEYS, (gap, action_gap), strict=True)),
-            "root_selected": root_selected,
-        }
-        for key, value in out.items():
-            value = value.to(out_device)
-            tensordict.set(key, value[0] if unbatched else value)
-        return tensordict
+            return logits.argmax(-1)
+        probs = logits.softmax(-1).to(_draw_device(self.generator, logits))
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).to(device)
 
     def _root_gaps(self, result: TensorDictBase, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`~emotion_rl.mcts.root_gap.root_q_gaps` of the search's tree, completed as the planner completes
