@@ -6,7 +6,8 @@ The public API, by layer (docs/index.md):
 - the network and the planner: :class:`EmotionModel` (spec 2.1), :class:`EmotionMCTS` (spec 1), and the planners
   without search it is measured against, :class:`PriorPlanner` and :class:`FixedEmotionPlanner`;
 - acting: :class:`EmotionPolicy` (a TorchRL policy module), :class:`TemperatureSchedule` (spec 3.4), :func:`make_env`,
-  :func:`play`, :func:`closing_collector` / :func:`shutdown_collector` (collectors that exit cleanly);
+  :class:`PreviousReward` (the transform an env of your own needs, with TorchRL's ``InitTracker``), :func:`play`,
+  :func:`closing_collector` / :func:`shutdown_collector` (collectors that exit cleanly);
 - learning: the four phase losses (:class:`DynamicsLoss`; :class:`ActionLoss` and its objectives
   :class:`MaxValueActionLoss`, :class:`LiteralActionLoss`, :class:`AssignedActionLoss`; :class:`ValueLoss` with its
   value estimator :class:`MonteCarlo` (the base: :class:`ValueEstimator`); :class:`PolicyLoss`; spec 2.2),
@@ -21,7 +22,7 @@ from emotion_rl.agent import EmotionAgent
 from emotion_rl.checkpoint import AtomicCheckpointIO, BatchCheckpoint
 from emotion_rl.config import Configurable, instantiate, to_config
 from emotion_rl.data.datamodule import EmotionDataModule
-from emotion_rl.data.envs import make_env
+from emotion_rl.data.envs import PreviousReward, make_env
 from emotion_rl.data.rollout import play
 from emotion_rl.data.selfplay import closing_collector, shutdown_collector
 from emotion_rl.env_record import EnvironmentRecord, RecordEnvironment
@@ -70,6 +71,7 @@ __all__ = [
     "MonteCarlo",
     "PhaseLoss",
     "PolicyLoss",
+    "PreviousReward",
     "PriorPlanner",
     "RecordEnvironment",
     "TemperamentActionLoss",

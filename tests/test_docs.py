@@ -73,3 +73,22 @@ def test_no_committed_text_points_outside_the_repository():
         if pattern.search(path.read_text(errors="ignore")):
             offenders.append(name)
     assert not offenders, f"files citing paths or notes outside the repository: {offenders}"
+
+
+def test_the_readme_stays_within_12_kb_and_keeps_its_two_setup_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 12_288, "README.md over 12 KB: move detail into docs/"
+    assert "pip install -e . && python -m emotion_rl fit --config configs/cartpole.yaml" in readme
+    assert 'pip install -q -e ".[test]" && python -m pytest -q' in readme
+
+
+@pytest.mark.parametrize("name", ["cartpole", "acrobot", "mountaincar", "lunarlander"])
+def test_each_config_header_says_what_it_was_measured_on_and_where_the_results_are(name):
+    header = "\n".join(
+        line for line in (ROOT / "configs" / f"{name}.yaml").read_text().splitlines() if line.startswith("#")
+    )
+    assert "# Measured" in header, f"configs/{name}.yaml: no 'Measured' line in its header"
+    folders = re.findall(r"benchmarks/results/[\w/.-]+/", header)
+    assert folders or "not measured" in header, f"configs/{name}.yaml: neither a results folder nor 'not measured'"
+    for folder in folders:
+        assert (ROOT / folder).is_dir(), f"configs/{name}.yaml names {folder}, which does not exist"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import gymnasium
+import numpy as np
 import pytest
 import torch
 from torchrl.envs import Compose, GymEnv, InitTracker, TransformedEnv
 
 from emotion_rl.cli import main
-from emotion_rl.data.envs import MissingDependencyError, PreviousReward, make_env, probe_env
+from emotion_rl.data.envs import EnvConstructionError, MissingDependencyError, PreviousReward, make_env, probe_env
 
 from fakes import COUNTER_ID, IMAGE_ID, MODULE_ID, UNBOUNDED_ID
 
@@ -151,3 +153,75 @@ def test_the_shipped_configs_build_their_env_and_a_missing_extra_is_one_line_fro
     assert agent.losses.value.imagined_weight == 1 and agent.losses.dynamics.all_emotions
     assert not agent.losses.action.update_transformer
     assert cli.datamodule.window_weighting == "uniform"
+
+
+class NoArgumentsEnv(gymnasium.Env):
+    """No ``__init__``: its constructor takes no arguments (TorchRL's ``GymEnv`` probes it with ``frameskip``)."""
+
+    observation_space = gymnasium.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = gymnasium.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.full(3, self.t / 10, np.float32), 1.0 + int(action), self.t >= 4, False, {}
+
+
+class NoKeywordsEnv(NoArgumentsEnv):
+    def __init__(self) -> None:  # takes no keyword arguments
+        super().__init__()
+
+
+class BrokenEnv(NoArgumentsEnv):
+    def __init__(self, **kwargs) -> None:
+        raise RuntimeError("no licence file")
+
+
+NO_ARGUMENTS_ID, NO_KEYWORDS_ID, BROKEN_ID = (
+    "EmotionRLTest/NoArguments-v0",
+    "EmotionRLTest/NoKeywords-v0",
+    "EmotionRLTest/Broken-v0",
+)
+for env_id, entry_point in [(NO_ARGUMENTS_ID, NoArgumentsEnv), (NO_KEYWORDS_ID, NoKeywordsEnv), (BROKEN_ID, BrokenEnv)]:
+    gymnasium.register(env_id, entry_point=entry_point, max_episode_steps=6)
+
+
+def _one_line(raised: pytest.ExceptionInfo) -> str:
+    message = str(raised.value)
+    assert isinstance(raised.value, ValueError) and "\n" not in message and raised.value.__suppress_context__
+    assert "frameskip" not in message, "TorchRL's frameskip probe leaked into the message"
+    return message
+
+
+@pytest.mark.parametrize("env_id", [NO_ARGUMENTS_ID, NO_KEYWORDS_ID])
+def test_an_env_whose_constructor_takes_no_arguments_is_made(env_id):
+    info = probe_env(env_id)
+    assert (info.obs_dim, info.n_actions, info.max_episode_steps) == (3, 2, 6)
+    steps = make_env(env_id, num_envs=2, seed=0).rollout(5, break_when_any_done=False)
+    assert steps["next", "observation"].shape == (2, 5, 3) and steps["next", "done"][:, 3].all()
+
+
+def test_env_construction_errors_are_one_line_naming_the_env_the_cause_and_the_fix():
+    with pytest.raises(EnvConstructionError) as raised:
+        make_env(NO_KEYWORDS_ID, env_kwargs={"size": 3})
+    message = _one_line(raised)
+    assert NO_KEYWORDS_ID in message and "unexpected keyword argument 'size'" in message
+    assert "remove 'size' from env_kwargs {'size': 3} (data.env_kwargs)" in message
+    with pytest.raises(EnvConstructionError) as raised:
+        probe_env(NO_ARGUMENTS_ID, env_kwargs={"size": 3})
+    assert "NoArgumentsEnv() takes no arguments; remove env_kwargs {'size': 3}" in _one_line(raised)
+    with pytest.raises(EnvConstructionError) as raised:
+        make_env(BROKEN_ID)
+    message = _one_line(raised)
+    assert BROKEN_ID in message and "RuntimeError: no licence file; raised at test_envs.py:" in message
+    with pytest.raises(EnvConstructionError) as raised:
+        make_env(NO_ARGUMENTS_ID, env_wrappers=["gymnasium.wrappers.ClipAction"])
+    assert "(wrapper gymnasium.wrappers.ClipAction): TypeError: ClipAction requires a Box" in _one_line(raised)
+    with pytest.raises(EnvConstructionError) as raised:
+        probe_env("ignored", 5, env_factory="fakes:make_countdown", env_kwargs={"n_action": 3})
+    message = _one_line(raised)
+    assert "env 'fakes:make_countdown' could not be made (env_factory)" in message and "remove 'n_action'" in message

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gymnasium
@@ -25,6 +28,7 @@ from torchrl.envs import (
 from torchrl.envs.transforms import Transform
 
 __all__ = [
+    "EnvConstructionError",
     "EnvInfo",
     "FiniteCheck",
     "MissingDependencyError",
@@ -168,6 +172,38 @@ def _missing(env_id: str, err: Exception) -> MissingDependencyError:
     return MissingDependencyError(f"env {env_id!r} needs a package that is not installed: {text}")
 
 
+class EnvConstructionError(ValueError):
+    """Making an environment failed: one line naming the env, the cause and, where it is known, the fix."""
+
+
+def _cause(err: BaseException) -> BaseException:
+    """The exception that started it: gymnasium's ``make`` re-raises a constructor's error with a longer message."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def _construction_error(env_id: str, stage: str, err: Exception, env_kwargs: dict) -> EnvConstructionError:
+    """``env 'X' could not be made (stage): TypeError: ...; fix`` in one line (the fix for argument mismatches)."""
+    cause = _cause(err)
+    text = (str(cause).splitlines() or [""])[0] or type(cause).__name__
+    args = f"env_kwargs {env_kwargs} (data.env_kwargs)"
+    unexpected = re.search(r"unexpected keyword argument '(\w+)'", text)
+    missing = re.search(r"missing \d+ required (?:positional|keyword-only) arguments?: (.+)$", text)
+    if isinstance(cause, TypeError) and unexpected:
+        fix = f"remove {unexpected.group(1)!r} from {args}, or accept it in the constructor"
+    elif isinstance(cause, TypeError) and re.search(r"takes no (keyword )?arguments", text) and env_kwargs:
+        fix = f"remove {args}"
+    elif isinstance(cause, TypeError) and missing:
+        fix = f"pass {missing.group(1)} in {args}"
+    else:
+        frames = traceback.extract_tb(cause.__traceback__)
+        fix = f"raised at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return EnvConstructionError(
+        f"env {env_id!r} could not be made ({stage}): {type(cause).__name__}: {text}" + (f"; {fix}" if fix else "")
+    )
+
+
 def _base_env(
     env_id: str,
     device: str | torch.device = "cpu",
@@ -178,10 +214,20 @@ def _base_env(
     env_factory: str | None = None,
 ) -> EnvBase:
     """One unbatched TorchRL env: ``env_factory(**env_kwargs)``, or gymnasium's ``env_id`` made with ``env_kwargs``
-    and wrapped by ``env_wrappers`` (gymnasium wrapper classes, innermost first)."""
+    and wrapped by ``env_wrappers`` (gymnasium wrapper classes, innermost first).
+
+    Any error while making it is re-raised as one line, :class:`EnvConstructionError` (:class:`MissingDependencyError`
+    for a missing optional package). A constructor that takes no arguments at all is made by ``gymnasium.make`` and
+    wrapped: TorchRL's ``GymEnv`` passes it ``frameskip`` to probe for frame skipping, which it refuses.
+    """
     kwargs = dict(env_kwargs or {})
+    user_kwargs = dict(kwargs)
     if env_factory is not None:
-        env = _import(env_factory)(**kwargs)
+        factory = _import(env_factory)
+        try:
+            env = factory(**kwargs)
+        except Exception as err:  # noqa: BLE001 - the user's factory: any error becomes one line
+            raise _construction_error(env_factory, "env_factory", err, user_kwargs) from None
         if not isinstance(env, EnvBase):
             raise ValueError(f"env_factory {env_factory!r} returned a {type(env).__name__}, not a TorchRL EnvBase")
         if env.batch_size != torch.Size([]):
@@ -190,18 +236,27 @@ def _base_env(
             )
         return env
     gym_id = _gym_id(env_id)
+    wrappers = [(path, _import(path)) for path in env_wrappers or []]
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = max_episode_steps
     encoding = {"categorical_action_encoding": bool(categorical_action_encoding), "device": device}
+    stage = "gymnasium.make"
     try:
-        if not env_wrappers:
-            return GymEnv(gym_id, **encoding, **kwargs)
+        if not wrappers:
+            try:
+                return GymEnv(gym_id, **encoding, **kwargs)
+            except TypeError:  # e.g. a constructor without arguments refusing GymEnv's frameskip probe
+                return GymWrapper(gymnasium.make(gym_id, **{"disable_env_checker": True, **kwargs}), **encoding)
         env = gymnasium.make(gym_id, **kwargs)
-        for path in env_wrappers:
-            env = _import(path)(env)
+        for path, wrapper in wrappers:
+            stage = f"wrapper {path}"
+            env = wrapper(env)
+        stage = "GymWrapper"
         return GymWrapper(env, **encoding)
     except gymnasium.error.DependencyNotInstalled as err:
         raise _missing(env_id, err) from None
+    except Exception as err:  # noqa: BLE001 - the user's env or wrapper: any error becomes one line
+        raise _construction_error(env_id, stage, err, user_kwargs) from None
 
 
 def _time_limit(env: EnvBase) -> int | None:
