@@ -54,6 +54,17 @@ def build(component: Any, *args: Any) -> Any:
     return instantiate(component, *args) if isinstance(component, Mapping) else component(*args)
 
 
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """Refuse :class:`EmotionAgent` settings that cannot work, before anything is built, naming the fix."""
+    for name, allowed in (("greedy_decision", GREEDY_DECISIONS), ("schedule", Schedule.__args__)):
+        if settings[name] not in allowed:
+            raise ValueError(f"{name}={settings[name]!r} is not supported; choose one of {list(allowed)}")
+    if settings["max_episode_steps"] < 1:
+        raise ValueError(f"max_episode_steps must be >= 1, got {settings['max_episode_steps']}")
+    if settings["context_window"] is not None and settings["context_window"] < 1:
+        raise ValueError(f"context_window must be >= 1 or None, got {settings['context_window']}")
+
+
 class EmotionAgent(LoadAndPredict, L.LightningModule):
     """Emotion-token MCTS agent as a LightningModule with manual optimisation (spec 2, 3, 5); ``load`` and
     ``predict`` act with a trained one in a plain gymnasium loop (:class:`~emotion_rl.predict.LoadAndPredict`).
@@ -135,31 +146,18 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
     ) -> None:
         settings = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         super().__init__()
-        if greedy_decision not in GREEDY_DECISIONS:
-            raise ValueError(
-                f"greedy_decision={greedy_decision!r} is not supported; choose one of {list(GREEDY_DECISIONS)}"
-            )
-        if schedule not in Schedule.__args__:
-            raise ValueError(f"schedule={schedule!r} is not supported; choose one of {list(Schedule.__args__)}")
-        if max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
-        if context_window is not None and context_window < 1:
-            raise ValueError(f"context_window must be >= 1 or None, got {context_window}")
+        check_settings(settings)
         planner = EmotionMCTS() if planner is None else planner
         settings["planner"] = planner
         # plain values only (the checkpoint loads with weights_only=True); a component is kept as its config
         self.save_hyperparameters({**settings, **{name: to_config(settings[name]) for name in COMPONENTS}})
         self.automatic_optimization = False
+        sizes = ("n_emotions", "d_model", "n_layers", "n_heads", "head_hidden", "imagined_action")
         self.model = EmotionModel(
             obs_dim,
             n_actions,
-            n_emotions=n_emotions,
-            d_model=d_model,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            head_hidden=head_hidden,
             context_window=context_window or max_episode_steps,
-            imagined_action=imagined_action,
+            **{name: settings[name] for name in sizes},
         )
         self.planner = instantiate(planner) if isinstance(planner, Mapping) else planner
         self.diagnostics_schedule = DiagnosticsSchedule(diagnostics_interval)

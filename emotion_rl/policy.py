@@ -1,4 +1,4 @@
-"""Acting (spec 3.4, 1.6, 3.1, 5): the temperature schedule, emotion selection, and the collector-facing policy.
+"""Acting (spec 1.6, 3.1, 5): the collector-facing policy (the temperature and the emotion draw: ``temperature.py``).
 
 The policy keeps each environment's *real* history (:class:`~emotion_rl.history.History`; spec 3.1) and hands a
 copy to the planner at every step; nothing imagined comes back into it (spec 1.6, decision 6). At step ``t`` the
@@ -22,85 +22,9 @@ from emotion_rl.decision import GREEDY_DECISIONS, decide_by_action, root_q
 from emotion_rl.history import NONE, History
 from emotion_rl.mcts.root_gap import ROOT_GAP_KEYS, completed_root_q, root_q_gaps
 from emotion_rl.model import evaluating, parameter_device_dtype
+from emotion_rl.temperature import TemperatureSchedule, draw_device, select_emotion
 
 __all__ = ["EmotionPolicy", "TemperatureSchedule", "select_emotion"]
-
-
-class TemperatureSchedule:
-    """Emotion sampling temperature (spec 3.4): linear from ``start`` to ``end`` over the first ``decay_frames``
-    env steps, then ``end`` (the spec's 1.0 and 0.1 by default; ``decay_frames=0``: ``end`` throughout; 0: argmax).
-    """
-
-    def __init__(self, start: float = 1.0, end: float = 0.1, decay_frames: int = 20_000) -> None:
-        for name, value in (("start", start), ("end", end)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"TemperatureSchedule: {name} must be a finite number >= 0, got {value!r}")
-        if isinstance(decay_frames, bool) or not isinstance(decay_frames, int) or decay_frames < 0:
-            raise ValueError(f"TemperatureSchedule: decay_frames must be an integer >= 0, got {decay_frames!r}")
-        self.start = float(start)
-        self.end = float(end)
-        self.decay_frames = int(decay_frames)
-
-    def __call__(self, frames: int | torch.Tensor) -> float:
-        """The temperature after ``frames`` environment steps."""
-        frames = int(frames)
-        if self.decay_frames == 0 or frames >= self.decay_frames:
-            return self.end
-        fraction = max(frames, 0) / self.decay_frames
-        return self.start + (self.end - self.start) * fraction
-
-    def __repr__(self) -> str:
-        return f"TemperatureSchedule(start={self.start}, end={self.end}, decay_frames={self.decay_frames})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, TemperatureSchedule):
-            return NotImplemented
-        return (self.start, self.end, self.decay_frames) == (other.start, other.end, other.decay_frames)
-
-
-def select_emotion(
-    visit_distribution: torch.Tensor,
-    temperature: float,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """One emotion per row of ``visit_distribution`` ``[*B, E]`` (spec 3.4), long ``[*B]`` on its device (drawn on
-    ``generator``'s device, which may differ).
-
-    ``temperature == 0``: argmax, ties to the lowest index. Otherwise a draw from ``dist ** (1 / T)`` normalised,
-    computed as ``softmax((log dist - log max dist) / T)`` (no overflow for tiny ``T``); zero-visit emotions keep
-    probability 0; rows need not be normalised.
-    """
-    if isinstance(temperature, torch.Tensor):
-        temperature = float(temperature)
-    if not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"select_emotion: temperature must be a finite number >= 0, got {temperature!r}")
-    if visit_distribution.ndim < 1 or visit_distribution.shape[-1] == 0:
-        raise ValueError(
-            "select_emotion: visit_distribution must have shape [*B, E] with E >= 1, "
-            f"got {tuple(visit_distribution.shape)}"
-        )
-    dist = visit_distribution.detach().to(torch.float64)
-    batch_shape = dist.shape[:-1]
-    flat = dist.reshape(-1, dist.shape[-1])
-    if flat.numel() and (not torch.isfinite(flat).all() or (flat < 0).any() or (flat.sum(-1) <= 0).any()):
-        raise ValueError(
-            "select_emotion: every row of visit_distribution must be finite, non-negative and have a positive sum"
-        )
-    if temperature == 0:
-        # torch.argmax returns the first maximal index: ties go to the lowest emotion index.
-        return flat.argmax(-1).reshape(batch_shape)
-    log_dist = flat.log()  # log 0 = -inf: zero-visit emotions keep probability 0
-    logits = (log_dist - log_dist.max(-1, keepdim=True).values) / temperature
-    # drawn where the generator lives (a CPU generator, e.g. the datamodule's, with a model on an accelerator)
-    probs = logits.softmax(-1).to(_draw_device(generator, logits))
-    choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return choice.reshape(batch_shape).to(dist.device)
-
-
-def _draw_device(generator: torch.Generator | None, like: torch.Tensor) -> torch.device:
-    """Where a draw from ``generator`` must happen: its own device (``torch.multinomial`` refuses a generator on
-    another device than its input), or ``like``'s when drawing from the global RNG."""
-    return like.device if generator is None else generator.device
 
 
 GREEDY_EXPLORATION = (ExplorationType.DETERMINISTIC, ExplorationType.MODE, ExplorationType.MEAN)
@@ -417,7 +341,7 @@ class EmotionPolicy(TensorDictModuleBase):
         else a draw from their softmax (spec 5 step 3)."""
         if greedy:
             return logits.argmax(-1)
-        probs = logits.softmax(-1).to(_draw_device(self.generator, logits))
+        probs = logits.softmax(-1).to(draw_device(self.generator, logits))
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).to(device)
 
     def _root_gaps(self, result: TensorDictBase, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
