@@ -27,6 +27,7 @@ from emotion_rl.mcts import loop
 from emotion_rl.mcts.reference import (
     GumbelSettings,
     Node,
+    completed_q,
     gumbel_choice,
     gumbel_scores,
     literal_search,
@@ -144,6 +145,9 @@ def assert_matches_oracle(planner: EmotionMCTS, model: EmotionModel, history, se
         )  # fmt: skip
         assert torch.equal(result["visit_counts"][b], counts), b
         assert depth[b][depth[b] >= 0].tolist() == stats["expanded_depths"], b
+        oracle_root = stats["root"]  # the root children's completed Q, from the oracle's own literal copy
+        q = [completed_q(oracle_root, oracle_root.children[e], planner.completed_value) for e in range(n_emotions)]
+        torch.testing.assert_close(result["completed_q"][b], torch.stack(q), rtol=0, atol=0)
         if isinstance(root, GumbelRoot):
             assert int(result["selected_emotion"][b]) == stats["selected_emotion"], b
             target = torch.from_numpy(stats["policy_target"]).to(result["policy_target"].dtype)

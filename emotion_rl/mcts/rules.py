@@ -29,7 +29,16 @@ from emotion_rl.config import Configurable
 from emotion_rl.mcts.loop import Selection, kernel, select_child
 from emotion_rl.mcts.tree import Tree, TreeArrays
 
-__all__ = ["GumbelRoot", "GumbelState", "PUCTRoot", "RootDecision", "RootRule", "dirichlet_noise", "halving_schedule"]
+__all__ = [
+    "GumbelRoot",
+    "GumbelState",
+    "PUCTRoot",
+    "RootDecision",
+    "RootRule",
+    "completed_q",
+    "dirichlet_noise",
+    "halving_schedule",
+]
 
 
 class RootDecision(NamedTuple):
@@ -151,6 +160,23 @@ def root_q(tree: TreeArrays, selection: Selection, root: int, e: int):
     if tree.visits_plus_one[root, e] > selection.one:
         return tree.q[root, e]
     return tree.node_value[root] if selection.by_parent else tree.child_value[root, e]
+
+
+@kernel
+def fill_completed_q(tree: TreeArrays, selection: Selection, roots: np.ndarray, out: np.ndarray) -> None:
+    """``out[b, e]``: :func:`root_q` of the child ``e`` of root ``roots[b]``."""
+    for b in range(roots.shape[0]):
+        for e in range(out.shape[1]):
+            out[b, e] = root_q(tree, selection, roots[b], e)
+
+
+def completed_q(tree: Tree, selection: Selection) -> np.ndarray:
+    """The root children's completed ``Q`` ``[B, E]`` in the tree's float type, as the root rule reads it
+    (:func:`root_q`: ``Q`` where visited, else the planner's ``completed_value``): what the search returns as
+    ``completed_q``, and what the root's decision margin is measured on (``root_gap.root_q_gaps``)."""
+    out = np.empty((tree.batch, tree.q.shape[1]), dtype=tree.q.dtype)
+    fill_completed_q(tree.arrays, selection, tree.roots, out)
+    return out
 
 
 @kernel
