@@ -115,9 +115,6 @@ class PUCTRoot(RootRule):
     def finish(self, tree: Tree, selection: Selection, state: tuple) -> RootDecision:
         return RootDecision(visit_distribution(tree), None)
 
-    def __repr__(self) -> str:
-        return f"PUCTRoot(dirichlet_alpha={self.dirichlet_alpha}, dirichlet_fraction={self.dirichlet_fraction})"
-
 
 # ---------------------------------------------------------------------------------------------- Gumbel MuZero
 def halving_schedule(considered: int, num_simulations: int) -> np.ndarray:
@@ -253,6 +250,7 @@ class GumbelRoot(RootRule):
     """
 
     select = staticmethod(gumbel_root)
+    repr_omits_defaults = frozenset({"chooses"})  # chooses came after reprs of Gumbel searches were recorded
 
     def __init__(self, considered: int = 8, c_visit: float = 50.0, c_scale: float = 0.1, chooses: bool = True) -> None:
         if considered < 1 or c_visit < 0 or c_scale < 0:
@@ -290,7 +288,3 @@ class GumbelRoot(RootRule):
             z = np.exp(z - z.max())
             policy[env] = z / z.sum()
         return RootDecision(policy, emotion if self.chooses else None)
-
-    def __repr__(self) -> str:
-        chooses = "" if self.chooses else ", chooses=False"
-        return f"GumbelRoot(considered={self.considered}, c_visit={self.c_visit}, c_scale={self.c_scale}{chooses})"

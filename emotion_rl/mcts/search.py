@@ -89,13 +89,6 @@ class EmotionMCTS(Configurable):
             one=dtype.type(1),
         )
 
-    def __repr__(self) -> str:
-        return (
-            f"EmotionMCTS(num_simulations={self.num_simulations}, c_puct={self.c_puct}, max_depth={self.max_depth}, "
-            f"q_transform={self.q_transform!r}, completed_value={self.completed_value!r}, "
-            f"min_spread={self.min_spread}, root_rule={self.root_rule!r})"
-        )
-
     @torch.no_grad()
     def search(
         self,
