@@ -19,7 +19,7 @@ import importlib
 import inspect
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["Configurable", "class_path", "instantiate", "locate", "to_config"]
 
@@ -31,8 +31,12 @@ class Configurable:
     ``class_path`` + ``init_args`` (a planner, a value estimator).
 
     The arguments are captured in ``__new__``, before any ``__init__`` runs, so a subclass needs no call of its own;
-    :meth:`init_args` binds them to the class's signature, defaults filled in.
+    :meth:`init_args` binds them to the class's signature, defaults filled in, and the repr is written from them.
     """
+
+    repr_omits_defaults: ClassVar[frozenset[str]] = frozenset()
+    """Arguments the repr leaves out while they equal their defaults (options added after reprs of the class were
+    recorded in results, so that those reprs still read the same)."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Configurable:
         self = super().__new__(cls)
@@ -55,6 +59,21 @@ class Configurable:
             else:
                 arguments[name] = value
         return arguments
+
+    def __repr__(self) -> str:
+        """``Class(name=value, ...)`` from :meth:`init_args` (every argument, defaults included, except those of
+        :attr:`repr_omits_defaults` at their defaults); the default repr when the arguments cannot be bound."""
+        try:
+            arguments = self.init_args()
+        except TypeError:
+            return object.__repr__(self)
+        parameters = inspect.signature(type(self)).parameters
+        shown = [
+            f"{name}={value!r}"
+            for name, value in arguments.items()
+            if not (name in self.repr_omits_defaults and name in parameters and value == parameters[name].default)
+        ]
+        return f"{type(self).__name__}({', '.join(shown)})"
 
 
 def class_path(cls: type) -> str:

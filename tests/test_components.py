@@ -26,6 +26,7 @@ from emotion_rl import (
     MaxValueActionLoss,
     MonteCarlo,
     PolicyLoss,
+    PUCTRoot,
     RootDecision,
     RootRule,
     ValueEstimator,
@@ -107,6 +108,21 @@ def test_a_configurable_records_its_arguments_with_defaults_and_keeps_them_throu
         assert to_config(copied) == to_config(planner)
     assert MonteCarlo(True).init_args() == {"bootstrap_truncation": True}
     assert MonteCarlo().init_args() == {"bootstrap_truncation": False} and ShrunkReturn().init_args() == {"shrink": 1.0}
+
+
+def test_a_configurables_repr_is_written_from_its_init_args():
+    """Every argument by name, defaults included, nested components by their own repr; GumbelRoot leaves out
+    ``chooses`` at its default (the reprs recorded with results before it existed read the same)."""
+    gumbel = "GumbelRoot(considered=8, c_visit=50.0, c_scale=0.1)"
+    planner = EmotionMCTS(50, q_transform="minmax_completed", root_rule=GumbelRoot())
+    assert repr(planner) == (
+        "EmotionMCTS(num_simulations=50, c_puct=1.0, max_depth=3, q_transform='minmax_completed', "
+        f"completed_value='child', min_spread=0.0, root_rule={gumbel})"
+    )
+    assert repr(GumbelRoot(4, chooses=False)) == "GumbelRoot(considered=4, c_visit=50.0, c_scale=0.1, chooses=False)"
+    assert repr(PUCTRoot(dirichlet_fraction=0.25)) == "PUCTRoot(dirichlet_alpha=0.3, dirichlet_fraction=0.25)"
+    assert repr(ShrunkReturn(0.5)) == "ShrunkReturn(shrink=0.5)" and repr(RarestFirstRoot()) == "RarestFirstRoot()"
+    assert repr(MonteCarlo(True)) == "MonteCarlo(bootstrap_truncation=True)"
 
 
 def test_to_config_writes_instances_classes_and_partials_as_plain_nested_values():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from emotion_rl import EmotionAgent, EmotionMCTS, EmotionModel, EmotionPolicy, GumbelRoot, PriorPlanner
+from emotion_rl import EmotionAgent, EmotionMCTS, EmotionModel, EmotionPolicy, GumbelRoot, PriorPlanner, testing
 from emotion_rl.data.selfplay import CollectionStats, SelfPlayCounters
 from emotion_rl.diagnostics import gap_diagnostics, learning_diagnostics
 from emotion_rl.losses import masked_mean, step_weight
@@ -45,6 +45,24 @@ def test_the_gaps_are_worked_out_by_hand_from_the_completed_q_and_the_childrens_
     assert math.isnan(action_gap[0]) and action_gap[1] == pytest.approx(0.6)  # one action: no margin
     gap, action_gap = root_q_gaps(q[:, :1], torch.zeros(2, 1, dtype=torch.long))
     assert gap.isnan().all() and action_gap.isnan().all()  # one emotion: nothing to compare
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("completed_value", ["child", "parent"])
+@pytest.mark.parametrize("root_rule", [None, GumbelRoot(considered=4)])
+def test_the_search_returns_the_completed_q_that_its_tree_gives(root_rule, completed_value, dtype):
+    """``completed_q`` (the root rule's reading) equals :func:`completed_root_q` of the returned tree, bit for bit,
+    with visited and unvisited children at the roots."""
+    torch.manual_seed(1)
+    model = EmotionModel(4, 2, d_model=16, n_layers=1, n_heads=2, context_window=8).to(dtype)
+    planner = EmotionMCTS(num_simulations=6, completed_value=completed_value, root_rule=root_rule)
+    history = testing.random_history(3, 5, 4, 2, seed=2, dtype=dtype)
+    result = planner.search(model, history)
+    visits = result["visit_counts"]
+    assert (visits > 0).any() and (visits == 0).any()
+    parent = model.state_value(result["values"]) if completed_value == "parent" else None
+    expected = completed_root_q(result["tree"], parent)
+    assert result["completed_q"].dtype == dtype and torch.equal(result["completed_q"], expected)
 
 
 def step_input(n: int, seed: int) -> TensorDict:

@@ -27,12 +27,21 @@ from emotion_rl.mcts import loop
 from emotion_rl.mcts.reference import (
     GumbelSettings,
     Node,
+    completed_q,
     gumbel_choice,
     gumbel_scores,
     literal_search,
     select_child_ucb,
 )
-from emotion_rl.mcts.rules import GumbelRoot, PUCTRoot, gumbel_best, halving_schedule, puct_root
+from emotion_rl.mcts.rules import (
+    GumbelRoot,
+    GumbelState,
+    PUCTRoot,
+    gumbel_best,
+    gumbel_root,
+    halving_schedule,
+    puct_root,
+)
 from emotion_rl.mcts.search import numpy_generator
 from emotion_rl.mcts.search_model import FusedSearchModel
 from emotion_rl.mcts.tree import Expansion, NodeOutputs, Tree
@@ -144,6 +153,9 @@ def assert_matches_oracle(planner: EmotionMCTS, model: EmotionModel, history, se
         )  # fmt: skip
         assert torch.equal(result["visit_counts"][b], counts), b
         assert depth[b][depth[b] >= 0].tolist() == stats["expanded_depths"], b
+        oracle_root = stats["root"]  # the root children's completed Q, from the oracle's own literal copy
+        q = [completed_q(oracle_root, oracle_root.children[e], planner.completed_value) for e in range(n_emotions)]
+        torch.testing.assert_close(result["completed_q"][b], torch.stack(q), rtol=0, atol=0)
         if isinstance(root, GumbelRoot):
             assert int(result["selected_emotion"][b]) == stats["selected_emotion"], b
             target = torch.from_numpy(stats["policy_target"]).to(result["policy_target"].dtype)
@@ -386,6 +398,31 @@ def test_a_root_rule_in_plain_python_runs_the_same_search_uncompiled(monkeypatch
     assert calls and not loop.is_compiled(PythonPUCTRoot.select) and loop.is_compiled(PUCTRoot.select)
     for key in ("visit_counts", ("tree", "child_value_sum"), ("tree", "node_depth")):
         assert torch.equal(plain[key], compiled[key]), key
+
+
+class PythonGumbelRoot(GumbelRoot):
+    """The Gumbel root with its select as a plain Python function (its helpers stay compiled)."""
+
+    select = staticmethod(getattr(gumbel_root, "py_func", gumbel_root))
+
+
+def test_the_gumbel_roots_named_state_is_read_the_same_compiled_and_in_python():
+    model, history = tiny_model(6, torch.float32), padded_history(4, 5, 6, torch.float32, masked=True)
+    rule = GumbelRoot(considered=4, c_scale=0.5)
+    state = rule.start(Tree.from_root(NodeOutputs.empty(np.dtype(np.float32), 8, OBS_DIM, (3,)), 11, 1.0), 10, None)
+    assert isinstance(state, GumbelState) and state.considered.sum() == 3 * 4 and state.c_scale == 0.5
+    assert state.schedule.shape == (10,) and state.tiny == np.finfo(np.float32).tiny
+    for explore in (False, True):
+        searches = [
+            EmotionMCTS(10, q_transform="completed", root_rule=root).search(
+                model, history, torch.Generator().manual_seed(1), explore
+            )
+            for root in (GumbelRoot(considered=4, c_scale=0.5), PythonGumbelRoot(considered=4, c_scale=0.5))
+        ]
+        for key in ("visit_counts", "policy_target", "selected_emotion", "completed_q"):
+            assert torch.equal(searches[0][key], searches[1][key]), key
+    assert loop.is_compiled(GumbelRoot.select) == (loop.numba is not None)
+    assert not loop.is_compiled(PythonGumbelRoot.select)
 
 
 def test_without_numba_the_same_code_runs_as_python():

@@ -185,7 +185,97 @@ def add_child(
     tree.num_nodes[env] += 1
 
 
+# ---------------------------------------------------------------------------------------------- one simulation
+@kernel
+def selection_path(tree: TreeArrays, selection: Selection, state: LoopState, settings: LoopSettings, env: int,
+                   root_emotion: int) -> int:  # fmt: skip
+    """spec 1.4 selection: the path of environment ``env`` from its root, through ``root_emotion`` (the root rule's)
+    then :func:`select_child`, down to an unexpanded child or ``max_depth``, into ``state.path_nodes`` and
+    ``state.path_emotions``; returns its length."""
+    sink = tree.node_depth.shape[0] - 1
+    node, depth, emotion = env * settings.max_nodes, 0, root_emotion
+    while depth < settings.max_depth:
+        if depth > 0:
+            emotion = select_child(tree, selection, node, env)
+        state.path_nodes[env, depth], state.path_emotions[env, depth] = node, emotion
+        depth += 1
+        node = tree.children[node, emotion]
+        if node == sink:
+            break
+    return depth
+
+
+@kernel
+def expand_root_child(tree: TreeArrays, settings: LoopSettings, root_children: NodeOutputs, env: int, parent: int,
+                      emotion: int) -> None:  # fmt: skip
+    """spec 1.4 expansion of a root child from its outputs computed before the simulations (``root_children``)."""
+    add_child(
+        tree, env, settings.max_nodes, parent, emotion, 1,
+        root_children.policy[env, emotion], root_children.c_prior[env, emotion],
+        root_children.values[env, emotion], root_children.dynamics[env, emotion],
+        root_children.leaf_value[env, emotion],
+    )  # fmt: skip
+
+
+@kernel
+def simulate(tree: TreeArrays, selection: Selection, state: LoopState, settings: LoopSettings,
+             root_children: NodeOutputs, env: int, root_emotion: int) -> None:  # fmt: skip
+    """One simulation of environment ``env`` (spec 1.4) from ``root_emotion``: the selection, then the leaf's
+    backup when it needs no model call (an expanded or ``max_depth`` leaf, or a prefetched root child, expanded
+    here), else the environment waits for the expansion (``state.waiting``, ``state.path_depth``)."""
+    one = selection.one
+    depth = selection_path(tree, selection, state, settings, env, root_emotion)
+    parent, emotion = state.path_nodes[env, depth - 1], state.path_emotions[env, depth - 1]
+    expanding = tree.visits_plus_one[parent, emotion] > one and depth < settings.max_depth
+    leaf_value = tree.child_value[parent, emotion]
+    if expanding and settings.prefetched and depth == 1:  # a root child: its outputs are known
+        expand_root_child(tree, settings, root_children, env, parent, emotion)
+        leaf_value = root_children.leaf_value[env, emotion]
+        expanding = False
+    if expanding:
+        state.waiting[env] = True
+        state.path_depth[env] = depth
+    else:
+        backup(tree, env, state.path_nodes[env], state.path_emotions[env], depth, leaf_value, one)
+        state.remaining[env] -= 1
+
+
 # ---------------------------------------------------------------------------------------------- the rounds
+@kernel
+def expansion(tree: TreeArrays, selection: Selection, state: LoopState, settings: LoopSettings,
+              new: NodeOutputs) -> None:  # fmt: skip
+    """spec 1.4 expansion and backup of every waiting environment's leaf with the model's outputs ``new`` (row
+    ``b`` for environment ``b``); each finishes its simulation."""
+    for b in range(tree.num_nodes.shape[0]):
+        if state.waiting[b]:
+            depth = state.path_depth[b]
+            parent, emotion = state.path_nodes[b, depth - 1], state.path_emotions[b, depth - 1]
+            add_child(
+                tree, b, settings.max_nodes, parent, emotion, depth,
+                new.policy[b], new.c_prior[b], new.values[b], new.dynamics[b], new.leaf_value[b],
+            )  # fmt: skip
+            backup(tree, b, state.path_nodes[b], state.path_emotions[b], depth, new.leaf_value[b], selection.one)
+            state.remaining[b] -= 1
+            state.waiting[b] = False
+
+
+@kernel
+def model_call_due(tree: TreeArrays, state: LoopState, settings: LoopSettings) -> bool:
+    """True once ``wait_fraction`` of the environments still searching wait, with the waiting leaves' states
+    written into ``state.observation`` (the other rows keep their last state)."""
+    n_waiting, n_searching = 0, 0
+    for b in range(state.waiting.shape[0]):
+        n_waiting += state.waiting[b]
+        n_searching += state.remaining[b] > 0
+    if not (n_waiting > 0 and n_waiting >= settings.wait_fraction * n_searching):
+        return False
+    for b in range(state.waiting.shape[0]):
+        if state.waiting[b]:
+            depth = state.path_depth[b]
+            state.observation[b] = tree.child_state[state.path_nodes[b, depth - 1], state.path_emotions[b, depth - 1]]
+    return True
+
+
 @kernel(cache=False)  # numba keys a cached version by the identity of root_select: it would never be found again
 def run_rounds(
     tree: TreeArrays,
@@ -201,73 +291,23 @@ def run_rounds(
     """Rounds of simulations until the next model call; True when one is due (its input is then in
     ``state.observation``), False when every environment has finished.
 
-    ``apply``: first expand the waiting environments' leaves with the model's outputs ``new`` (row ``b`` for
-    environment ``b``) and back their simulations up. ``root_children``: the root children's outputs ``[B, E, ...]``
-    when ``settings.prefetched``. ``root_select(tree, selection, env, root, simulation, root_state)``: the root
-    rule's choice of a simulation's root emotion.
+    ``apply``: first expand the waiting environments' leaves with the model's outputs ``new`` (:func:`expansion`).
+    ``root_children``: the root children's outputs ``[B, E, ...]`` when ``settings.prefetched``.
+    ``root_select(tree, selection, env, root, simulation, root_state)``: the root rule's choice of a simulation's
+    root emotion, called here only (the helpers stay compiled when it is a plain Python function).
     """
-    one = selection.one
-    batch = tree.num_nodes.shape[0]
-    sink = tree.node_depth.shape[0] - 1
     if apply:
-        for b in range(batch):
-            if state.waiting[b]:
-                depth = state.path_depth[b]
-                parent, emotion = state.path_nodes[b, depth - 1], state.path_emotions[b, depth - 1]
-                add_child(
-                    tree, b, settings.max_nodes, parent, emotion, depth,
-                    new.policy[b], new.c_prior[b], new.values[b], new.dynamics[b], new.leaf_value[b],
-                )  # fmt: skip
-                backup(tree, b, state.path_nodes[b], state.path_emotions[b], depth, new.leaf_value[b], one)
-                state.remaining[b] -= 1
-                state.waiting[b] = False
+        expansion(tree, selection, state, settings, new)
     while True:
         any_active = False
-        for b in range(batch):
+        for b in range(tree.num_nodes.shape[0]):
             if state.remaining[b] == 0 or state.waiting[b]:
                 continue
             any_active = True
-            node, depth = b * settings.max_nodes, 0
-            while depth < settings.max_depth:  # the selection
-                if depth == 0:
-                    simulation = settings.num_simulations - state.remaining[b]
-                    emotion = root_select(tree, selection, b, node, simulation, root_state)
-                else:
-                    emotion = select_child(tree, selection, node, b)
-                state.path_nodes[b, depth], state.path_emotions[b, depth] = node, emotion
-                depth += 1
-                node = tree.children[node, emotion]
-                if node == sink:
-                    break
-            parent, emotion = state.path_nodes[b, depth - 1], state.path_emotions[b, depth - 1]
-            expanding = tree.visits_plus_one[parent, emotion] > one and depth < settings.max_depth
-            leaf_value = tree.child_value[parent, emotion]
-            if expanding and settings.prefetched and depth == 1:  # a root child: its outputs are known
-                add_child(
-                    tree, b, settings.max_nodes, parent, emotion, depth,
-                    root_children.policy[b, emotion], root_children.c_prior[b, emotion],
-                    root_children.values[b, emotion], root_children.dynamics[b, emotion],
-                    root_children.leaf_value[b, emotion],
-                )  # fmt: skip
-                leaf_value = root_children.leaf_value[b, emotion]
-                expanding = False
-            if expanding:
-                state.waiting[b] = True
-                state.path_depth[b] = depth
-            else:
-                backup(tree, b, state.path_nodes[b], state.path_emotions[b], depth, leaf_value, one)
-                state.remaining[b] -= 1
-        n_waiting, n_searching = 0, 0
-        for b in range(batch):
-            n_waiting += state.waiting[b]
-            n_searching += state.remaining[b] > 0
-        if n_waiting > 0 and n_waiting >= settings.wait_fraction * n_searching:
-            for b in range(batch):  # the expansion's input: other rows keep their last state
-                if state.waiting[b]:
-                    depth = state.path_depth[b]
-                    state.observation[b] = tree.child_state[
-                        state.path_nodes[b, depth - 1], state.path_emotions[b, depth - 1]
-                    ]
+            simulation = settings.num_simulations - state.remaining[b]
+            emotion = root_select(tree, selection, b, b * settings.max_nodes, simulation, root_state)
+            simulate(tree, selection, state, settings, root_children, b, emotion)
+        if model_call_due(tree, state, settings):
             return True
         if not any_active:
             return False

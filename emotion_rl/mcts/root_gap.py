@@ -20,10 +20,13 @@ self-play stream hands them to the learner's diagnostics."""
 
 
 def completed_root_q(tree: TensorDictBase, parent_value: Tensor | None = None) -> Tensor:
-    """The root children's completed ``Q`` ``[*B, E]`` from a search's ``tree`` ``[*B]`` (what
-    :meth:`~emotion_rl.EmotionMCTS.search` returns under ``tree``): ``W / N`` where visited, else the child's stored
-    ``V^e`` or, given ``parent_value`` ``[*B]`` (the root's value, ``completed_value="parent"``), that value; as the
-    Gumbel root's ``sigma`` reads them (``rules.root_q``)."""
+    """The root children's completed ``Q`` ``[*B, E]`` read back from a ``tree`` ``[*B]`` in the layout
+    :meth:`~emotion_rl.EmotionMCTS.search` returns under ``tree``: ``W / N`` where visited, else the child's stored
+    ``V^e`` or, given ``parent_value`` ``[*B]`` (the root's value, ``completed_value="parent"``), that value.
+
+    A search returns these numbers itself, as ``completed_q`` (``rules.completed_q``, the root rule's own reading);
+    read that. This reader stays for trees that come without it (a reference search's) and equals it bit for bit
+    on a search's tree (tests/test_root_gap.py)."""
     visits = tree["child_visits"][..., 0, :]
     value_sum = tree["child_value_sum"][..., 0, :]
     q = value_sum / visits.clamp_min(1).to(value_sum.dtype)
@@ -35,7 +38,7 @@ def completed_root_q(tree: TensorDictBase, parent_value: Tensor | None = None) -
 
 
 def root_q_gaps(q: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-    """``(gap, action_gap)`` ``[*B]`` from the root children's completed ``Q`` ``[*B, E]`` (:func:`completed_root_q`)
+    """``(gap, action_gap)`` ``[*B]`` from the root children's completed ``Q`` ``[*B, E]`` (a search's ``completed_q``)
     and each emotion's action at the root ``[*B, E]`` (its action head's argmax).
 
     ``gap``: the best ``Q`` minus the second best. ``action_gap``: the best ``Q`` (first maximum) minus the best

@@ -29,7 +29,16 @@ from emotion_rl.config import Configurable
 from emotion_rl.mcts.loop import Selection, kernel, select_child
 from emotion_rl.mcts.tree import Tree, TreeArrays
 
-__all__ = ["GumbelRoot", "PUCTRoot", "RootDecision", "RootRule", "dirichlet_noise", "halving_schedule"]
+__all__ = [
+    "GumbelRoot",
+    "GumbelState",
+    "PUCTRoot",
+    "RootDecision",
+    "RootRule",
+    "completed_q",
+    "dirichlet_noise",
+    "halving_schedule",
+]
 
 
 class RootDecision(NamedTuple):
@@ -106,9 +115,6 @@ class PUCTRoot(RootRule):
     def finish(self, tree: Tree, selection: Selection, state: tuple) -> RootDecision:
         return RootDecision(visit_distribution(tree), None)
 
-    def __repr__(self) -> str:
-        return f"PUCTRoot(dirichlet_alpha={self.dirichlet_alpha}, dirichlet_fraction={self.dirichlet_fraction})"
-
 
 # ---------------------------------------------------------------------------------------------- Gumbel MuZero
 def halving_schedule(considered: int, num_simulations: int) -> np.ndarray:
@@ -129,6 +135,21 @@ def halving_schedule(considered: int, num_simulations: int) -> np.ndarray:
     return np.array(targets[:num_simulations], dtype=np.int64)
 
 
+class GumbelState(NamedTuple):
+    """:class:`GumbelRoot`'s state, what its :attr:`~GumbelRoot.select` reads: the Gumbel variables ``gumbel`` and
+    the prior's ``logits`` ``[B, E]`` in the tree's float type, the ``considered`` emotions (bool ``[B, E]``), the
+    halving ``schedule`` ``[num_simulations]`` (:func:`halving_schedule`), ``c_visit`` and ``c_scale`` of ``sigma``
+    and ``tiny``, the smallest normal number of the tree's float type (the floor of ``sigma``'s spread)."""
+
+    gumbel: np.ndarray
+    logits: np.ndarray
+    considered: np.ndarray
+    schedule: np.ndarray
+    c_visit: float
+    c_scale: float
+    tiny: np.floating
+
+
 @kernel
 def root_q(tree: TreeArrays, selection: Selection, root: int, e: int):
     """The completed ``Q`` of the root's child ``e``: ``Q`` where visited, else the completion (the child's stored
@@ -139,11 +160,28 @@ def root_q(tree: TreeArrays, selection: Selection, root: int, e: int):
 
 
 @kernel
-def gumbel_sigma(tree: TreeArrays, selection: Selection, root: int, state: tuple, sigma: np.ndarray) -> None:
+def fill_completed_q(tree: TreeArrays, selection: Selection, roots: np.ndarray, out: np.ndarray) -> None:
+    """``out[b, e]``: :func:`root_q` of the child ``e`` of root ``roots[b]``."""
+    for b in range(roots.shape[0]):
+        for e in range(out.shape[1]):
+            out[b, e] = root_q(tree, selection, roots[b], e)
+
+
+def completed_q(tree: Tree, selection: Selection) -> np.ndarray:
+    """The root children's completed ``Q`` ``[B, E]`` in the tree's float type, as the root rule reads it
+    (:func:`root_q`: ``Q`` where visited, else the planner's ``completed_value``): what the search returns as
+    ``completed_q``, and what the root's decision margin is measured on (``root_gap.root_q_gaps``)."""
+    out = np.empty((tree.batch, tree.q.shape[1]), dtype=tree.q.dtype)
+    fill_completed_q(tree.arrays, selection, tree.roots, out)
+    return out
+
+
+@kernel
+def gumbel_sigma(tree: TreeArrays, selection: Selection, root: int, state: GumbelState, sigma: np.ndarray) -> None:
     """``sigma(q) = (c_visit + max_b N(b)) * c_scale * q`` into ``sigma`` ``[E]`` (float64), with ``q`` the root's
     completed ``Q`` rescaled to ``[0, 1]`` by its own min and max in the tree's float type, the spread floored at
     ``max(selection.min_spread, tiny)``. NaN propagates as numpy's min and max propagate it."""
-    c_visit, c_scale, tiny = state[4], state[5], state[6]
+    c_visit, c_scale, tiny = state.c_visit, state.c_scale, state.tiny
     n_emotions = tree.q.shape[1]
     low = high = root_q(tree, selection, root, 0)
     max_visits = np.int64(tree.visits_plus_one[root, 0] - selection.one)
@@ -166,10 +204,10 @@ def gumbel_sigma(tree: TreeArrays, selection: Selection, root: int, state: tuple
 
 
 @kernel
-def gumbel_best(tree: TreeArrays, selection: Selection, env: int, root: int, target: int, state: tuple) -> int:
+def gumbel_best(tree: TreeArrays, selection: Selection, env: int, root: int, target: int, state: GumbelState) -> int:
     """Among the considered root children visited ``target`` times, the first maximum of ``g + logits + sigma(q)``
     (``g + logits`` in the tree's float type, the score in float64); others score ``-inf``."""
-    gumbel, logits, considered = state[0][env], state[1][env], state[2][env]
+    gumbel, logits, considered = state.gumbel[env], state.logits[env], state.considered[env]
     n_emotions = tree.q.shape[1]
     sigma = np.empty(n_emotions, dtype=np.float64)
     gumbel_sigma(tree, selection, root, state, sigma)
@@ -186,9 +224,11 @@ def gumbel_best(tree: TreeArrays, selection: Selection, env: int, root: int, tar
 
 
 @kernel
-def gumbel_root(tree: TreeArrays, selection: Selection, env: int, root: int, simulation: int, state: tuple) -> int:
+def gumbel_root(
+    tree: TreeArrays, selection: Selection, env: int, root: int, simulation: int, state: GumbelState
+) -> int:
     """Sequential halving: simulation ``k`` visits the best considered child whose count is ``schedule[k]``."""
-    return gumbel_best(tree, selection, env, root, state[3][simulation], state)
+    return gumbel_best(tree, selection, env, root, state.schedule[simulation], state)
 
 
 class GumbelRoot(RootRule):
@@ -210,6 +250,7 @@ class GumbelRoot(RootRule):
     """
 
     select = staticmethod(gumbel_root)
+    repr_omits_defaults = frozenset({"chooses"})  # chooses came after reprs of Gumbel searches were recorded
 
     def __init__(self, considered: int = 8, c_visit: float = 50.0, c_scale: float = 0.1, chooses: bool = True) -> None:
         if considered < 1 or c_visit < 0 or c_scale < 0:
@@ -218,8 +259,8 @@ class GumbelRoot(RootRule):
         self.considered, self.c_visit, self.c_scale = int(considered), float(c_visit), float(c_scale)
         self.chooses = bool(chooses)
 
-    def start(self, tree: Tree, num_simulations: int, draw: Callable[[], np.random.Generator] | None) -> tuple:
-        """``(gumbel, logits, considered [B, E], schedule [num_simulations], c_visit, c_scale, tiny)``."""
+    def start(self, tree: Tree, num_simulations: int, draw: Callable[[], np.random.Generator] | None) -> GumbelState:
+        """The Gumbel variables (0 when ``draw`` is None), the considered emotions and the halving schedule."""
         prior = tree.prior[tree.roots]
         with np.errstate(divide="ignore"):
             logits = np.log(prior)
@@ -230,11 +271,11 @@ class GumbelRoot(RootRule):
         np.put_along_axis(considered, top, True, axis=-1)
         tiny = np.finfo(prior.dtype).tiny  # a scalar of the tree's float type
         schedule = halving_schedule(m, num_simulations)
-        return gumbel, logits, considered, schedule, self.c_visit, self.c_scale, tiny
+        return GumbelState(gumbel, logits, considered, schedule, self.c_visit, self.c_scale, tiny)
 
-    def finish(self, tree: Tree, selection: Selection, state: tuple) -> RootDecision:
+    def finish(self, tree: Tree, selection: Selection, state: GumbelState) -> RootDecision:
         """The halving winner (the best of the most visited considered children) and ``softmax(logits + sigma)``."""
-        logits, considered = state[1], state[2]
+        logits, considered = state.logits, state.considered
         visits = np.where(considered, tree.visits[tree.roots], -1)
         arrays, n_emotions = tree.arrays, logits.shape[-1]
         emotion = np.empty(tree.batch, dtype=np.int64)
@@ -247,7 +288,3 @@ class GumbelRoot(RootRule):
             z = np.exp(z - z.max())
             policy[env] = z / z.sum()
         return RootDecision(policy, emotion if self.chooses else None)
-
-    def __repr__(self) -> str:
-        chooses = "" if self.chooses else ", chooses=False"
-        return f"GumbelRoot(considered={self.considered}, c_visit={self.c_visit}, c_scale={self.c_scale}{chooses})"

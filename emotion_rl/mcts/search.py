@@ -15,7 +15,7 @@ from tensordict import TensorDict, TensorDictBase
 from emotion_rl.config import Configurable
 from emotion_rl.history import History
 from emotion_rl.mcts.loop import WAIT_FRACTION, Selection, run_simulations
-from emotion_rl.mcts.rules import PUCTRoot, RootRule
+from emotion_rl.mcts.rules import PUCTRoot, RootRule, completed_q
 from emotion_rl.mcts.search_model import as_search_model
 from emotion_rl.mcts.tree import NodeOutputs, SearchModel, Tree, numpy_dtype
 from emotion_rl.model import EmotionModel
@@ -89,13 +89,6 @@ class EmotionMCTS(Configurable):
             one=dtype.type(1),
         )
 
-    def __repr__(self) -> str:
-        return (
-            f"EmotionMCTS(num_simulations={self.num_simulations}, c_puct={self.c_puct}, max_depth={self.max_depth}, "
-            f"q_transform={self.q_transform!r}, completed_value={self.completed_value!r}, "
-            f"min_spread={self.min_spread}, root_rule={self.root_rule!r})"
-        )
-
     @torch.no_grad()
     def search(
         self,
@@ -110,7 +103,9 @@ class EmotionMCTS(Configurable):
         evaluation or reanalyze. ``generator`` drives every draw (default: the global torch RNG); a search that
         does not explore draws nothing. Returns ``[*B]``: ``visit_counts`` (long ``[*B, E]``),
         ``visit_distribution`` (the normalised counts), ``policy_target`` (the root rule's policy target: the
-        visit distribution under pUCT, the improved policy under the Gumbel root), the root's model outputs
+        visit distribution under pUCT, the improved policy under the Gumbel root), ``completed_q`` (``[*B, E]``,
+        the root children's completed ``Q`` in the tree's float type, ``completed_value`` filling the unvisited,
+        as the root rule reads it: ``rules.completed_q``), the root's model outputs
         ``prior`` (before any root noise), ``values``, ``action_logits``, ``dynamics``, the tree arrays under
         ``tree``, and ``selected_emotion`` (long ``[*B]``) when the root rule chooses the acting emotion.
         """
@@ -137,6 +132,7 @@ class EmotionMCTS(Configurable):
             visit_counts=visit_counts,
             visit_distribution=visit_counts.to(float_type) / visit_counts.sum(-1, keepdim=True),
             policy_target=torch.from_numpy(decision.policy).to(device, float_type),
+            completed_q=torch.from_numpy(completed_q(tree, selection)).to(device),
             prior=root.policy,
             values=root.values,
             action_logits=root.action_logits,

@@ -76,8 +76,29 @@ class ExpansionCache:
 
 def expansion_cache(model: EmotionModel, kv: Tensor, length: Tensor) -> ExpansionCache:
     """The cache around a key/value array ``[L, 2, N, H, T + 1, dh]`` whose first ``T`` slots are filled."""
+    n_heads, dh = kv.shape[3], kv.shape[5]
+    mask, attention = attention_layout(kv, length)
+    none = model.action_embed.weight[0] + model.emotion_embed.weight[0] + model.reward_embed.bias
+    heads = head_weights(model, n_heads * dh, kv.device)
+    return ExpansionCache(
+        kv=kv,
+        length=length,
+        token_bias=model.position_embed(length) + (none + model.obs_embed.bias),
+        obs_weight=model.obs_embed.weight.t(),
+        layers=[layer_weights(block, n_heads, dh) for block in model.blocks],
+        final_norm=(model.final_norm.weight, model.final_norm.bias, model.final_norm.eps),
+        **heads,
+        attention=attention,
+        mask=mask,
+    )
+
+
+def attention_layout(kv: Tensor, length: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
+    """The imagined token's attention over ``kv`` ``[L, 2, N, H, T + 1, dh]``: the additive ``mask``
+    ``[N * H, 1, T + 1]`` (the valid real prefix and the spare slot ``T``, which is zeroed) and, per layer, views of
+    the spare slots ``[2, N, H, dh]``, the keys transposed and the values, one row per (row, head)."""
     n_layers, _, n, n_heads, t1, dh = kv.shape
-    t, d = t1 - 1, n_heads * dh
+    t = t1 - 1
     kv[:, :, :, :, t] = 0.0
     visible = torch.arange(t + 1, device=kv.device) < length.unsqueeze(-1)
     visible[:, t] = True  # the imagined token sees itself
@@ -86,18 +107,25 @@ def expansion_cache(model: EmotionModel, kv: Tensor, length: Tensor) -> Expansio
     mask = mask.expand(n, n_heads, 1, t + 1).reshape(n * n_heads, 1, t + 1)
     slots = kv.select(4, t)
     flat_kv = kv.view(n_layers, 2, n * n_heads, t1, dh)
-    attention = [(slots[i], flat_kv[i, 0].transpose(1, 2), flat_kv[i, 1]) for i in range(n_layers)]
-    none = model.action_embed.weight[0] + model.emotion_embed.weight[0] + model.reward_embed.bias
-    token_bias = model.position_embed(length) + (none + model.obs_embed.bias)
-    layers = []
-    for block in model.blocks:
-        fc1, _, fc2 = block.mlp
-        qkv_weight = block.qkv.weight.view(3, n_heads, dh, d).transpose(0, 1).reshape(3 * d, d)
-        qkv_bias = block.qkv.bias.view(3, n_heads, dh).transpose(0, 1).reshape(3 * d)
-        ln1 = (block.ln1.weight, block.ln1.bias, block.ln1.eps)
-        ln2 = (block.ln2.weight, block.ln2.bias, block.ln2.eps)
-        proj = (block.proj.weight, block.proj.bias)
-        layers.append(LayerWeights(ln1, qkv_weight, qkv_bias, *proj, ln2, fc1.weight, fc1.bias, fc2.weight, fc2.bias))
+    return mask, [(slots[i], flat_kv[i, 0].transpose(1, 2), flat_kv[i, 1]) for i in range(n_layers)]
+
+
+def layer_weights(block: torch.nn.Module, n_heads: int, dh: int) -> LayerWeights:
+    """One transformer block's weights as plain tensors, the ``qkv`` rows reordered to (head, q/k/v, dh)."""
+    d = n_heads * dh
+    fc1, _, fc2 = block.mlp
+    qkv_weight = block.qkv.weight.view(3, n_heads, dh, d).transpose(0, 1).reshape(3 * d, d)
+    qkv_bias = block.qkv.bias.view(3, n_heads, dh).transpose(0, 1).reshape(3 * d)
+    ln1 = (block.ln1.weight, block.ln1.bias, block.ln1.eps)
+    ln2 = (block.ln2.weight, block.ln2.bias, block.ln2.eps)
+    proj = (block.proj.weight, block.proj.bias)
+    return LayerWeights(ln1, qkv_weight, qkv_bias, *proj, ln2, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+
+
+def head_weights(model: EmotionModel, d: int, device: torch.device) -> dict[str, Tensor]:
+    """The four heads as :class:`ExpansionCache` reads them: every first layer that reads ``h`` in one matrix
+    (``head_weight``, ``head_bias``), the per-emotion second layers of value and action and the dynamics' action
+    part and second layer as block-diagonal matrices (one product for all eight emotions); ``d``: the width of ``h``."""
     e, n_actions = model.n_emotions, model.n_actions
     value, action, dyn = model.value_heads, model.action_heads, model.dynamics_heads
     hidden = value.w1.shape[-1]
@@ -116,18 +144,12 @@ def expansion_cache(model: EmotionModel, kv: Tensor, length: Tensor) -> Expansio
     va_weight = value.w2.new_zeros(e, 2 * hidden, e, 1 + n_actions)
     dyn_action_weight = dyn.w1.new_zeros(e, n_actions, e, hidden)
     dyn_weight = dyn.w2.new_zeros(e, hidden, e, model.obs_dim)
-    diagonal = torch.arange(e, device=kv.device)  # block (i, i) of each block-diagonal matrix
+    diagonal = torch.arange(e, device=device)  # block (i, i) of each block-diagonal matrix
     va_weight[diagonal, :hidden, diagonal, :1] = value.w2
     va_weight[diagonal, hidden:, diagonal, 1:] = action.w2
     dyn_action_weight[diagonal, :, diagonal] = dyn.w1[:, d:]
     dyn_weight[diagonal, :, diagonal] = dyn.w2
-    return ExpansionCache(
-        kv=kv,
-        length=length,
-        token_bias=token_bias,
-        obs_weight=model.obs_embed.weight.t(),
-        layers=layers,
-        final_norm=(model.final_norm.weight, model.final_norm.bias, model.final_norm.eps),
+    return dict(
         head_weight=head_weight.contiguous(),
         head_bias=head_bias,
         va_weight=va_weight.view(e * 2 * hidden, -1),
@@ -135,8 +157,6 @@ def expansion_cache(model: EmotionModel, kv: Tensor, length: Tensor) -> Expansio
         dyn_action_weight=dyn_action_weight.view(e * n_actions, -1),
         dyn_weight=dyn_weight.view(e * hidden, -1),
         dyn_bias=dyn.b2.reshape(-1),
-        attention=attention,
-        mask=mask,
     )
 
 
