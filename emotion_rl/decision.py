@@ -17,20 +17,18 @@ import torch
 from tensordict import TensorDictBase
 from torch import Tensor
 
-from emotion_rl.mcts.root_gap import completed_root_q
-
 __all__ = ["GREEDY_DECISIONS", "GreedyDecision", "decide_by_action", "pooled_action_values", "root_q"]
 
 GreedyDecision = Literal["emotion", "action"]
 GREEDY_DECISIONS: tuple[str, ...] = GreedyDecision.__args__
 
 
-def root_q(result: TensorDictBase, parent_value: Tensor | None = None) -> Tensor:
-    """The root emotions' values ``[*B, E]`` a decision reads: the search's completed ``Q`` (its ``tree``; unvisited
-    children read their own ``V^e``, or ``parent_value`` ``[*B]`` under ``completed_value="parent"``), or the root's
-    ``values`` ``V^e`` for a planner that does not search (then the decision is greedy in the values alone)."""
-    if "tree" in result.keys():
-        return completed_root_q(result.get("tree"), parent_value)
+def root_q(result: TensorDictBase) -> Tensor:
+    """The root emotions' values ``[*B, E]`` a decision reads: the search's ``completed_q`` (``Q`` where visited,
+    else the completion the planner's ``completed_value`` names), or the root's ``values`` ``V^e`` for a planner that
+    does not search (then the decision is greedy in the values alone)."""
+    if "completed_q" in result.keys():
+        return result.get("completed_q")
     return result.get("values")
 
 

@@ -20,7 +20,7 @@ from torchrl.envs.utils import ExplorationType, exploration_type
 
 from emotion_rl.decision import GREEDY_DECISIONS, decide_by_action, root_q
 from emotion_rl.history import NONE, History
-from emotion_rl.mcts.root_gap import ROOT_GAP_KEYS, completed_root_q, root_q_gaps
+from emotion_rl.mcts.root_gap import ROOT_GAP_KEYS, root_q_gaps
 from emotion_rl.model import evaluating, parameter_device_dtype
 from emotion_rl.temperature import TemperatureSchedule, draw_device, select_emotion
 
@@ -329,7 +329,7 @@ class EmotionPolicy(TensorDictModuleBase):
             emotion = emotion.to(device)
         root_selected = torch.full((n_envs,), root_selects, dtype=torch.bool, device=device)
         if greedy and self.greedy_decision == "action":
-            q = root_q(result, self._parent_value(result))
+            q = root_q(result)
             n_actions = result.get("action_logits").shape[-1]
             decided, _ = decide_by_action(q, greedy_actions, emotion, n_actions)
             root_selected &= decided == emotion
@@ -345,21 +345,13 @@ class EmotionPolicy(TensorDictModuleBase):
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1).to(device)
 
     def _root_gaps(self, result: TensorDictBase, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:func:`~emotion_rl.mcts.root_gap.root_q_gaps` of the search's tree, completed as the planner completes
-        (``completed_value``), with each emotion's greedy action at the root ``actions`` [n_envs, E]; NaN without a
-        tree."""
-        if "tree" not in result.keys():
+        """:func:`~emotion_rl.mcts.root_gap.root_q_gaps` of the search's ``completed_q`` with each emotion's greedy
+        action at the root ``actions`` [n_envs, E]; NaN for a planner that returns no ``completed_q``."""
+        if "completed_q" not in result.keys():
             nan = torch.full(actions.shape[:1], float("nan"), device=actions.device)
             return nan, nan.clone()
-        gap, action_gap = root_q_gaps(completed_root_q(result.get("tree"), self._parent_value(result)), actions)
+        gap, action_gap = root_q_gaps(result.get("completed_q").to(actions.device), actions)
         return gap.float(), action_gap.float()
-
-    def _parent_value(self, result: TensorDictBase) -> torch.Tensor | None:
-        """The root's own value ``[n_envs]`` where the planner completes unvisited children with it
-        (``completed_value="parent"``), else None."""
-        if getattr(self.planner, "completed_value", "child") != "parent":
-            return None
-        return self.model.state_value(result.get("values"))
 
     def _encode_action(self, action: torch.Tensor, n_actions: int) -> torch.Tensor:
         spec = self.action_spec

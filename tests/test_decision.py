@@ -100,6 +100,6 @@ def test_a_search_decides_on_its_completed_q_and_the_agent_passes_its_decision_t
     visits = tree["child_visits"][:, 0]
     q = tree["child_value_sum"][:, 0] / visits.clamp_min(1)
     expected = torch.where(visits > 0, q, tree["child_value"][:, 0])
-    assert torch.equal(root_q(result), expected)
+    assert torch.equal(root_q(result), expected.to(root_q(result).dtype))
     with pytest.raises(ValueError, match="greedy_decision='visits' is not supported"):
         EmotionAgent(4, 2, 10, greedy_decision="visits")
