@@ -27,10 +27,10 @@ from emotion_rl.data.rate import UpdateRate
 from emotion_rl.data.replay import WINDOW_WEIGHTINGS, EpisodeReplay
 from emotion_rl.data.rollout import evaluate_policy
 from emotion_rl.data.selfplay import (
+    Bootstrapper,
     Reanalyzer,
     SelfPlayAgent,
     SelfPlayCounters,
-    StateValuer,
     make_collector,
     self_play,
     shutdown_collector,
@@ -143,7 +143,6 @@ class EmotionDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.env_id = self._make_id = env_id
         self.num_envs = _check_int("num_envs", num_envs, 1)
         self.frames_per_batch = _check_int("frames_per_batch", frames_per_batch, 1)
         self.batch_size = _check_int("batch_size", batch_size, 1)
@@ -160,6 +159,33 @@ class EmotionDataModule(LightningDataModule):
         self.seed = _check_int("seed", seed, 0)
         self.val_episodes = _check_int("val_episodes", val_episodes, 1)
         self.collector_workers = _check_int("collector_workers", collector_workers, 0)
+        self._set_batches(reanalyze_fraction, context_window, window_weighting, updates_per_collection, replay_ratio)
+        if total_frames != -1:
+            _check_int("total_frames (-1: no budget)", total_frames, 1)
+        self.total_frames = total_frames
+        self._set_env(env_id, time_limit, env_kwargs, env_wrappers, env_factory)
+        self.agent: SelfPlayAgent | None = None
+        self._connected_explicitly = False
+        self.reanalysed_steps = 0
+        self.policy_rng = torch.Generator()  # the training policy's emotion and action draws
+        self._set_replay(replay_capacity_steps)
+        self._seed_generators(rank=0)
+        self.counters = SelfPlayCounters()
+        self._resumed_rng: dict | None = None
+        self._worker_collectors: list[MultiCollector] = []
+        self._last_warmup_log = -math.inf
+
+    def _set_batches(
+        self,
+        reanalyze_fraction: float,
+        context_window: int | None,
+        window_weighting: str,
+        updates_per_collection: int | None,
+        replay_ratio: float | None,
+    ) -> None:
+        """Check and set what a training batch holds (windows or reanalysed episodes) and how many follow each
+        collection (:class:`UpdateRate`); needs ``num_envs``, ``frames_per_batch``, ``batch_size`` and
+        ``collector_workers`` set."""
         fraction = reanalyze_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
             raise ValueError(f"EmotionDataModule: reanalyze_fraction must be a number in [0, 1], got {fraction!r}")
@@ -183,12 +209,21 @@ class EmotionDataModule(LightningDataModule):
         self.window_weighting = window_weighting
         if self.collector_workers and self.num_envs % self.collector_workers:
             raise ValueError(
-                f"EmotionDataModule: num_envs ({num_envs}) must be a multiple of collector_workers "
-                f"({collector_workers}): each worker process runs num_envs / collector_workers envs"
+                f"EmotionDataModule: num_envs ({self.num_envs}) must be a multiple of collector_workers "
+                f"({self.collector_workers}): each worker process runs num_envs / collector_workers envs"
             )
-        if total_frames != -1:
-            _check_int("total_frames (-1: no budget)", total_frames, 1)
-        self.total_frames = total_frames
+
+    def _set_env(
+        self,
+        env_id: str,
+        time_limit: int | None,
+        env_kwargs: dict | None,
+        env_wrappers: list[str] | None,
+        env_factory: str | None,
+    ) -> None:
+        """Probe the env once (sizes, time limit: :class:`~emotion_rl.data.envs.EnvInfo`) and keep what makes more
+        of it, and how its episodes end (:class:`EpisodeEndings`)."""
+        self.env_id = self._make_id = env_id
         self.env_options = {
             "env_kwargs": dict(env_kwargs or {}),
             "env_wrappers": list(env_wrappers or []),
@@ -198,20 +233,14 @@ class EmotionDataModule(LightningDataModule):
         self.endings = EpisodeEndings.for_env(env_id, **self.env_options)  # why episodes end, where the env tells
         self.env_id = self.env_info.env_id
         self.time_limit = time_limit
-        self.agent: SelfPlayAgent | None = None
-        self._connected_explicitly = False
-        self.reanalysed_steps = 0
-        self.policy_rng = torch.Generator()  # the training policy's emotion and action draws
+
+    def _set_replay(self, replay_capacity_steps: int | None) -> None:
+        """The replay of whole episodes, bounded by ``replay_capacity`` episodes and ``replay_capacity_steps``."""
         longest = self.env_info.max_episode_steps
         if replay_capacity_steps is not None:  # a replay smaller than one longest episode would evict it on arrival
             _check_int("replay_capacity_steps (one longest episode at least)", replay_capacity_steps, longest)
         self.replay_capacity_steps = replay_capacity_steps
         self.replay = EpisodeReplay(self.replay_capacity, None, longest, capacity_steps=replay_capacity_steps)
-        self._seed_generators(rank=0)
-        self.counters = SelfPlayCounters()
-        self._resumed_rng: dict | None = None
-        self._worker_collectors: list[MultiCollector] = []
-        self._last_warmup_log = -math.inf
 
     # -------------------------------------------------------------- env facts (linked into the agent by the CLI)
     @property
@@ -351,14 +380,10 @@ class EmotionDataModule(LightningDataModule):
         if self._resumed_rng is not None:
             set_rng_state(self._resumed_rng)
             self._resumed_rng = None
-        values = self.agent.truncation_values if isinstance(self.agent, StateValuer) else None
-        assembler = EpisodeAssembler(
-            self.max_episode_steps, self.gamma, novelty=self.novelty, truncation_value=values, endings=self.endings
-        )
         yield from self_play(
             collector,
             policy,
-            assembler,
+            self.make_assembler(),
             self.replay,
             self.counters,
             self._sample_batch,
@@ -366,6 +391,15 @@ class EmotionDataModule(LightningDataModule):
             self.updates_per_collection,
             self.total_frames,
             self._warmup_progress,
+        )
+
+    def make_assembler(self) -> EpisodeAssembler:
+        """The training stream's episode assembler: this datamodule's time limit, ``gamma``, novelty bonus and
+        endings, and the connected agent's ``bootstrap`` (a :class:`Bootstrapper`: the values its value estimator
+        asks to store with each episode cut by the time limit; docs/data.md, "The value after a truncation")."""
+        bootstrap = self.agent.bootstrap if isinstance(self.agent, Bootstrapper) else None
+        return EpisodeAssembler(
+            self.max_episode_steps, self.gamma, novelty=self.novelty, bootstrap=bootstrap, endings=self.endings
         )
 
     def _warmup_progress(self, stored: int, needed: int) -> None:
