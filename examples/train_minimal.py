@@ -4,8 +4,10 @@ The loop of spec 5 (docs/training.md): a TorchRL collector plays the agent's pla
 batched envs; finished episodes (with their search visit distributions, discounted returns and, for the Monte
 Carlo targets that bootstrap at the time limit, the value after each cut) go to a replay; after each collection, a
 few updates each run the agent's own four-phase update (:meth:`EmotionAgent.update`: the four loss modules of
-:mod:`emotion_rl.losses` in the order of spec 2.3, each a step of its own Adam) on windows of the replay. The agent is the one ``configs/base.yaml`` describes (assigned action heads, Gumbel root, Monte
-Carlo values also trained at imagined tokens, ...), built here from Python objects instead of a config.
+:mod:`emotion_rl.losses` in the order of spec 2.3, each a step of its own Adam) on windows of the replay. The agent
+is the one ``configs/base.yaml`` describes (assigned action heads, Gumbel root, Monte Carlo values bootstrapped at
+the time limit and also trained at imagined tokens, ...), built here from Python objects instead of a config; its
+data side stores and samples what the command line's does (tests/test_examples.py compares them).
 
     python examples/train_minimal.py                         # CartPole-v1, 400 collections (25,600 env steps)
     python examples/train_minimal.py --collections 5 --simulations 4 --seed 1

@@ -5,11 +5,10 @@ An estimator computes ``y_t`` and ``y_{t+1}`` ``[B, L]`` (value units) from a ba
 ``return_scale``, and the model the loss trains; :class:`~emotion_rl.losses.ValueLoss` holds one. An estimator that
 needs values stored with the episodes (``MonteCarlo(bootstrap_truncation=True)``: the value after a time-limit cut)
 computes them itself when the data side stores episodes (:meth:`ValueEstimator.bootstrap`); one that does not ask
-costs nothing there. Like TorchRL's
-``ValueEstimatorBase`` (``torchrl.objectives.value``) an estimator is a separate object the loss is given, but not a
-subclass of it: that base reads one value per state from a ``TensorDictModule``, while here a value at a real step
-is the selected emotion's ``V^{e_k}`` and past a row's end the value of an imagined token (spec 1.5), which need the
-model itself.
+costs nothing there. Like TorchRL's ``ValueEstimatorBase`` (``torchrl.objectives.value``) an estimator is a separate
+object the loss is given, but not a subclass of it: that base reads one value per state from a ``TensorDictModule``,
+while here a value at a real step is the selected emotion's ``V^{e_k}`` and past a row's end the value of an imagined
+token (spec 1.5), which need the model itself.
 """
 
 from __future__ import annotations
