@@ -24,10 +24,9 @@ from emotion_rl.config import instantiate, to_config
 from emotion_rl.data.reanalyze import reanalyze
 from emotion_rl.decision import GREEDY_DECISIONS, GreedyDecision
 from emotion_rl.diagnostics import DiagnosticsSchedule, collection_metrics, learning_diagnostics
-from emotion_rl.history import HISTORY_KEYS, window_index
 from emotion_rl.losses import ActionLoss, DynamicsLoss, MaxValueActionLoss, PolicyLoss, ValueLoss, step_weight
 from emotion_rl.mcts.search import EmotionMCTS
-from emotion_rl.model import EmotionModel, ImaginedAction, evaluating
+from emotion_rl.model import EmotionModel, ImaginedAction
 from emotion_rl.policy import EmotionPolicy, TemperatureSchedule
 from emotion_rl.predict import LoadAndPredict
 
@@ -185,28 +184,13 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
         (:func:`~emotion_rl.data.reanalyze.reanalyze`)."""
         return reanalyze(self.planner, self.model, episodes, chunk)
 
-    @torch.no_grad()
-    def truncation_values(self, episodes: TensorDict) -> Tensor:
-        """The value of the state after each episode's last step, ``[K]`` in reward units (float32, CPU), for
-        episodes ``[K, L]`` (right-padded, ``mask``) cut by the time limit: read as the search reads a state, the
-        real history (the last ``context_window`` steps, spec 1.3, decision 15) plus that state as the imagined token
-        (spec 1.5), valued by :meth:`EmotionModel.state_value` (the mean of the ``E`` values, spec 1.4's leaf), and
-        divided by the value loss's ``return_scale``. The data side stores it, discounted, as the steps'
-        ``bootstrap`` (``StateValuer``; docs/data.md, "Episodes and returns")."""
-        count, length = episodes.batch_size
-        last = episodes["mask"].long().sum(-1).clamp(min=1) - 1
-        window = min(self.model.context_window, length)
-        index, valid = window_index(last, window, length)  # the last `window` real steps of each episode
-        rows = torch.arange(count).unsqueeze(-1)
-        dtype = next(p.dtype for p in self.model.parameters() if p.is_floating_point())
-        history = episodes.select(*HISTORY_KEYS)[rows, index].to(self.device)
-        history = history.apply(lambda x: x.to(dtype) if x.is_floating_point() else x)
-        history.set("mask", valid.to(self.device))
-        after = episodes["next_observation"][torch.arange(count), last].to(self.device, dtype)
-        with evaluating(self.model):
-            value = self.model.evaluate(history, imagined_observation=after)["value"]
-        scale = float(getattr(self.losses.value, "return_scale", 1.0))
-        return (value / scale).to("cpu", torch.float32)
+    def bootstrap(self, episodes: TensorDict) -> Tensor | None:
+        """What the value estimator asks to store with episodes ``[K, L]`` cut by the time limit, when they are
+        stored: ``[K]`` in reward units (``MonteCarlo(bootstrap_truncation=True)``: the value of the state after
+        each one's last step), or ``None`` when it asks for nothing (``Bootstrapper``; docs/data.md, "The value
+        after a truncation"). A value loss without ``bootstrap`` asks for nothing."""
+        ask = getattr(self.losses.value, "bootstrap", None)
+        return ask(episodes) if callable(ask) else None
 
     # ------------------------------------------------------------------ one update (spec 2.3)
     FIX = (

@@ -9,10 +9,10 @@ first step's missing predecessor, and the dummy of an appended imagined state (s
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDictBase, tensorclass
+from tensordict import TensorDict, TensorDictBase, tensorclass
 from torch import Tensor
 
-__all__ = ["EPISODE_KEYS", "HISTORY_KEYS", "NONE", "History", "window_index"]
+__all__ = ["EPISODE_KEYS", "HISTORY_KEYS", "NONE", "History", "last_index", "window_index", "windowed_history"]
 
 NONE = -1
 """An action or emotion field that holds nothing (the first step's predecessor, an imagined state's dummies)."""
@@ -92,3 +92,21 @@ def window_index(end: Tensor, window: int, length: int) -> tuple[Tensor, Tensor]
     index = (end - window + 1).clamp(min=0).unsqueeze(-1) + torch.arange(window, device=end.device)
     valid = index <= end.unsqueeze(-1)
     return index.clamp(max=length - 1), valid
+
+
+def last_index(mask: Tensor) -> Tensor:
+    """Each row's last valid index, long ``[*B]``, of a valid-prefix ``mask`` ``[*B, L]``: its length minus one,
+    0 for an empty row (whose entry 0 is padding). Where an episode or a window ends: its last real step."""
+    return (mask.long().sum(-1) - 1).clamp(min=0)
+
+
+def windowed_history(steps: TensorDictBase, end: Tensor, window: int) -> TensorDict:
+    """The real history a policy with ``context_window=window`` planned on at step ``end[n]`` of row ``n`` of
+    ``steps`` ``[N, L]`` (decision 15): its last ``window`` real steps ``max(0, t - window + 1) .. t``
+    (:func:`window_index`), left-aligned, as a TensorDict ``[N, window]`` of :data:`HISTORY_KEYS` and ``mask``
+    (False past ``t`` in a window that starts at step 0). ``window`` at most ``L``."""
+    index, valid = window_index(end, window, steps.batch_size[-1])
+    rows = torch.arange(steps.batch_size[0], device=index.device).unsqueeze(-1)
+    history = steps.select(*HISTORY_KEYS)[rows, index]
+    history.set("mask", valid)
+    return history

@@ -1,11 +1,13 @@
 """Train the emotion agent in one file, without Lightning: the shipped setup, a collector, a replay, four phases.
 
 The loop of spec 5 (docs/training.md): a TorchRL collector plays the agent's planner (``agent.make_policy()``) on
-batched envs; finished episodes (with their search visit distributions and discounted returns) go to a replay;
-after each collection, a few updates each run the agent's own four-phase update (:meth:`EmotionAgent.update`: the
-four loss modules of :mod:`emotion_rl.losses` in the order of spec 2.3, each a step of its own Adam) on windows
-of the replay. The agent is the one ``configs/base.yaml`` describes (assigned action heads, Gumbel root, Monte
-Carlo values also trained at imagined tokens, ...), built here from Python objects instead of a config.
+batched envs; finished episodes (with their search visit distributions, discounted returns and, for the Monte
+Carlo targets that bootstrap at the time limit, the value after each cut) go to a replay; after each collection, a
+few updates each run the agent's own four-phase update (:meth:`EmotionAgent.update`: the four loss modules of
+:mod:`emotion_rl.losses` in the order of spec 2.3, each a step of its own Adam) on windows of the replay. The agent
+is the one ``configs/base.yaml`` describes (assigned action heads, Gumbel root, Monte Carlo values bootstrapped at
+the time limit and also trained at imagined tokens, ...), built here from Python objects instead of a config; its
+data side stores and samples what the command line's does (tests/test_examples.py compares them).
 
     python examples/train_minimal.py                         # CartPole-v1, 400 collections (25,600 env steps)
     python examples/train_minimal.py --collections 5 --simulations 4 --seed 1
@@ -25,6 +27,7 @@ import time
 from functools import partial
 
 import torch
+from tensordict import TensorDict
 from torchrl.collectors import Collector
 
 from emotion_rl import AssignedActionLoss, DynamicsLoss, EmotionAgent, EmotionMCTS, GumbelRoot, MonteCarlo, ValueLoss
@@ -83,6 +86,22 @@ def make_agent(args: argparse.Namespace, info: EnvInfo) -> EmotionAgent:
     )
 
 
+def make_data(args: argparse.Namespace, info: EnvInfo, agent: EmotionAgent) -> tuple[EpisodeAssembler, EpisodeReplay]:
+    """The data side of ``configs/base.yaml``: whole episodes with their discounted returns and, where the agent's
+    value estimator asks (``MonteCarlo(bootstrap_truncation=True)``), the value after each time-limit cut
+    (``agent.bootstrap``, docs/data.md); a replay of them."""
+    assembler = EpisodeAssembler(max_len=info.max_episode_steps, gamma=args.gamma, bootstrap=agent.bootstrap)
+    replay = EpisodeReplay(args.replay_episodes)
+    replay.seed(args.seed)
+    return assembler, replay
+
+
+def sample_batch(args: argparse.Namespace, replay: EpisodeReplay) -> TensorDict:
+    """A training batch as ``configs/base.yaml`` samples it: windows of ``context_window`` steps, every stored step
+    weighing the same (``window_weighting: uniform``)."""
+    return replay.sample_windows(args.batch_size, args.context_window, weighting="uniform")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if "OMP_NUM_THREADS" not in os.environ:  # as the CLI: the search's small operations run faster on one thread
@@ -99,9 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     # --- data: collector -> whole episodes -> replay (spec 3.3, 5 steps 4-7)
     total_frames = args.collections * args.frames_per_batch
     collector = Collector(env, policy, frames_per_batch=args.frames_per_batch, total_frames=total_frames)
-    assembler = EpisodeAssembler(max_len=info.max_episode_steps, gamma=args.gamma)
-    replay = EpisodeReplay(args.replay_episodes)
-    replay.seed(args.seed)
+    assembler, replay = make_data(args, info, agent)
 
     model = agent.model
     initial = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -117,8 +134,9 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         # --- updates from the replay after each collection (spec 5 steps 8-9, decision 16): the agent's own
         for _ in range(args.updates_per_collection):
-            windows = replay.sample_windows(args.batch_size, args.context_window, weighting="uniform")
-            logs = agent.update(windows, optimizers)  # phases 1..4 in order, the same code as under Lightning
+            logs = agent.update(
+                sample_batch(args, replay), optimizers
+            )  # phases 1..4 in order, the same code as under Lightning
             history.append({phase: float(logs[f"train/phase{i + 1}_{phase}_loss"]) for i, phase in enumerate(PHASES)})
         if returns:
             mean_return = sum(returns) / len(returns)

@@ -19,18 +19,19 @@ from torchrl.collectors import MultiCollector
 from torchrl.envs import EnvBase
 
 from emotion_rl.checkpoint import CheckpointError, rng_state, set_rng_state
+from emotion_rl.data.checks import check_agent, check_batches, check_context, check_fraction, check_int
 from emotion_rl.data.endings import EpisodeEndings
 from emotion_rl.data.envs import make_env, probe_env
 from emotion_rl.data.episodes import EpisodeAssembler
 from emotion_rl.data.novelty import NoveltyBonus
 from emotion_rl.data.rate import UpdateRate
-from emotion_rl.data.replay import WINDOW_WEIGHTINGS, EpisodeReplay
+from emotion_rl.data.replay import EpisodeReplay
 from emotion_rl.data.rollout import evaluate_policy
 from emotion_rl.data.selfplay import (
+    Bootstrapper,
     Reanalyzer,
     SelfPlayAgent,
     SelfPlayCounters,
-    StateValuer,
     make_collector,
     self_play,
     shutdown_collector,
@@ -52,12 +53,6 @@ class _Stream(IterableDataset):
 
 def _identity(batch: TensorDict) -> TensorDict:
     return batch
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"EmotionDataModule: {name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 class EmotionDataModule(LightningDataModule):
@@ -143,52 +138,75 @@ class EmotionDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.env_id = self._make_id = env_id
-        self.num_envs = _check_int("num_envs", num_envs, 1)
-        self.frames_per_batch = _check_int("frames_per_batch", frames_per_batch, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.replay_capacity = _check_int("replay_capacity", replay_capacity, 1)
-        self.warmup_episodes = _check_int("warmup_episodes", warmup_episodes, 0)
-        if not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"EmotionDataModule: gamma must be in [0, 1], got {gamma!r}")
-        self.gamma = float(gamma)
+        self.num_envs = check_int("num_envs", num_envs, 1)
+        self.frames_per_batch = check_int("frames_per_batch", frames_per_batch, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.replay_capacity = check_int("replay_capacity", replay_capacity, 1)
+        self.warmup_episodes = check_int("warmup_episodes", warmup_episodes, 0)
+        self.gamma = check_fraction("gamma", gamma, "in [0, 1]")
+        self._set_novelty(novelty_weight, novelty_decay_frames, novelty_normalize, novelty_clip)
+        self.seed = check_int("seed", seed, 0)
+        self.val_episodes = check_int("val_episodes", val_episodes, 1)
+        self.collector_workers = check_int("collector_workers", collector_workers, 0)
+        self._set_batches(reanalyze_fraction, context_window, window_weighting, updates_per_collection, replay_ratio)
+        if total_frames != -1:
+            check_int("total_frames (-1: no budget)", total_frames, 1)
+        self.total_frames = total_frames
+        self._set_env(env_id, time_limit, env_kwargs, env_wrappers, env_factory)
+        self.agent: SelfPlayAgent | None = None
+        self._connected_explicitly = False
+        self.reanalysed_steps = 0
+        self.policy_rng = torch.Generator()  # the training policy's emotion and action draws
+        self._set_replay(replay_capacity_steps)
+        self._seed_generators(rank=0)
+        self.counters = SelfPlayCounters()
+        self._resumed_rng: dict | None = None
+        self._worker_collectors: list[MultiCollector] = []
+        self._last_warmup_log = -math.inf
+
+    def _set_novelty(self, weight: float, decay_frames: int, normalize: bool, clip: float) -> None:
+        """The novelty bonus every stored step keeps (:class:`NoveltyBonus`; its statistics are saved here)."""
         try:
-            self.novelty = NoveltyBonus(novelty_weight, novelty_decay_frames, novelty_normalize, novelty_clip)
+            self.novelty = NoveltyBonus(weight, decay_frames, normalize, clip)
         except ValueError as error:
             raise ValueError(f"EmotionDataModule: {error}") from None
         self.novelty_weight = self.novelty.weight
-        self.seed = _check_int("seed", seed, 0)
-        self.val_episodes = _check_int("val_episodes", val_episodes, 1)
-        self.collector_workers = _check_int("collector_workers", collector_workers, 0)
-        fraction = reanalyze_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"EmotionDataModule: reanalyze_fraction must be a number in [0, 1], got {fraction!r}")
-        self.reanalyze_fraction = float(reanalyze_fraction)
-        self.context_window = None if context_window is None else _check_int("context_window", context_window, 1)
+
+    def _set_batches(
+        self,
+        reanalyze_fraction: float,
+        context_window: int | None,
+        window_weighting: str,
+        updates_per_collection: int | None,
+        replay_ratio: float | None,
+    ) -> None:
+        """Check and set what a training batch holds (windows or reanalysed episodes) and how many follow each
+        collection (:class:`UpdateRate`); needs ``num_envs``, ``frames_per_batch``, ``batch_size`` and
+        ``collector_workers`` set."""
+        self.reanalyze_fraction = check_fraction("reanalyze_fraction", reanalyze_fraction)
+        self.context_window = None if context_window is None else check_int("context_window", context_window, 1)
         frames = -(-self.frames_per_batch // self.num_envs) * self.num_envs  # what the collector collects
         try:
             self.rate = UpdateRate(updates_per_collection, replay_ratio, frames, self.batch_size, self.context_window)
         except ValueError as error:
             raise ValueError(f"EmotionDataModule: {error}") from None
         self.updates_per_collection = self.rate.per_collection
-        if self.context_window is not None and self.reanalyze_fraction:
-            raise ValueError(
-                "EmotionDataModule: reanalyze_fraction > 0 needs whole episodes (it re-searches every real prefix "
-                "from step 0); set context_window: null or reanalyze_fraction: 0"
-            )
-        if window_weighting not in WINDOW_WEIGHTINGS:
-            raise ValueError(
-                f"EmotionDataModule: window_weighting must be one of {WINDOW_WEIGHTINGS}, got {window_weighting!r}"
-            )
+        check_batches(
+            self.reanalyze_fraction, self.context_window, window_weighting, self.num_envs, self.collector_workers
+        )
         self.window_weighting = window_weighting
-        if self.collector_workers and self.num_envs % self.collector_workers:
-            raise ValueError(
-                f"EmotionDataModule: num_envs ({num_envs}) must be a multiple of collector_workers "
-                f"({collector_workers}): each worker process runs num_envs / collector_workers envs"
-            )
-        if total_frames != -1:
-            _check_int("total_frames (-1: no budget)", total_frames, 1)
-        self.total_frames = total_frames
+
+    def _set_env(
+        self,
+        env_id: str,
+        time_limit: int | None,
+        env_kwargs: dict | None,
+        env_wrappers: list[str] | None,
+        env_factory: str | None,
+    ) -> None:
+        """Probe the env once (sizes, time limit: :class:`~emotion_rl.data.envs.EnvInfo`) and keep what makes more
+        of it, and how its episodes end (:class:`EpisodeEndings`)."""
+        self.env_id = self._make_id = env_id
         self.env_options = {
             "env_kwargs": dict(env_kwargs or {}),
             "env_wrappers": list(env_wrappers or []),
@@ -198,20 +216,14 @@ class EmotionDataModule(LightningDataModule):
         self.endings = EpisodeEndings.for_env(env_id, **self.env_options)  # why episodes end, where the env tells
         self.env_id = self.env_info.env_id
         self.time_limit = time_limit
-        self.agent: SelfPlayAgent | None = None
-        self._connected_explicitly = False
-        self.reanalysed_steps = 0
-        self.policy_rng = torch.Generator()  # the training policy's emotion and action draws
+
+    def _set_replay(self, replay_capacity_steps: int | None) -> None:
+        """The replay of whole episodes, bounded by ``replay_capacity`` episodes and ``replay_capacity_steps``."""
         longest = self.env_info.max_episode_steps
         if replay_capacity_steps is not None:  # a replay smaller than one longest episode would evict it on arrival
-            _check_int("replay_capacity_steps (one longest episode at least)", replay_capacity_steps, longest)
+            check_int("replay_capacity_steps (one longest episode at least)", replay_capacity_steps, longest)
         self.replay_capacity_steps = replay_capacity_steps
         self.replay = EpisodeReplay(self.replay_capacity, None, longest, capacity_steps=replay_capacity_steps)
-        self._seed_generators(rank=0)
-        self.counters = SelfPlayCounters()
-        self._resumed_rng: dict | None = None
-        self._worker_collectors: list[MultiCollector] = []
-        self._last_warmup_log = -math.inf
 
     # -------------------------------------------------------------- env facts (linked into the agent by the CLI)
     @property
@@ -247,21 +259,7 @@ class EmotionDataModule(LightningDataModule):
         return self
 
     def _connect(self, agent: object, name: str) -> None:
-        if not isinstance(agent, SelfPlayAgent):
-            raise TypeError(f"EmotionDataModule: {name} ({type(agent).__name__}) has no make_policy(greedy)")
-        if self.reanalyze_fraction and not isinstance(agent, Reanalyzer):
-            raise TypeError(
-                f"EmotionDataModule: reanalyze_fraction > 0 needs an agent with reanalyze(episodes) and device; "
-                f"{name} ({type(agent).__name__}) lacks them. Set reanalyze_fraction: 0"
-            )
-        hparams = getattr(agent, "hparams", None)
-        agent_gamma = hparams.get("gamma") if isinstance(hparams, dict) else None
-        if agent_gamma is not None and float(agent_gamma) != self.gamma:
-            raise ValueError(
-                f"EmotionDataModule: {name} discounts its value targets with gamma={agent_gamma} but the data's "
-                f"returns use gamma={self.gamma}; give both the same gamma (the command line links data.gamma into "
-                "the model)"
-            )
+        check_agent(agent, name, self.gamma, bool(self.reanalyze_fraction))
         self.agent = agent
 
     def _rank(self) -> int:
@@ -298,22 +296,7 @@ class EmotionDataModule(LightningDataModule):
 
     def _check_context(self, policy: TensorDictModuleBase) -> None:
         """Refuse a policy that plans on other histories than the batches hold (decision 15)."""
-        keeps = getattr(policy, "context_window", None)
-        if keeps is None:
-            return
-        if self.context_window is not None and keeps != self.context_window:
-            raise ValueError(
-                f"the datamodule trains on windows of context_window={self.context_window} steps but the policy "
-                f"plans on {keeps}; give the agent the same context_window (the CLI links data.context_window into "
-                "the model)"
-            )
-        if self.context_window is None and keeps < self.max_episode_steps:
-            raise ValueError(
-                f"the policy plans on histories of up to {keeps} steps but {self.env_id}'s episodes last up to "
-                f"{self.max_episode_steps} steps (time limit), and the datamodule trains on whole episodes; give the "
-                f"agent max_episode_steps={self.max_episode_steps} and context_window: null, or set "
-                f"data.context_window: {keeps} (windows)"
-            )
+        check_context(getattr(policy, "context_window", None), self.context_window, self.max_episode_steps, self.env_id)
 
     def make_env(self, num_envs: int, seed: int | None = None) -> EnvBase:
         """``num_envs`` envs of this datamodule's env and time limit (:func:`~emotion_rl.data.envs.make_env`)."""
@@ -351,14 +334,10 @@ class EmotionDataModule(LightningDataModule):
         if self._resumed_rng is not None:
             set_rng_state(self._resumed_rng)
             self._resumed_rng = None
-        values = self.agent.truncation_values if isinstance(self.agent, StateValuer) else None
-        assembler = EpisodeAssembler(
-            self.max_episode_steps, self.gamma, novelty=self.novelty, truncation_value=values, endings=self.endings
-        )
         yield from self_play(
             collector,
             policy,
-            assembler,
+            self.make_assembler(),
             self.replay,
             self.counters,
             self._sample_batch,
@@ -366,6 +345,15 @@ class EmotionDataModule(LightningDataModule):
             self.updates_per_collection,
             self.total_frames,
             self._warmup_progress,
+        )
+
+    def make_assembler(self) -> EpisodeAssembler:
+        """The training stream's episode assembler: this datamodule's time limit, ``gamma``, novelty bonus and
+        endings, and the connected agent's ``bootstrap`` (a :class:`Bootstrapper`: the values its value estimator
+        asks to store with each episode cut by the time limit; docs/data.md, "The value after a truncation")."""
+        bootstrap = self.agent.bootstrap if isinstance(self.agent, Bootstrapper) else None
+        return EpisodeAssembler(
+            self.max_episode_steps, self.gamma, novelty=self.novelty, bootstrap=bootstrap, endings=self.endings
         )
 
     def _warmup_progress(self, stored: int, needed: int) -> None:

@@ -10,8 +10,9 @@ from torchrl.objectives.value.functional import reward2go
 
 from emotion_rl.data.endings import EpisodeEndings
 from emotion_rl.data.novelty import NoveltyBonus
+from emotion_rl.history import last_index
 
-__all__ = ["EpisodeAssembler", "discounted_returns", "surprise", "truncation_bootstrap"]
+__all__ = ["EpisodeAssembler", "discounted_bootstrap", "discounted_returns", "surprise"]
 
 
 def surprise(predicted: torch.Tensor, actual: torch.Tensor) -> torch.Tensor:
@@ -37,7 +38,7 @@ def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
     return out.to(torch.float32).to(rewards.device)
 
 
-def truncation_bootstrap(lengths: torch.Tensor, values: torch.Tensor, gamma: float, max_len: int) -> torch.Tensor:
+def discounted_bootstrap(lengths: torch.Tensor, values: torch.Tensor, gamma: float, max_len: int) -> torch.Tensor:
     """``gamma^(T_k - t) * values[k]`` at step ``t < T_k`` of episode ``k`` of ``T_k = lengths[k]`` steps, 0 past its
     end: float32 ``[K, max_len]``, the discounted value of the state after each episode's last step, seen from each of
     its steps (what a return that does not stop at a time limit adds to ``G_t``). Computed in float64."""
@@ -66,12 +67,13 @@ class EpisodeAssembler:
     ``NoveltyBonus(novelty_weight)``; ``novelty`` (a bonus object, whose running statistics outlive the assembler)
     replaces it.
 
-    Truncation (docs/data.md, "Episodes and returns"): each step stores ``bootstrap``, ``gamma^(T - t) V(s_T)``
-    (:func:`truncation_bootstrap`) for an episode of ``T`` steps cut by the time limit (``truncated`` and not
-    ``terminated`` at its last step), with ``V(s_T) = truncation_value(episodes)[k]`` the value (in reward units) of
-    the state after its last step, computed when the episode is stored; 0 after a termination, and everywhere
-    without ``truncation_value``. The ``return`` does not include it: a value target chooses to add it
-    (``MonteCarlo(bootstrap_truncation=True)``).
+    Truncation (docs/data.md, "The value after a truncation"): each step stores ``bootstrap``, ``gamma^(T - t)
+    V(s_T)`` (:func:`discounted_bootstrap`) for an episode of ``T`` steps cut by the time limit (``truncated`` and
+    not ``terminated`` at its last step), with ``V(s_T) = bootstrap(episodes)[k]`` the value (in reward units) of the
+    state after its last step, computed when the episode is stored by the value estimator that asks for it
+    (``MonteCarlo(bootstrap_truncation=True)``, through ``EmotionAgent.bootstrap``); 0 after a termination, and
+    everywhere when ``bootstrap`` is ``None`` or returns ``None`` (nothing asked). The ``return`` does not include
+    it: the estimator that asked adds it.
 
     Each finished episode is also classified by ``endings`` (:class:`~emotion_rl.data.endings.EpisodeEndings`:
     terminated, truncated, the env's own reasons); :meth:`drain_endings` hands the classes over.
@@ -83,7 +85,7 @@ class EpisodeAssembler:
         gamma: float = 0.99,
         novelty_weight: float = 0.0,
         novelty: NoveltyBonus | None = None,
-        truncation_value: Callable[[TensorDict], torch.Tensor] | None = None,
+        bootstrap: Callable[[TensorDict], torch.Tensor | None] | None = None,
         endings: EpisodeEndings | None = None,
     ) -> None:
         if int(max_len) < 1:
@@ -95,7 +97,7 @@ class EpisodeAssembler:
         self.max_len = int(max_len)
         self.gamma = float(gamma)
         self.novelty = NoveltyBonus(float(novelty_weight)) if novelty is None else novelty
-        self.truncation_value = truncation_value
+        self.bootstrap = bootstrap
         self.endings = EpisodeEndings() if endings is None else endings
         self.finished_endings: list[dict[str, bool]] = []  # classes of the episodes emitted since the last drain
         self._open: dict[int, list[TensorDict] | None] = {}
@@ -188,18 +190,19 @@ class EpisodeAssembler:
             self._open[env] = chunks
         if not episodes:
             return None
-        return self._bootstrap(torch.stack(episodes, 0))
+        return self._store_bootstrap(torch.stack(episodes, 0))
 
-    def _bootstrap(self, episodes: TensorDict) -> TensorDict:
-        """Set ``bootstrap`` ``[K, max_len]``: the discounted value after each truncated episode, 0 elsewhere."""
+    def _store_bootstrap(self, episodes: TensorDict) -> TensorDict:
+        """Set ``bootstrap`` ``[K, max_len]``: the discounted value after each truncated episode where it was asked
+        for, 0 elsewhere."""
         lengths = episodes.get("mask").long().sum(-1)
-        rows = torch.arange(lengths.numel())
-        last = (lengths - 1).clamp(min=0)
+        rows, last = torch.arange(lengths.numel()), last_index(episodes.get("mask"))
         cut = episodes.get("truncated")[rows, last] & ~episodes.get("terminated")[rows, last]
         values = torch.zeros(lengths.numel(), dtype=torch.float64)
-        if self.truncation_value is not None and bool(cut.any()):
-            values[cut] = self.truncation_value(episodes[cut]).detach().to("cpu", torch.float64).reshape(-1)
-        episodes.set("bootstrap", truncation_bootstrap(lengths, values, self.gamma, episodes.batch_size[1]))
+        asked = self.bootstrap(episodes[cut]) if self.bootstrap is not None and bool(cut.any()) else None
+        if asked is not None:
+            values[cut] = asked.detach().to("cpu", torch.float64).reshape(-1)
+        episodes.set("bootstrap", discounted_bootstrap(lengths, values, self.gamma, episodes.batch_size[1]))
         return episodes
 
     def _finish(self, episode: TensorDict, env_steps: int = 0) -> TensorDict:

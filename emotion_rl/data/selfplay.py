@@ -21,11 +21,11 @@ from emotion_rl.data.replay import EpisodeReplay
 from emotion_rl.mcts.root_gap import ROOT_GAP_KEYS
 
 __all__ = [
+    "Bootstrapper",
     "CollectionStats",
     "Reanalyzer",
     "SelfPlayAgent",
     "SelfPlayCounters",
-    "StateValuer",
     "acting_changes",
     "closing_collector",
     "make_collector",
@@ -56,12 +56,12 @@ class Reanalyzer(Protocol):
 
 
 @runtime_checkable
-class StateValuer(Protocol):
-    """A learner that values the state after an episode cut by the time limit, when the episode is stored
-    (``EmotionAgent`` is one): ``truncation_values(episodes [K, L]) -> [K]``, in reward units. The data side stores
-    it, discounted, as each step's ``bootstrap`` (docs/data.md, "Episodes and returns")."""
+class Bootstrapper(Protocol):
+    """A learner whose value estimator may ask for values stored with episodes cut by the time limit (``EmotionAgent``
+    is one): ``bootstrap(episodes [K, L]) -> [K]`` in reward units, or ``None`` when it asks for none. The data side
+    stores them, discounted, as each step's ``bootstrap`` (docs/data.md, "The value after a truncation")."""
 
-    def truncation_values(self, episodes: TensorDict) -> torch.Tensor: ...
+    def bootstrap(self, episodes: TensorDict) -> torch.Tensor | None: ...
 
 
 @dataclass
@@ -335,14 +335,7 @@ def self_play(
     needed = max(warmup_episodes, 1)
     try:
         for batch in collector:
-            if batch.batch_dims > 2:  # MultiCollector: [workers, envs per worker, steps] -> [envs, steps]
-                batch = batch.reshape(-1, batch.batch_size[-1])
-            stats.add(batch)
-            counters.env_steps += batch.numel()
-            episodes = assembler.ingest(batch, counters.env_steps)
-            if episodes is not None:
-                replay.extend(episodes)
-                counters.episodes += episodes.batch_size[0]
+            _store(batch, stats, assembler, replay, counters)
             reached = 0 < total_frames <= counters.env_steps
             if len(replay) < needed and not (reached and len(replay)):  # the budget ends the warm-up too
                 if on_warmup is not None:
@@ -351,14 +344,8 @@ def self_play(
             updates = counters.updates(updates_per_collection, reached)
             for update in range(updates):
                 training = sample_batch()
-                counters.trained_steps += int(training.get("mask").sum())
-                returns, _lengths = assembler.drain_finished()
-                batch_stats = stats.take(returns, counters, policy.temperature)
-                batch_stats.update(replay_stats(replay, counters))
-                shares = ending_shares(assembler.drain_endings(), assembler.endings.names)
-                batch_stats.set("endings", TensorDict(shares, batch_size=[]))
-                batch_stats.set("total_frames_reached", torch.tensor(reached and update == updates - 1))
-                yield TensorDict({"episodes": training, "stats": batch_stats}, batch_size=[])
+                last = reached and update == updates - 1
+                yield _training_batch(training, stats, assembler, replay, counters, policy.temperature, last)
             if reached:
                 return
             if isinstance(collector, MultiCollector):
@@ -369,3 +356,43 @@ def self_play(
             collector.shutdown()
         except ImportError:  # the stream was dropped at interpreter exit: nothing left to release
             pass
+
+
+def _store(
+    batch: TensorDict,
+    stats: CollectionStats,
+    assembler: EpisodeAssembler,
+    replay: EpisodeReplay,
+    counters: SelfPlayCounters,
+) -> None:
+    """One collection into the stream's state: its stats tallied, its env steps counted, the episodes that ended
+    in it assembled (``[n_envs, steps]``; a ``MultiCollector``'s ``[workers, envs, steps]`` flattened) and stored."""
+    if batch.batch_dims > 2:  # MultiCollector: [workers, envs per worker, steps] -> [envs, steps]
+        batch = batch.reshape(-1, batch.batch_size[-1])
+    stats.add(batch)
+    counters.env_steps += batch.numel()
+    episodes = assembler.ingest(batch, counters.env_steps)
+    if episodes is not None:
+        replay.extend(episodes)
+        counters.episodes += episodes.batch_size[0]
+
+
+def _training_batch(
+    training: TensorDict,
+    stats: CollectionStats,
+    assembler: EpisodeAssembler,
+    replay: EpisodeReplay,
+    counters: SelfPlayCounters,
+    temperature: float,
+    reached: bool,
+) -> TensorDict:
+    """``{"episodes": training, "stats"}`` (:func:`self_play`): the stats of what was collected since the previous
+    batch, the replay's, the episodes' endings, and ``total_frames_reached`` (``reached``: the stream's last)."""
+    counters.trained_steps += int(training.get("mask").sum())
+    returns, _lengths = assembler.drain_finished()
+    batch_stats = stats.take(returns, counters, temperature)
+    batch_stats.update(replay_stats(replay, counters))
+    shares = ending_shares(assembler.drain_endings(), assembler.endings.names)
+    batch_stats.set("endings", TensorDict(shares, batch_size=[]))
+    batch_stats.set("total_frames_reached", torch.tensor(reached))
+    return TensorDict({"episodes": training, "stats": batch_stats}, batch_size=[])

@@ -95,6 +95,11 @@ class ValueLoss(PhaseLoss):
         """``y_t`` and ``y_{t+1}`` ``[B, L]`` in value units (no gradient), from :attr:`target`."""
         return self.target.targets(batch, self.model, self.gamma, self.return_scale, with_next)
 
+    def bootstrap(self, episodes: TensorDictBase) -> Tensor | None:
+        """What :attr:`target` asks to store with episodes ``[K, L]`` cut by the time limit (``[K]`` in reward
+        units, or ``None``: nothing; :meth:`ValueEstimator.bootstrap`), valued by the model this loss trains."""
+        return self.target.bootstrap(episodes, self.model, self.return_scale)
+
     def imagined_hidden(self, batch: TensorDictBase, encoding: Encoding) -> tuple[Tensor, Tensor]:
         """Hidden states ``[B, L, d]`` of the imagined token after step ``t`` of the true ``s_{t+1}`` and of the
         predicted ``Z^{e_t}(h_t, a_t)`` (stopgrad: the dynamics head does not learn here)."""

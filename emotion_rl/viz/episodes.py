@@ -26,7 +26,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 from emotion_rl.data.envs import make_env
 from emotion_rl.data.episodes import discounted_returns
 from emotion_rl.data.rollout import play
-from emotion_rl.history import NONE, window_index
+from emotion_rl.history import NONE, last_index, windowed_history
 from emotion_rl.model import evaluating
 from emotion_rl.viz.style import CARTPOLE_OBSERVATION, Figure, emotion_color
 
@@ -215,20 +215,19 @@ def episode_outputs(model: torch.nn.Module, record: EpisodeRecord) -> TensorDict
     with evaluating(model) as (_, dtype):
         length, window = record.length, model.context_window
         steps = torch.arange(length)
-        if length <= window:  # the whole episode; entry t's action, emotion and reward only feed token t + 1
-            index, valid = steps.unsqueeze(0), torch.ones(1, length, dtype=torch.bool)
-        else:  # row t: entries max(0, t - window + 1) .. t, left-aligned
-            index, valid = window_index(steps, window, length)
-        history = TensorDict(
-            observation=record.observation[index].to(dtype),
-            action=record.action[index],
-            emotion=record.emotion[index],
-            reward=record.reward[index].to(dtype),
-            mask=valid,
-            batch_size=index.shape,
+        # short: one row, the whole episode (entry t's action, emotion and reward only feed token t + 1); long: row t
+        # holds the window ending at t
+        ends = steps[-1:] if length <= window else steps
+        episode = TensorDict(
+            observation=record.observation.to(dtype),
+            action=record.action,
+            emotion=record.emotion,
+            reward=record.reward.to(dtype),
+            batch_size=[length],
         )
+        history = windowed_history(episode.expand(ends.numel(), length), ends, min(window, length))
         hidden = model.encode(history).hidden
-        hidden = hidden[0] if length <= window else hidden[steps, valid.sum(-1) - 1]
+        hidden = hidden[0] if length <= window else hidden[steps, last_index(history["mask"])]
         return model.heads(hidden)
 
 
