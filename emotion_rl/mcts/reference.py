@@ -296,42 +296,28 @@ def literal_search(
     """Spec 1.3 ``MCTS_SEARCH`` for ONE environment; returns the root's visit counts, long ``[n_emotions]``.
 
     Args:
-        model: an :class:`emotion_rl.model.EmotionModel` (anything with ``evaluate(history,
-            imagined_observation=None)``). It is called once at the root and once per expansion, each time
-            on the whole real sequence (no cache).
-        history: the real sequence, TensorDict ``[T]`` with ``observation`` ``[T, obs]``, ``action``,
-            ``emotion`` (long, -1 = none), ``reward``; an optional ``mask`` (valid prefix) is honoured by
-            keeping the valid prefix only.
+        model: an :class:`emotion_rl.model.EmotionModel` (``evaluate(history, imagined_observation=None)``), called
+            once at the root and once per expansion, each time on the whole real sequence (no cache).
+        history: the real sequence ``[T]``: ``observation`` ``[T, obs]``, ``action``, ``emotion`` (long, -1 = none),
+            ``reward``; an optional ``mask`` (valid prefix) is honoured by keeping the valid prefix only.
         num_simulations: number of ``SIMULATE`` calls (spec: 50).
         c_puct: exploration coefficient of 1.2.
         max_depth: ``MAX_DEPTH`` of 1.4 (spec: 3); must be at least 1.
-        stats: if given, a dict that receives ``root`` (the tree), ``root_outputs`` (the root's model outputs),
-            ``model_calls``, ``expanded_depths`` (depth of every expanded node in expansion order, the root's
-            0 first), ``num_expansions`` (not counting the root) and ``max_depth_reached`` (longest path); with
-            ``gumbel``, also ``policy_target`` (the improved policy, float64 ``[E]``) and ``selected_emotion``.
+        stats: if given, receives ``root`` (the tree), ``root_outputs``, ``model_calls``, ``expanded_depths`` (of
+            every expanded node in expansion order, the root's 0 first), ``num_expansions`` (the root not counted),
+            ``max_depth_reached``; with ``gumbel``, ``policy_target`` (float64 ``[E]``) and ``selected_emotion``.
         q_transform, completed_value, min_spread: the Q transform of the UCB score (``EmotionMCTS``'s options).
         root_prior: the root's prior after root noise (default: the model's policy).
         gumbel: the Gumbel root's settings and draws (default: the UCB score at the root too).
 
-    The visit distribution of 1.3 is ``counts / counts.sum()`` (``NORMALIZE``); the counts are returned so that
-    comparisons are exact.
+    ``NORMALIZE`` (1.3) is ``counts / counts.sum()``; the counts are returned so that comparisons are exact.
     """
-    if history.batch_dims != 1:
-        raise ValueError(f"literal_search takes one environment's history [T], got {tuple(history.batch_size)}")
-    if max_depth < 1:
-        raise ValueError(f"max_depth must be >= 1, got {max_depth}")
-    if num_simulations < 0:
-        raise ValueError(f"num_simulations must be >= 0, got {num_simulations}")
-    if "mask" in history.keys():
-        history = history[history.get("mask")].exclude("mask")
+    history = _checked_history(history, num_simulations, max_depth)
     stats = {} if stats is None else stats
     stats.update(model_calls=0, expanded_depths=[], max_depth_reached=0)
     options = dict(q_transform=q_transform, completed_value=completed_value, min_spread=min_spread)
 
-    # 1. Create root node
-    root = Node()
-
-    # 2. Expand root node
+    root = Node()  # 1. Create root node; 2. Expand root node
     outputs = model.evaluate(history.unsqueeze(0))[0]
     stats["model_calls"] += 1
     stats["expanded_depths"].append(0)
@@ -349,12 +335,31 @@ def literal_search(
 
     # 4. Compute visit distribution
     visit_counts = torch.tensor([root.children[e].N for e in sorted(root.children)], dtype=torch.long)
-    if gumbel is not None:  # the winner: the best of the most visited; the policy target: softmax(logits + sigma)
-        most = max(root.children[e].N for e in chosen)
-        stats["selected_emotion"] = gumbel_choice(root, gumbel, options, chosen, most)
-        logits, _, sigma = gumbel_scores(root, gumbel, options)
-        z = logits + sigma
-        z = np.exp(z - z.max())
-        stats["policy_target"] = z / z.sum()
+    if gumbel is not None:
+        _gumbel_finish(root, gumbel, options, chosen, stats)
     stats.update(root=root, root_outputs=outputs, num_expansions=len(stats["expanded_depths"]) - 1)
     return visit_counts
+
+
+def _checked_history(history: TensorDict, num_simulations: int, max_depth: int) -> TensorDict:
+    """One environment's valid history ``[T]`` (its ``mask``'s prefix), after checking the search's arguments."""
+    if history.batch_dims != 1:
+        raise ValueError(f"literal_search takes one environment's history [T], got {tuple(history.batch_size)}")
+    if max_depth < 1:
+        raise ValueError(f"max_depth must be >= 1, got {max_depth}")
+    if num_simulations < 0:
+        raise ValueError(f"num_simulations must be >= 0, got {num_simulations}")
+    if "mask" in history.keys():
+        history = history[history.get("mask")].exclude("mask")
+    return history
+
+
+def _gumbel_finish(root: Node, gumbel: GumbelSettings, options: dict, chosen: list[int], stats: dict[str, Any]) -> None:
+    """The Gumbel root's results into ``stats``: the winner (the best of the most visited considered emotions) as
+    ``selected_emotion`` and ``softmax(logits + sigma)`` as ``policy_target``."""
+    most = max(root.children[e].N for e in chosen)
+    stats["selected_emotion"] = gumbel_choice(root, gumbel, options, chosen, most)
+    logits, _, sigma = gumbel_scores(root, gumbel, options)
+    z = logits + sigma
+    z = np.exp(z - z.max())
+    stats["policy_target"] = z / z.sum()
