@@ -1,5 +1,5 @@
-"""The greedy decision: how a policy that acts greedily turns a search's result into one action (docs/search.md,
-"Greedy decisions").
+"""The greedy decision: how a policy that acts greedily turns a search's result into one action (decision 26 in
+docs/decisions.md).
 
 The specification acts through the chosen emotion (spec 5 step 3): the most visited (or the root rule's) emotion,
 then its action head's argmax. Where several emotions take the same action, that decision follows whichever of
