@@ -25,6 +25,7 @@ from emotion_rl.data.envs import make_env
 from emotion_rl.data.rollout import play
 from emotion_rl.data.selfplay import closing_collector, shutdown_collector
 from emotion_rl.env_record import EnvironmentRecord, RecordEnvironment
+from emotion_rl.evaluation import EvalCallback, RecordingPlanner
 from emotion_rl.history import NONE, History
 from emotion_rl.losses import (
     ActionLoss,
@@ -63,6 +64,7 @@ __all__ = [
     "EmotionModel",
     "EmotionPolicy",
     "EnvironmentRecord",
+    "EvalCallback",
     "FixedEmotionPlanner",
     "History",
     "LiteralActionLoss",
@@ -72,6 +74,7 @@ __all__ = [
     "PolicyLoss",
     "PriorPlanner",
     "RecordEnvironment",
+    "RecordingPlanner",
     "TemperamentActionLoss",
     "TemperatureSchedule",
     "ValueEstimator",

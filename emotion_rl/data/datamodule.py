@@ -393,9 +393,7 @@ class EmotionDataModule(LightningDataModule):
         self.reanalysed_steps += int(episodes.get("mask")[:count].sum())
         return episodes
 
-    def shutdown(self) -> None:
-        """Shut down the collector worker processes of the training stream (teardown and exit call it; a script that
-        drives ``trainer.fit`` itself calls it when done). Safe to call again."""
+    def shutdown(self) -> None:  # the training stream's collector workers; teardown and exit call it; idempotent
         while self._worker_collectors:
             shutdown_collector(self._worker_collectors.pop())
 
