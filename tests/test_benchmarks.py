@@ -20,8 +20,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[f"benchmarks_{name}"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -257,20 +258,10 @@ def test_an_ad_hoc_variant_is_labelled_by_its_overrides():
     )
 
 
-SPEED_MODULES = ("speed_common", "speed_planner", "speed_training", "speed", "collection")
-
-
 @pytest.fixture
-def speed(monkeypatch):
-    """The speed benchmark's modules, imported by name as when run as a script (its sections import each other)."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    for name in SPEED_MODULES:
-        sys.modules.pop(name, None)
-    try:
-        yield Namespace(**{name: importlib.import_module(name) for name in SPEED_MODULES})
-    finally:
-        for name in SPEED_MODULES:
-            sys.modules.pop(name, None)
+def speed():
+    """The speed benchmark (one script: its sections, what they share and its driver) and the collection benchmark."""
+    return Namespace(speed=load("speed"), collection=load("collection"))
 
 
 def tiny_sizes(common):
@@ -302,11 +293,10 @@ def tiny_sizes(common):
 def test_the_speed_benchmark_imports_and_builds_its_inputs_with_the_tests_layouts(speed):
     from emotion_rl.history import EPISODE_KEYS, HISTORY_KEYS
 
-    names = {"speed_common": "make_model", "speed_planner": "bench_planner", "speed_training": "bench_fit"}
-    names.update(speed="main", collection="measure")
-    for name, function in names.items():
-        assert callable(getattr(getattr(speed, name), function))
-    common = speed.speed_common
+    functions = {"speed": ("make_model", "bench_planner", "bench_fit", "main"), "collection": ("measure",)}
+    for name, names in functions.items():
+        assert all(callable(getattr(getattr(speed, name), function)) for function in names)
+    common = speed.speed
     history = common.make_history(3, 5)
     assert tuple(history.keys()) == HISTORY_KEYS and history.batch_size == (3, 5)
     assert int(history["action"].max()) < common.N_ACTIONS
@@ -318,7 +308,7 @@ def test_the_speed_benchmark_imports_and_builds_its_inputs_with_the_tests_layout
 def test_the_model_call_timer_wraps_the_fused_adapter_without_changing_the_search(speed):
     import torch
 
-    common, planner_module = speed.speed_common, speed.speed_planner
+    common, planner_module = speed.speed, speed.speed
     model, history, planner = common.make_model(16), common.make_history(3, 6), common.make_planner(50)
     timer = planner_module.ModelCallTimer(common.make_model(16))
     timed_out, plain = planner.search(timer.search_model, history), planner.search(model, history)
@@ -331,7 +321,7 @@ def test_the_model_call_timer_wraps_the_fused_adapter_without_changing_the_searc
 
 
 def test_every_speed_section_runs_at_tiny_sizes_and_the_targets_table_reads_them(speed):
-    common, planner, training = speed.speed_common, speed.speed_planner, speed.speed_training
+    common, planner, training = speed.speed, speed.speed, speed.speed
     sizes = tiny_sizes(common)
     results: dict = {"planner": {}, "overhead": {}, "model_time": {}}
     tables = [
