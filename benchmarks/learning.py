@@ -1,54 +1,21 @@
 """Sample efficiency on a Gymnasium task: the emotion agent of a config against a model-free baseline.
 
-Every run, emotion agent or baseline, follows one protocol:
-
-1. Train the whole ``--budget`` of env steps, evaluating greedily every ``--eval-every`` env steps on
-   ``--eval-episodes`` episodes (the same fixed start states each time; for the emotion agent
-   :class:`emotion_rl.evaluation.EvalCallback`, for PPO stable-baselines3's ``EvalCallback``). A run is scored by
-   what it holds (:mod:`emotion_rl.evaluation`): ``score`` is the mean of its evaluations over the last third of
-   the budget, ``held`` says whether any evaluation after its first at ``--threshold`` fell below ``--hold-floor``;
-   each evaluation also records why its episodes ended (``end_*``), and with ``--paired-decision`` the other greedy
-   decision's return on the same network and start states. ``--max-minutes`` caps the training wall time.
-2. Evaluate the final agent greedily on ``--final-episodes`` fresh episodes (other start states).
-
-After the final evaluation an emotion run saves its weights (``<out>/models/<variant>_s<seed>.ckpt``, not
-committed) and measures its search gain (``--search-gain`` episodes per row of ``benchmarks/search_gain.py``: the
-search against its values, its prior's argmax emotion and each emotion alone, on start states of their own).
-
-It reports, per run: environment steps and wall time to reach the threshold (wall time of training: collection
-and updates, the evaluations excluded; ``wall_with_evals_s`` in the curve includes them), the training wall time
-per env step, and the final mean return. A run "solves" the task when its final evaluation is at or above the
-threshold.
+Every run trains its whole ``--budget`` of env steps, evaluated greedily every ``--eval-every`` env steps on the same
+``--eval-episodes`` start states (the agent through ``emotion_rl.evaluation.EvalCallback``), and is scored by what it
+holds: ``score``, the mean of its evaluations over the last third of the budget, and ``held`` (no evaluation after
+its first at ``--threshold`` fell below ``--hold-floor``). Then ``--final-episodes`` fresh greedy episodes, the
+weights (``<out>/models/``, not committed) and the search gain (``--search-gain`` episodes per row of
+``emotion_rl.evaluation.measure_gain``). ``--cost-only`` instead runs two variants side by side for ``--cost-steps``
+env steps and records the training seconds per env step (``--cost-against REV``: against revision REV's config and
+code). Protocol, defaults per env (``ENVS``), variants (``ABLATIONS``, ``--variant``), the PPO baseline (the RL Zoo's
+settings, ``PPO_ZOO``) and the result files: docs/benchmarks.md.
 
     python benchmarks/learning.py --seeds 0 1 2 3 4 --variants emotion ppo
-    python benchmarks/learning.py --seeds 0 1 2 --variants literal one_emotion sims8 sims25
     python benchmarks/learning.py --env-id Acrobot-v1 --seeds 0 1 2 --variants emotion ppo
     python benchmarks/learning.py --seeds 0 1 2 --variant fast=--model.planner.num_simulations=8,--data.batch_size=32
     python benchmarks/learning.py --cost-only --variants emotion sims8          # seconds per env step, side by side
-    python benchmarks/plot_learning.py benchmarks/results/learning   # README table and learning-curve image
-
-Environment: the config's ``data.env_id`` (``--env-id`` overrides it, for the agent and the baseline). The
-threshold, budget and evaluation interval default per environment (``ENVS``: CartPole-v1 475 within 30k env
-steps, Acrobot-v1 -100 within 50k, ...; an env not listed takes Gymnasium's registered reward threshold); the
-flags override them. Results go to ``benchmarks/results/learning/<env id>/`` unless ``--out`` says otherwise
-(CartPole-v1 results of earlier versions, directly in ``benchmarks/results/learning/``, still count as done).
-
-Variants: ``emotion`` is the config as shipped; ``literal``, ``one_emotion``, ``sims8``, ``sims25``, ``sims50``
-are the config with one setting changed (the ablations, ``ABLATIONS``); ``--variant NAME=--a.b=1,--c.d=2``
-(repeatable) adds a variant of the config with those command-line overrides, without editing this file; ``ppo``
-is stable-baselines3 PPO with the RL Zoo's hyperparameters for the environment (``PPO_ZOO``, from the
-DLR-RM/rl-baselines3-zoo repository's ``hyperparams/ppo.yml``; ``pip install -e .[benchmark]``). Runs go
-``--jobs`` at a time, each in its own process on one torch thread; every finished run writes
-``<out>/<variant>_s<seed>.json`` (with the variant's overrides), and a rerun skips the runs whose result exists
-(``--force`` redoes them).
-
-``--cost-only`` measures the cost of an env step instead: the two variants given run side by side (two processes
-at once, same seed) for ``--cost-steps`` env steps, with no evaluation, and ``<out>/cost/<a>_vs_<b>_s<seed>.json``
-records each one's training wall seconds per env step (collection and updates). With ``--cost-against REV`` the
-second run is the config as shipped at git revision ``REV``, run by that revision's code (extracted with ``git
-archive`` into a temporary folder): today's code and settings against an earlier version's, side by side.
-
     python benchmarks/learning.py --cost-only --variants emotion --cost-against 9d2c413
+    python benchmarks/plot_learning.py benchmarks/results/learning   # README table and learning-curve image
 """
 
 from __future__ import annotations
@@ -333,23 +300,14 @@ def run_ppo(args: argparse.Namespace, seed: int) -> dict:
         def _on_step(self) -> bool:
             due = self.eval_freq > 0 and self.n_calls % self.eval_freq == 0
             begin = time.perf_counter()
-            keep_going = super()._on_step()
-            if (
-                self.num_timesteps >= args.budget
-                or time.perf_counter() - start - self.evaluating_s >= 60 * args.max_minutes
-            ):
+            keep_going = super()._on_step() and self.num_timesteps < args.budget
+            if time.perf_counter() - start - self.evaluating_s >= 60 * args.max_minutes:
                 keep_going = False
             if due:
                 now = time.perf_counter()
                 self.evaluating_s += now - begin
-                curve.append(
-                    {
-                        "env_steps": int(self.num_timesteps),
-                        "wall_s": now - start - self.evaluating_s,
-                        "wall_with_evals_s": now - start,
-                        "return_mean": float(self.last_mean_reward),
-                    }
-                )
+                point = {"env_steps": int(self.num_timesteps), "wall_s": now - start - self.evaluating_s}
+                curve.append({**point, "wall_with_evals_s": now - start, "return_mean": float(self.last_mean_reward)})
             return keep_going
 
     evaluation = Evaluate(
@@ -500,14 +458,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "on the same network and start states",
     )
     parser.add_argument("--budget", type=int, help="env steps at most per run (default: per env)")
-    parser.add_argument(
-        "--max-minutes",
-        type=float,
-        help="training wall time at most per run (default: none)",
-    )
-    parser.add_argument(
-        "--threshold", type=float, help="evaluation mean return that solves the task (default: per env)"
-    )
+    parser.add_argument("--max-minutes", type=float, help="training wall time at most per run (default: none)")
+    parser.add_argument("--threshold", type=float, help="mean return that solves the task (default: per env)")
     parser.add_argument("--eval-every", type=int, help="env steps between evaluations (default: per env)")
     parser.add_argument("--eval-episodes", type=int, default=20, help="episodes per evaluation during training")
     parser.add_argument("--final-episodes", type=int, default=100, help="episodes of the final evaluation")
@@ -529,14 +481,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one CPU core each)")
     parser.add_argument("--out", help="result folder (default: benchmarks/results/learning/<env id>)")
     parser.add_argument("--force", action="store_true", help="rerun runs whose result file exists")
-    parser.add_argument(
-        "--cost-only", action="store_true", help="measure seconds per env step of two variants side by side"
-    )
+    parser.add_argument("--cost-only", action="store_true", help="seconds per env step of two variants side by side")
     parser.add_argument("--cost-steps", type=int, default=3_000, help="env steps of each --cost-only run")
     parser.add_argument(
-        "--cost-against",
-        metavar="REV",
-        help="with --cost-only and one variant: the other run is the config and code of git revision REV",
+        "--cost-against", metavar="REV", help="with --cost-only: the other run is REV's config and code"
     )
     parser.add_argument("--run-one", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -40,20 +40,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="env seed: the same start states for every row")
     parser.add_argument("--out", default=None, help="write the report as JSON here")
     parser.add_argument("--time-limit", type=int, default=None, help="steps per episode at most")
-    parser.add_argument(
-        "--disagreements",
-        type=int,
-        default=0,
-        metavar="K",
-        help="the disagreement check at up to K states per search episode where the heads disagree (0: off; "
-        "CartPole, Acrobot, MountainCar)",
-    )
-    parser.add_argument(
-        "--horizon",
-        type=int,
-        default=100,
-        help="steps per rollout of the disagreement check (its first action included)",
-    )
+    parser.add_argument("--disagreements", type=int, default=0, metavar="K", help="check K states per episode (0: off)")
+    parser.add_argument("--horizon", type=int, default=100, help="steps per rollout of the disagreement check")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
