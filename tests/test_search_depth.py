@@ -1,5 +1,6 @@
 """emotion_rl.evaluation.depth and benchmarks/search_depth.py: the depth bookkeeping on trees and episodes worked out
-by hand, the recording of the search on a tiny model (it changes nothing the agent does), and the command on the shipped model."""
+by hand, the recording of the search on a tiny model (it changes nothing the agent does), and the command on the
+shipped model."""
 
 from __future__ import annotations
 
