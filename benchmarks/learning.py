@@ -1,60 +1,21 @@
 """Sample efficiency on a Gymnasium task: the emotion agent of a config against a model-free baseline.
 
-Every run, emotion agent or baseline, follows one protocol:
-
-1. Train, evaluating greedily every ``--eval-every`` environment steps on ``--eval-episodes`` episodes (the same
-   fixed start states each time). Under ``--protocol hold`` (the default) every run trains its whole ``--budget``
-   and is scored by what it holds: ``score`` is the mean of its evaluations over the last third of the budget,
-   ``held`` says whether any evaluation after its first at ``--threshold`` fell below ``--hold-floor``
-   (``emotion_rl.evaluation``); each evaluation also records why its episodes ended (``end_*``), and with
-   ``--paired-decision`` the other greedy decision's return on the same network and start states. Under
-   ``--protocol first`` (the earlier protocol, which selected lucky peaks: docs/results.md) training stops at the
-   first evaluation whose mean return reaches ``--threshold`` (Lightning's ``EarlyStopping(stopping_threshold=...)``
-   for the emotion agent, stable-baselines3's ``StopTrainingOnRewardThreshold`` for PPO), or at ``--budget`` env
-   steps, or after ``--max-minutes`` of training wall time (evaluations excluded), whichever comes first. With
-   ``--continue-after N`` an emotion run does not stop at the threshold: it trains ``N`` env steps more (the budget
-   applies only until the threshold is first reached), so that the final evaluation shows whether it stays solved
-   (``stays_solved`` in its result).
-2. Evaluate the final agent greedily on ``--final-episodes`` fresh episodes (other start states).
-
-After the final evaluation an emotion run saves its weights (``<out>/models/<variant>_s<seed>.ckpt``, not
-committed) and measures its search gain (``--search-gain`` episodes per row of ``benchmarks/search_gain.py``: the
-search against the prior's argmax emotion and each emotion alone, on start states of their own).
-
-It reports, per run: environment steps and wall time to reach the threshold (wall time of training: collection
-and updates, the evaluations excluded; ``wall_with_evals_s`` in the curve includes them), the training wall time
-per env step, and the final mean return. A run "solves" the task when its final evaluation is at or above the
-threshold.
+Every run trains its whole ``--budget`` of env steps, evaluated greedily every ``--eval-every`` env steps on the same
+``--eval-episodes`` start states (the agent through ``emotion_rl.evaluation.EvalCallback``), and is scored by what it
+holds: ``score``, the mean of its evaluations over the last third of the budget, and ``held`` (no evaluation after
+its first at ``--threshold`` fell below ``--hold-floor``). Then ``--final-episodes`` fresh greedy episodes, the
+weights (``<out>/models/``, not committed) and the search gain (``--search-gain`` episodes per row of
+``emotion_rl.evaluation.measure_gain``). ``--cost-only`` instead runs two variants side by side for ``--cost-steps``
+env steps and records the training seconds per env step (``--cost-against REV``: against revision REV's config and
+code). Protocol, defaults per env (``ENVS``), variants (``ABLATIONS``, ``--variant``), the PPO baseline (the RL Zoo's
+settings, ``PPO_ZOO``) and the result files: docs/benchmarks.md.
 
     python benchmarks/learning.py --seeds 0 1 2 3 4 --variants emotion ppo
-    python benchmarks/learning.py --seeds 0 1 2 --variants literal one_emotion sims8 sims25
     python benchmarks/learning.py --env-id Acrobot-v1 --seeds 0 1 2 --variants emotion ppo
     python benchmarks/learning.py --seeds 0 1 2 --variant fast=--model.planner.num_simulations=8,--data.batch_size=32
     python benchmarks/learning.py --cost-only --variants emotion sims8          # seconds per env step, side by side
-    python benchmarks/plot_learning.py benchmarks/results/learning   # README table and learning-curve image
-
-Environment: the config's ``data.env_id`` (``--env-id`` overrides it, for the agent and the baseline). The
-threshold, budget and evaluation interval default per environment (``ENVS``: CartPole-v1 475 within 30k env
-steps, Acrobot-v1 -100 within 50k, ...; an env not listed takes Gymnasium's registered reward threshold); the
-flags override them. Results go to ``benchmarks/results/learning/<env id>/`` unless ``--out`` says otherwise
-(CartPole-v1 results of earlier versions, directly in ``benchmarks/results/learning/``, still count as done).
-
-Variants: ``emotion`` is the config as shipped; ``literal``, ``one_emotion``, ``sims8``, ``sims25``, ``sims50``
-are the config with one setting changed (the ablations, ``ABLATIONS``); ``--variant NAME=--a.b=1,--c.d=2``
-(repeatable) adds a variant of the config with those command-line overrides, without editing this file; ``ppo``
-is stable-baselines3 PPO with the RL Zoo's hyperparameters for the environment (``PPO_ZOO``, from the
-DLR-RM/rl-baselines3-zoo repository's ``hyperparams/ppo.yml``; ``pip install -e .[benchmark]``). Runs go
-``--jobs`` at a time, each in its own process on one torch thread; every finished run writes
-``<out>/<variant>_s<seed>.json`` (with the variant's overrides), and a rerun skips the runs whose result exists
-(``--force`` redoes them).
-
-``--cost-only`` measures the cost of an env step instead: the two variants given run side by side (two processes
-at once, same seed) for ``--cost-steps`` env steps, with no evaluation, and ``<out>/cost/<a>_vs_<b>_s<seed>.json``
-records each one's training wall seconds per env step (collection and updates). With ``--cost-against REV`` the
-second run is the config as shipped at git revision ``REV``, run by that revision's code (extracted with ``git
-archive`` into a temporary folder): today's code and settings against an earlier version's, side by side.
-
     python benchmarks/learning.py --cost-only --variants emotion --cost-against 9d2c413
+    python benchmarks/plot_learning.py benchmarks/results/learning   # README table and learning-curve image
 """
 
 from __future__ import annotations
@@ -72,10 +33,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the checkout's package, also when run from a worktree
+from emotion_rl.evaluation import held, last_third_mean
 
-from emotion_rl.evaluation import first_reached, held, last_third_mean  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "benchmarks" / "results" / "learning"
 LEGACY_ENV = "CartPole-v1"
@@ -196,72 +156,15 @@ def overrides_of(args: argparse.Namespace, variant: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- emotion agent
-def stop_limit(curve: list[dict], threshold: float, budget: int, continue_after: int | None) -> int:
-    """Env steps at which a run stops: the budget, or with ``continue_after``, once the curve first reaches the
-    threshold, that evaluation's env steps plus ``continue_after`` (whatever the budget)."""
-    reached = first_reached(curve, threshold)
-    return budget if reached is None or continue_after is None else reached + continue_after
-
-
 def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
     """One emotion-agent run of ``args.config`` with the variant's overrides, in this process."""
     import torch
-    from lightning.pytorch.callbacks import Callback, EarlyStopping
 
     from emotion_rl.cli import main
-
-    try:
-        from emotion_rl.data.rollout import evaluate_policy
-    except ImportError:  # before the data package split
-        from emotion_rl.data import evaluate_policy
+    from emotion_rl.data.rollout import evaluate_policy
+    from emotion_rl.evaluation import EvalCallback, other_decision
 
     torch.set_num_threads(1)
-
-    class Record(Callback):
-        """Evaluation curve against env steps and wall time; stops at the env-step budget."""
-
-        def __init__(self) -> None:
-            self.curve: list[dict] = []
-            self.start = time.perf_counter()
-            self.evaluating_s = 0.0  # wall time spent in evaluations (not training)
-            self._batch_end = self.start
-
-        def on_train_batch_end(self, trainer, *_args) -> None:  # noqa: ANN001, ANN002
-            self._batch_end = time.perf_counter()
-            training_s = self._batch_end - self.start - self.evaluating_s
-            if trainer.datamodule.env_steps >= self.limit or training_s >= 60 * args.max_minutes:
-                trainer.should_stop = True
-
-        @property
-        def limit(self) -> int:
-            return stop_limit(self.curve, args.threshold, args.budget, args.continue_after)
-
-        def on_validation_end(self, trainer, pl_module) -> None:  # noqa: ANN001
-            # Lightning plays the evaluation episodes while it prepares the validation loop, before any
-            # on_validation_* hook: an evaluation is everything between the training batch that ends before it
-            # and this hook (the next batch's collection starts later, inside training_step).
-            if trainer.sanity_checking:
-                return
-            metrics = trainer.callback_metrics
-            point = {
-                "env_steps": int(trainer.datamodule.env_steps),
-                "return_mean": float(metrics["val/return_mean"]),
-                **{key[len("val/") :]: float(value) for key, value in metrics.items() if key.startswith("val/end_")},
-            }
-            if args.paired_decision:  # the other greedy decision, same network, same start states
-                data = trainer.datamodule
-                env = data.make_env(data.val_episodes, data.seed + 10_000)
-                try:
-                    policy = pl_module.make_policy(greedy=True, greedy_decision=other_decision(pl_module))
-                    paired = evaluate_policy(env, policy, data.max_episode_steps)
-                finally:
-                    env.close()
-                point[f"return_mean_by_{other_decision(pl_module)}"] = float(paired["episode_return"].mean())
-            now = time.perf_counter()
-            self.evaluating_s += now - self._batch_end
-            point.update(wall_s=now - self.start - self.evaluating_s, wall_with_evals_s=now - self.start)
-            self.curve.append(point)
-
     name = f"{variant}_s{seed}" + ("_cost" if args.cost_only else "")
     overrides = [
         "--config",
@@ -288,16 +191,10 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
     ]
     cli = main(overrides, run=False)
     data = cli.datamodule
-    # Evaluations every --eval-every env steps: one training batch consumes frames_per_batch / updates_per_collection.
-    cli.trainer.val_check_interval = max(
-        1, round(args.eval_every * data.updates_per_collection / data.frames_per_batch)
+    record = EvalCallback(
+        args.eval_every, args.budget, max_minutes=args.max_minutes, paired_decision=args.paired_decision
     )
-    record = Record()
     cli.trainer.callbacks.append(record)
-    if not args.cost_only and args.continue_after is None and args.protocol == "first":
-        stop = EarlyStopping("val/return_mean", mode="max", stopping_threshold=args.threshold, patience=10**9)
-        cli.trainer.callbacks.append(stop)
-    record.start = time.perf_counter()
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         train_wall = time.perf_counter() - record.start - record.evaluating_s
@@ -318,7 +215,7 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
         cli.trainer.save_checkpoint(model_path, weights_only=True)
         gain = search_gain_of(cli.model, data, seed, args) if args.search_gain else None
     finally:
-        data._shutdown_workers()
+        data.shutdown()
     result = summarize(variant, seed, record.curve, env_steps, train_wall, final["episode_return"].tolist(), args)
     if gain is not None:
         result["search_gain"] = gain
@@ -330,21 +227,17 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
     return result
 
 
-def other_decision(agent) -> str:  # noqa: ANN001 - an EmotionAgent
-    """The greedy decision the agent is not configured with (``emotion_rl.decision``): the paired evaluation's."""
-    return "action" if agent.hparams.get("greedy_decision", "emotion") == "emotion" else "emotion"
-
-
 def search_gain_of(agent, data, seed: int, args: argparse.Namespace) -> dict:  # noqa: ANN001
-    """``benchmarks/search_gain.py``'s measurement of the trained agent: ``--search-gain`` greedy episodes per row
-    (the search, the prior's argmax emotion, each emotion alone) on start states of their own (env seed + 30,000).
-    Per-episode lists are dropped; the means, the search's changes and the gain are kept."""
-    from search_gain import measure
+    """The search-gain measurement (:func:`emotion_rl.evaluation.measure_gain`) of the trained agent: ``--search-gain``
+    greedy episodes per row on start states of their own (env seed + 30,000). Per-episode lists are dropped; the
+    means, the search's changes and the gains are kept."""
+    from emotion_rl.evaluation import datamodule_settings, measure_gain
 
-    settings = {"env_id": args.env_id, "time_limit": data.hparams.time_limit}
-    settings.update({key: data.hparams.get(key) for key in ("env_kwargs", "env_wrappers", "env_factory")})
+    settings = {**datamodule_settings(data), "env_id": args.env_id}
     disagreements = getattr(args, "disagreements", 0)
-    report = measure(agent, settings, args.search_gain, seed + 30_000, log=lambda *_: None, disagreements=disagreements)
+    report = measure_gain(
+        agent, settings, args.search_gain, seed + 30_000, log=lambda *_: None, disagreements=disagreements
+    )
     for row in report["rows"].values():
         row.pop("returns", None)
         row.pop("lengths", None)
@@ -379,7 +272,7 @@ def run_ppo(args: argparse.Namespace, seed: int) -> dict:
     import numpy as np
     import torch
     from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
+    from stable_baselines3.common.callbacks import EvalCallback
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
@@ -407,30 +300,18 @@ def run_ppo(args: argparse.Namespace, seed: int) -> dict:
         def _on_step(self) -> bool:
             due = self.eval_freq > 0 and self.n_calls % self.eval_freq == 0
             begin = time.perf_counter()
-            keep_going = super()._on_step()
-            if (
-                self.num_timesteps >= args.budget
-                or time.perf_counter() - start - self.evaluating_s >= 60 * args.max_minutes
-            ):
+            keep_going = super()._on_step() and self.num_timesteps < args.budget
+            if time.perf_counter() - start - self.evaluating_s >= 60 * args.max_minutes:
                 keep_going = False
             if due:
                 now = time.perf_counter()
                 self.evaluating_s += now - begin
-                curve.append(
-                    {
-                        "env_steps": int(self.num_timesteps),
-                        "wall_s": now - start - self.evaluating_s,
-                        "wall_with_evals_s": now - start,
-                        "return_mean": float(self.last_mean_reward),
-                    }
-                )
+                point = {"env_steps": int(self.num_timesteps), "wall_s": now - start - self.evaluating_s}
+                curve.append({**point, "wall_with_evals_s": now - start, "return_mean": float(self.last_mean_reward)})
             return keep_going
 
     evaluation = Evaluate(
         eval_env,
-        callback_on_new_best=StopTrainingOnRewardThreshold(reward_threshold=args.threshold, verbose=0)
-        if args.protocol == "first"
-        else None,
         eval_freq=max(1, args.eval_every // n_envs),  # calls of the callback: one per step of the n_envs envs
         n_eval_episodes=args.eval_episodes,
         deterministic=True,
@@ -486,10 +367,10 @@ def env_defaults(env_id: str) -> dict:
 def summarize(
     variant: str, seed: int, curve: list[dict], env_steps: int, wall: float, final: list[float], args
 ) -> dict:  # noqa: ANN001
-    """One run's result: the curve, when (env steps, wall time) it first reached the threshold, the final evaluation."""
+    """One run's result: the curve, when (env steps, wall time) it first reached the threshold, the final evaluation,
+    and the protocol's score (:mod:`emotion_rl.evaluation`)."""
     reached = next((point for point in curve if point["return_mean"] >= args.threshold), None)
     final_mean = sum(final) / len(final)
-    protocol = getattr(args, "protocol", "first")
     return {
         "variant": variant,
         "overrides": overrides_of(args, variant) if variant not in BASELINES else [],
@@ -509,12 +390,10 @@ def summarize(
         "final_return_mean": final_mean,
         "final_return_min": min(final),
         "solved": final_mean >= args.threshold,
-        "continue_after": getattr(args, "continue_after", None),
-        "stays_solved": (final_mean >= args.threshold) if reached and getattr(args, "continue_after", None) else None,
-        "protocol": protocol,
-        "score": last_third_mean(curve, args.budget) if protocol == "hold" else None,
-        "held": held(curve, args.threshold, args.hold_floor) if protocol == "hold" else None,
-        "hold_floor": args.hold_floor if protocol == "hold" else None,
+        "protocol": "hold",
+        "score": last_third_mean(curve, args.budget),
+        "held": held(curve, args.threshold, args.hold_floor),
+        "hold_floor": args.hold_floor,
     }
 
 
@@ -569,14 +448,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="an ad-hoc variant: the config with these overrides (repeatable)",
     )
     parser.add_argument(
-        "--protocol",
-        choices=("hold", "first"),
-        default="hold",
-        help="hold (default): every run trains its whole budget and scores the mean of its evaluations over the "
-        "last third (emotion_rl.evaluation); first: the earlier protocol, which stops at the first evaluation at "
-        "the threshold",
-    )
-    parser.add_argument(
         "--hold-floor", type=float, default=400.0, help="a run held its first threshold evaluation if none after it "
         "fell below this (CartPole: 400)",
     )  # fmt: skip
@@ -587,14 +458,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "on the same network and start states",
     )
     parser.add_argument("--budget", type=int, help="env steps at most per run (default: per env)")
-    parser.add_argument(
-        "--max-minutes",
-        type=float,
-        help="training wall time at most per run (default: none under --protocol hold, 10 under first)",
-    )
-    parser.add_argument(
-        "--threshold", type=float, help="evaluation mean return that solves the task (default: per env)"
-    )
+    parser.add_argument("--max-minutes", type=float, help="training wall time at most per run (default: none)")
+    parser.add_argument("--threshold", type=float, help="mean return that solves the task (default: per env)")
     parser.add_argument("--eval-every", type=int, help="env steps between evaluations (default: per env)")
     parser.add_argument("--eval-episodes", type=int, default=20, help="episodes per evaluation during training")
     parser.add_argument("--final-episodes", type=int, default=100, help="episodes of the final evaluation")
@@ -603,14 +468,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=20,
         metavar="EPISODES",
-        help="after each emotion run, greedy episodes per row of benchmarks/search_gain.py (0: skip)",
-    )
-    parser.add_argument(
-        "--continue-after",
-        type=int,
-        metavar="ENV_STEPS",
-        help="instead of stopping at the first evaluation at the threshold, train this many env steps more (the "
-        "budget then no longer applies), to show the run stays solved",
+        help="after each emotion run, greedy episodes per row of the search-gain measurement (0: skip)",
     )
     parser.add_argument(
         "--disagreements",
@@ -618,25 +476,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         metavar="K",
         help="with --search-gain: per episode, up to K states where the emotions' heads disagree, each action rolled "
-        "out on a copy of the env (benchmarks/emotion_heads.py; CartPole, Acrobot, MountainCar)",
+        "out on a copy of the env (emotion_rl.evaluation.heads; CartPole, Acrobot, MountainCar)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one CPU core each)")
     parser.add_argument("--out", help="result folder (default: benchmarks/results/learning/<env id>)")
     parser.add_argument("--force", action="store_true", help="rerun runs whose result file exists")
-    parser.add_argument(
-        "--cost-only", action="store_true", help="measure seconds per env step of two variants side by side"
-    )
+    parser.add_argument("--cost-only", action="store_true", help="seconds per env step of two variants side by side")
     parser.add_argument("--cost-steps", type=int, default=3_000, help="env steps of each --cost-only run")
     parser.add_argument(
-        "--cost-against",
-        metavar="REV",
-        help="with --cost-only and one variant: the other run is the config and code of git revision REV",
+        "--cost-against", metavar="REV", help="with --cost-only: the other run is REV's config and code"
     )
     parser.add_argument("--run-one", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.max_minutes is None:
-        args.max_minutes = math.inf if args.protocol == "hold" else 10.0
+        args.max_minutes = math.inf
     args.adhoc = {}
     for name, overrides in args.adhoc_specs:
         if name in args.adhoc:

@@ -17,7 +17,7 @@ stopped early because it reached the threshold holds its last evaluation for the
 agent would; a run stopped by its env-step budget or time limit ends where it stopped.
 
 Seed statistics (Agarwal et al. 2021, "Deep RL at the edge of the statistical precipice"): per variant, the
-interquartile mean (IQM, ``rliable.metrics.aggregate_iqm``) over seeds of the final evaluation return and of the
+interquartile mean (IQM, ``emotion_rl.evaluation.iqm``) over seeds of the final evaluation return and of the
 env steps to the threshold (a run that never reached it counts as its budget), each with a 95% percentile
 confidence interval from a stratified bootstrap over seeds (``BOOTSTRAP_REPS`` resamples from the fixed seed
 ``BOOTSTRAP_SEED``, so the table is the same on every call); and the median env steps to the threshold (same
@@ -35,6 +35,8 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+
+from emotion_rl.evaluation import iqm
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY_ENV = "CartPole-v1"
@@ -93,12 +95,13 @@ def label(variant: str, runs: list[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------------------- statistics
 def iqm_interval(values: list[float]) -> tuple[float, tuple[float, float] | None]:
-    """IQM of ``values`` (one per seed) and its 95% stratified-bootstrap interval (None for fewer than 2 seeds)."""
+    """IQM of ``values`` (one per seed, ``emotion_rl.evaluation.iqm``) and its 95% stratified-bootstrap interval
+    (rliable's IQM of each resample; None for fewer than 2 seeds)."""
     import numpy as np
     from rliable import metrics
 
     scores = np.asarray(values, dtype=float).reshape(-1, 1)  # runs x tasks, one task
-    point = float(metrics.aggregate_iqm(scores))
+    point = iqm(values)
     if len(scores) < 2:
         return point, None
     rng = np.random.default_rng(BOOTSTRAP_SEED)

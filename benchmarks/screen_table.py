@@ -1,9 +1,13 @@
 """The screen's table from a folder of ``benchmarks/learning.py`` results: one row per variant.
 
-Per variant: each seed's final 100-episode mean (with the search, its prior's argmax emotion and the best single
-emotion from the search-gain measurement), the interquartile mean over seeds, on how many seeds the search beats
-its prior and every single emotion, and the training wall time per env step. The protocol's rule (docs/results.md):
-keep an option if the IQM improves on the baseline's and the search gain is positive on at least 4 of 5 seeds.
+Per variant and seed, the run's score (the mean of its evaluations over the last third of the budget,
+``emotion_rl.evaluation.last_third_mean``; results written before the score existed show their final 100-episode
+mean instead) with the search-gain measurement's search / prior / best single emotion means; then the interquartile
+mean over seeds (``emotion_rl.evaluation.iqm``), how many seeds held the threshold, on how many the search beats its
+prior and every single emotion, the mean gains of the search over its values, its prior and its best single emotion,
+the heads' agreement and the training wall time per env step. The protocol's rule (docs/results.md,
+``emotion_rl.evaluation.screen_passes``): keep an option if its IQM improves on the baseline's and the search gain is
+positive on at least 4 of 5 seeds.
 
     python benchmarks/screen_table.py benchmarks/results/values/screen --baseline emotion
 """
@@ -12,32 +16,63 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from emotion_rl.evaluation import iqm
 
-def iqm(values: list[float]) -> float:
-    """The interquartile mean over seeds (rliable's, as benchmarks/plot_learning.py computes it)."""
-    from rliable import metrics
-
-    return float(metrics.aggregate_iqm(np.asarray(values, dtype=float).reshape(-1, 1)))
+GAINS = ("values", "prior", "best")
+"""The gain columns: the search's mean minus its values' (Q-greedy), its prior's, its best single emotion's."""
 
 
-def gain_of(result: dict) -> tuple[float, float, float] | None:
-    """(search, prior, best single emotion) means of a run's search-gain measurement, if it has one."""
+def gain_of(result: dict) -> dict[str, float] | None:
+    """The search, values (NaN if not played), prior and best single emotion means of a run's search-gain
+    measurement, if it has one."""
     rows = (result.get("search_gain") or {}).get("rows")
     if not rows:
         return None
     singles = [row["mean"] for name, row in rows.items() if name.startswith("emotion_")]
-    return rows["search"]["mean"], rows["prior"]["mean"], max(singles)
+    values = rows.get("values", {}).get("mean", math.nan)
+    return {"search": rows["search"]["mean"], "values": values, "prior": rows["prior"]["mean"], "best": max(singles)}
 
 
-def agreement_of(result: dict) -> float | None:
-    """The pairwise agreement of the emotions' greedy actions over the search's states, if measured."""
-    heads = (result.get("search_gain") or {}).get("heads") or {}
-    return heads.get("pairwise_agreement")
+def score_of(result: dict) -> float:
+    """The run's score under the hold protocol, else (an older result) its final mean."""
+    score = result.get("score")
+    return result["final_return_mean"] if score is None else score
+
+
+def cell(result: dict | None) -> str:
+    """One seed's cell: its score (or final mean, with where it first reached the threshold), its gain's means."""
+    if result is None:
+        return "-"
+    text = f"{score_of(result):.1f}"
+    if result.get("score") is None and result.get("reached_env_steps") is not None:
+        if result["final_return_mean"] >= result["threshold"]:
+            text += f" ({result['threshold']:.0f} at {result['reached_env_steps']:,})"
+    gain = gain_of(result)
+    if gain is not None:
+        text += f" ({gain['search']:.0f} / {gain['prior']:.0f} / {gain['best']:.0f})"
+    return text
+
+
+def row(variant: str, per_seed: dict[int, dict], seeds: list[int]) -> str:
+    """The variant's line of the table."""
+    runs = list(per_seed.values())
+    gains = [gain for r in runs if (gain := gain_of(r)) is not None]
+    positive = sum(g["search"] > max(g["prior"], g["best"]) for g in gains)
+    scored = [r for r in runs if r.get("score") is not None]
+    held = f"{sum(r.get('held') is True for r in scored)}/{len(scored)}" if scored else "-"
+    means = [np.mean([g["search"] - g[name] for g in gains]) if gains else math.nan for name in GAINS]
+    agreement = [a for r in runs if (a := ((r.get("search_gain") or {}).get("heads") or {}).get("pairwise_agreement"))]
+    agree = f"{np.mean(agreement):.2f}" if agreement else "-"
+    ms = np.median([1000 * r["train_s_per_env_step"] for r in runs])
+    cells = [variant, *(cell(per_seed.get(seed)) for seed in seeds), f"{iqm([score_of(r) for r in runs]):.0f}", held]
+    cells += [f"{positive}/{len(gains)}", *(f"{m:+.1f}" if math.isfinite(m) else "-" for m in means), agree]
+    return "| " + " | ".join([*cells, f"{ms:.1f}"]) + " |"
 
 
 def table(folder: Path, baseline: str | None = None) -> str:
@@ -47,35 +82,10 @@ def table(folder: Path, baseline: str | None = None) -> str:
         if "variant" in result and "final_return_mean" in result:
             runs[result["variant"]][int(result["seed"])] = result
     seeds = sorted({seed for per_seed in runs.values() for seed in per_seed})
-    header = ["variant", *(f"seed {s}" for s in seeds), "IQM", "gain > 0", "head agreement", "ms / env step"]
+    header = ["variant", *(f"seed {s}" for s in seeds), "IQM", "held", "gain > 0"]
+    header += ["search - values", "search - prior", "search - best emotion", "head agreement", "ms / env step"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    order = sorted(runs, key=lambda v: (v != baseline, v))
-    for variant in order:
-        per_seed = runs[variant]
-        cells, positive, measured = [], 0, 0
-        for seed in seeds:
-            result = per_seed.get(seed)
-            if result is None:
-                cells.append("-")
-                continue
-            cell = f"{result['final_return_mean']:.1f}"
-            if result.get("reached_env_steps") is not None and result["final_return_mean"] >= result["threshold"]:
-                cell += f" (475 at {result['reached_env_steps']:,})"
-            gain = gain_of(result)
-            if gain is not None:
-                measured += 1
-                positive += gain[0] > max(gain[1], gain[2])
-                cell += f" ({gain[0]:.0f} / {gain[1]:.0f} / {gain[2]:.0f})"
-            cells.append(cell)
-        finals = [r["final_return_mean"] for r in per_seed.values()]
-        ms = np.median([1000 * r["train_s_per_env_step"] for r in per_seed.values()])
-        agreement = [a for r in per_seed.values() if (a := agreement_of(r)) is not None]
-        agree = f"{np.mean(agreement):.2f}" if agreement else "-"
-        lines.append(
-            f"| {variant} | "
-            + " | ".join(cells)
-            + f" | {iqm(finals):.0f} | {positive}/{measured} | {agree} | {ms:.1f} |"
-        )
+    lines += [row(variant, runs[variant], seeds) for variant in sorted(runs, key=lambda v: (v != baseline, v))]
     return "\n".join(lines)
 
 
@@ -85,7 +95,10 @@ def main() -> None:
     parser.add_argument("--baseline", help="the variant listed first")
     args = parser.parse_args()
     print(table(args.folder, args.baseline))
-    print("\nCells: final mean over 100 episodes (search / prior's argmax emotion / best single emotion, search gain).")
+    print(
+        "\nCells: score, the last-third mean (older results: final mean over 100 episodes); in brackets search / "
+        "prior's argmax emotion / best single emotion."
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from emotion_rl.data.envs import PreviousReward, make_env
 from emotion_rl.data.rollout import play
 from emotion_rl.data.selfplay import closing_collector, shutdown_collector
 from emotion_rl.env_record import EnvironmentRecord, RecordEnvironment
+from emotion_rl.evaluation import EvalCallback, RecordingPlanner
 from emotion_rl.history import NONE, History
 from emotion_rl.losses import (
     ActionLoss,
@@ -64,6 +65,7 @@ __all__ = [
     "EmotionModel",
     "EmotionPolicy",
     "EnvironmentRecord",
+    "EvalCallback",
     "FixedEmotionPlanner",
     "History",
     "LiteralActionLoss",
@@ -74,6 +76,7 @@ __all__ = [
     "PreviousReward",
     "PriorPlanner",
     "RecordEnvironment",
+    "RecordingPlanner",
     "TemperamentActionLoss",
     "TemperatureSchedule",
     "ValueEstimator",

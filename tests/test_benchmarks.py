@@ -20,15 +20,16 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[f"benchmarks_{name}"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
 learning = load("learning")
 plot_learning = load("plot_learning")
-ARGS = Namespace(config="c.yaml", threshold=475.0, budget=3000, eval_episodes=20)
+ARGS = Namespace(config="c.yaml", threshold=475.0, budget=3000, eval_episodes=20, hold_floor=400.0)
 
 
 def point(steps: int, value: float) -> dict:
@@ -45,39 +46,32 @@ def test_a_run_reaches_the_threshold_at_its_first_evaluation_at_or_above_it_and_
     assert unsolved["reached_env_steps"] is None and not unsolved["solved"]
 
 
-def test_continue_after_trains_past_the_first_threshold_and_says_whether_the_run_stayed_solved():
-    curve = [point(1000, 200.0), point(2000, 480.0), point(3000, 470.0)]
-    assert learning.stop_limit(curve[:1], 475.0, 30_000, 5000) == 30_000  # not reached: the budget
-    assert learning.stop_limit(curve, 475.0, 30_000, 5000) == 7000  # reached at 2000: 5000 more
-    assert learning.stop_limit([point(29_000, 490.0)], 475.0, 30_000, 5000) == 34_000  # past the budget
-    assert learning.stop_limit(curve, 475.0, 30_000, None) == 30_000  # the threshold stops it (EarlyStopping)
-    args = Namespace(**vars(ARGS), continue_after=5000)
-    stayed = learning.summarize("emotion", 0, curve, 7000, 70.0, [480.0, 490.0], args)
-    fell = learning.summarize("emotion", 0, curve, 7000, 70.0, [400.0, 480.0], args)
-    never = learning.summarize("emotion", 0, curve[:1], 30_000, 300.0, [200.0], args)
-    assert (stayed["stays_solved"], fell["stays_solved"], never["stays_solved"]) == (True, False, None)
-    assert learning.summarize("emotion", 0, curve, 2000, 20.0, [480.0], ARGS)["stays_solved"] is None
-    parsed = learning.parse(["--out", "x", "--continue-after", "5000"])
-    assert parsed.continue_after == 5000 and learning.parse(["--out", "x"]).continue_after is None
-
-
-def test_the_screen_table_gives_each_variant_its_seeds_iqm_and_search_gain(tmp_path):
+def test_the_screen_table_gives_each_variant_its_scores_iqm_held_count_and_search_gains(tmp_path):
     screen_table = load("screen_table")
 
-    def write(variant: str, seed: int, final: float, search: float, prior: float) -> None:
-        rows = {"search": {"mean": search}, "prior": {"mean": prior}, "emotion_0": {"mean": 9.0}}
-        result = learning.summarize(variant, seed, [point(1000, final)], 10_000, 100.0, [final], ARGS)
+    def write(variant: str, seed: int, score: float, search: float, prior: float, old: bool = False) -> None:
+        rows = {"search": {"mean": search}, "values": {"mean": search - 5}, "prior": {"mean": prior}}
+        rows["emotion_0"] = {"mean": 9.0}
+        curve = [point(1000, 480.0), point(2000, 300.0 if seed == 0 else 490.0), point(3000, score)]
+        result = learning.summarize(variant, seed, curve, 3000, 100.0, [score + 1], ARGS)
+        if old:  # written before the hold protocol: no score, judged by the final mean
+            result.update(score=None, held=None, protocol="first", final_return_mean=score)
         gain = {"rows": rows, "heads": {"pairwise_agreement": 0.5 if variant == "base" else 0.25}}
         (tmp_path / f"{variant}_s{seed}.json").write_text(json.dumps({**result, "search_gain": gain}))
 
-    for seed, final in enumerate([100.0, 200.0, 300.0, 400.0, 500.0]):
-        write("base", seed, final, search=final, prior=final - 10)
-        write("other", seed, final + 50, search=final, prior=final + 10)  # the prior beats the search
+    for seed, score in enumerate([100.0, 200.0, 300.0, 400.0, 500.0]):
+        write("base", seed, score, search=score, prior=score - 10)
+        write("other", seed, score + 50, search=score, prior=score + 10)  # the prior beats the search
+        write("older", seed, score, search=score, prior=score - 10, old=True)
     text = screen_table.table(tmp_path, baseline="base")
-    base, other = text.splitlines()[2:4]
-    assert base.startswith("| base |") and other.startswith("| other |")
-    assert "| 300 | 5/5 | 0.50 |" in base and "| 350 | 0/5 | 0.25 |" in other  # IQM of 100..500 is 300
-    assert "500.0 (475 at 1,000) (500 / 490 / 9)" in base
+    base, older, other = text.splitlines()[2:5]
+    assert base.startswith("| base |") and older.startswith("| older |") and other.startswith("| other |")
+    # the score of seed 4: the last-third mean of its evaluations at 2,000 and 3,000 env steps, (490 + 500) / 2
+    assert "| 495.0 (500 / 490 / 9) |" in base and "| 200.0 (100 / 90 / 9) |" in base  # seed 0: (300 + 100) / 2
+    # IQM of the scores 200, 345, 395, 445, 495; held by the seeds that never fell below 400 after reaching 475
+    assert "| 395 | 2/5 | 5/5 | +5.0 | +10.0 | +291.0 | 0.50 |" in base
+    assert "| 420 | 2/5 | 0/5 | +5.0 | -10.0 | +291.0 | 0.25 |" in other
+    assert "| 500.0 (475 at 1,000) (500 / 490 / 9) |" in older and "| 300 | - | 5/5 |" in older
 
 
 def test_curves_hold_after_a_solved_run_and_end_where_an_unsolved_run_stopped():
@@ -193,7 +187,7 @@ def test_earlier_cartpole_results_count_as_done_where_they_are(tmp_path, monkeyp
 
 def run(variant: str, seed: int, reached: int | None, final: float, wall: float, env: str | None = None) -> dict:
     """A made-up result file: budget 5,000 env steps, threshold 475."""
-    args = Namespace(config="configs/cartpole.yaml", threshold=475.0, budget=5000, eval_episodes=20)
+    args = Namespace(config="configs/cartpole.yaml", threshold=475.0, budget=5000, eval_episodes=20, hold_floor=400.0)
     if env is not None:
         args.env_id = env
     curve = [point(reached, 480.0)] if reached is not None else [point(5000, 100.0)]
@@ -254,7 +248,7 @@ def test_results_load_by_environment_from_the_folder_and_its_per_env_subfolders(
 
 
 def test_an_ad_hoc_variant_is_labelled_by_its_overrides():
-    args = Namespace(config="c.yaml", threshold=475.0, budget=3000, eval_episodes=20)
+    args = Namespace(**vars(ARGS))
     args.adhoc = {"fast": ["--model.planner.num_simulations=8"]}
     fast = learning.summarize("fast", 0, [point(1000, 480.0)], 1000, 9.0, [490.0], args)
     assert plot_learning.label("fast", [fast]) == "fast: --model.planner.num_simulations=8"
@@ -264,20 +258,10 @@ def test_an_ad_hoc_variant_is_labelled_by_its_overrides():
     )
 
 
-SPEED_MODULES = ("speed_common", "speed_planner", "speed_training", "speed", "collection")
-
-
 @pytest.fixture
-def speed(monkeypatch):
-    """The speed benchmark's modules, imported by name as when run as a script (its sections import each other)."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    for name in SPEED_MODULES:
-        sys.modules.pop(name, None)
-    try:
-        yield Namespace(**{name: importlib.import_module(name) for name in SPEED_MODULES})
-    finally:
-        for name in SPEED_MODULES:
-            sys.modules.pop(name, None)
+def speed():
+    """The speed benchmark (one script: its sections, what they share and its driver) and the collection benchmark."""
+    return Namespace(speed=load("speed"), collection=load("collection"))
 
 
 def tiny_sizes(common):
@@ -309,11 +293,10 @@ def tiny_sizes(common):
 def test_the_speed_benchmark_imports_and_builds_its_inputs_with_the_tests_layouts(speed):
     from emotion_rl.history import EPISODE_KEYS, HISTORY_KEYS
 
-    names = {"speed_common": "make_model", "speed_planner": "bench_planner", "speed_training": "bench_fit"}
-    names.update(speed="main", collection="measure")
-    for name, function in names.items():
-        assert callable(getattr(getattr(speed, name), function))
-    common = speed.speed_common
+    functions = {"speed": ("make_model", "bench_planner", "bench_fit", "main"), "collection": ("measure",)}
+    for name, names in functions.items():
+        assert all(callable(getattr(getattr(speed, name), function)) for function in names)
+    common = speed.speed
     history = common.make_history(3, 5)
     assert tuple(history.keys()) == HISTORY_KEYS and history.batch_size == (3, 5)
     assert int(history["action"].max()) < common.N_ACTIONS
@@ -325,7 +308,7 @@ def test_the_speed_benchmark_imports_and_builds_its_inputs_with_the_tests_layout
 def test_the_model_call_timer_wraps_the_fused_adapter_without_changing_the_search(speed):
     import torch
 
-    common, planner_module = speed.speed_common, speed.speed_planner
+    common, planner_module = speed.speed, speed.speed
     model, history, planner = common.make_model(16), common.make_history(3, 6), common.make_planner(50)
     timer = planner_module.ModelCallTimer(common.make_model(16))
     timed_out, plain = planner.search(timer.search_model, history), planner.search(model, history)
@@ -338,7 +321,7 @@ def test_the_model_call_timer_wraps_the_fused_adapter_without_changing_the_searc
 
 
 def test_every_speed_section_runs_at_tiny_sizes_and_the_targets_table_reads_them(speed):
-    common, planner, training = speed.speed_common, speed.speed_planner, speed.speed_training
+    common, planner, training = speed.speed, speed.speed, speed.speed
     sizes = tiny_sizes(common)
     results: dict = {"planner": {}, "overhead": {}, "model_time": {}}
     tables = [
@@ -378,11 +361,13 @@ def test_scrub_paths_removes_the_installed_files_the_repository_and_a_revision_t
 
 def test_the_hold_protocol_trains_the_budget_and_scores_the_last_third_and_whether_the_run_held():
     args = learning.parse(["--out", "x", "--budget", "3000"])
-    assert args.protocol == "hold" and args.max_minutes == math.inf and args.hold_floor == 400.0
-    assert learning.parse(["--out", "x", "--protocol", "first"]).max_minutes == 10.0
+    assert args.max_minutes == math.inf and args.hold_floor == 400.0
+    for removed in (["--protocol", "first"], ["--continue-after", "5000"]):  # the earlier protocol is gone
+        with pytest.raises(SystemExit):
+            learning.parse(["--out", "x", *removed])
     curve = [point(1000, 480.0), point(2000, 390.0), point(3000, 500.0)]
     result = learning.summarize("emotion", 0, curve, 3000, 30.0, [500.0], args)
     assert result["score"] == pytest.approx(445.0)  # the evaluations at 2,000 and 3,000 env steps
-    assert result["held"] is False and result["reached_env_steps"] == 1000
-    first = learning.summarize("emotion", 0, curve, 3000, 30.0, [500.0], ARGS)  # the earlier protocol
-    assert first["score"] is None and first["held"] is None
+    assert result["held"] is False and result["reached_env_steps"] == 1000 and result["protocol"] == "hold"
+    kept = learning.summarize("emotion", 0, [point(1000, 480.0), point(3000, 450.0)], 3000, 30.0, [500.0], args)
+    assert kept["held"] is True and kept["score"] == 450.0 and "stays_solved" not in kept

@@ -1,13 +1,13 @@
-"""benchmarks/emotion_heads.py: the heads' agreement and usage, the disagreement check's rollouts on copies of the
-env, and their place in benchmarks/search_gain.py (tiny untrained model, a few short episodes)."""
+"""emotion_rl.evaluation.heads: the heads' agreement and usage, the disagreement check's rollouts on copies of the
+env, and their place in the search-gain measurement and benchmarks/search_gain.py (tiny untrained model, a few
+short episodes)."""
 
 from __future__ import annotations
 
 import copy
-import importlib
+import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +17,8 @@ import torch
 from tensordict import TensorDict
 
 from emotion_rl.data.envs import make_env
+from emotion_rl.evaluation import RecordingPlanner, gain_table, measure_gain, play_row
+from emotion_rl.evaluation import heads as heads_module
 from emotion_rl.history import History
 from emotion_rl.mcts.search import EmotionMCTS
 from emotion_rl.model import EmotionModel
@@ -30,16 +32,12 @@ SETTINGS = {"env_id": "CartPole-v1", "time_limit": 12, "env_kwargs": None, "env_
 
 @pytest.fixture(scope="module")
 def bench():
-    """``emotion_heads`` and ``search_gain``, imported by name as when run as a script (one imports the other)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield SimpleNamespace(
-            heads=importlib.import_module("emotion_heads"), gain=importlib.import_module("search_gain")
-        )
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-        for name in ("emotion_heads", "search_gain"):
-            sys.modules.pop(name, None)
+    """The package's heads and gain modules, and ``benchmarks/search_gain.py`` (its command line) loaded by path."""
+    spec = importlib.util.spec_from_file_location("search_gain_script", BENCHMARKS / "search_gain.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    gain = SimpleNamespace(measure=measure_gain, play_row=play_row, table=gain_table, parse=script.parse)
+    yield SimpleNamespace(heads=heads_module, gain=gain)
 
 
 @pytest.fixture(scope="module")
@@ -192,9 +190,9 @@ def test_the_check_refuses_an_env_it_cannot_copy_before_playing(bench, agent):
 # ---------------------------------------------------------------------------------------------- in the benchmark
 def test_the_search_row_is_the_same_with_and_without_the_check_and_the_check_repeats_with_its_seed(bench, agent):
     play = bench.gain.play_row
-    plain = play(agent, agent.planner, SETTINGS, 2, 0, 12)
-    checked = play(agent, agent.planner, SETTINGS, 2, 0, 12, heads=True, disagreements=2, horizon=5)
-    again = play(agent, agent.planner, SETTINGS, 2, 0, 12, heads=True, disagreements=2, horizon=5)
+    plain = play(agent, agent.planner, SETTINGS, 2, 0)
+    checked = play(agent, agent.planner, SETTINGS, 2, 0, heads=True, disagreements=2, horizon=5)
+    again = play(agent, agent.planner, SETTINGS, 2, 0, heads=True, disagreements=2, horizon=5)
     for key in ("returns", "lengths", "start_observations", "action_changed", "emotion_changed", "states"):
         assert checked[key] == plain[key]
     check = checked["disagreements"]
@@ -228,7 +226,7 @@ def test_the_recorder_keeps_copies_of_the_env_at_the_states_it_keeps(bench, agen
     from emotion_rl.policy import EmotionPolicy
 
     env = make_env("CartPole-v1", 2, seed=0, max_episode_steps=12)
-    policy = EmotionPolicy(agent.model, bench.heads.RecordingPlanner(agent.planner), greedy=True)
+    policy = EmotionPolicy(agent.model, RecordingPlanner(agent.planner), greedy=True)
     recorder = bench.heads.HeadRecorder(policy, env, per_episode=3, generator=torch.Generator().manual_seed(0))
     steps = play(env, recorder, 12, break_when_any_done=False, break_when_all_done=True)
     env.close()

@@ -1,12 +1,12 @@
-"""benchmarks/search_depth.py: the depth bookkeeping on trees and episodes worked out by hand, the recording of the
-search on a tiny model (it changes nothing the agent does), and the command on the shipped model."""
+"""emotion_rl.evaluation.depth and benchmarks/search_depth.py: the depth bookkeeping on trees and episodes worked out
+by hand, the recording of the search on a tiny model (it changes nothing the agent does), and the command on the
+shipped model."""
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,24 +18,22 @@ from tensordict import TensorDict
 from emotion_rl import EmotionMCTS, EmotionModel
 from emotion_rl.data.envs import make_env
 from emotion_rl.data.rollout import play
+from emotion_rl.evaluation import RecordingPlanner, depth
 from emotion_rl.policy import EmotionPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-MODULES = ("search_depth", "search_gain")
 
 
 @pytest.fixture(scope="module")
 def sd():
-    """The benchmark, imported by name as when run as a script (it imports search_gain beside it)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(BENCHMARKS))
-        for name in MODULES:
-            sys.modules.pop(name, None)
-        module = importlib.import_module("search_depth")
-    yield module
-    for name in MODULES:
-        sys.modules.pop(name, None)
+    """The package's depth reading with the benchmark's command line (``table``, ``parse``, ``main``) beside it."""
+    spec = importlib.util.spec_from_file_location("search_depth_script", BENCHMARKS / "search_depth.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    commands = {name: getattr(script, name) for name in ("table", "parse", "main")}
+    names = {name: getattr(depth, name) for name in dir(depth) if not name.startswith("_")}
+    return SimpleNamespace(**{**names, **commands, "measure": depth.measure_depth, "first_episodes": depth.episodes_of})
 
 
 # ---------------------------------------------------------------------------------------------- worked by hand
@@ -226,7 +224,7 @@ def test_recording_the_search_changes_no_action_and_keeps_each_searchs_own_tree(
     agent = tiny_agent()
     played = {}
     for name in ("plain", "recorded"):
-        recorder = sd.RecordingPlanner(agent.planner)
+        recorder = RecordingPlanner(agent.planner, keep_all=True)
         planner = agent.planner if name == "plain" else recorder
         policy = EmotionPolicy(agent.model, planner, greedy=True, generator=torch.Generator().manual_seed(0))
         env = make_env("CartPole-v1", 2, seed=3, max_episode_steps=9)
@@ -236,14 +234,15 @@ def test_recording_the_search_changes_no_action_and_keeps_each_searchs_own_tree(
             env.close()
     assert torch.equal(played["plain"]["action"], played["recorded"]["action"])
     assert torch.equal(played["plain"]["emotion"], played["recorded"]["emotion"])
-    assert len(recorder.trees) == played["recorded"].batch_size[1]
+    assert len(recorder.searches) == played["recorded"].batch_size[1]
     t = 7  # past the context window of 6: the recorded history is the one the search read
-    history = recorder.histories[t]
+    history, result = recorder.searches[t]
     assert history.batch_size[1] == 6
+    tree = sd.tree_arrays(agent.model, result)
     again = agent.planner.search(agent.model, history)["tree"]
     for key in ("children", "child_state", "child_value", "child_visits", "child_value_sum"):
-        np.testing.assert_array_equal(recorder.trees[t][key], again[key].numpy())
-    np.testing.assert_allclose(recorder.trees[t]["node_value"], again["child_value"].mean(-1).numpy())
+        np.testing.assert_array_equal(tree[key], again[key].numpy())
+    np.testing.assert_allclose(tree["node_value"], again["child_value"].mean(-1).numpy())
 
 
 def test_measure_reads_every_decision_along_the_path_the_agent_took(sd):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,8 +27,6 @@ BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "search_gain.py
 
 
 def load_benchmark():
-    if str(BENCHMARK.parent) not in sys.path:  # it imports its sibling emotion_heads, as when run as a script
-        sys.path.insert(0, str(BENCHMARK.parent))
     spec = importlib.util.spec_from_file_location("search_gain", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -327,7 +327,7 @@ class EmotionDataModule(LightningDataModule):
         if isinstance(collector, MultiCollector):
             self._worker_collectors.append(collector)  # the workers are not daemons: shut down at teardown or exit
             if len(self._worker_collectors) == 1:
-                atexit.register(self._shutdown_workers)
+                atexit.register(self.shutdown)
         # Undo the policy call the collector makes at construction (docs/data.md, "Resuming").
         policy.frames.fill_(self.counters.env_steps)
         self.policy_rng.set_state(policy_rng_state)
@@ -381,12 +381,12 @@ class EmotionDataModule(LightningDataModule):
         self.reanalysed_steps += int(episodes.get("mask")[:count].sum())
         return episodes
 
-    def _shutdown_workers(self) -> None:
+    def shutdown(self) -> None:  # the training stream's collector workers; teardown and exit call it; idempotent
         while self._worker_collectors:
             shutdown_collector(self._worker_collectors.pop())
 
     def teardown(self, stage: str) -> None:
-        self._shutdown_workers()
+        self.shutdown()
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Stream(self._training_batches), batch_size=None, collate_fn=_identity)

@@ -9,7 +9,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-__all__ = ["evaluate_policy", "play"]
+__all__ = ["evaluate_policy", "first_episodes", "play"]
 
 
 @torch.no_grad()
@@ -39,6 +39,16 @@ def play(
     )
 
 
+def first_episodes(steps: TensorDictBase) -> tuple[TensorDictBase, torch.Tensor]:
+    """Each env's first episode of a rollout: ``steps`` (``env.rollout``'s ``[*batch, T]``) as ``[n, T]`` on the CPU,
+    and bool ``[n, T]`` True at the steps of each env's first episode (up to and including its first ``done``; all
+    of them where none ended). The one place that cuts first episodes: evaluations count only those (one start
+    state per env), whatever a finished env played after its reset."""
+    steps = steps.reshape(-1, steps.batch_size[-1]).to("cpu")
+    done = steps.get(("next", "done")).reshape(steps.batch_size).long()
+    return steps, (done.cumsum(-1) - done) == 0
+
+
 def evaluate_policy(env: EnvBase, policy: Callable[[TensorDictBase], TensorDictBase], max_steps: int) -> TensorDict:
     """Play the first episode of every env of ``env`` (batch ``[n]``) for up to ``max_steps`` steps.
 
@@ -47,10 +57,7 @@ def evaluate_policy(env: EnvBase, policy: Callable[[TensorDictBase], TensorDictB
     False for an episode ``max_steps`` cut) and ``final_observation`` ``[n, *obs]`` (``s_T``, what
     :class:`~emotion_rl.data.endings.EpisodeEndings` reads the environment's own reasons from).
     """
-    steps = play(env, policy, max_steps, break_when_any_done=False, break_when_all_done=True)
-    steps = steps.reshape(-1, steps.batch_size[-1]).to("cpu")
-    done = steps.get(("next", "done")).reshape(steps.batch_size).long()
-    first = (done.cumsum(-1) - done) == 0  # the steps of each env's first episode
+    steps, first = first_episodes(play(env, policy, max_steps, break_when_any_done=False, break_when_all_done=True))
     reward = steps.get(("next", "reward")).reshape(steps.batch_size).to(torch.float64)
     returns = torch.where(first, reward, torch.zeros_like(reward)).cumsum(-1)[:, -1]
     length = first.sum(-1)

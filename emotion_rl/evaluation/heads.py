@@ -1,7 +1,8 @@
 """What the emotions' action heads do in the states the search visits (issue 24, temperaments): do they differ, which
 emotion acts, and, where they disagree, was the search's action the better one?
 
-``benchmarks/search_gain.py`` plays its ``search`` row through :class:`HeadRecorder`, which records at every state of
+The search-gain measurement (:func:`emotion_rl.evaluation.gain.measure`) plays its ``search`` row through
+:class:`HeadRecorder`, which records at every state of
 each env's first episode the greedy action of every emotion's head (spec 2.1's ``action_logits`` at the root, as
 the search returned them) and the emotion the search acted on. From those:
 
@@ -35,8 +36,11 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase, TransformedEnv
 
 from emotion_rl.data.envs import make_env
+from emotion_rl.evaluation.recording import RecordingPlanner
 from emotion_rl.history import History
 from emotion_rl.policy import EmotionPolicy
+
+__all__ = ["COPYABLE", "BranchPoint", "HeadRecorder", "check_copyable", "check_disagreements", "head_agreement"]
 
 COPYABLE = (CartPoleEnv, AcrobotEnv, MountainCarEnv)
 """Gymnasium envs a deep copy continues exactly: the whole state is ``unwrapped.state`` (plus CartPole's
@@ -45,7 +49,7 @@ COPYABLE = (CartPoleEnv, AcrobotEnv, MountainCarEnv)
 
 def check_copyable(settings: dict) -> None:
     """Refuse, before any episode is played, an env the disagreement check cannot copy (``settings`` as
-    ``search_gain.env_settings`` returns them: ``env_id``, ``time_limit`` and the env options)."""
+    ``emotion_rl.evaluation.play.env_settings`` makes them: ``env_id``, ``time_limit`` and the env options)."""
     fix = "pass --disagreements 0 to measure without the check"
     if settings.get("env_factory") is not None:
         raise ValueError(
@@ -149,21 +153,6 @@ def reservoir_slot(n: int, k: int, generator: torch.Generator | None = None) -> 
         return n - 1
     draw = int(torch.randint(n, (), generator=generator))
     return draw if draw < k else None
-
-
-class RecordingPlanner:
-    """The planner it wraps, keeping the root outputs of its last search (``last``)."""
-
-    def __init__(self, planner) -> None:  # noqa: ANN001 - any planner of the EmotionPolicy contract
-        self.planner = planner
-        self.last: TensorDictBase | None = None
-
-    def search(self, model, history, generator=None, explore: bool = False) -> TensorDictBase:  # noqa: ANN001
-        self.last = self.planner.search(model, history, generator=generator, explore=explore)
-        return self.last
-
-    def __repr__(self) -> str:
-        return repr(self.planner)
 
 
 class HeadRecorder:
