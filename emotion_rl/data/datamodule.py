@@ -381,7 +381,8 @@ class EmotionDataModule(LightningDataModule):
         self.reanalysed_steps += int(episodes.get("mask")[:count].sum())
         return episodes
 
-    def shutdown(self) -> None:  # the training stream's collector workers; teardown and exit call it; idempotent
+    def shutdown(self) -> None:
+        """Stop the training stream's collector workers (teardown and exit call it; calling it again does nothing)."""
         while self._worker_collectors:
             shutdown_collector(self._worker_collectors.pop())
 
