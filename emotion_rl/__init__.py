@@ -36,7 +36,6 @@ from emotion_rl.losses import (
     MonteCarlo,
     PhaseLoss,
     PolicyLoss,
-    TemperamentActionLoss,
     ValueEstimator,
     ValueLoss,
 )
@@ -74,7 +73,6 @@ __all__ = [
     "PreviousReward",
     "PriorPlanner",
     "RecordEnvironment",
-    "TemperamentActionLoss",
     "TemperatureSchedule",
     "ValueEstimator",
     "ValueLoss",
