@@ -5,7 +5,8 @@ are, except an EMA target network's copy (``target_model.*``, ``target_network.*
 never read and which the agent no longer has. A checkpoint whose planner config still names its root flat
 (``root_rule: gumbel``, ``gumbel_considered``, ...: before root rules became objects) gets the root rule's
 class_path + init_args; one whose value loss still holds ``target_tau`` (the EMA rate of that target network)
-loses it.
+loses it, and so do the arguments removed since at the value that trained as the current agent does
+(``completed_value: child``, ``GumbelRoot``'s ``chooses: true``, ``PUCTRoot``'s Dirichlet noise at fraction 0).
 
     python benchmarks/convert_checkpoint.py models/cartpole.ckpt                 # rewrites the file in place
     python benchmarks/convert_checkpoint.py old.ckpt --out new.ckpt
@@ -39,6 +40,8 @@ REMOVED = {
     "policy_balance_coef": 0.0,
     "value_readout": "mean",
     "tie_break": "lowest",
+    "completed_value": "child",
+    "dirichlet_fraction": 0.0,
 }
 """Options of the old agent that no longer exist, with the value that trained as the current agent does."""
 BOOTSTRAPPED = {"n_step": "NStep", "td_lambda": "TDLambda"}
@@ -70,7 +73,6 @@ PLANNER = (
     "c_puct",
     "max_depth",
     "q_transform",
-    "completed_value",
 )
 """The old agent's planner settings that ``EmotionMCTS`` still takes as they were."""
 ACTION_LOSSES = {
@@ -83,16 +85,16 @@ ACTION_LOSSES = {
 def planner_config(old: dict) -> dict:
     """``EmotionMCTS``'s config for the old planner settings ``old`` (flat, or an old planner's ``init_args``): the
     root's settings become a root rule (``GumbelRoot`` or ``PUCTRoot``) by class_path. A removed setting other than
-    its inert value (random ties, the policy-weighted value readout) is refused."""
-    for name in ("tie_break", "value_readout"):
+    its inert value (random ties, the policy-weighted value readout, the parent completion, root noise) is
+    refused."""
+    for name in ("tie_break", "value_readout", "completed_value", "dirichlet_fraction"):
         if old.get(name, REMOVED[name]) != REMOVED[name]:
             raise ValueError(f"the checkpoint was trained with {name}={old[name]!r}, an option that was removed")
     if old.get("root_rule", "puct") == "gumbel":
         keys = {"considered": "gumbel_considered", "c_visit": "gumbel_c_visit", "c_scale": "gumbel_c_scale"}
         root = {"class_path": "emotion_rl.GumbelRoot", "init_args": {k: old[v] for k, v in keys.items() if v in old}}
     else:
-        keys = {"dirichlet_alpha": "dirichlet_alpha", "dirichlet_fraction": "dirichlet_fraction"}
-        root = {"class_path": "emotion_rl.PUCTRoot", "init_args": {k: old[v] for k, v in keys.items() if v in old}}
+        root = {"class_path": "emotion_rl.PUCTRoot", "init_args": {}}
     init_args = {name: old[name] for name in PLANNER if name in old}
     init_args.update(min_spread=0.0, root_rule=root)  # the literal normalisation: what the old search did
     return {"class_path": "emotion_rl.EmotionMCTS", "init_args": init_args}
@@ -110,13 +112,49 @@ def value_loss_config(config: dict) -> dict | None:
     return {**config, "init_args": {key: value for key, value in init_args.items() if key != "target_tau"}}
 
 
+REMOVED_ARGUMENTS = {
+    "EmotionMCTS": {"completed_value": "child"},
+    "GumbelRoot": {"chooses": True},
+    "PUCTRoot": {"dirichlet_fraction": 0.0, "dirichlet_alpha": None},
+}
+"""Arguments removed from a component (docs/results.md, "Options removed"), with the value that trained as the
+current component does (None: any value, inert at the others' values)."""
+REMOVED_CLASSES = ("TemperamentActionLoss",)
+"""Components removed whole: a checkpoint that used one is refused."""
+CANNOT = ' (docs/results.md, "Options removed"): the current agent cannot reproduce it; retrain without it'
+
+
+def without_removed(config: dict, where: str) -> dict:
+    """A component ``config`` (and its nested ones) without the removed arguments it holds at their inert values;
+    a ``ValueError`` naming ``where`` for one at another value or a removed class."""
+    name = config.get("class_path", "").rsplit(".", 1)[-1]
+    if config.get("class_path", "").startswith("emotion_rl.") and name in REMOVED_CLASSES:
+        raise ValueError(f"the checkpoint was trained with {where}={name}, an option that was removed{CANNOT}")
+    removed = REMOVED_ARGUMENTS.get(name, {}) if config.get("class_path", "").startswith("emotion_rl.") else {}
+    init_args = {}
+    for key, value in (config.get("init_args") or {}).items():
+        if key in removed:
+            if removed[key] is not None and value != removed[key]:
+                raise ValueError(
+                    f"the checkpoint was trained with {name}({key}={value!r}), an option that was removed{CANNOT}"
+                )
+        elif isinstance(value, dict) and "class_path" in value:
+            init_args[key] = without_removed(value, f"{where}.{key}")
+        else:
+            init_args[key] = value
+    return {**config, "init_args": init_args} if "init_args" in config else config
+
+
 def convert_current(old: dict) -> dict:
     """Hyper-parameters already in the component form, with what has changed since: a planner that takes the
-    root's settings flat, a value loss that holds ``target_tau``."""
+    root's settings flat, a value loss that holds ``target_tau``, arguments and classes removed since."""
     new = dict(old)
     planner = old["planner"].get("init_args", {})
     if not (isinstance(planner.get("root_rule"), dict) or "root_rule" not in planner):
         new["planner"] = planner_config(planner)
+    for name in ("planner", "dynamics_loss", "action_loss", "value_loss", "policy_loss"):
+        if isinstance(new.get(name), dict):
+            new[name] = without_removed(new[name], name)
     value_loss = value_loss_config(old["value_loss"]) if isinstance(old.get("value_loss"), dict) else None
     if value_loss is not None:
         new["value_loss"] = value_loss

@@ -37,7 +37,6 @@ from emotion_rl.losses import (
     MonteCarlo,
     PhaseLoss,
     PolicyLoss,
-    TemperamentActionLoss,
     ValueEstimator,
     ValueLoss,
 )
@@ -77,7 +76,6 @@ __all__ = [
     "PriorPlanner",
     "RecordEnvironment",
     "RecordingPlanner",
-    "TemperamentActionLoss",
     "TemperatureSchedule",
     "ValueEstimator",
     "ValueLoss",

@@ -19,11 +19,29 @@ import importlib
 import inspect
 import sys
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 __all__ = ["Configurable", "class_path", "instantiate", "locate", "to_config"]
 
 PLAIN = (type(None), bool, int, float, str)
+
+REMOVED_ARGUMENTS = {
+    "emotion_rl.EmotionMCTS": ("completed_value",),
+    "emotion_rl.GumbelRoot": ("chooses",),
+    "emotion_rl.PUCTRoot": ("dirichlet_alpha", "dirichlet_fraction"),
+    "emotion_rl.ValueLoss": ("target_tau",),
+}
+"""Arguments that lost their screen or were never measured and were removed (docs/results.md, "Options removed"),
+by class: a config or checkpoint that still names one is refused with the converter's name."""
+REMOVED_CLASSES = ("emotion_rl.TemperamentActionLoss", "emotion_rl.TDLambda", "emotion_rl.NStep")
+"""Components removed whole, refused the same way."""
+
+
+def _removed(what: str) -> ValueError:
+    return ValueError(
+        f'{what} was removed (docs/results.md, "Options removed"): drop it from the config; a checkpoint that holds '
+        "it: python benchmarks/convert_checkpoint.py CHECKPOINT converts it, or says why it cannot"
+    )
 
 
 class Configurable:
@@ -33,10 +51,6 @@ class Configurable:
     The arguments are captured in ``__new__``, before any ``__init__`` runs, so a subclass needs no call of its own;
     :meth:`init_args` binds them to the class's signature, defaults filled in, and the repr is written from them.
     """
-
-    repr_omits_defaults: ClassVar[frozenset[str]] = frozenset()
-    """Arguments the repr leaves out while they equal their defaults (options added after reprs of the class were
-    recorded in results, so that those reprs still read the same)."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Configurable:
         self = super().__new__(cls)
@@ -61,19 +75,13 @@ class Configurable:
         return arguments
 
     def __repr__(self) -> str:
-        """``Class(name=value, ...)`` from :meth:`init_args` (every argument, defaults included, except those of
-        :attr:`repr_omits_defaults` at their defaults); the default repr when the arguments cannot be bound."""
+        """``Class(name=value, ...)`` from :meth:`init_args` (every argument, defaults included); the default repr
+        when the arguments cannot be bound."""
         try:
             arguments = self.init_args()
         except TypeError:
             return object.__repr__(self)
-        parameters = inspect.signature(type(self)).parameters
-        shown = [
-            f"{name}={value!r}"
-            for name, value in arguments.items()
-            if not (name in self.repr_omits_defaults and name in parameters and value == parameters[name].default)
-        ]
-        return f"{type(self).__name__}({', '.join(shown)})"
+        return f"{type(self).__name__}({', '.join(f'{name}={value!r}' for name, value in arguments.items())})"
 
 
 def class_path(cls: type) -> str:
@@ -113,6 +121,8 @@ def locate(path: str) -> type:
         if isinstance(found, type):
             return found
         break
+    if path.startswith("emotion_rl.") and f"emotion_rl.{parts[-1]}" in REMOVED_CLASSES:
+        raise _removed(f"class_path {path!r}")
     raise ValueError(f"class_path {path!r} does not name an importable class (check the spelling and the module)")
 
 
@@ -122,6 +132,9 @@ def _keyword_defaults(cls: type, given: Mapping[str, Any]) -> dict[str, Any]:
     parameters = inspect.signature(cls).parameters
     named = {n: p for n, p in parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     unknown = set(given) - set(named)
+    gone = sorted(unknown & set(REMOVED_ARGUMENTS.get(class_path(cls), ())))
+    if gone:
+        raise _removed(f"{class_path(cls)}'s argument {', '.join(gone)}")
     if unknown and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         raise ValueError(f"{class_path(cls)} has no argument {sorted(unknown)}; its arguments: {sorted(named)}")
     defaults = {n: p.default for n, p in named.items() if p.default is not p.empty}

@@ -25,7 +25,7 @@ GREEDY_DECISIONS: tuple[str, ...] = GreedyDecision.__args__
 
 def root_q(result: TensorDictBase) -> Tensor:
     """The root emotions' values ``[*B, E]`` a decision reads: the search's ``completed_q`` (``Q`` where visited,
-    else the completion the planner's ``completed_value`` names), or the root's ``values`` ``V^e`` for a planner that
+    else the child's own ``V^e``), or the root's ``values`` ``V^e`` for a planner that
     does not search (then the decision is greedy in the values alone)."""
     if "completed_q" in result.keys():
         return result.get("completed_q")

@@ -87,8 +87,7 @@ class LoadAndPredict:
             deterministic: True: the greedy evaluation policy (argmax emotion of the search, argmax action), as
                 ``validate`` plays. False: acting as training does, at the end of its temperature schedule: the
                 emotion drawn from the search's policy target at ``temperature_end`` (or the Gumbel root's choice,
-                unless it is built with ``chooses=False``), the
-                action drawn from that emotion's action head, root noise when the agent has any; drawn from torch's
+                with its Gumbel noise), the action drawn from that emotion's action head; drawn from torch's
                 global generator (``torch.manual_seed``).
             reward: ``[n_envs]`` (or one number): the reward of the step that returned ``observation``, which the
                 model reads with it (it completes the previous entry of the history, decision 13). Needed for every

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     info = probe_env(args.env, args.time_limit)  # obs_dim, n_actions, max_episode_steps (decision 12)
     agent = make_agent(args, info)
     optimizers = agent.configure_optimizers()  # four Adams, two lr groups each (spec 3.2, decision 9)
-    policy = agent.make_policy(action_spec=env.action_spec)  # emotions sampled by temperature (decision 18)
+    policy = agent.make_policy(action_spec=env.action_spec)  # the Gumbel root chooses the emotion (decision 25)
 
     # --- data: collector -> whole episodes -> replay (spec 3.3, 5 steps 4-7)
     total_frames = args.collections * args.frames_per_batch

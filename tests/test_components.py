@@ -103,7 +103,7 @@ def test_a_configurable_records_its_arguments_with_defaults_and_keeps_them_throu
     planner = EmotionMCTS(7, root_rule=root)
     expected = {**EmotionMCTS().init_args(), "num_simulations": 7, "root_rule": root}
     assert planner.init_args() == expected
-    assert root.init_args() == {"considered": 4, "c_visit": 50.0, "c_scale": 0.1, "chooses": True}
+    assert root.init_args() == {"considered": 4, "c_visit": 50.0, "c_scale": 0.1}
     for copied in (copy.deepcopy(planner), pickle.loads(pickle.dumps(planner))):  # worker collectors pickle it
         assert to_config(copied) == to_config(planner)
     assert MonteCarlo(True).init_args() == {"bootstrap_truncation": True}
@@ -111,16 +111,15 @@ def test_a_configurable_records_its_arguments_with_defaults_and_keeps_them_throu
 
 
 def test_a_configurables_repr_is_written_from_its_init_args():
-    """Every argument by name, defaults included, nested components by their own repr; GumbelRoot leaves out
-    ``chooses`` at its default (the reprs recorded with results before it existed read the same)."""
+    """Every argument by name, defaults included, nested components by their own repr."""
     gumbel = "GumbelRoot(considered=8, c_visit=50.0, c_scale=0.1)"
     planner = EmotionMCTS(50, q_transform="minmax_completed", root_rule=GumbelRoot())
     assert repr(planner) == (
         "EmotionMCTS(num_simulations=50, c_puct=1.0, max_depth=3, q_transform='minmax_completed', "
-        f"completed_value='child', min_spread=0.0, root_rule={gumbel})"
+        f"min_spread=0.0, root_rule={gumbel})"
     )
-    assert repr(GumbelRoot(4, chooses=False)) == "GumbelRoot(considered=4, c_visit=50.0, c_scale=0.1, chooses=False)"
-    assert repr(PUCTRoot(dirichlet_fraction=0.25)) == "PUCTRoot(dirichlet_alpha=0.3, dirichlet_fraction=0.25)"
+    assert repr(GumbelRoot(4)) == "GumbelRoot(considered=4, c_visit=50.0, c_scale=0.1)"
+    assert repr(PUCTRoot()) == "PUCTRoot()"
     assert repr(ShrunkReturn(0.5)) == "ShrunkReturn(shrink=0.5)" and repr(RarestFirstRoot()) == "RarestFirstRoot()"
     assert repr(MonteCarlo(True)) == "MonteCarlo(bootstrap_truncation=True)"
 
@@ -154,7 +153,7 @@ def test_instantiate_builds_what_to_config_wrote_nested_and_with_the_callers_arg
     config = to_config(EmotionMCTS(5, q_transform="minmax", root_rule=GumbelRoot(considered=3)))
     assert config["init_args"]["root_rule"] == {
         "class_path": "emotion_rl.GumbelRoot",
-        "init_args": {"considered": 3, "c_visit": 50.0, "c_scale": 0.1, "chooses": True},
+        "init_args": {"considered": 3, "c_visit": 50.0, "c_scale": 0.1},
     }
     planner = instantiate(config)
     assert type(planner) is EmotionMCTS and planner.num_simulations == 5 and planner.q_transform == "minmax"

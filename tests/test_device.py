@@ -80,8 +80,7 @@ def cartpole(num_envs: int, seed: int | None = 0) -> EnvBase:
 def test_the_agent_moves_whole_and_its_policy_acts_in_a_cpu_env(device, dtype):
     """The env makes float32 observations on the CPU; the policy keeps its histories on the model's device and in
     its float type, plans there, draws from a CPU generator (the datamodule's) and answers on the CPU."""
-    root = PUCTRoot(dirichlet_fraction=0.25)
-    agent = tiny_agent(device, dtype, n_actions=2, planner={"root_rule": root})  # root noise: the search draws
+    agent = tiny_agent(device, dtype, n_actions=2, planner={"root_rule": PUCTRoot()})  # the policy draws emotions
     for name, tensor in [*agent.named_parameters(), *agent.named_buffers()]:
         assert tensor.device.type == device.type and tensor.dtype == dtype, name
     env = cartpole(2)
@@ -135,7 +134,7 @@ def test_the_search_runs_on_the_model_s_device_and_answers_there(device, dtype, 
     torch.manual_seed(0)
     model = EmotionModel(OBS_DIM, N_ACTIONS, d_model=16, n_layers=1, n_heads=2, context_window=8).to(device, dtype)
     history = testing.random_history(3, 5, OBS_DIM, N_ACTIONS, seed=1, dtype=dtype).to(device)
-    root = GumbelRoot(considered=4) if root_rule == "gumbel" else PUCTRoot(dirichlet_fraction=0.25)
+    root = GumbelRoot(considered=4) if root_rule == "gumbel" else PUCTRoot()
     planner = EmotionMCTS(num_simulations=7, root_rule=root, q_transform="minmax")
     result = planner.search(model, history, generator=torch.Generator().manual_seed(0), explore=True)
     assert_on(result, device)

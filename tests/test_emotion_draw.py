@@ -1,6 +1,5 @@
 """What chooses the emotion the agent acts on (decision 25; docs/search.md, "The policy"): a root rule that chooses
-it itself (the Gumbel root) acts with its choice and the temperature does nothing, unless it is built with
-``chooses=False``; the log says what acted."""
+it itself (the Gumbel root) acts with its choice and the temperature does nothing; the log says what acted."""
 
 from __future__ import annotations
 
@@ -8,13 +7,10 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from emotion_rl import EmotionMCTS, EmotionModel, EmotionPolicy, GumbelRoot
-from emotion_rl.cli import main
+from emotion_rl import EmotionPolicy
 from emotion_rl.data.selfplay import CollectionStats, SelfPlayCounters
 from emotion_rl.diagnostics import collection_metrics
-from emotion_rl.history import History
 
-from conftest import CONFIG
 from fakes import FakeModel, FakePlanner
 
 E, A = 8, 2
@@ -50,33 +46,6 @@ def test_the_root_rules_choice_acts_and_the_policy_says_so(greedy):
     assert not plain["root_selected"].any()
 
 
-def test_a_gumbel_root_that_does_not_choose_lets_the_policy_draw_from_its_improved_policy():
-    torch.manual_seed(0)
-    model = EmotionModel(2, A, d_model=16, n_layers=1, n_heads=2, context_window=4)
-    history = History.of(TensorDict(
-        observation=torch.randn(3, 2, 2),
-        action=torch.zeros(3, 2, dtype=torch.long),
-        emotion=torch.zeros(3, 2, dtype=torch.long),
-        reward=torch.zeros(3, 2),
-        batch_size=[3, 2],
-    ))  # fmt: skip
-    chooser = EmotionMCTS(8, root_rule=GumbelRoot(considered=4))
-    drawer = EmotionMCTS(8, root_rule=GumbelRoot(considered=4, chooses=False))
-    chosen = chooser.search(model, history, generator=torch.Generator().manual_seed(1), explore=True)
-    drawn = drawer.search(model, history, generator=torch.Generator().manual_seed(1), explore=True)
-    assert "selected_emotion" in chosen.keys() and "selected_emotion" not in drawn.keys()
-    torch.testing.assert_close(drawn["policy_target"], chosen["policy_target"])  # the same search and target
-    assert torch.equal(drawn["visit_counts"], chosen["visit_counts"])
-    assert repr(GumbelRoot(chooses=False)).endswith("chooses=False)") and "chooses" not in repr(GumbelRoot())
-    # the policy draws from that target with its temperature (argmax when greedy), and says a draw acted
-    policy = EmotionPolicy(model, drawer, temperature=1.0, generator=torch.Generator().manual_seed(0))
-    out = policy(step(64))
-    assert not out["root_selected"].any() and len(set(out["emotion"].tolist())) > 1
-    greedy = EmotionPolicy(model, drawer, greedy=True)
-    acted = greedy(step(3))["emotion"]
-    assert acted.tolist() == drawer.search(model, greedy.histories())["policy_target"].argmax(-1).tolist()
-
-
 def test_the_temperature_is_logged_only_when_a_draw_chose_and_the_share_the_root_chose_always():
     def collected(root_selected: list[bool]) -> TensorDict:
         n = len(root_selected)
@@ -94,12 +63,3 @@ def test_the_temperature_is_logged_only_when_a_draw_chose_and_the_share_the_root
     stats.add(collected([True, False, False, False]))  # a draw chose three of four
     logs = collection_metrics(stats.take([], SelfPlayCounters(), 0.7))
     assert logs["train/temperature"].item() == pytest.approx(0.7) and logs["search/root_selected"].item() == 0.25
-
-
-def test_the_command_line_makes_the_shipped_gumbel_root_leave_the_choice_to_the_temperature():
-    option = "--model.planner.init_args.root_rule.init_args.chooses=false"
-    cli = main([f"--config={CONFIG}", "--trainer.logger=false", option], run=False)
-    root = cli.model.planner.root_rule
-    assert isinstance(root, GumbelRoot) and root.chooses is False and root.considered == 8
-    shipped = main([f"--config={CONFIG}", "--trainer.logger=false"], run=False).model.planner.root_rule
-    assert shipped.chooses is True

@@ -16,7 +16,6 @@ from emotion_rl.losses import (
     ValueLoss,
     masked_mean,
 )
-from emotion_rl.losses.targets import lambda_returns
 from emotion_rl.mcts.reference import append_imagined_state
 from emotion_rl.model import EmotionModel
 
@@ -392,25 +391,6 @@ def test_dynamics_at_imagined_tokens_learn_the_next_transition_where_the_search_
     assert extra[b, 6] == 0 and extra[2, 2] == 0  # each row's last step
     with pytest.raises(ValueError, match="imagined_weight"):
         DynamicsLoss(model, imagined_weight=-1.0)
-
-
-def test_lambda_returns_by_hand_with_one_discount_per_emotion_and_a_row_that_ends_early():
-    """TD(lambda) backwards from each row's last step (the temperaments' values): y_last = r + gamma V_boot, then
-    y_t = r_t + gamma ((1 - lam) V(s_{t+1}) + lam y_{t+1}); a row's padding never reaches its real steps."""
-    reward = torch.tensor([[[1.0, 1.0], [2.0, 2.0], [4.0, 4.0]], [[1.0, 1.0], [100.0, 100.0], [100.0, 100.0]]])
-    v_next = torch.tensor(
-        [[[0.0, 0.0], [2.0, 2.0], [4.0, 4.0], [8.0, 8.0]], [[0.0, 0.0], [2.0, 2.0], [50.0] * 2, [50.0] * 2]]
-    )
-    last = torch.tensor([2, 0])  # row 1 ends at step 0: v_next[1, 1] is its bootstrap, the rest padding
-    y = lambda_returns(reward, v_next, last, torch.tensor([0.5, 1.0]), 0.5)  # gamma 0.5 for emotion 0, 1 for 1
-    # emotion 0: y2 = 4 + .5 * 8 = 8, y1 = 2 + .5 (.5 * 4 + .5 * 8) = 5, y0 = 1 + .5 (.5 * 2 + .5 * 5) = 2.75
-    # emotion 1: y2 = 4 + 8 = 12, y1 = 2 + (.5 * 4 + .5 * 12) = 10, y0 = 1 + (.5 * 2 + .5 * 10) = 7
-    torch.testing.assert_close(y[0], torch.tensor([[2.75, 7.0], [5.0, 10.0], [8.0, 12.0]]))
-    torch.testing.assert_close(y[1, 0], torch.tensor([1.0 + 0.5 * 2.0, 1.0 + 2.0]))
-    one_step = lambda_returns(reward[..., 0], v_next[..., 0], last, 0.5, 0.0)  # [B, L], a float gamma: r + gamma V
-    torch.testing.assert_close(one_step[0], torch.tensor([1.0 + 1.0, 2.0 + 2.0, 4.0 + 4.0]))
-    full = lambda_returns(reward[..., 0], v_next[..., 0], last, 0.5, 1.0)  # the return, bootstrapped at the end
-    torch.testing.assert_close(full[:, 0], torch.tensor([1.0 + 0.5 * 2.0 + 0.25 * 4.0 + 0.125 * 8.0, 1.0 + 0.5 * 2.0]))
 
 
 def test_terminated_and_truncated_keys_decide_the_value_after_a_row_and_done_alone_means_terminated():

@@ -35,7 +35,7 @@ def test_the_gaps_are_worked_out_by_hand_from_the_completed_q_and_the_childrens_
     )
     q = completed_root_q(tree)  # unvisited children read their own V^e
     torch.testing.assert_close(q, torch.tensor([[0.4, 0.5, 0.45], [0.9, 0.5, 0.3]], dtype=torch.float64))
-    parent = completed_root_q(tree, torch.tensor([0.3, 0.0]))  # ... or the root's value
+    parent = completed_root_q(tree, torch.tensor([0.3, 0.0]))  # ... or the root's value (benchmarks/search_depth.py)
     torch.testing.assert_close(parent, torch.tensor([[0.4, 0.5, 0.3], [0.0, 0.5, 0.3]], dtype=torch.float64))
     gap, action_gap = root_q_gaps(q, torch.tensor([[0, 1, 1], [0, 1, 0]]))
     torch.testing.assert_close(gap, torch.tensor([0.05, 0.4], dtype=torch.float64))
@@ -48,20 +48,18 @@ def test_the_gaps_are_worked_out_by_hand_from_the_completed_q_and_the_childrens_
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("completed_value", ["child", "parent"])
 @pytest.mark.parametrize("root_rule", [None, GumbelRoot(considered=4)])
-def test_the_search_returns_the_completed_q_that_its_tree_gives(root_rule, completed_value, dtype):
+def test_the_search_returns_the_completed_q_that_its_tree_gives(root_rule, dtype):
     """``completed_q`` (the root rule's reading) equals :func:`completed_root_q` of the returned tree, bit for bit,
     with visited and unvisited children at the roots."""
     torch.manual_seed(1)
     model = EmotionModel(4, 2, d_model=16, n_layers=1, n_heads=2, context_window=8).to(dtype)
-    planner = EmotionMCTS(num_simulations=6, completed_value=completed_value, root_rule=root_rule)
+    planner = EmotionMCTS(num_simulations=6, root_rule=root_rule)
     history = testing.random_history(3, 5, 4, 2, seed=2, dtype=dtype)
     result = planner.search(model, history)
     visits = result["visit_counts"]
     assert (visits > 0).any() and (visits == 0).any()
-    parent = model.state_value(result["values"]) if completed_value == "parent" else None
-    expected = completed_root_q(result["tree"], parent)
+    expected = completed_root_q(result["tree"])
     assert result["completed_q"].dtype == dtype and torch.equal(result["completed_q"], expected)
 
 
@@ -75,18 +73,16 @@ def step_input(n: int, seed: int) -> TensorDict:
     )
 
 
-@pytest.mark.parametrize("completed_value", ["child", "parent"])
-def test_the_policy_writes_the_gaps_of_the_tree_it_acted_on(completed_value):
+def test_the_policy_writes_the_gaps_of_the_tree_it_acted_on():
     torch.manual_seed(0)
     model = EmotionModel(4, 2, d_model=16, n_layers=1, n_heads=2, context_window=8).double()
-    planner = EmotionMCTS(num_simulations=10, completed_value=completed_value, root_rule=GumbelRoot(considered=4))
+    planner = EmotionMCTS(num_simulations=10, root_rule=GumbelRoot(considered=4))
     policy = EmotionPolicy(model, planner, greedy=True)
     for step in range(3):
         out = policy(step_input(3, step))
     history = policy.histories()  # what the last search read (its last entry's action and emotion are never read)
     result = planner.search(model, history)
-    parent = model.state_value(result["values"]) if completed_value == "parent" else None
-    expected = root_q_gaps(completed_root_q(result["tree"], parent), result["action_logits"].argmax(-1))
+    expected = root_q_gaps(completed_root_q(result["tree"]), result["action_logits"].argmax(-1))
     for key, value in zip(ROOT_GAP_KEYS, expected, strict=True):
         assert out[key].dtype == torch.float32 and out[key].shape == (3,)
         torch.testing.assert_close(out[key], value.float())

@@ -2,10 +2,10 @@
 
 The oracle (``emotion_rl.mcts.reference.literal_search``) transcribes spec 1.3-1.5 node by node, with the Q
 transforms and the Gumbel root each from its own definition. On random tiny models in float32 and float64, with
-padded histories, every Q transform and completion, the floor, root noise, and both root rules (exploring or
-not), the two agree on every visit count, every expanded depth, the Gumbel winner and its policy target. Then the
-compiled parts alone on crafted near-ties and exact ties, where computing in another float type or breaking ties
-otherwise would choose differently; the backup against its definition; and which execution runs when.
+padded histories, every Q transform, the floor, and both root rules (exploring or not), the two agree on every
+visit count, every expanded depth, the Gumbel winner and its policy target. Then the compiled parts alone on
+crafted near-ties and exact ties, where computing in another float type or breaking ties otherwise would choose
+differently; the backup against its definition; and which execution runs when.
 """
 
 from __future__ import annotations
@@ -48,14 +48,7 @@ from emotion_rl.mcts.tree import Expansion, NodeOutputs, Tree
 
 from conftest import N_ACTIONS, OBS_DIM, random_history
 
-Q_TRANSFORMS = [
-    ("literal", "child"),
-    ("completed", "child"),
-    ("completed", "parent"),
-    ("minmax", "child"),
-    ("minmax_completed", "child"),
-    ("minmax_completed", "parent"),
-]
+Q_TRANSFORMS = ["literal", "completed", "minmax", "minmax_completed"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -140,12 +133,9 @@ def assert_matches_oracle(planner: EmotionMCTS, model: EmotionModel, history, se
         single = history[b]
         if "mask" in single.keys():
             single = single[: int(single["mask"].sum())].exclude("mask")
-        options = dict(q_transform=planner.q_transform, completed_value=planner.completed_value)
-        options.update(min_spread=planner.min_spread)
+        options = dict(q_transform=planner.q_transform, min_spread=planner.min_spread)
         if isinstance(root, GumbelRoot):
             options["gumbel"] = GumbelSettings(gumbel[b], root.considered, root.c_visit, root.c_scale)
-        elif explore:
-            options["root_prior"] = result["tree", "prior"][b, 0]  # the noisy prior the search drew
         stats: dict = {}
         counts = literal_search(
             recording.replay(b), single, planner.num_simulations, planner.c_puct, planner.max_depth, stats=stats,
@@ -154,7 +144,7 @@ def assert_matches_oracle(planner: EmotionMCTS, model: EmotionModel, history, se
         assert torch.equal(result["visit_counts"][b], counts), b
         assert depth[b][depth[b] >= 0].tolist() == stats["expanded_depths"], b
         oracle_root = stats["root"]  # the root children's completed Q, from the oracle's own literal copy
-        q = [completed_q(oracle_root, oracle_root.children[e], planner.completed_value) for e in range(n_emotions)]
+        q = [completed_q(oracle_root.children[e]) for e in range(n_emotions)]
         torch.testing.assert_close(result["completed_q"][b], torch.stack(q), rtol=0, atol=0)
         if isinstance(root, GumbelRoot):
             assert int(result["selected_emotion"][b]) == stats["selected_emotion"], b
@@ -180,7 +170,6 @@ cases = st.fixed_dictionaries(
         "min_spread": st.sampled_from([0.0, 0.05, 1.0]),
         "c_puct": st.sampled_from([0.0, 0.5, 1.0, 1.25, 2.5]) | st.floats(0.0, 4.0),
         "root": st.sampled_from(["puct", "gumbel"]),
-        "noise": st.booleans(),
         "considered": st.sampled_from([1, 2, 3, 8]) | st.integers(1, 9),
         "c_visit": st.sampled_from([50.0, 30.0, 0.0]) | st.floats(0.0, 100.0),
         "c_scale": st.sampled_from([0.1, 0.5, 1.0, 0.0]) | st.floats(0.0, 2.0),
@@ -195,45 +184,44 @@ def test_the_search_equals_the_oracle_for_every_root_rule_and_q_transform(case):
     """Random tiny models and settings: the same visit counts, expansions, winner and policy target."""
     model = tiny_model(case["seed"], case["dtype"], case["sharpen"])
     history = padded_history(case["batch"], case["length"], case["seed"], case["dtype"], case["masked"])
-    q_transform, completed_value = case["q_transform"]
     if case["root"] == "gumbel":
         root = GumbelRoot(case["considered"], case["c_visit"], case["c_scale"])
     else:
-        root = PUCTRoot(dirichlet_fraction=0.25 if case["noise"] else 0.0)
+        root = PUCTRoot()
     planner = EmotionMCTS(
-        case["num_simulations"], case["c_puct"], case["max_depth"], q_transform=q_transform,
-        completed_value=completed_value, min_spread=case["min_spread"], root_rule=root,
+        case["num_simulations"], case["c_puct"], case["max_depth"], q_transform=case["q_transform"],
+        min_spread=case["min_spread"], root_rule=root,
     )  # fmt: skip
     assert_matches_oracle(planner, model, history, case["seed"], case["explore"])
 
 
 @pytest.mark.parametrize("explore", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize(("q_transform", "completed_value"), Q_TRANSFORMS)
+@pytest.mark.parametrize("q_transform", Q_TRANSFORMS)
 @pytest.mark.parametrize("root", ["puct", "gumbel"])
-def test_the_search_equals_the_oracle_at_the_shipped_settings(root, q_transform, completed_value, dtype, explore):
-    """50 simulations, depth 3, 9 environments of padded histories, root noise or Gumbel draws when exploring: deep
-    trees, every phase of the sequential halving, many batched expansions."""
+def test_the_search_equals_the_oracle_at_the_shipped_settings(root, q_transform, dtype, explore):
+    """50 simulations, depth 3, 9 environments of padded histories, Gumbel draws when exploring: deep trees, every
+    phase of the sequential halving, many batched expansions."""
     model, history = tiny_model(4, dtype), padded_history(9, 8, 4, dtype, masked=True)
-    rule = GumbelRoot() if root == "gumbel" else PUCTRoot(dirichlet_fraction=0.25)
-    planner = EmotionMCTS(50, q_transform=q_transform, completed_value=completed_value, root_rule=rule)
+    rule = GumbelRoot() if root == "gumbel" else PUCTRoot()
+    planner = EmotionMCTS(50, q_transform=q_transform, root_rule=rule)
     assert_matches_oracle(planner, model, history, seed=6, explore=explore)
     depth = planner.search(model, history)["tree", "node_depth"]
     assert int(depth.max()) == 2  # the test reaches max_depth through the model
 
 
 @pytest.mark.parametrize("considered", [2, 3, 8])
-@pytest.mark.parametrize(("q_transform", "completed_value"), [("literal", "child"), ("minmax_completed", "parent")])
-def test_the_gumbel_root_with_a_flat_prior_breaks_exact_ties_like_the_oracle(q_transform, completed_value, considered):
-    """A flat prior and no exploring: every considered child has the same ``g + log P``, and under the parent
-    completion the same completed ``Q`` until it is visited, so the root choices tie exactly (lowest index)."""
+@pytest.mark.parametrize("q_transform", ["literal", "minmax_completed"])
+def test_the_gumbel_root_with_a_flat_prior_breaks_exact_ties_like_the_oracle(q_transform, considered):
+    """A flat prior and no exploring: every considered child has the same ``g + log P``, so the first root choices
+    tie exactly (lowest index)."""
     model = tiny_model(9, torch.float32, sharpen=False)
     with torch.no_grad():
         model.policy_head.weight.zero_()
         model.policy_head.bias.zero_()
     history = padded_history(6, 5, 9, torch.float32, masked=True)
     rule = GumbelRoot(considered=considered)
-    planner = EmotionMCTS(16, q_transform=q_transform, completed_value=completed_value, root_rule=rule)
+    planner = EmotionMCTS(16, q_transform=q_transform, root_rule=rule)
     assert_matches_oracle(planner, model, history, seed=0, explore=False)
     assert (planner.search(model, history)["prior"] == np.float32(1 / 8)).all()
 
@@ -290,16 +278,16 @@ def oracle_node(tree: Tree, node: int) -> Node:
 
 @pytest.mark.parametrize("min_spread", [0.0, 0.3])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(("q_transform", "completed_value"), Q_TRANSFORMS)
-def test_the_compiled_selection_is_the_oracles_at_near_ties(q_transform, completed_value, dtype, min_spread):
+@pytest.mark.parametrize("q_transform", Q_TRANSFORMS)
+def test_the_compiled_selection_is_the_oracles_at_near_ties(q_transform, dtype, min_spread):
     """spec 1.2 selection, node by node, on scores that tie or differ by an ulp. In float32 the scores round as the
     oracle's float32 (checked sensitive: float64 scores choose otherwise)."""
     dtype = np.dtype(dtype)
-    rng = np.random.default_rng(Q_TRANSFORMS.index((q_transform, completed_value)))
+    rng = np.random.default_rng(Q_TRANSFORMS.index(q_transform))
     tree = near_tie_tree(rng, dtype)
-    planner = EmotionMCTS(q_transform=q_transform, completed_value=completed_value, min_spread=min_spread)
+    planner = EmotionMCTS(q_transform=q_transform, min_spread=min_spread)
     selection = planner.selection(dtype)
-    options = dict(q_transform=q_transform, completed_value=completed_value, min_spread=min_spread)
+    options = dict(q_transform=q_transform, min_spread=min_spread)
     torch_dtype = torch.float64 if dtype == np.float64 else torch.float32
     chosen, expected = [], []
     for node in range(tree.sink):
@@ -315,13 +303,12 @@ def test_the_compiled_selection_is_the_oracles_at_near_ties(q_transform, complet
 
 @pytest.mark.parametrize(("c_visit", "c_scale"), [(50.0, 0.1), (30.0, 0.5), (0.0, 1.0)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("completed_value", ["child", "parent"])
-def test_the_compiled_gumbel_choice_is_the_oracles_at_near_ties(completed_value, dtype, c_visit, c_scale):
+def test_the_compiled_gumbel_choice_is_the_oracles_at_near_ties(dtype, c_visit, c_scale):
     """``gumbel_best`` root by root, with the Gumbel variables set so that every considered child's ``g + logits +
     sigma`` is about the same float64 value (the argmax depends on every rounding), and on exact ties (a flat prior,
     no draws, equal completed values). Checked sensitive: sigma computed in the tree's type chooses otherwise."""
     dtype = np.dtype(dtype)
-    rng = np.random.default_rng(int(c_visit) + (completed_value == "parent"))
+    rng = np.random.default_rng(int(c_visit))
     batch, n_emotions = 300, 8
     tree = near_tie_tree(rng, dtype, batch=batch, max_nodes=1)
     exact = np.arange(batch) % 3 == 0
@@ -329,11 +316,11 @@ def test_the_compiled_gumbel_choice_is_the_oracles_at_near_ties(completed_value,
     a.prior[:batch][exact] = dtype.type(1 / n_emotions)
     a.q[:batch][exact] = a.child_value[:batch][exact] = a.node_value[:batch][exact, None]
     rule = GumbelRoot(considered=n_emotions, c_visit=c_visit, c_scale=c_scale)
-    planner = EmotionMCTS(completed_value=completed_value, root_rule=rule)
+    planner = EmotionMCTS(root_rule=rule)
     selection = planner.selection(dtype)
     state = rule.start(tree, 50, None)
     gumbel = state[0]
-    options = dict(completed_value=completed_value, min_spread=0.0)
+    options = dict(min_spread=0.0)
     for b in range(batch):  # g such that every child scores about the same
         settings_b = GumbelSettings(np.zeros(n_emotions, dtype), n_emotions, c_visit, c_scale)
         logits, _, sigma = gumbel_scores(oracle_node(tree, b), settings_b, options)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from emotion_rl import EmotionAgent, MonteCarlo, TemperamentActionLoss
+from emotion_rl import EmotionAgent
 from emotion_rl.data.envs import make_env
 from emotion_rl.data.rollout import evaluate_policy
 from emotion_rl.viz import load_agent
@@ -25,17 +25,6 @@ def test_the_shipped_cartpole_model_loads_with_weights_only_and_balances():
     agent = load_agent(MODEL)
     result = evaluate_policy(make_env("CartPole-v1", 2, seed=12345), agent.make_policy(greedy=True), 150)
     assert torch.equal(result["episode_length"], torch.tensor([150, 150]))  # an untrained agent falls within ~40
-
-
-def test_the_temperament_probe_model_loads_with_its_own_value_heads():
-    """models/cartpole_temperaments.ckpt (notebooks/03_emotions.ipynb) loads with EmotionAgent.load, its weights
-    and the temperaments' own heads (loss_heads.*) as stored."""
-    path = ROOT / "models" / "cartpole_temperaments.ckpt"
-    agent = EmotionAgent.load(path)
-    stored = torch.load(path, weights_only=True)["state_dict"]
-    assert type(agent.losses.action) is TemperamentActionLoss and type(agent.losses.value.target) is MonteCarlo
-    assert set(agent.state_dict()) == set(stored) and any(key.startswith("loss_heads.") for key in stored)
-    assert all(torch.equal(value, stored[key]) for key, value in agent.state_dict().items())
 
 
 OLD_HPARAMS = {  # models/cartpole_before_values.ckpt's hyper-parameters before the components (decision 23)
@@ -107,3 +96,39 @@ def test_a_checkpoint_in_the_current_form_loses_target_tau_and_a_bootstrapped_ta
             convert.convert_hparams(bootstrapped)
     checkpoint = {"hyper_parameters": with_tau, "state_dict": {"model.w": torch.zeros(1)}}
     assert convert.convert(checkpoint)["hyper_parameters"] == current and not convert.is_current(checkpoint)
+
+
+def test_the_search_arguments_removed_since_are_dropped_at_their_inert_values_and_refused_otherwise(tmp_path):
+    """``completed_value: child``, a Gumbel root's ``chooses: true`` and a pUCT root's Dirichlet noise at fraction 0
+    trained as the current agent does: the converter drops them (as it did from the shipped models). Any other value,
+    and a removed component, is refused by name; ``EmotionAgent.load`` of such a checkpoint names the converter."""
+    convert = _converter()
+    current = torch.load(MODEL, weights_only=True)["hyper_parameters"]
+    planner, root = current["planner"], current["planner"]["init_args"]["root_rule"]
+
+    def with_planner(completed_value="child", root_rule=None) -> dict:
+        root_rule = root_rule or {**root, "init_args": {**root["init_args"], "chooses": True}}
+        init_args = {**planner["init_args"], "completed_value": completed_value, "root_rule": root_rule}
+        return {**current, "planner": {**planner, "init_args": init_args}}
+
+    assert convert.convert_hparams(with_planner()) == current
+    puct = {"class_path": "emotion_rl.PUCTRoot", "init_args": {"dirichlet_alpha": 0.3, "dirichlet_fraction": 0.0}}
+    converted = convert.convert_hparams(with_planner(root_rule=puct))
+    assert converted["planner"]["init_args"]["root_rule"] == {"class_path": "emotion_rl.PUCTRoot", "init_args": {}}
+    with pytest.raises(ValueError, match=r"EmotionMCTS\(completed_value='parent'\)"):
+        convert.convert_hparams(with_planner("parent"))
+    with pytest.raises(ValueError, match=r"GumbelRoot\(chooses=False\)"):
+        convert.convert_hparams(with_planner(root_rule={**root, "init_args": {"chooses": False}}))
+    noisy = {**puct, "init_args": {"dirichlet_alpha": 0.3, "dirichlet_fraction": 0.25}}
+    with pytest.raises(ValueError, match=r"PUCTRoot\(dirichlet_fraction=0.25\)"):
+        convert.convert_hparams(with_planner(root_rule=noisy))
+    temperaments = {**current, "action_loss": {"class_path": "emotion_rl.TemperamentActionLoss", "init_args": {}}}
+    with pytest.raises(ValueError, match="action_loss=TemperamentActionLoss"):
+        convert.convert_hparams(temperaments)
+    with pytest.raises(ValueError, match="dirichlet_fraction=0.25"):
+        convert.convert_hparams({**OLD_HPARAMS, "dirichlet_fraction": 0.25})
+    old = tmp_path / "old.ckpt"
+    for hparams, name in ((with_planner(), "completed_value"), (temperaments, "TemperamentActionLoss")):
+        torch.save({**torch.load(MODEL, weights_only=True), "hyper_parameters": hparams}, old)
+        with pytest.raises(ValueError, match=rf"{name}.* was removed.*benchmarks/convert_checkpoint.py"):
+            EmotionAgent.load(old)

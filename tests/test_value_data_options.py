@@ -25,7 +25,6 @@ VARIANTS = {
     "novelty_decay": "--data.novelty_weight=1.0,--data.novelty_decay_frames=20000",
     "fresh": "--data.replay_capacity_steps=10000",
     "rr64": "--data.updates_per_collection=null,--data.replay_ratio=64",
-    "draw_t": "--model.planner.init_args.root_rule.init_args.chooses=false",
 }
 
 
@@ -41,7 +40,6 @@ def test_the_shipped_config_takes_the_screened_options_and_leaves_the_others_off
     assert (data.novelty.weight, data.novelty.normalize, data.novelty.decay_frames) == (0.0, False, 0)
     assert data.replay.capacity_steps is None and data.replay_capacity_steps is None
     assert data.updates_per_collection == 8 and data.rate.ratio == 2 * 32 * 8 / 16  # TINY: batch 2, 16 frames
-    assert agent.planner.root_rule.chooses is True
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -58,8 +56,6 @@ def test_each_option_is_set_by_its_override_string(variant):
         assert data.replay.capacity_steps == 10_000
     elif variant == "rr64":
         assert data.updates_per_collection == pytest.approx(64 * 16 / (2 * 32)) and data.rate.ratio == 64
-    elif variant == "draw_t":
-        assert agent.planner.root_rule.chooses is False
 
 
 def test_a_replay_ratio_next_to_the_shipped_updates_per_collection_is_refused_in_one_line(capsys):
@@ -73,8 +69,7 @@ def test_a_replay_ratio_next_to_the_shipped_updates_per_collection_is_refused_in
 
 def test_a_short_fit_with_every_option_on_trains_and_logs_what_they_measure(tmp_path):
     """All the options at once, through the command line: MC targets that bootstrap at the time limit (TINY's limit
-    is 40 steps), a standardised decaying novelty bonus, a replay bounded in steps, a replay ratio, temperature
-    draws under the Gumbel root."""
+    is 40 steps), a standardised decaying novelty bonus, a replay bounded in steps, a replay ratio."""
     overrides = [o for variant in VARIANTS for o in learning.parse_variant(f"{variant}={VARIANTS[variant]}")[1]]
     cli = main(
         [
@@ -99,4 +94,3 @@ def test_a_short_fit_with_every_option_on_trains_and_logs_what_they_measure(tmp_
     metrics = (tmp_path / "cartpole" / "version_0" / "metrics.csv").read_text()
     for name in ("replay/ratio", "replay/stored_steps", "episode/end_truncated", "search/root_selected"):
         assert name in metrics
-    assert "train/temperature" in metrics  # a temperature draw chose the emotions

@@ -36,7 +36,6 @@ from emotion_rl.viz import (
     plot_metrics,
     plot_run_comparison,
     plot_search_sweep,
-    plot_temperament_timeline,
     plot_visits_vs_prior,
     render_episode,
     search_edges,
@@ -403,20 +402,6 @@ def test_a_windowed_agent_plays_past_its_window_and_its_outputs_are_read_on_the_
     # the greedy policy acted through the chosen emotion's action head on its window: argmax of A^e(h_t)
     chosen = outputs["action_logits"][torch.arange(record.length), record.emotion].argmax(-1)
     assert torch.equal(chosen, record.action)
-
-
-def test_the_temperament_timeline_puts_each_step_at_its_chosen_emotions_horizon():
-    agent = tiny_agent()
-    record = play_episode(agent, "CartPole-v1", seed=0, max_steps=15)
-    horizons, curiosity = [0.9, 0.99] * 4, [0.0] * 4 + [0.5] * 4
-    fig = plot_temperament_timeline(record, horizons, curiosity)
-    assert_labelled(fig)
-    patient, curious = fig.axes[1].collections  # open markers (no curiosity), filled ones
-    points = np.concatenate([patient.get_offsets(), curious.get_offsets()])
-    assert len(points) == record.length == len(curious.get_offsets()) + len(patient.get_offsets())
-    expected = {(t, 1 / (1 - horizons[e])) for t, e in enumerate(record.emotion.tolist())}
-    assert {(int(x), round(float(y), 6)) for x, y in points} == {(t, round(h, 6)) for t, h in expected}
-    assert len(curious.get_offsets()) == int((record.emotion >= 4).sum())
 
 
 def test_emotion_plots_are_labelled_and_show_the_heads():

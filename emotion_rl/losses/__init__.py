@@ -11,7 +11,6 @@ agent takes each as a factory called with its model (``action_loss: class_path +
     phase 2  MaxValueActionLoss   -V(Z^e(stopgrad(h), A^e(h))), critic frozen  (section 4.3, decision 7)
              LiteralActionLoss    MSE(Z(h, A(h)), stopgrad(Z(h, A(h)))) = 0     (spec 2.2.4, decision 7)
              AssignedActionLoss   head e prefers action e mod A                (beyond the spec: coverage)
-             TemperamentActionLoss  head e prefers what its own horizon and curiosity value (beyond the spec)
     phase 3  ValueLoss            (V^e(s) - y)^2, y from MonteCarlo (spec 2.2.2) or a ValueEstimator of one's own
     phase 4  PolicyLoss           -sum_e pi_MCTS(e) log pi(e | s)              (spec 2.2.1)
 """
@@ -29,7 +28,6 @@ from emotion_rl.losses.common import (
 from emotion_rl.losses.dynamics import DynamicsAction, DynamicsLoss
 from emotion_rl.losses.policy import PolicyLoss
 from emotion_rl.losses.targets import MonteCarlo, ValueEstimator
-from emotion_rl.losses.temperament import TemperamentActionLoss
 from emotion_rl.losses.value import ValueLoss
 
 __all__ = [
@@ -42,7 +40,6 @@ __all__ = [
     "MonteCarlo",
     "PhaseLoss",
     "PolicyLoss",
-    "TemperamentActionLoss",
     "ValueEstimator",
     "ValueLoss",
     "frozen",

@@ -90,7 +90,7 @@ class PhaseLoss(LossModule):
     forward between phases whose parameters did not change in between (docs/performance.md); ``None`` encodes
     afresh. A phase that stops gradients at ``h_t`` detaches what it is given.
 
-    A loss may learn outputs of its own (a module on ``h_t``, e.g. the temperaments' values, :meth:`own_heads`):
+    A loss may learn outputs of its own (a module on ``h_t``, :meth:`own_heads`):
     the agent trains them with the phase's optimizer, at the head learning rate, and saves them with the model.
     """
 

@@ -1,5 +1,5 @@
 """Phase 3's value targets as estimator objects (TorchRL's value-estimator pattern; docs/training.md, "Value
-targets"), and the TD(lambda) recursion the temperaments' values use (:func:`lambda_returns`).
+targets").
 
 An estimator computes ``y_t`` and ``y_{t+1}`` ``[B, L]`` (value units) from a batch, the value loss's ``gamma`` and
 ``return_scale``, and the model the loss trains; :class:`~emotion_rl.losses.ValueLoss` holds one. An estimator that
@@ -118,23 +118,3 @@ class MonteCarlo(ValueEstimator):
         y = return_scale * self.returns(batch)
         boot = ((y - reward) / gamma)[rows, last].masked_fill(ended, 0.0)
         return y, torch.cat([y[:, 1:], y.new_zeros(batch_size, 1)], 1).index_put((rows, last), boot)
-
-
-def lambda_returns(reward: Tensor, v_next: Tensor, last: Tensor, gamma: float | Tensor, lam: float) -> Tensor:
-    """TD(lambda) targets ``y_t = r_t + gamma ((1 - lam) V(s_{t+1}) + lam y_{t+1})``, backwards from each row's
-    last valid step ``last`` ``[B]``, where ``y_{last+1}`` is the bootstrap ``v_next[:, last + 1]``; steps after
-    ``last`` are filled with the same recursion on whatever the padding holds (mask them out).
-
-    ``reward`` ``[B, L, *F]``, ``v_next`` ``[B, L + 1, *F]`` (``V(s_k)``), ``gamma`` a float or a tensor
-    broadcasting against ``*F`` (one discount per emotion: the temperaments' values,
-    :class:`~emotion_rl.losses.TemperamentActionLoss`). Returns ``y`` ``[B, L, *F]``. ``lam`` 0: the one-step target;
-    1: the discounted return bootstrapped at the row's end only.
-    """
-    length = reward.shape[1]
-    at_end = last.view(-1, *([1] * (reward.dim() - 2)))  # [B, 1...] against the trailing dims
-    g, y = v_next[:, length], torch.zeros_like(reward)
-    for t in range(length - 1, -1, -1):
-        after = torch.where(t == at_end, v_next[:, t + 1], g)  # G_{t+1} past the end: the bootstrap
-        g = reward[:, t] + gamma * ((1 - lam) * v_next[:, t + 1] + lam * after)
-        y[:, t] = g
-    return y

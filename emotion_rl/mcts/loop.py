@@ -55,14 +55,12 @@ def is_compiled(function: Callable) -> bool:
 class Selection(NamedTuple):
     """What :func:`select_child` reads besides the tree: the Q transform (docs/search.md) in the tree's float type.
 
-    ``completed``: an unvisited child reads a completion instead of 0 (decision 2); ``by_parent``: that completion is
-    the node's own value, not the child's stored ``V^e``; ``minmax``: ``Q`` normalised to ``[0, 1]`` by the tree's
-    bounds; ``min_spread``: the smallest spread the normalisation divides by (0: the bounds' own); ``one``: 1 in the
-    tree's float type (every scalar of the loop stays in that type).
+    ``completed``: an unvisited child reads its own stored ``V^e`` instead of 0 (decision 2); ``minmax``: ``Q``
+    normalised to ``[0, 1]`` by the tree's bounds; ``min_spread``: the smallest spread the normalisation divides by
+    (0: the bounds' own); ``one``: 1 in the tree's float type (every scalar of the loop stays in that type).
     """
 
     completed: bool
-    by_parent: bool
     minmax: bool
     min_spread: np.floating
     one: np.floating
@@ -119,7 +117,7 @@ def select_child(tree: TreeArrays, selection: Selection, node: int, env: int) ->
         visits_plus_one = tree.visits_plus_one[node, e]
         visited = visits_plus_one > one
         if selection.completed and not visited:
-            q = tree.node_value[node] if selection.by_parent else tree.child_value[node, e]
+            q = tree.child_value[node, e]
         else:
             q = tree.q[node, e]
         if selection.minmax:

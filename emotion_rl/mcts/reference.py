@@ -15,7 +15,7 @@ full model call per expansion, together with decisions 1-5:
 The options beyond the specification that the planner offers are transcribed here too, each from its own
 definition (docs/search.md): the Q transforms (completed values, min-max normalisation with a floor) and the
 Gumbel MuZero root (Gumbel-top-k, sequential halving, the improved policy). The oracle takes the search's draws
-as arguments (a noisy root prior, the Gumbel variables) instead of drawing them.
+as arguments (the Gumbel variables) instead of drawing them.
 
 It is deliberately slow and deliberately simple: no batching, no caching, no vectorisation. It exists so that
 the batched planner (:class:`emotion_rl.mcts.search.EmotionMCTS`) can be checked against an implementation whose
@@ -46,7 +46,7 @@ class Node:
     ``W(parent, e)``, ``Q(parent, e)`` in 1.2); ``P`` is the prior over this node's children (``P(n, e)``),
     set when the node is expanded. ``value``, ``predicted_state`` and ``action_logits`` are the parent's model
     outputs for this node's emotion (1.3 "Store model predictions"); ``leaf_value`` is the node's own value at
-    its expansion (the model's ``value``: the mean of its 8 values), which a completed Q transform may read.
+    its expansion (the model's ``value``: the mean of its 8 values), backed up from an expansion.
     """
 
     parent: Node | None = None
@@ -113,12 +113,11 @@ def _create_children(node: Node, outputs: TensorDict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- Q (spec 1.2)
-def completed_q(node: Node, child: Node, completed_value: str) -> Tensor:
-    """``Q(n, e)`` where visited; an unvisited child's completion: its own predicted value (``"child"``) or its
-    node's value (``"parent"``)."""
+def completed_q(child: Node) -> Tensor:
+    """``Q(n, e)`` where visited; an unvisited child's completion: its own predicted value ``V^e``."""
     if child.N > 0:
         return child.Q
-    return node.leaf_value if completed_value == "parent" else child.value
+    return child.value
 
 
 def transformed_q(node: Node, child: Node, options: dict[str, Any], bounds: list[Tensor]) -> Tensor:
@@ -129,7 +128,7 @@ def transformed_q(node: Node, child: Node, options: dict[str, Any], bounds: list
     zero = torch.zeros((), dtype=dtype)
     transform = options["q_transform"]
     completed = transform.endswith("completed")
-    q = completed_q(node, child, options["completed_value"]) if completed else (child.Q if child.N > 0 else zero)
+    q = completed_q(child) if completed else (child.Q if child.N > 0 else zero)
     if not transform.startswith("minmax"):
         return q
     low, high = bounds
@@ -195,7 +194,7 @@ def gumbel_scores(
     with np.errstate(divide="ignore"):
         logits = np.log(prior)
     base = gumbel.gumbel.astype(dtype) + logits
-    q = np.array([completed_q(root, root.children[e], options["completed_value"]).item() for e in emotions], dtype)
+    q = np.array([completed_q(root.children[e]).item() for e in emotions], dtype)
     floor = max(dtype.type(options["min_spread"]), np.finfo(dtype).tiny)
     spread = max(q.max() - q.min(), floor)
     max_visits = max(root.children[e].N for e in emotions)
@@ -206,7 +205,7 @@ def gumbel_scores(
 
 def gumbel_considered(root: Node, gumbel: GumbelSettings) -> list[int]:
     """The ``considered`` emotions with the largest ``g + logits`` (ties to the lowest index)."""
-    _, base, _ = gumbel_scores(root, gumbel, {"completed_value": "child", "min_spread": 0.0})
+    _, base, _ = gumbel_scores(root, gumbel, {"min_spread": 0.0})
     order = sorted(range(len(base)), key=lambda e: (-base[e], e))
     return sorted(order[: min(gumbel.considered, len(base))])
 
@@ -288,9 +287,7 @@ def literal_search(
     max_depth: int = 3,
     stats: dict[str, Any] | None = None,
     q_transform: str = "literal",
-    completed_value: str = "child",
     min_spread: float = 0.0,
-    root_prior: Tensor | None = None,
     gumbel: GumbelSettings | None = None,
 ) -> Tensor:
     """Spec 1.3 ``MCTS_SEARCH`` for ONE environment; returns the root's visit counts, long ``[n_emotions]``.
@@ -306,8 +303,7 @@ def literal_search(
         stats: if given, receives ``root`` (the tree), ``root_outputs``, ``model_calls``, ``expanded_depths`` (of
             every expanded node in expansion order, the root's 0 first), ``num_expansions`` (the root not counted),
             ``max_depth_reached``; with ``gumbel``, ``policy_target`` (float64 ``[E]``) and ``selected_emotion``.
-        q_transform, completed_value, min_spread: the Q transform of the UCB score (``EmotionMCTS``'s options).
-        root_prior: the root's prior after root noise (default: the model's policy).
+        q_transform, min_spread: the Q transform of the UCB score (``EmotionMCTS``'s options).
         gumbel: the Gumbel root's settings and draws (default: the UCB score at the root too).
 
     ``NORMALIZE`` (1.3) is ``counts / counts.sum()``; the counts are returned so that comparisons are exact.
@@ -315,13 +311,13 @@ def literal_search(
     history = _checked_history(history, num_simulations, max_depth)
     stats = {} if stats is None else stats
     stats.update(model_calls=0, expanded_depths=[], max_depth_reached=0)
-    options = dict(q_transform=q_transform, completed_value=completed_value, min_spread=min_spread)
+    options = dict(q_transform=q_transform, min_spread=min_spread)
 
     root = Node()  # 1. Create root node; 2. Expand root node
     outputs = model.evaluate(history.unsqueeze(0))[0]
     stats["model_calls"] += 1
     stats["expanded_depths"].append(0)
-    root.P = outputs.get("policy") if root_prior is None else root_prior
+    root.P = outputs.get("policy")
     _create_children(root, outputs)
     dtype = root.P.dtype
     stats["bounds"] = [torch.tensor(math.inf, dtype=dtype), torch.tensor(-math.inf, dtype=dtype)]

@@ -22,7 +22,9 @@ self-play stream hands them to the learner's diagnostics."""
 def completed_root_q(tree: TensorDictBase, parent_value: Tensor | None = None) -> Tensor:
     """The root children's completed ``Q`` ``[*B, E]`` read back from a ``tree`` ``[*B]`` in the layout
     :meth:`~emotion_rl.EmotionMCTS.search` returns under ``tree``: ``W / N`` where visited, else the child's stored
-    ``V^e`` or, given ``parent_value`` ``[*B]`` (the root's value, ``completed_value="parent"``), that value.
+    ``V^e`` or, given ``parent_value`` ``[*B]`` (the root's value), that value: the planner's completion was the
+    parent's before it was removed (docs/results.md, "Options removed"), and benchmarks/search_depth.py still reads
+    searches both ways.
 
     A search returns these numbers itself, as ``completed_q`` (``rules.completed_q``, the root rule's own reading);
     read that. This reader stays for trees that come without it (a reference search's) and equals it bit for bit

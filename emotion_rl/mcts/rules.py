@@ -4,15 +4,15 @@ root, and what the search returns.
 Below the root every node selects by pUCT over a Q transform (``loop.select_child``). The root is where searches
 differ, so a root rule is an object with three steps, as mctx passes its policies as functions:
 
-- ``start(tree, num_simulations, draw) -> state``: the search's draws (root noise, Gumbel variables), a tuple of
-  arrays; ``draw()`` gives the search's numpy generator, and is None when the search does not explore.
+- ``start(tree, num_simulations, draw) -> state``: the search's draws (the Gumbel variables), a tuple of arrays;
+  ``draw()`` gives the search's numpy generator, and is None when the search does not explore.
 - ``select(tree, selection, env, root, simulation, state) -> emotion``: the root emotion of simulation
   ``simulation`` of environment ``env``, a function written with ``loop.kernel`` (compiled by numba), which the
   compiled loop calls without knowing the rule.
 - ``finish(tree, selection, state) -> RootDecision``: the search's policy target and, if the rule decides it,
   the emotion to act with.
 
-:class:`PUCTRoot` is the specification's root (pUCT, optional Dirichlet noise); :class:`GumbelRoot` is Gumbel
+:class:`PUCTRoot` is the specification's root (pUCT); :class:`GumbelRoot` is Gumbel
 MuZero's (Danihelka et al. 2022). A new root rule is one subclass of :class:`RootRule`; a config names it by
 ``class_path`` (docs/search.md, "Root rules").
 """
@@ -36,7 +36,6 @@ __all__ = [
     "RootDecision",
     "RootRule",
     "completed_q",
-    "dirichlet_noise",
     "halving_schedule",
 ]
 
@@ -58,7 +57,7 @@ class RootRule(Configurable):
 
     def start(self, tree: Tree, num_simulations: int, draw: Callable[[], np.random.Generator] | None) -> tuple:
         """The search's state at its roots, a tuple of arrays handed to :attr:`select` (may also change the roots'
-        priors, e.g. root noise). ``draw`` is None when the search does not explore."""
+        priors). ``draw`` is None when the search does not explore."""
         return ()
 
     def finish(self, tree: Tree, selection: Selection, state: tuple) -> RootDecision:
@@ -74,12 +73,6 @@ def visit_distribution(tree: Tree) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- pUCT (spec 1.2)
-def dirichlet_noise(prior: np.ndarray, alpha: float, fraction: float, generator: np.random.Generator) -> np.ndarray:
-    """AlphaZero's root exploration: ``(1 - fraction) * P + fraction * Dirichlet(alpha)`` per row of ``[n, E]``."""
-    noise = generator.dirichlet(np.full(prior.shape[-1], alpha), size=prior.shape[0])
-    return ((1.0 - fraction) * prior + fraction * noise).astype(prior.dtype)
-
-
 @kernel
 def puct_root(tree: TreeArrays, selection: Selection, env: int, root: int, simulation: int, state: tuple) -> int:
     """pUCT at the root, as at every other node (spec 1.2)."""
@@ -88,29 +81,10 @@ def puct_root(tree: TreeArrays, selection: Selection, env: int, root: int, simul
 
 class PUCTRoot(RootRule):
     """The specification's root (spec 1.2, 1.3): pUCT, the normalised visit counts as the policy target, the acting
-    emotion drawn by the policy from them (spec 3.4).
-
-    Args:
-        dirichlet_alpha: concentration of the root noise (AlphaZero).
-        dirichlet_fraction: ``f`` in ``(1 - f) P + f Dir(alpha)`` at the roots while exploring; 0: no noise (spec).
-    """
+    emotion drawn by the policy from them (spec 3.4). No root noise: the specification has none, and exploration
+    over emotions is the temperature's (spec 3.4)."""
 
     select = staticmethod(puct_root)
-
-    def __init__(self, dirichlet_alpha: float = 0.3, dirichlet_fraction: float = 0.0) -> None:
-        if dirichlet_alpha <= 0 or not 0.0 <= dirichlet_fraction <= 1.0:
-            raise ValueError(
-                f"PUCTRoot: need dirichlet_alpha > 0 and 0 <= dirichlet_fraction <= 1, got {dirichlet_alpha}, "
-                f"{dirichlet_fraction}"
-            )
-        self.dirichlet_alpha, self.dirichlet_fraction = float(dirichlet_alpha), float(dirichlet_fraction)
-
-    def start(self, tree: Tree, num_simulations: int, draw: Callable[[], np.random.Generator] | None) -> tuple:
-        if draw is not None and self.dirichlet_fraction > 0:
-            roots = tree.roots
-            noisy = dirichlet_noise(tree.prior[roots], self.dirichlet_alpha, self.dirichlet_fraction, draw())
-            tree.set_prior(roots, noisy)
-        return ()
 
     def finish(self, tree: Tree, selection: Selection, state: tuple) -> RootDecision:
         return RootDecision(visit_distribution(tree), None)
@@ -152,11 +126,10 @@ class GumbelState(NamedTuple):
 
 @kernel
 def root_q(tree: TreeArrays, selection: Selection, root: int, e: int):
-    """The completed ``Q`` of the root's child ``e``: ``Q`` where visited, else the completion (the child's stored
-    ``V^e``, or the root's own value with ``by_parent``)."""
+    """The completed ``Q`` of the root's child ``e``: ``Q`` where visited, else the child's stored ``V^e``."""
     if tree.visits_plus_one[root, e] > selection.one:
         return tree.q[root, e]
-    return tree.node_value[root] if selection.by_parent else tree.child_value[root, e]
+    return tree.child_value[root, e]
 
 
 @kernel
@@ -169,7 +142,7 @@ def fill_completed_q(tree: TreeArrays, selection: Selection, roots: np.ndarray, 
 
 def completed_q(tree: Tree, selection: Selection) -> np.ndarray:
     """The root children's completed ``Q`` ``[B, E]`` in the tree's float type, as the root rule reads it
-    (:func:`root_q`: ``Q`` where visited, else the planner's ``completed_value``): what the search returns as
+    (:func:`root_q`: ``Q`` where visited, else the child's ``V^e``): what the search returns as
     ``completed_q``, and what the root's decision margin is measured on (``root_gap.root_q_gaps``)."""
     out = np.empty((tree.batch, tree.q.shape[1]), dtype=tree.q.dtype)
     fill_completed_q(tree.arrays, selection, tree.roots, out)
@@ -240,24 +213,19 @@ class GumbelRoot(RootRule):
     Args:
         considered: ``m``, emotions sampled at the root.
         c_visit, c_scale: ``sigma(q) = (c_visit + max_b N(b)) * c_scale * q``.
-        chooses: the root chooses the emotion to act with, the halving winner (``selected_emotion``; the
-            temperature schedule then does nothing, decision 25). False (beyond the paper): it returns the policy
-            target only, and the policy draws the emotion from that improved policy with its temperature schedule
-            (spec 3.4; the argmax when greedy).
 
-    The completion of unvisited children and the floor of the rescaling are the planner's (``completed_value``,
-    ``min_spread`` of :class:`~emotion_rl.mcts.search.EmotionMCTS`).
+    The root chooses the emotion to act with, the halving winner (``selected_emotion``; the temperature schedule
+    then does nothing, decision 25). Unvisited children read their own ``V^e``; the floor of the rescaling is the
+    planner's (``min_spread`` of :class:`~emotion_rl.mcts.search.EmotionMCTS`).
     """
 
     select = staticmethod(gumbel_root)
-    repr_omits_defaults = frozenset({"chooses"})  # chooses came after reprs of Gumbel searches were recorded
 
-    def __init__(self, considered: int = 8, c_visit: float = 50.0, c_scale: float = 0.1, chooses: bool = True) -> None:
+    def __init__(self, considered: int = 8, c_visit: float = 50.0, c_scale: float = 0.1) -> None:
         if considered < 1 or c_visit < 0 or c_scale < 0:
             raise ValueError(f"GumbelRoot: need considered >= 1, c_visit >= 0, c_scale >= 0: {considered}, "
                              f"{c_visit}, {c_scale}")  # fmt: skip
         self.considered, self.c_visit, self.c_scale = int(considered), float(c_visit), float(c_scale)
-        self.chooses = bool(chooses)
 
     def start(self, tree: Tree, num_simulations: int, draw: Callable[[], np.random.Generator] | None) -> GumbelState:
         """The Gumbel variables (0 when ``draw`` is None), the considered emotions and the halving schedule."""
@@ -287,4 +255,4 @@ class GumbelRoot(RootRule):
             z = logits[env] + sigma
             z = np.exp(z - z.max())
             policy[env] = z / z.sum()
-        return RootDecision(policy, emotion if self.chooses else None)
+        return RootDecision(policy, emotion)

@@ -20,10 +20,9 @@ from emotion_rl.mcts.search_model import as_search_model
 from emotion_rl.mcts.tree import NodeOutputs, SearchModel, Tree, numpy_dtype
 from emotion_rl.model import EmotionModel
 
-__all__ = ["COMPLETIONS", "Q_TRANSFORMS", "EmotionMCTS"]
+__all__ = ["Q_TRANSFORMS", "EmotionMCTS"]
 
 Q_TRANSFORMS = ("literal", "completed", "minmax", "minmax_completed")
-COMPLETIONS = ("child", "parent")
 
 
 class EmotionMCTS(Configurable):
@@ -35,10 +34,9 @@ class EmotionMCTS(Configurable):
         c_puct: exploration coefficient of the pUCT score (spec 1.2: 1.0).
         max_depth: MAX_DEPTH of spec 1.4 (3).
         q_transform: the ``Q`` the pUCT score reads (docs/search.md, "Q transforms"): ``"literal"`` (0 while
-            unvisited, decision 2), ``"completed"`` (unvisited children read ``completed_value``), ``"minmax"`` (Q
-            normalised to [0, 1] by the tree's bounds, MuZero) or ``"minmax_completed"`` (both).
-        completed_value: what an unvisited child reads under a completed transform and in the Gumbel root's
-            ``sigma``: ``"child"`` (its own predicted ``V^e``) or ``"parent"`` (its node's value).
+            unvisited, decision 2), ``"completed"`` (unvisited children read their own predicted ``V^e``, as they
+            do in the Gumbel root's ``sigma``), ``"minmax"`` (Q normalised to [0, 1] by the tree's bounds, MuZero)
+            or ``"minmax_completed"`` (both).
         min_spread: the smallest spread of ``Q`` any normalisation divides by (the min-max bounds, the Gumbel
             root's ``sigma``); 0: the literal normalisation, which turns any gap between two values into the
             whole scale (beyond the specification; docs/search.md).
@@ -52,7 +50,6 @@ class EmotionMCTS(Configurable):
         c_puct: float = 1.0,
         max_depth: int = 3,
         q_transform: str = "literal",
-        completed_value: str = "child",
         min_spread: float = 0.0,
         root_rule: RootRule | None = None,
     ) -> None:
@@ -64,15 +61,13 @@ class EmotionMCTS(Configurable):
             raise ValueError(f"c_puct must be >= 0, got {c_puct}")
         if q_transform not in Q_TRANSFORMS:
             raise ValueError(f"q_transform={q_transform!r} is not supported; choose one of {list(Q_TRANSFORMS)}")
-        if completed_value not in COMPLETIONS:
-            raise ValueError(f"completed_value={completed_value!r} is not supported; choose one of {list(COMPLETIONS)}")
         if not min_spread >= 0:
             raise ValueError(f"min_spread must be >= 0, got {min_spread}")
         root_rule = PUCTRoot() if root_rule is None else root_rule
         if not isinstance(root_rule, RootRule):
             raise ValueError(f"root_rule must be a RootRule (e.g. PUCTRoot(), GumbelRoot()), got {root_rule!r}")
         self.num_simulations, self.c_puct, self.max_depth = int(num_simulations), float(c_puct), int(max_depth)
-        self.q_transform, self.completed_value, self.min_spread = q_transform, completed_value, float(min_spread)
+        self.q_transform, self.min_spread = q_transform, float(min_spread)
         self.root_rule = root_rule
 
     def replace(self, **changes: object) -> EmotionMCTS:
@@ -83,7 +78,6 @@ class EmotionMCTS(Configurable):
         """The Q transform as the loop reads it, in the tree's float type ``dtype``."""
         return Selection(
             completed=self.q_transform.endswith("completed"),
-            by_parent=self.completed_value == "parent",
             minmax=self.q_transform.startswith("minmax"),
             min_spread=dtype.type(self.min_spread),
             one=dtype.type(1),
@@ -99,14 +93,14 @@ class EmotionMCTS(Configurable):
     ) -> TensorDict:
         """spec 1.3 MCTS_SEARCH for every history ``[*B, T]`` at once (only read, decision 6).
 
-        ``explore``: acting in training; lets the root rule draw (root noise, Gumbel variables), never wanted in
+        ``explore``: acting in training; lets the root rule draw (the Gumbel variables), never wanted in
         evaluation or reanalyze. ``generator`` drives every draw (default: the global torch RNG); a search that
         does not explore draws nothing. Returns ``[*B]``: ``visit_counts`` (long ``[*B, E]``),
         ``visit_distribution`` (the normalised counts), ``policy_target`` (the root rule's policy target: the
         visit distribution under pUCT, the improved policy under the Gumbel root), ``completed_q`` (``[*B, E]``,
-        the root children's completed ``Q`` in the tree's float type, ``completed_value`` filling the unvisited,
+        the root children's completed ``Q`` in the tree's float type, their own ``V^e`` filling the unvisited,
         as the root rule reads it: ``rules.completed_q``), the root's model outputs
-        ``prior`` (before any root noise), ``values``, ``action_logits``, ``dynamics``, the tree arrays under
+        ``prior`` (as the model gave it), ``values``, ``action_logits``, ``dynamics``, the tree arrays under
         ``tree``, and ``selected_emotion`` (long ``[*B]``) when the root rule chooses the acting emotion.
         """
         model = as_search_model(model)

@@ -15,7 +15,6 @@ from emotion_rl.viz.episodes import (
     plot_emotion_actions,
     plot_emotion_map,
     plot_emotion_values,
-    plot_temperament_timeline,
     render_episode,
 )
 from emotion_rl.viz.metrics import (
@@ -42,7 +41,6 @@ __all__ = [
     "plot_diagnostics",
     "plot_emotion_actions",
     "plot_emotion_map",
-    "plot_temperament_timeline",
     "plot_emotion_usage",
     "plot_emotion_values",
     "plot_metrics",

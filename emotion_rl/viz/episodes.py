@@ -265,43 +265,6 @@ def plot_emotion_map(
     return fig
 
 
-def plot_temperament_timeline(
-    record: EpisodeRecord,
-    horizons: Sequence[float],
-    curiosity: Sequence[float],
-    dims: tuple[int, int] = (0, 2),
-    labels: Sequence[str] = CARTPOLE_OBSERVATION,
-) -> Figure:
-    """Which temperament the search chose when, in one episode (docs/training.md, "Temperaments"): the state
-    (observation entries ``dims``, e.g. CartPole's cart position and pole angle) over the steps, and below it the
-    chosen emotion's horizon ``1 / (1 - gamma_e)`` in steps (log scale), a filled marker where it is curious
-    (``beta_e > 0``)."""
-    obs = record.observation.double().numpy()
-    emotion = record.emotion.numpy()
-    steps = np.arange(record.length)
-    fig = Figure(figsize=(12, 5), layout="constrained")
-    ax_state, ax_horizon = fig.subplots(2, 1, sharex=True, height_ratios=[1, 1])
-    for d, style in zip(dims, ("-", "--"), strict=True):
-        name = labels[d] if d < len(labels) else f"observation[{d}]"
-        ax_state.plot(steps, obs[:, d], style, lw=1, color="k", label=name)
-    ax_state.axhline(0.0, color="0.8", lw=0.5)
-    ax_state.set(ylabel="state", title=f"Temperament chosen per step ({record.length} steps, return "
-                 f"{record.episode_return:.0f})")  # fmt: skip
-    ax_state.legend(fontsize=7)
-    horizon = np.array([1.0 / (1.0 - horizons[e]) for e in emotion])
-    curious = np.array([curiosity[e] > 0 for e in emotion])
-    colors = [emotion_color(e) for e in emotion]
-    ax_horizon.scatter(
-        steps[~curious], horizon[~curious], s=10, facecolors="none", edgecolors=np.array(colors)[~curious]
-    )
-    ax_horizon.scatter(steps[curious], horizon[curious], s=10, c=np.array(colors)[curious])
-    ax_horizon.set_yscale("log")
-    ticks = sorted({1.0 / (1.0 - g) for g in horizons})
-    ax_horizon.set_yticks(ticks, [f"{h:.0f}" for h in ticks])
-    ax_horizon.set(xlabel="step", ylabel="horizon (steps)", title="open: patient or hasty only; filled: curious too")
-    return fig
-
-
 def plot_emotion_actions(
     model: torch.nn.Module,
     records: Sequence[EpisodeRecord],
