@@ -35,8 +35,6 @@ def test_the_gaps_are_worked_out_by_hand_from_the_completed_q_and_the_childrens_
     )
     q = completed_root_q(tree)  # unvisited children read their own V^e
     torch.testing.assert_close(q, torch.tensor([[0.4, 0.5, 0.45], [0.9, 0.5, 0.3]], dtype=torch.float64))
-    parent = completed_root_q(tree, torch.tensor([0.3, 0.0]))  # ... or the root's value (benchmarks/search_depth.py)
-    torch.testing.assert_close(parent, torch.tensor([[0.4, 0.5, 0.3], [0.0, 0.5, 0.3]], dtype=torch.float64))
     gap, action_gap = root_q_gaps(q, torch.tensor([[0, 1, 1], [0, 1, 0]]))
     torch.testing.assert_close(gap, torch.tensor([0.05, 0.4], dtype=torch.float64))
     # row 0: the best (0.5, action 1) against the best of action 0 (0.4); row 1: 0.9 (action 0) against 0.5

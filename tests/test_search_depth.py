@@ -146,11 +146,10 @@ def test_the_root_gaps_read_the_completed_q_and_the_actions_of_the_children(sd):
         node_value=np.array([0.3]),
         node_actions=np.array([[0, 1, 1]]),
     )
-    # completed Q: [0.4, 0.5, 0.45] (the unvisited child reads its own V^e) or [0.4, 0.5, 0.3] (the root's value)
-    np.testing.assert_allclose(sd.root_gaps(three, "child"), [0.05, 0.1])  # best 0.5 (action 1), other action: 0.4
-    np.testing.assert_allclose(sd.root_gaps(three, "parent"), [0.1, 0.1])
+    # completed Q: [0.4, 0.5, 0.45] (the unvisited child reads its own V^e)
+    np.testing.assert_allclose(sd.root_gaps(three), [0.05, 0.1])  # best 0.5 (action 1), other action: 0.4
     three.node_actions[0] = [1, 1, 1]
-    gap, action_gap = sd.root_gaps(three, "child")
+    gap, action_gap = sd.root_gaps(three)
     assert gap == pytest.approx(0.05) and math.isnan(action_gap)  # every child takes the same action
 
 

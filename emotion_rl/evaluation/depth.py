@@ -19,7 +19,7 @@ env's first episode, the tree is read along the emotions the agent really took n
   when the episode ended at the time limit and the missing tail weighs more than ``--cut-tolerance``
   (``gamma^(steps left) > 0.01``): such samples are reported apart, not mixed with the exact ones.
 - **Root Q gaps** (:func:`emotion_rl.mcts.root_gap.root_q_gaps`, what training logs): per decision, the best minus
-  the second-best completed ``Q`` among the root's children (``Q`` where visited, else the planner's completion),
+  the second-best completed ``Q`` among the root's children (``Q`` where visited, else the child's own ``V^e``),
   and the best minus the best child of another action; each divided by the RMSE of the root's ``q`` (depth 0,
   exact returns): below 1, the decision was taken on a difference smaller than the values' own error.
 """
@@ -112,15 +112,14 @@ def tree_path(children: np.ndarray, emotions: Sequence[int]) -> list[int]:
     return nodes
 
 
-def root_gaps(search: Search, completion: str = "child") -> tuple[float, float]:
+def root_gaps(search: Search) -> tuple[float, float]:
     """``(gap, action_gap)`` at the root (:func:`emotion_rl.mcts.root_gap.root_q_gaps`, what the policy writes in
     training): the best minus the second-best completed ``Q`` among the root's children, and the best minus the
-    best of the children whose action (``node_actions`` at the root) differs from the best one's. The completion
-    of unvisited children is the planner's (``completion``: ``"child"`` or ``"parent"``)."""
+    best of the children whose action (``node_actions`` at the root) differs from the best one's; unvisited
+    children read their own ``V^e``."""
     keys = ("child_visits", "child_value_sum", "child_value")
     tree = TensorDict({key: torch.from_numpy(getattr(search, key)[None]) for key in keys}, batch_size=[1])
-    parent = torch.tensor([float(search.node_value[0])]) if completion == "parent" else None
-    q = completed_root_q(tree, parent).to(torch.float64)
+    q = completed_root_q(tree).to(torch.float64)
     gap, action_gap = root_q_gaps(q, torch.from_numpy(search.node_actions[:1]))
     return float(gap[0]), float(action_gap[0])
 
@@ -368,7 +367,6 @@ def measure_depth(
         raise RuntimeError(f"{len(recorder.searches)} searches for {steps.batch_size[1]} steps: one search per step")
     gamma, scale = float(agent.losses.value.gamma), float(agent.losses.value.return_scale)
     max_depth = int(agent.planner.max_depth)
-    completion = getattr(agent.planner, "completed_value", "child")
     targets = [scale * discounted_returns(e.rewards, gamma) for e in played]
     cut = [cut_returns(e, gamma, cut_tolerance) for e in played]
     records: list[dict] = []
@@ -379,7 +377,7 @@ def measure_depth(
         for b, (search, episode) in enumerate(zip(searches, played, strict=True)):
             if t < episode.length:
                 records += step_readings(search, episode, t, targets[b], cut[b], max_depth)
-                gaps.append(root_gaps(search, completion))
+                gaps.append(root_gaps(search))
     return {
         "env_id": settings["env_id"],
         "env_options": {key: settings[key] for key in ENV_OPTIONS if settings.get(key) is not None},

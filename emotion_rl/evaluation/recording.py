@@ -15,7 +15,7 @@ class RecordingPlanner:
     """The planner it wraps, unchanged (same calls, same random draws, so the same actions), keeping the root outputs
     of its last search (``last``) and, with ``keep_all``, every search's ``(history, outputs)`` in call order
     (``searches``: the CPU history the search read, ``[B, T]``, and its result, ``tree`` included when the planner
-    returns one). Any other attribute is the planner's (``max_depth``, ``completed_value``, ...).
+    returns one). Any other attribute is the planner's (``max_depth``, ``q_transform``, ...).
 
     Why: the head agreement (:mod:`emotion_rl.evaluation.heads`) reads each emotion's greedy action at the root of
     every acting step, and the depth reading (:mod:`emotion_rl.evaluation.depth`) reads every tree after the episodes.

@@ -19,12 +19,10 @@ ROOT_GAP_KEYS = ("root_q_gap", "root_action_gap")
 self-play stream hands them to the learner's diagnostics."""
 
 
-def completed_root_q(tree: TensorDictBase, parent_value: Tensor | None = None) -> Tensor:
+def completed_root_q(tree: TensorDictBase) -> Tensor:
     """The root children's completed ``Q`` ``[*B, E]`` read back from a ``tree`` ``[*B]`` in the layout
     :meth:`~emotion_rl.EmotionMCTS.search` returns under ``tree``: ``W / N`` where visited, else the child's stored
-    ``V^e`` or, given ``parent_value`` ``[*B]`` (the root's value), that value: the planner's completion was the
-    parent's before it was removed (docs/results.md, "Options removed"), and benchmarks/search_depth.py still reads
-    searches both ways.
+    ``V^e``.
 
     A search returns these numbers itself, as ``completed_q`` (``rules.completed_q``, the root rule's own reading);
     read that. This reader stays for trees that come without it (a reference search's) and equals it bit for bit
@@ -32,11 +30,7 @@ def completed_root_q(tree: TensorDictBase, parent_value: Tensor | None = None) -
     visits = tree["child_visits"][..., 0, :]
     value_sum = tree["child_value_sum"][..., 0, :]
     q = value_sum / visits.clamp_min(1).to(value_sum.dtype)
-    if parent_value is None:
-        fill = tree["child_value"][..., 0, :]
-    else:
-        fill = parent_value.to(q.dtype).unsqueeze(-1).expand_as(q)
-    return torch.where(visits > 0, q, fill)
+    return torch.where(visits > 0, q, tree["child_value"][..., 0, :])
 
 
 def root_q_gaps(q: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:

@@ -210,14 +210,6 @@ class Tree:
         arrays.node_depth[roots] = 0
         return tree
 
-    def set_prior(self, node: np.ndarray, prior: np.ndarray) -> None:
-        """Replace ``P`` at nodes that have no visits yet (root noise): ``prior``, ``c_prior``, ``explore``."""
-        arrays = self.arrays
-        c_prior = (self.c_puct * prior).astype(arrays.prior.dtype)
-        arrays.prior[node] = prior
-        arrays.c_prior[node] = c_prior
-        arrays.explore[node] = c_prior * np.sqrt(np.maximum(arrays.node_visits[node], 1.0))[:, None]
-
     def to_tensordict(self, device: torch.device | None = None) -> TensorDict:
         """The public tree ``[B]``: ``[B, M, E]`` arrays, ``children`` as node indices within the environment or -1."""
         batch, m = self.batch, self.max_nodes
