@@ -46,34 +46,13 @@ REMOVED = {
 """Options of the old agent that no longer exist, with the value that trained as the current agent does."""
 BOOTSTRAPPED = {"n_step": "NStep", "td_lambda": "TDLambda"}
 """The removed value targets that bootstrapped from an EMA target network: the old ``value_target`` and the class."""
-KEPT = (
-    "obs_dim",
-    "n_actions",
-    "max_episode_steps",
-    "context_window",
-    "n_emotions",
-    "d_model",
-    "n_layers",
-    "n_heads",
-    "head_hidden",
-    "imagined_action",
-    "head_lr",
-    "transformer_lr",
-    "temperature_start",
-    "temperature_end",
-    "temperature_decay_frames",
-    "schedule",
-    "gradient_clip_val",
-    "log_diagnostics",
-    "diagnostics_interval",
+KEPT = tuple(
+    "obs_dim n_actions max_episode_steps context_window n_emotions d_model n_layers n_heads head_hidden "
+    "imagined_action head_lr transformer_lr temperature_start temperature_end temperature_decay_frames schedule "
+    "gradient_clip_val log_diagnostics diagnostics_interval".split()
 )
 """The agent's own settings, unchanged."""
-PLANNER = (
-    "num_simulations",
-    "c_puct",
-    "max_depth",
-    "q_transform",
-)
+PLANNER = ("num_simulations", "c_puct", "max_depth", "q_transform")
 """The old agent's planner settings that ``EmotionMCTS`` still takes as they were."""
 ACTION_LOSSES = {
     "max_value": "emotion_rl.MaxValueActionLoss",

@@ -15,7 +15,7 @@ settings, ``PPO_ZOO``) and the result files: docs/benchmarks.md.
     python benchmarks/learning.py --seeds 0 1 2 --variant fast=--model.planner.num_simulations=8,--data.batch_size=32
     python benchmarks/learning.py --cost-only --variants emotion sims8          # seconds per env step, side by side
     python benchmarks/learning.py --cost-only --variants emotion --cost-against 9d2c413
-    python benchmarks/plot_learning.py benchmarks/results/learning   # README table and learning-curve image
+    python benchmarks/plot_learning.py benchmarks/results/hold   # README table and learning-curve image
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ from emotion_rl.evaluation import held, last_third_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 
-RESULTS = ROOT / "benchmarks" / "results" / "learning"
-LEGACY_ENV = "CartPole-v1"
-"""The env of result files written directly in ``RESULTS`` (and of result files that name no env)."""
+RESULTS = ROOT / "benchmarks" / "results" / "hold"
+"""Default results, one folder per env: runs of the hold protocol (earlier protocols' results: results/learning)."""
 
 ABLATIONS: dict[str, list[str]] = {
     "emotion": [],
@@ -234,10 +233,7 @@ def search_gain_of(agent, data, seed: int, args: argparse.Namespace) -> dict:  #
     from emotion_rl.evaluation import datamodule_settings, measure_gain
 
     settings = {**datamodule_settings(data), "env_id": args.env_id}
-    disagreements = getattr(args, "disagreements", 0)
-    report = measure_gain(
-        agent, settings, args.search_gain, seed + 30_000, log=lambda *_: None, disagreements=disagreements
-    )
+    report = measure_gain(agent, settings, args.search_gain, seed + 30_000, log=lambda *_: None)
     for row in report["rows"].values():
         row.pop("returns", None)
         row.pop("lengths", None)
@@ -376,7 +372,7 @@ def summarize(
         "overrides": overrides_of(args, variant) if variant not in BASELINES else [],
         "seed": seed,
         "config": args.config,
-        "env_id": getattr(args, "env_id", LEGACY_ENV),
+        "env_id": args.env_id,
         "threshold": args.threshold,
         "budget": args.budget,
         "eval_episodes": args.eval_episodes,
@@ -458,7 +454,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "on the same network and start states",
     )
     parser.add_argument("--budget", type=int, help="env steps at most per run (default: per env)")
-    parser.add_argument("--max-minutes", type=float, help="training wall time at most per run (default: none)")
+    parser.add_argument("--max-minutes", type=float, default=math.inf, help="training wall time at most per run")
     parser.add_argument("--threshold", type=float, help="mean return that solves the task (default: per env)")
     parser.add_argument("--eval-every", type=int, help="env steps between evaluations (default: per env)")
     parser.add_argument("--eval-episodes", type=int, default=20, help="episodes per evaluation during training")
@@ -470,16 +466,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="EPISODES",
         help="after each emotion run, greedy episodes per row of the search-gain measurement (0: skip)",
     )
-    parser.add_argument(
-        "--disagreements",
-        type=int,
-        default=0,
-        metavar="K",
-        help="with --search-gain: per episode, up to K states where the emotions' heads disagree, each action rolled "
-        "out on a copy of the env (emotion_rl.evaluation.heads; CartPole, Acrobot, MountainCar)",
-    )
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (one CPU core each)")
-    parser.add_argument("--out", help="result folder (default: benchmarks/results/learning/<env id>)")
+    parser.add_argument("--out", help="result folder (default: benchmarks/results/hold/<env id>)")
     parser.add_argument("--force", action="store_true", help="rerun runs whose result file exists")
     parser.add_argument("--cost-only", action="store_true", help="seconds per env step of two variants side by side")
     parser.add_argument("--cost-steps", type=int, default=3_000, help="env steps of each --cost-only run")
@@ -489,8 +477,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-one", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if args.max_minutes is None:
-        args.max_minutes = math.inf
     args.adhoc = {}
     for name, overrides in args.adhoc_specs:
         if name in args.adhoc:
@@ -520,7 +506,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         if len(args.variants) != 2:
             parser.error(f"--cost-only compares two variants, got {args.variants}")
         args.budget, args.eval_every, args.threshold = args.cost_steps, NO_EVALUATION, math.inf
-    args.default_out = args.out is None
     if args.out is None:
         args.out = str(RESULTS / args.env_id)
     args.config, args.out = in_checkout(args.config), in_checkout(args.out)
@@ -534,12 +519,9 @@ def in_checkout(path: str) -> str:
 
 
 def result_path(args: argparse.Namespace, variant: str, seed: int) -> Path | None:
-    """The run's result file, if it exists: in ``--out``, or for CartPole-v1 with the default ``--out`` where earlier
-    versions of this script wrote it (directly in ``benchmarks/results/learning``)."""
-    candidates = [Path(args.out) / f"{variant}_s{seed}.json"]
-    if args.default_out and args.env_id == LEGACY_ENV:
-        candidates.append(RESULTS / f"{variant}_s{seed}.json")
-    return next((path for path in candidates if path.exists()), None)
+    """The run's result file in ``--out``, if it exists (a rerun skips it)."""
+    path = Path(args.out) / f"{variant}_s{seed}.json"
+    return path if path.exists() else None
 
 
 def main(argv: list[str] | None = None) -> None:

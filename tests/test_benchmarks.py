@@ -29,7 +29,9 @@ def load(name: str):
 
 learning = load("learning")
 plot_learning = load("plot_learning")
-ARGS = Namespace(config="c.yaml", threshold=475.0, budget=3000, eval_episodes=20, hold_floor=400.0)
+ARGS = Namespace(
+    config="c.yaml", env_id="CartPole-v1", threshold=475.0, budget=3000, eval_episodes=20, hold_floor=400.0
+)
 
 
 def point(steps: int, value: float) -> dict:
@@ -173,25 +175,27 @@ def test_cost_only_compares_two_variants_for_a_fixed_number_of_env_steps_without
     assert cost["s_per_env_step"] == pytest.approx(0.004) and cost["overrides"] == ["--model.planner.num_simulations=8"]
 
 
-def test_earlier_cartpole_results_count_as_done_where_they_are(tmp_path, monkeypatch):
+def test_a_rerun_skips_only_the_results_in_its_own_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(learning, "RESULTS", tmp_path)
-    (tmp_path / "emotion_s0.json").write_text("{}")
+    (tmp_path / "emotion_s0.json").write_text("{}")  # another protocol's folder: not this run's
     (tmp_path / "CartPole-v1").mkdir()
     (tmp_path / "CartPole-v1" / "ppo_s0.json").write_text("{}")
     args = learning.parse([])
-    assert learning.result_path(args, "emotion", 0) == tmp_path / "emotion_s0.json"
+    assert args.out == str(tmp_path / "CartPole-v1")
     assert learning.result_path(args, "ppo", 0) == tmp_path / "CartPole-v1" / "ppo_s0.json"
-    assert learning.result_path(args, "emotion", 1) is None
-    assert learning.result_path(learning.parse(["--env-id", "Acrobot-v1"]), "emotion", 0) is None
+    assert learning.result_path(args, "emotion", 0) is None
+    assert learning.result_path(learning.parse(["--env-id", "Acrobot-v1"]), "ppo", 0) is None
 
 
 def run(variant: str, seed: int, reached: int | None, final: float, wall: float, env: str | None = None) -> dict:
     """A made-up result file: budget 5,000 env steps, threshold 475."""
-    args = Namespace(config="configs/cartpole.yaml", threshold=475.0, budget=5000, eval_episodes=20, hold_floor=400.0)
-    if env is not None:
-        args.env_id = env
+    args = Namespace(config="configs/cartpole.yaml", env_id=env, threshold=475.0, budget=5000, eval_episodes=20)
+    args.hold_floor = 400.0
     curve = [point(reached, 480.0)] if reached is not None else [point(5000, 100.0)]
-    return learning.summarize(variant, seed, curve, reached or 5000, wall, [final], args)
+    result = learning.summarize(variant, seed, curve, reached or 5000, wall, [final], args)
+    if env is None:  # as an earlier version of learning.py wrote it
+        del result["env_id"]
+    return result
 
 
 def test_the_table_shows_iqm_with_bootstrap_intervals_and_medians_counting_unreached_runs_as_the_budget():
