@@ -63,51 +63,15 @@ OTHER_ENV = {"budget": 100_000, "eval_every": 1_000}
 """Defaults for an environment not in ``ENVS`` (its threshold: Gymnasium's registered one, or ``--threshold``)."""
 
 PPO_ZOO: dict[str, dict] = {
-    "CartPole-v1": {
-        "n_envs": 8,
-        "n_timesteps": 100_000,
-        "normalize": False,
-        "n_steps": 32,
-        "batch_size": 256,
-        "gae_lambda": 0.8,
-        "gamma": 0.98,
-        "n_epochs": 20,
-        "ent_coef": 0.0,
-        "learning_rate": "lin_0.001",
-        "clip_range": "lin_0.2",
-    },
-    "Acrobot-v1": {
-        "n_envs": 16,
-        "n_timesteps": 1_000_000,
-        "normalize": True,
-        "n_steps": 256,
-        "gae_lambda": 0.94,
-        "gamma": 0.99,
-        "n_epochs": 4,
-        "ent_coef": 0.0,
-    },
-    "MountainCar-v0": {
-        "n_envs": 16,
-        "n_timesteps": 1_000_000,
-        "normalize": True,
-        "n_steps": 16,
-        "gae_lambda": 0.98,
-        "gamma": 0.99,
-        "n_epochs": 4,
-        "ent_coef": 0.0,
-    },
-    "LunarLander-v3": {
-        "n_envs": 16,
-        "n_timesteps": 1_000_000,
-        "normalize": False,
-        "n_steps": 1024,
-        "batch_size": 64,
-        "gae_lambda": 0.98,
-        "gamma": 0.999,
-        "n_epochs": 4,
-        "ent_coef": 0.01,
-    },
-}
+    "CartPole-v1": dict(n_envs=8, n_timesteps=100_000, normalize=False, n_steps=32, batch_size=256, gae_lambda=0.8,
+                        gamma=0.98, n_epochs=20, ent_coef=0.0, learning_rate="lin_0.001", clip_range="lin_0.2"),
+    "Acrobot-v1": dict(n_envs=16, n_timesteps=1_000_000, normalize=True, n_steps=256, gae_lambda=0.94, gamma=0.99,
+                       n_epochs=4, ent_coef=0.0),
+    "MountainCar-v0": dict(n_envs=16, n_timesteps=1_000_000, normalize=True, n_steps=16, gae_lambda=0.98, gamma=0.99,
+                           n_epochs=4, ent_coef=0.0),
+    "LunarLander-v3": dict(n_envs=16, n_timesteps=1_000_000, normalize=False, n_steps=1024, batch_size=64,
+                           gae_lambda=0.98, gamma=0.999, n_epochs=4, ent_coef=0.01),
+}  # fmt: skip
 """The RL Zoo's PPO hyperparameters per env (DLR-RM/rl-baselines3-zoo, ``hyperparams/ppo.yml``): ``n_envs``
 vectorized copies of the env, linear schedules written ``lin_<initial value>`` over the Zoo's ``n_timesteps``,
 ``normalize`` = a ``VecNormalize`` of observations and rewards (discounted with the run's ``gamma``; the evaluation
@@ -166,28 +130,12 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
     torch.set_num_threads(1)
     name = f"{variant}_s{seed}" + ("_cost" if args.cost_only else "")
     overrides = [
-        "--config",
-        args.config,
-        "--data.env_id",
-        args.env_id,
-        *overrides_of(args, variant),
-        "--seed_everything",
-        str(seed),
-        "--data.val_episodes",
-        str(args.eval_episodes),
-        "--trainer.max_steps",
-        "-1",
-        "--trainer.logger.init_args.save_dir",
-        str(Path(args.out) / "logs"),
-        "--trainer.logger.init_args.name",
-        name,
-        "--trainer.enable_checkpointing",
-        "false",
-        "--trainer.callbacks",
-        "[]",
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
+        "--config", args.config, "--data.env_id", args.env_id, *overrides_of(args, variant),
+        "--seed_everything", str(seed), "--data.val_episodes", str(args.eval_episodes), "--trainer.max_steps", "-1",
+        "--trainer.logger.init_args.save_dir", str(Path(args.out) / "logs"), "--trainer.logger.init_args.name", name,
+        "--trainer.enable_checkpointing", "false", "--trainer.callbacks", "[]",
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
     cli = main(overrides, run=False)
     data = cli.datamodule
     record = EvalCallback(

@@ -10,6 +10,9 @@ the heads' agreement and the training wall time per env step. The protocol's rul
 positive on at least 4 of 5 seeds.
 
     python benchmarks/screen_table.py benchmarks/results/values/screen --baseline emotion
+
+Runs with ``--paired-decision`` get a second table: each greedy decision's score, final mean and hold on the same
+network, with the search-gain rows of both decisions, the values read per action and the prior.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emotion_rl.evaluation import iqm
+from emotion_rl.evaluation import held, iqm
 
 GAINS = ("values", "prior", "best")
 """The gain columns: the search's mean minus its values' (Q-greedy), its prior's, its best single emotion's."""
@@ -89,6 +92,31 @@ def table(folder: Path, baseline: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def decisions(folder: Path) -> str:
+    """The paired greedy decisions (``--paired-decision``), one line per run: the configured decision's score and final
+    mean beside the other's (same network, same start states), whether each held, and the search-gain rows of both
+    decisions, the network's values read per action (``values``) and the prior. Empty when no run was paired."""
+    lines = []
+    for path in sorted(folder.glob("*.json")):
+        result = json.loads(path.read_text())
+        other = next((key[len("score_by_") :] for key in result if key.startswith("score_by_")), None)
+        if other is None:
+            continue
+        curve = result["curve"]
+        held_other = held(curve, result["threshold"], result["hold_floor"], f"return_mean_by_{other}")
+        rows = (result.get("search_gain") or {}).get("rows", {})
+        means = [
+            rows.get(name, {}).get("mean", math.nan) for name in ("search", f"search_by_{other}", "values", "prior")
+        ]
+        lines.append(
+            f"| {result['variant']} | {result['seed']} | {result['score']:.1f} | {result[f'score_by_{other}']:.1f} | "
+            f"{result['final_return_mean']:.1f} | {result[f'final_return_mean_by_{other}']:.1f} | {result['held']} | "
+            f"{held_other} | " + " | ".join(f"{m:.1f}" for m in means) + " |"
+        )
+    header = "| variant | seed | score | score (other) | final | final (other) | held | held (other) | search | "
+    return "\n".join([header + "search (other) | values | prior |", "|" + "---|" * 12, *lines]) if lines else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
@@ -99,6 +127,9 @@ def main() -> None:
         "\nCells: score, the last-third mean (older results: final mean over 100 episodes); in brackets search / "
         "prior's argmax emotion / best single emotion."
     )
+    paired = decisions(args.folder)
+    if paired:
+        print("\nThe two greedy decisions on the same networks and start states (emotion_rl.decision):\n" + paired)
 
 
 if __name__ == "__main__":

@@ -375,3 +375,21 @@ def test_the_hold_protocol_trains_the_budget_and_scores_the_last_third_and_wheth
     assert result["held"] is False and result["reached_env_steps"] == 1000 and result["protocol"] == "hold"
     kept = learning.summarize("emotion", 0, [point(1000, 480.0), point(3000, 450.0)], 3000, 30.0, [500.0], args)
     assert kept["held"] is True and kept["score"] == 450.0 and "stays_solved" not in kept
+
+
+def test_the_paired_decisions_table_puts_each_runs_two_decisions_side_by_side(tmp_path):
+    screen = load("screen_table")
+    args = Namespace(**vars(ARGS))
+    curve = [point(1000, 480.0), point(2000, 390.0), point(3000, 500.0)]
+    for p, other in zip(curve, (470.0, 450.0, 490.0), strict=True):
+        p["return_mean_by_action"] = other
+    result = learning.summarize("emotion", 0, curve, 3000, 30.0, [400.0], args)
+    result.update(final_return_mean_by_action=480.0, score_by_action=470.0)
+    rows = {"search": 400.0, "search_by_action": 480.0, "values": 490.0, "prior": 100.0}
+    result["search_gain"] = {"rows": {name: {"mean": mean} for name, mean in rows.items()}}
+    (tmp_path / "emotion_s0.json").write_text(json.dumps(result))
+    line = screen.decisions(tmp_path).splitlines()[-1]
+    assert line == "| emotion | 0 | 445.0 | 470.0 | 400.0 | 480.0 | False | True | 400.0 | 480.0 | 490.0 | 100.0 |"
+    del result["score_by_action"]
+    (tmp_path / "emotion_s0.json").write_text(json.dumps(result))
+    assert screen.decisions(tmp_path) == ""  # no paired decision: no table
