@@ -9,6 +9,7 @@ with ``--disagreements K``, the disagreement check at up to ``K`` states per epi
         --out benchmarks/results/search_gain/cartpole_shipped.json
     python benchmarks/search_gain.py runs/cartpole/version_0/checkpoints/last.ckpt --episodes 20
     python benchmarks/search_gain.py models/cartpole.ckpt --env-id CartPole-v1 --episodes 20 --disagreements 3
+    python benchmarks/search_gain.py models/cartpole.ckpt --env-id CartPole-v1 --planner max_depth=1 --rows values
 
 The env comes from the checkpoint's datamodule section (``env_id``, its options and ``time_limit``) when it has
 one; a weights-only checkpoint such as ``models/cartpole.ckpt`` has none, so ``--env-id`` is then required.
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import yaml
 
 from emotion_rl.evaluation import checkpoint_settings, display_path, gain_table, measure_gain
 
@@ -42,7 +44,13 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-limit", type=int, default=None, help="steps per episode at most")
     parser.add_argument("--disagreements", type=int, default=0, metavar="K", help="check K states per episode (0: off)")
     parser.add_argument("--horizon", type=int, default=100, help="steps per rollout of the disagreement check")
+    parser.add_argument("--rows", nargs="+", help="only these rows (search always): e.g. search_by_action values")
+    parser.add_argument(
+        "--planner", nargs="+", default=[], metavar="KEY=VALUE", help="the search with these arguments changed "
+        "(EmotionMCTS.replace; numbers as numbers), e.g. max_depth=1 num_simulations=8: which part of it wins or loses",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    args.planner = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.planner)}
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
     if args.time_limit is not None and args.time_limit < 1:
@@ -64,9 +72,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.set_num_threads(1)
     settings = checkpoint_settings(args.ckpt, args.env_id, args.time_limit)
     agent = load_agent(args.ckpt)
-    check = {"disagreements": args.disagreements, "horizon": args.horizon}
+    agent.planner = agent.planner.replace(**args.planner) if args.planner else agent.planner
+    check = {"disagreements": args.disagreements, "horizon": args.horizon, "rows": args.rows}
     report = {
         "checkpoint": display_path(args.ckpt, ROOT),
+        "planner_changes": args.planner,
         **measure_gain(agent, settings, args.episodes, args.seed, **check),
     }
     print(gain_table(report))

@@ -243,8 +243,10 @@ def test_the_benchmark_plays_every_row_on_the_same_start_states_and_writes_its_j
         assert len(row["returns"]) == 2 and all(1 <= r <= 8 for r in row["returns"])
         assert row["mean"] == pytest.approx(sum(row["returns"]) / 2) and row["min"] == min(row["returns"])
         assert 0.0 <= row["action_changed"] <= 1.0 and 0.0 <= row["emotion_changed"] <= 1.0
-    baselines = {name: row["mean"] for name, row in written["rows"].items() if name != "search"}
-    assert written["gain"] == pytest.approx(written["rows"]["search"]["mean"] - max(baselines.values()))
+    rows = written["rows"]
+    baselines = {name: row["mean"] for name, row in rows.items() if name == "prior" or name.startswith("emotion_")}
+    assert written["gain"] == pytest.approx(rows["search"]["mean"] - max(baselines.values()))
+    assert written["gain_over_values"] == pytest.approx(rows["search"]["mean"] - rows["values"]["mean"])
     assert written["rows"]["prior"]["action_changed"] == 0.0 and written["rows"]["prior"]["emotion_changed"] == 0.0
     assert set(written["search_vs_prior"]) == {
         "action_changed",
@@ -268,3 +270,17 @@ def test_a_weights_only_checkpoint_needs_the_env_id(tiny_checkpoint, tmp_path):
         search_gain.main([str(stripped), "--episodes", "1", "--time-limit", "3"])
     report = search_gain.main([str(stripped), "--env-id", "CartPole-v1", "--episodes", "1", "--time-limit", "3"])
     assert report["env_id"] == "CartPole-v1" and len(report["rows"]["search"]["returns"]) == 1
+
+
+def test_the_benchmark_plays_a_changed_search_on_the_rows_it_is_asked_for(tiny_checkpoint):
+    search_gain = load_benchmark()
+    argv = [str(tiny_checkpoint), "--episodes", "2", "--time-limit", "8", "--rows", "values"]
+    report = search_gain.main([*argv, "--planner", "max_depth=1", "num_simulations=2"])
+    assert list(report["rows"]) == ["search", "values"] and report["planner_changes"] == {
+        "max_depth": 1,
+        "num_simulations": 2,
+    }
+    assert "num_simulations=2" in report["planner"] and "max_depth=1" in report["planner"]
+    plain = search_gain.main(argv)
+    assert plain["planner_changes"] == {} and "max_depth=1" not in plain["planner"]
+    assert plain["rows"]["values"]["returns"] == report["rows"]["values"]["returns"]  # no search in that row
