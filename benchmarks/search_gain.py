@@ -47,7 +47,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", nargs="+", help="only these rows (search always): e.g. search_by_action values")
     parser.add_argument(
         "--planner", nargs="+", default=[], metavar="KEY=VALUE", help="the search with these arguments changed "
-        "(EmotionMCTS.replace; numbers as numbers), e.g. max_depth=1 num_simulations=8: which part of it wins or loses",
+        "or its root rule's (numbers as numbers), e.g. max_depth=1 c_scale=1.0: which part of it wins or loses",
     )  # fmt: skip
     args = parser.parse_args(argv)
     args.planner = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.planner)}
@@ -62,6 +62,14 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def changed(planner, changes: dict) -> object:  # noqa: ANN001 - an EmotionMCTS
+    """``planner`` with ``changes`` applied: its own arguments, or its root rule's (``c_scale=1.0``)."""
+    rule = planner.root_rule.init_args()
+    ours = {key: value for key, value in changes.items() if key not in rule}
+    root = type(planner.root_rule)(**{**rule, **{key: changes[key] for key in changes if key in rule}})
+    return planner.replace(root_rule=root, **ours)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the benchmark of ``argv`` (the command line when None); print the table, write ``--out``, return the
     report."""
@@ -72,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.set_num_threads(1)
     settings = checkpoint_settings(args.ckpt, args.env_id, args.time_limit)
     agent = load_agent(args.ckpt)
-    agent.planner = agent.planner.replace(**args.planner) if args.planner else agent.planner
+    agent.planner = changed(agent.planner, args.planner) if args.planner else agent.planner
     check = {"disagreements": args.disagreements, "horizon": args.horizon, "rows": args.rows}
     report = {
         "checkpoint": display_path(args.ckpt, ROOT),

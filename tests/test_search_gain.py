@@ -280,7 +280,7 @@ def test_the_benchmark_plays_a_changed_search_on_the_rows_it_is_asked_for(tiny_c
         "max_depth": 1,
         "num_simulations": 2,
     }
-    assert "num_simulations=2" in report["planner"] and "max_depth=1" in report["planner"]
+    assert all(text in report["planner"] for text in ("num_simulations=2", "max_depth=1", "c_scale=0.5"))
     plain = search_gain.main(argv)
     assert plain["planner_changes"] == {} and "max_depth=1" not in plain["planner"]
     assert plain["rows"]["values"]["returns"] == report["rows"]["values"]["returns"]  # no search in that row
