@@ -275,11 +275,9 @@ def test_a_weights_only_checkpoint_needs_the_env_id(tiny_checkpoint, tmp_path):
 def test_the_benchmark_plays_a_changed_search_on_the_rows_it_is_asked_for(tiny_checkpoint):
     search_gain = load_benchmark()
     argv = [str(tiny_checkpoint), "--episodes", "2", "--time-limit", "8", "--rows", "values"]
-    report = search_gain.main([*argv, "--planner", "max_depth=1", "num_simulations=2"])
-    assert list(report["rows"]) == ["search", "values"] and report["planner_changes"] == {
-        "max_depth": 1,
-        "num_simulations": 2,
-    }
+    report = search_gain.main([*argv, "--planner", "max_depth=1", "num_simulations=2", "c_scale=0.5"])
+    assert list(report["rows"]) == ["search", "values"]
+    assert report["planner_changes"] == {"max_depth": 1, "num_simulations": 2, "c_scale": 0.5}
     assert all(text in report["planner"] for text in ("num_simulations=2", "max_depth=1", "c_scale=0.5"))
     plain = search_gain.main(argv)
     assert plain["planner_changes"] == {} and "max_depth=1" not in plain["planner"]
