@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from emotion_rl.viz import (
     draw_search_tree,
     episode_outputs,
     play_episode,
+    plot_curves,
     plot_diagnostics,
     plot_emotion_actions,
     plot_emotion_map,
@@ -37,10 +39,12 @@ from emotion_rl.viz import (
     plot_run_comparison,
     plot_search_sweep,
     plot_visits_vs_prior,
+    read_curves,
     render_episode,
     search_edges,
 )
 from emotion_rl.viz.__main__ import load_agent
+from emotion_rl.viz.__main__ import main as viz_main
 
 from conftest import CONFIG, TINY, random_history
 
@@ -527,3 +531,29 @@ def test_metrics_nan_cells_are_skipped(tmp_path):
     metrics.write_text("step,episode/env_steps,episode/return\n0,64,nan\n1,128,12.0\n")
     line = plot_metrics(metrics).axes[0].lines[0]
     assert list(line.get_ydata()) == [12.0] and not any(math.isnan(v) for v in line.get_xdata())
+
+
+def test_evaluation_curves_get_one_panel_per_decision_and_the_command_line_writes_them(tmp_path):
+    from emotion_rl.viz.curves import curve_keys
+
+    paired = {"variant": "emotion", "seed": 0, "budget": 3000, "curve": [
+        {"env_steps": 1000, "return_mean": 100.0, "return_mean_by_action": 120.0},
+        {"env_steps": 2000, "return_mean": 300.0, "return_mean_by_action": 280.0},
+    ]}  # fmt: skip
+    plain = {"budget": 3000, "curve": [{"env_steps": 1000, "return_mean": 50.0}]}
+    paths = [tmp_path / "a.json", tmp_path / "ppo_s1.json"]
+    for path, result in zip(paths, (paired, plain), strict=True):
+        path.write_text(json.dumps(result))
+    runs = read_curves(paths)
+    assert list(runs) == ["emotion seed 0", "ppo_s1"] and curve_keys(runs) == ["return_mean", "return_mean_by_action"]
+    fig = plot_curves(runs, threshold=475.0)
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["configured decision", "decision: action"]
+    assert [len(ax.get_lines()) for ax in axes] == [3, 2]  # both runs (+ the threshold); only the paired run
+    out = tmp_path / "curves.png"
+    assert viz_main(["curves", *map(str, paths), "--out", str(out)]) == 0 and out.stat().st_size > 0
+    (tmp_path / "bad.json").write_text("{}")
+    for bad in ("missing.json", "bad.json"):
+        with pytest.raises(SystemExit) as exit_info:
+            viz_main(["curves", str(tmp_path / bad), "--out", str(out)])
+        assert exit_info.value.code == 2

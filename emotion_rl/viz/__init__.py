@@ -1,5 +1,6 @@
-"""What a researcher sees, by audience: learning curves (:mod:`.metrics`), the search tree (:mod:`.tree`), the
-agent playing and its emotions (:mod:`.episodes`), and the command line (:mod:`.__main__`).
+"""What a researcher sees, by audience: learning curves (:mod:`.metrics`), runs' evaluation curves (:mod:`.curves`),
+the search tree (:mod:`.tree`), the agent playing and its emotions (:mod:`.episodes`), and the command line
+(:mod:`.__main__`).
 
 Every plotting function returns a :class:`matplotlib.figure.Figure` built without ``pyplot`` (a notebook shows
 it, a script calls ``fig.savefig``). Needs the optional extra ``viz`` (``pip install -e ".[viz]"``).
@@ -8,6 +9,7 @@ See docs/visualisation.md.
 
 from __future__ import annotations
 
+from emotion_rl.viz.curves import plot_curves, read_curves
 from emotion_rl.viz.episodes import (
     EpisodeRecord,
     episode_outputs,
@@ -39,6 +41,7 @@ __all__ = [
     "main",
     "play_episode",
     "plot_diagnostics",
+    "plot_curves",
     "plot_emotion_actions",
     "plot_emotion_map",
     "plot_emotion_usage",
@@ -47,6 +50,7 @@ __all__ = [
     "plot_run_comparison",
     "plot_search_sweep",
     "plot_visits_vs_prior",
+    "read_curves",
     "read_metrics",
     "render_episode",
     "search_edges",

@@ -1,6 +1,8 @@
-"""``python -m emotion_rl.viz {plot,render,tree}``: a run's curves, a GIF or MP4 of episodes, one search tree.
+"""``python -m emotion_rl.viz {plot,curves,render,tree}``: a run's curves, runs' evaluation curves, a GIF or MP4 of
+episodes, one search tree.
 
     python -m emotion_rl.viz plot runs/cartpole/version_0/metrics.csv    # runs/.../curves.png (+ _diagnostics.png)
+    python -m emotion_rl.viz curves benchmarks/results/stays_solved/screen/*.json --out curves.png --threshold 475
     python -m emotion_rl.viz render --config configs/cartpole.yaml --ckpt_path runs/.../last.ckpt --out episode.gif
     python -m emotion_rl.viz render --ckpt_path models/cartpole.ckpt --out episodes.mp4 --episodes 3
     python -m emotion_rl.viz tree --config configs/cartpole.yaml --ckpt_path runs/.../last.ckpt --out tree.png
@@ -20,6 +22,7 @@ import torch
 
 from emotion_rl.checkpoint import load_checkpoint
 from emotion_rl.env_record import EnvironmentRecord
+from emotion_rl.viz.curves import plot_curves, read_curves
 from emotion_rl.viz.episodes import play_episode, render_episode
 from emotion_rl.viz.metrics import has_diagnostics, plot_diagnostics, plot_metrics, read_metrics
 from emotion_rl.viz.tree import draw_search_tree
@@ -83,6 +86,12 @@ def _add_plot_command(commands: argparse._SubParsersAction) -> None:
     )
     plot.add_argument("--dpi", type=int, default=80)
     plot.add_argument("--title", default=None)
+    curves = commands.add_parser("curves", help="plot the evaluation curves of result or curve JSON files to PNG")
+    curves.add_argument("results", nargs="+", help="JSON files with a 'curve' (benchmarks/learning.py, EvalCallback)")
+    curves.add_argument("--out", required=True, help="output image")
+    curves.add_argument("--threshold", type=float, default=None, help="draw this return as a dashed line")
+    curves.add_argument("--dpi", type=int, default=80)
+    curves.add_argument("--title", default=None)
 
 
 def _add_checkpoint_commands(commands: argparse._SubParsersAction) -> None:
@@ -122,6 +131,15 @@ def _plot(args: argparse.Namespace) -> None:
         print(f"wrote {extra}")
 
 
+def _curves(args: argparse.Namespace) -> None:
+    """``curves``: the runs' evaluation curves, one panel per decision, to ``--out``."""
+    missing = [path for path in args.results if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"result file not found: {missing[0]}")
+    plot_curves(read_curves(args.results), args.threshold, args.title).savefig(args.out, dpi=args.dpi)
+    print(f"wrote {args.out}")
+
+
 def _render(args: argparse.Namespace, agent, env_id: str) -> None:  # noqa: ANN001 - EmotionAgent
     """``render``: ``--episodes`` greedy episodes as one MP4 for a ``.mp4`` ``--out``, else one as a GIF."""
     if Path(args.out).suffix.lower() == ".mp4":
@@ -154,7 +172,7 @@ def _tree(args: argparse.Namespace, agent, env_id: str) -> None:  # noqa: ANN001
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m emotion_rl.viz {plot,render,tree}``; a missing or unreadable input exits with status 2."""
+    """``python -m emotion_rl.viz {plot,curves,render,tree}``; a missing or unreadable input exits with status 2."""
     parser = argparse.ArgumentParser(prog="python -m emotion_rl.viz", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     _add_plot_command(commands)
@@ -164,8 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
     try:
-        if args.command == "plot":
-            _plot(args)
+        if args.command in ("plot", "curves"):
+            _plot(args) if args.command == "plot" else _curves(args)
             return 0
         agent = load_agent(args.ckpt_path)
         env_id = _env_id(args.config, args.ckpt_path, args.env_id)
