@@ -325,12 +325,13 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
     def _log_evaluation(self, stage: str, batch: TensorDict) -> None:
         """Greedy evaluation episodes played by the datamodule: mean return over ``val_episodes`` episodes."""
         returns = batch["episode_return"].float()
-        self.log(f"{stage}/return_mean", returns.mean(), prog_bar=True)
-        self.log(f"{stage}/return_std", returns.std(unbiased=False))
-        self.log(f"{stage}/length_mean", batch["episode_length"].float().mean())
+        size = returns.numel()  # one batch of episodes per evaluation
+        self.log(f"{stage}/return_mean", returns.mean(), prog_bar=True, batch_size=size)
+        self.log(f"{stage}/return_std", returns.std(unbiased=False), batch_size=size)
+        self.log(f"{stage}/length_mean", batch["episode_length"].float().mean(), batch_size=size)
         for key in batch.keys():
             if key.startswith("end_"):  # why the greedy episodes ended (the datamodule's EpisodeEndings)
-                self.log(f"{stage}/{key}", batch[key].float())
+                self.log(f"{stage}/{key}", batch[key].float(), batch_size=size)
 
     # ------------------------------------------------------------------ optimizers (spec 3.2)
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
