@@ -124,7 +124,8 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
     import torch
 
     from emotion_rl.cli import main
-    from emotion_rl.evaluation import EvalCallback, other_decision
+    from emotion_rl.decision import PAIRED_DECISION
+    from emotion_rl.evaluation import EvalCallback
 
     torch.set_num_threads(1)
     name = f"{variant}_s{seed}" + ("_cost" if args.cost_only else "")
@@ -150,7 +151,7 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
         final = final_evaluation(data, cli.model.make_policy(greedy=True), seed, args.final_episodes)
         final_paired = None
         if args.paired_decision:  # the same start states: a fresh env with the same seed
-            paired = cli.model.make_policy(greedy=True, greedy_decision=other_decision(cli.model))
+            paired = cli.model.make_policy(greedy=True, greedy_decision=PAIRED_DECISION)
             final_paired = final_evaluation(data, paired, seed, args.final_episodes)["episode_return"].tolist()
         model_path = Path(args.out) / "models" / f"{name}.ckpt"  # the final weights, to look inside (not committed)
         model_path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,9 +162,8 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
     result = summarize(variant, seed, record.curve, env_steps, train_wall, final["episode_return"].tolist(), args)
     if gain is not None:
         result["search_gain"] = gain
-    result["greedy_decision"] = cli.model.hparams.get("greedy_decision", "emotion")
     if final_paired is not None:
-        other = other_decision(cli.model)
+        other = PAIRED_DECISION
         result[f"final_return_mean_by_{other}"] = sum(final_paired) / len(final_paired)
         result[f"score_by_{other}"] = last_third_mean(record.curve, args.budget, f"return_mean_by_{other}")
     return result

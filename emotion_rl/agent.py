@@ -22,7 +22,6 @@ from torch import Tensor
 
 from emotion_rl.config import instantiate, to_config
 from emotion_rl.data.reanalyze import reanalyze
-from emotion_rl.decision import GREEDY_DECISIONS, GreedyDecision
 from emotion_rl.diagnostics import DiagnosticsSchedule, collection_metrics, learning_diagnostics
 from emotion_rl.losses import ActionLoss, DynamicsLoss, MaxValueActionLoss, PolicyLoss, ValueLoss, step_weight
 from emotion_rl.mcts.search import EmotionMCTS
@@ -55,9 +54,8 @@ def build(component: Any, *args: Any) -> Any:
 
 def check_settings(settings: Mapping[str, Any]) -> None:
     """Refuse :class:`EmotionAgent` settings that cannot work, before anything is built, naming the fix."""
-    for name, allowed in (("greedy_decision", GREEDY_DECISIONS), ("schedule", Schedule.__args__)):
-        if settings[name] not in allowed:
-            raise ValueError(f"{name}={settings[name]!r} is not supported; choose one of {list(allowed)}")
+    if settings["schedule"] not in Schedule.__args__:
+        raise ValueError(f"schedule={settings['schedule']!r} is not supported; choose one of {list(Schedule.__args__)}")
     if settings["max_episode_steps"] < 1:
         raise ValueError(f"max_episode_steps must be >= 1, got {settings['max_episode_steps']}")
     if settings["context_window"] is not None and settings["context_window"] < 1:
@@ -109,9 +107,6 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
             forward pass each time; docs/training.md, "Diagnostics").
         diagnostics_interval: env steps between two diagnostics (on the first collection that reaches the next
             multiple); 0: every collection. Logging only: the training is the same.
-        greedy_decision: how the greedy policy (evaluation, ``predict``) acts on the search: ``"emotion"`` (spec 5
-            step 3, through the chosen emotion) or ``"action"`` (per action, the emotions that take it pooled;
-            decision 26, :mod:`emotion_rl.decision`). Training's exploring policy is the same either way.
     """
 
     def __init__(
@@ -141,7 +136,6 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
         gradient_clip_val: float | None = None,
         log_diagnostics: bool = False,
         diagnostics_interval: int = 0,
-        greedy_decision: GreedyDecision = "emotion",
     ) -> None:
         settings = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
         super().__init__()
@@ -176,7 +170,6 @@ class EmotionAgent(LoadAndPredict, L.LightningModule):
     def make_policy(self, greedy: bool = False, **kwargs) -> EmotionPolicy:
         """The planner as a TorchRL policy over this agent's model (greedy: argmax emotion and action)."""
         temperature = 0.0 if greedy else self.temperature
-        kwargs.setdefault("greedy_decision", self.hparams.get("greedy_decision", "emotion"))
         return EmotionPolicy(self.model, self.planner, temperature=temperature, greedy=greedy, **kwargs)
 
     def reanalyze(self, episodes: TensorDict, chunk: int = 256) -> Tensor:

@@ -3,10 +3,11 @@ docs/decisions.md).
 
 The specification acts through the chosen emotion (spec 5 step 3): the most visited (or the root rule's) emotion,
 then its action head's argmax. Where several emotions take the same action, that decision follows whichever of
-their value heads over-estimates most, on gaps far below the values' error (docs/results.md, "Stays solved").
-``"action"`` decides per action instead: each action's value is the mean completed ``Q`` of the root emotions whose
-head takes it, the best action is taken, through the searched emotion when that emotion takes it, else through the
-best-valued emotion that does (beyond the specification, decision 26).
+their value heads over-estimates most, on gaps far below the values' error. ``"action"`` decides per action
+instead: each action's value is the mean completed ``Q`` of the root emotions whose head takes it, the best action
+is taken, through the searched emotion when that emotion takes it, else through the best-valued emotion that does.
+Agents act by ``"emotion"``; ``"action"`` lost its screen as an agent setting and stays as a measurement (the
+search-gain rows ``search_by_action`` and ``values``, ``--paired-decision``: docs/results.md, "Stays solved").
 """
 
 from __future__ import annotations
@@ -17,10 +18,20 @@ import torch
 from tensordict import TensorDictBase
 from torch import Tensor
 
-__all__ = ["GREEDY_DECISIONS", "GreedyDecision", "decide_by_action", "pooled_action_values", "root_q"]
+__all__ = [
+    "GREEDY_DECISIONS",
+    "PAIRED_DECISION",
+    "GreedyDecision",
+    "decide_by_action",
+    "pooled_action_values",
+    "root_q",
+]
 
 GreedyDecision = Literal["emotion", "action"]
 GREEDY_DECISIONS: tuple[str, ...] = GreedyDecision.__args__
+PAIRED_DECISION = "action"
+"""The decision the measurements play beside the agent's own (``"emotion"``): the search-gain rows
+``search_by_action`` and ``values``, the protocol's ``--paired-decision`` (docs/results.md, "Stays solved")."""
 
 
 def root_q(result: TensorDictBase) -> Tensor:

@@ -53,8 +53,9 @@ class EmotionPolicy(TensorDictModuleBase):
             episode that outgrows it slides: the oldest step is dropped (decision 15).
         generator: ``torch.Generator`` for the emotion and action draws and the search's (default: global RNG).
         greedy_decision: how a greedy call turns the search into an action (:mod:`emotion_rl.decision`):
-            ``"emotion"`` (spec 5 step 3: the chosen emotion's argmax action) or ``"action"`` (the action whose
-            emotions' mean completed root ``Q`` is highest; decision 26). Exploring calls are unchanged.
+            ``"emotion"`` (spec 5 step 3: the chosen emotion's argmax action; what agents act by) or ``"action"``
+            (the action whose emotions' mean completed root ``Q`` is highest: the measurements' per-action reading,
+            decision 26). Exploring calls are unchanged.
 
     In keys: ``observation``, ``is_init`` (``InitTracker``), ``prev_reward``
     (:class:`~emotion_rl.data.envs.PreviousReward`).

@@ -82,10 +82,11 @@ def test_exploring_policy_is_the_same_under_either_decision():
     assert torch.equal(outs[0]["emotion"], outs[1]["emotion"]) and torch.equal(outs[0]["action"], outs[1]["action"])
 
 
-def test_a_search_decides_on_its_completed_q_and_the_agent_passes_its_decision_to_the_policy():
+def test_a_search_decides_on_its_completed_q_and_an_agents_policy_takes_the_decision_it_is_given():
     planner = EmotionMCTS(num_simulations=6, q_transform="minmax_completed", root_rule=GumbelRoot())
-    agent = EmotionAgent(4, 2, 10, d_model=16, n_layers=1, n_heads=2, planner=planner, greedy_decision="action")
-    assert agent.make_policy(greedy=True).greedy_decision == "action"
+    agent = EmotionAgent(4, 2, 10, d_model=16, n_layers=1, n_heads=2, planner=planner)
+    assert agent.make_policy(greedy=True).greedy_decision == "emotion"  # the agent acts as spec 5 step 3 writes
+    assert agent.make_policy(greedy=True, greedy_decision="action").greedy_decision == "action"
     torch.manual_seed(0)
     history = TensorDict(
         observation=torch.randn(3, 2, 4),
@@ -102,4 +103,4 @@ def test_a_search_decides_on_its_completed_q_and_the_agent_passes_its_decision_t
     expected = torch.where(visits > 0, q, tree["child_value"][:, 0])
     assert torch.equal(root_q(result), expected.to(root_q(result).dtype))
     with pytest.raises(ValueError, match="greedy_decision='visits' is not supported"):
-        EmotionAgent(4, 2, 10, greedy_decision="visits")
+        EmotionPolicy(agent.model, planner, greedy=True, greedy_decision="visits")

@@ -62,7 +62,6 @@ def test_load_gives_the_checkpoints_own_agent_in_eval_mode(agent):
     # settings added after the checkpoint was written take their defaults
     expected["value_loss"]["init_args"]["target"]["init_args"].setdefault("bootstrap_truncation", False)
     expected["dynamics_loss"]["init_args"].setdefault("imagined_weight", 0.0)
-    expected.setdefault("greedy_decision", "emotion")
     assert dict(agent.hparams) == expected
     assert agent.model.context_window == 32  # the checkpoint's, not max_episode_steps (501 positions)
     for key, value in saved["state_dict"].items():

@@ -13,7 +13,7 @@ heads, the depth the search sees, and a Lightning callback that evaluates during
 - :mod:`~emotion_rl.evaluation.callback`: :class:`EvalCallback`.
 """
 
-from emotion_rl.evaluation.callback import EvalCallback, other_decision
+from emotion_rl.evaluation.callback import EvalCallback
 from emotion_rl.evaluation.depth import measure_depth
 from emotion_rl.evaluation.gain import gain_rows, gain_table, measure_gain, play_row
 from emotion_rl.evaluation.heads import check_disagreements, head_agreement
@@ -50,7 +50,6 @@ __all__ = [
     "last_third_mean",
     "measure_depth",
     "measure_gain",
-    "other_decision",
     "play_greedy",
     "play_row",
     "screen_passes",

@@ -18,14 +18,10 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from emotion_rl.data.rollout import evaluate_policy
+from emotion_rl.decision import PAIRED_DECISION
 from emotion_rl.evaluation.protocol import first_reached, held, last_third_mean
 
-__all__ = ["EvalCallback", "other_decision"]
-
-
-def other_decision(agent: Any) -> str:  # noqa: ANN401 - an EmotionAgent
-    """The greedy decision the agent is not configured with (``emotion_rl.decision``): the paired evaluation's."""
-    return "action" if agent.hparams.get("greedy_decision", "emotion") == "emotion" else "emotion"
+__all__ = ["EvalCallback"]
 
 
 class EvalCallback(Callback):
@@ -107,7 +103,7 @@ class EvalCallback(Callback):
             **{key[len("val/") :]: float(value) for key, value in metrics.items() if key.startswith("val/end_")},
         }
         if self.paired_decision:
-            point[f"return_mean_by_{other_decision(pl_module)}"] = self.paired_return(trainer.datamodule, pl_module)
+            point[f"return_mean_by_{PAIRED_DECISION}"] = self.paired_return(trainer.datamodule, pl_module)
         now = time.perf_counter()
         self.evaluating_s += now - self._batch_end
         point.update(wall_s=now - self.start - self.evaluating_s, wall_with_evals_s=now - self.start)
@@ -118,7 +114,7 @@ class EvalCallback(Callback):
         """The mean return of the other greedy decision on the datamodule's evaluation start states."""
         env = data.make_env(data.val_episodes, data.seed + 10_000)
         try:
-            policy = agent.make_policy(greedy=True, greedy_decision=other_decision(agent))
+            policy = agent.make_policy(greedy=True, greedy_decision=PAIRED_DECISION)
             return float(evaluate_policy(env, policy, data.max_episode_steps)["episode_return"].mean())
         finally:
             env.close()

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from emotion_rl.data.selfplay import acting_changes, search_improvement
+from emotion_rl.decision import PAIRED_DECISION
 from emotion_rl.evaluation.heads import HeadRecorder, check_copyable, check_disagreements, head_agreement, heads_table
 from emotion_rl.evaluation.play import ENV_OPTIONS, episode_limit, play_greedy
 from emotion_rl.evaluation.recording import RecordingPlanner
@@ -39,12 +40,10 @@ CHANGES = ("action_changed", "emotion_changed", "kl_target_prior", "argmax_agree
 def gain_rows(agent: Any) -> dict[str, tuple[Any, str]]:  # noqa: ANN401 - an EmotionAgent
     """The rows, each a planner and the greedy decision it acts with: ``search``, ``search_by_<other>``, ``values``,
     ``prior`` and ``emotion_<e>`` for every emotion (the module docstring)."""
-    configured = getattr(agent, "hparams", {}).get("greedy_decision", "emotion")
-    other = "action" if configured == "emotion" else "emotion"
     rows: dict[str, tuple[Any, str]] = {
-        "search": (agent.planner, configured),
-        f"search_by_{other}": (agent.planner, other),
-        "values": (PriorPlanner(), "action"),
+        "search": (agent.planner, "emotion"),
+        f"search_by_{PAIRED_DECISION}": (agent.planner, PAIRED_DECISION),
+        "values": (PriorPlanner(), PAIRED_DECISION),
         "prior": (PriorPlanner(), "emotion"),
     }
     rows.update({f"emotion_{e}": (FixedEmotionPlanner(e), "emotion") for e in range(agent.model.n_emotions)})

@@ -156,11 +156,11 @@ def evaluate(
     decision: str | None = None,
 ) -> TensorDict:
     """``agent`` on ``episodes`` greedy episodes from the start states of ``seed``: its own planner (or ``planner``:
-    :class:`~emotion_rl.PriorPlanner`, :class:`~emotion_rl.FixedEmotionPlanner`, ...) over its model, acting by its
-    configured greedy decision (or ``decision``). Returns :func:`emotion_rl.data.rollout.evaluate_policy`'s
+    :class:`~emotion_rl.PriorPlanner`, :class:`~emotion_rl.FixedEmotionPlanner`, ...) over its model, acting
+    through the chosen emotion (or by ``decision``). Returns :func:`emotion_rl.data.rollout.evaluate_policy`'s
     TensorDict (``episode_return`` ``[n]``, ``episode_length``, ``terminated``, ``truncated``, ``final_observation``).
     """
-    decision = decision or getattr(agent, "hparams", {}).get("greedy_decision", "emotion")
+    decision = decision or "emotion"
     generator = torch.Generator().manual_seed(seed)
     planner = agent.planner if planner is None else planner
     policy = EmotionPolicy(agent.model, planner, greedy=True, generator=generator, greedy_decision=decision)
