@@ -38,7 +38,7 @@ def plot_curves(runs: Mapping[str, dict], threshold: float | None = None, title:
     """One panel per :func:`curve_keys`, one line per run (its greedy evaluations against env steps), the last third
     of each run's ``budget`` shaded (what the protocol scores) and the ``threshold`` drawn when given."""
     keys = curve_keys(runs)
-    fig = Figure(figsize=(6 * len(keys), 4), layout="constrained")
+    fig = Figure(figsize=(6 * len(keys), 4.5), layout="constrained")
     axes = fig.subplots(1, len(keys), sharey=True, squeeze=False)[0]
     budgets = [result["budget"] for result in runs.values() if result.get("budget")]
     for ax, key in zip(axes, keys, strict=True):
@@ -54,7 +54,8 @@ def plot_curves(runs: Mapping[str, dict], threshold: float | None = None, title:
         label = "configured decision" if key == "return_mean" else f"decision: {key.removeprefix('return_mean_by_')}"
         ax.set(xlabel="environment steps", title=label)
     axes[0].set_ylabel("greedy evaluation return (mean)")
-    axes[-1].legend(fontsize="small", loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()  # the first panel holds every run
+    fig.legend(handles, labels, fontsize="small", loc="outside lower center", ncols=min(len(labels), 6))
     if title:
         fig.suptitle(title)
     return fig
