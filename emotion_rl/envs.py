@@ -8,27 +8,10 @@ from __future__ import annotations
 
 import warnings
 
-from emotion_rl.data.envs import (
-    EnvConstructionError,
-    EnvInfo,
-    FiniteCheck,
-    MissingDependencyError,
-    NonFiniteError,
-    PreviousReward,
-    make_env,
-    probe_env,
-)
+from emotion_rl.data import envs as _moved
+from emotion_rl.data.envs import *  # noqa: F403 - the moved module's public names, one list of them
 
-__all__ = [
-    "EnvConstructionError",
-    "EnvInfo",
-    "FiniteCheck",
-    "MissingDependencyError",
-    "NonFiniteError",
-    "PreviousReward",
-    "make_env",
-    "probe_env",
-]
+__all__ = list(_moved.__all__)
 
 warnings.warn(
     "emotion_rl.envs is deprecated: import from emotion_rl.data.envs (or emotion_rl: make_env, PreviousReward)",
