@@ -148,11 +148,11 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
         env_steps = int(data.env_steps)
         if args.cost_only:
             return cost_of(variant, seed, env_steps, train_wall, args)
-        final = final_evaluation(data, cli.model.make_policy(greedy=True), seed, args.final_episodes)
+        final = data.evaluate(cli.model.make_policy(greedy=True), args.final_episodes, seed + 20_000)
         final_paired = None
         if args.paired_decision:  # the same start states: a fresh env with the same seed
             paired = cli.model.make_policy(greedy=True, greedy_decision=PAIRED_DECISION)
-            final_paired = final_evaluation(data, paired, seed, args.final_episodes)["episode_return"].tolist()
+            final_paired = data.evaluate(paired, args.final_episodes, seed + 20_000)["episode_return"].tolist()
         model_path = Path(args.out) / "models" / f"{name}.ckpt"  # the final weights, to look inside (not committed)
         model_path.parent.mkdir(parents=True, exist_ok=True)
         cli.trainer.save_checkpoint(model_path, weights_only=True)
@@ -167,18 +167,6 @@ def run_emotion(args: argparse.Namespace, variant: str, seed: int) -> dict:
         result[f"final_return_mean_by_{other}"] = sum(final_paired) / len(final_paired)
         result[f"score_by_{other}"] = last_third_mean(record.curve, args.budget, f"return_mean_by_{other}")
     return result
-
-
-def final_evaluation(data, policy, seed: int, episodes: int):  # noqa: ANN001, ANN201 - datamodule, policy
-    """``evaluate_policy`` of ``policy`` on ``episodes`` fresh envs seeded by ``seed + 20_000`` (the final start
-    states, the same on every call)."""
-    from emotion_rl.data.rollout import evaluate_policy
-
-    env = data.make_env(episodes, seed + 20_000)
-    try:
-        return evaluate_policy(env, policy, data.max_episode_steps)
-    finally:
-        env.close()
 
 
 def search_gain_of(agent, data, seed: int, args: argparse.Namespace) -> dict:  # noqa: ANN001

@@ -393,14 +393,19 @@ class EmotionDataModule(LightningDataModule):
         return DataLoader(_Stream(self._training_batches), batch_size=None, collate_fn=_identity)
 
     # -------------------------------------------------------------- evaluation stream
+    def evaluate(self, policy: TensorDictModuleBase, episodes: int, seed: int) -> TensorDict:
+        """``evaluate_policy`` of ``policy`` on ``episodes`` fresh envs seeded by ``seed``: the same start states on
+        every call (validation: ``val_episodes`` and ``seed + 10_000``)."""
+        env = self.make_env(episodes, seed)
+        try:
+            return evaluate_policy(env, policy, self.max_episode_steps)
+        finally:
+            env.close()
+
     def _evaluation(self) -> Iterator[TensorDict]:
         policy = self.make_policy(greedy=True)
         self._check_context(policy)
-        env = self.make_env(self.val_episodes, self.seed + 10_000)
-        try:
-            result = evaluate_policy(env, policy, self.max_episode_steps)
-        finally:
-            env.close()
+        result = self.evaluate(policy, self.val_episodes, self.seed + 10_000)
         shares = self.endings.evaluation_shares(result)  # why the greedy episodes ended, as training records it
         yield result.select("episode_return", "episode_length").update({f"end_{k}": v for k, v in shares.items()})
 

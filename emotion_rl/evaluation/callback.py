@@ -17,7 +17,6 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from emotion_rl.data.rollout import evaluate_policy
 from emotion_rl.decision import PAIRED_DECISION
 from emotion_rl.evaluation.protocol import first_reached, held, last_third_mean
 
@@ -112,12 +111,8 @@ class EvalCallback(Callback):
 
     def paired_return(self, data: Any, agent: Any) -> float:  # noqa: ANN401
         """The mean return of the other greedy decision on the datamodule's evaluation start states."""
-        env = data.make_env(data.val_episodes, data.seed + 10_000)
-        try:
-            policy = agent.make_policy(greedy=True, greedy_decision=PAIRED_DECISION)
-            return float(evaluate_policy(env, policy, data.max_episode_steps)["episode_return"].mean())
-        finally:
-            env.close()
+        policy = agent.make_policy(greedy=True, greedy_decision=PAIRED_DECISION)
+        return float(data.evaluate(policy, data.val_episodes, data.seed + 10_000)["episode_return"].mean())
 
     def after_evaluation(self, trainer: Trainer, point: dict) -> None:
         """Keep the best weights, stop at the threshold, write the curve."""
